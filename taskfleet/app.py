@@ -1,0 +1,105 @@
+"""The Celery app: ``celery -A taskfleet.app worker|beat|flower``.
+
+Configuration is lazy: nothing connects, and the embedded stack is not started, until the
+app's configuration is first read (a worker starting, a job being sent).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from taskfleet.config import Settings, get_settings, resolve_services
+from taskfleet.routing.priority import DEFAULT_PRIORITY, MAX_PRIORITY
+from taskfleet.routing.topology import DEFAULT_INBOX, Topology, pool_for_kind
+from taskfleet.routing.transport import ALL_PRIORITY_STEPS, TRANSPORT_PATH
+
+RESULT_BACKEND_PATH = "taskfleet.cache.backend:TaskfleetResultBackend"
+
+
+def make_router(topology: Topology) -> Any:
+    """A Celery router sending each job kind to its pool's queue (an explicit ``queue=`` wins)."""
+
+    def route_task(
+        name: str, args: Any, kwargs: Any, options: dict[str, Any], task: Any = None, **_: Any
+    ) -> dict[str, str]:
+        from taskfleet.tasks.base import JOB_POOLS
+
+        try:
+            pool = pool_for_kind(name, JOB_POOLS)
+        except LookupError:
+            return {"queue": DEFAULT_INBOX}
+        return {"queue": topology.queue_for_pool(pool)}
+
+    return route_task
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """The Celery settings taskfleet runs with, derived from validated settings."""
+    urls = resolve_services(settings)
+    topology = Topology.from_settings(settings)
+    config: dict[str, Any] = {
+        "broker_url": urls.broker_url,
+        "result_backend": RESULT_BACKEND_PATH,
+        "taskfleet_redis_url": urls.redis_url,
+        "taskfleet_database_url": urls.database_url,
+        # JSON only: a pickle body is refused by the worker, never deserialised.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "event_serializer": "json",
+        # At-least-once: ack after the job ran; a job whose worker died is redelivered.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_default_priority": DEFAULT_PRIORITY,
+        "task_queue_max_priority": MAX_PRIORITY,
+        "task_queues": topology.all_queues(),
+        "task_default_queue": DEFAULT_INBOX,
+        "task_create_missing_queues": False,
+        "task_routes": (make_router(topology),),
+        "task_soft_time_limit": settings.soft_time_limit,
+        "task_time_limit": settings.hard_time_limit,
+        "result_expires": settings.result_expires,
+        "result_extended": True,
+        "result_backend_always_retry": True,
+        "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        "redis_max_connections": settings.redis_pool_size,
+        "broker_connection_retry_on_startup": True,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "worker_send_task_events": True,
+        "task_send_sent_event": False,
+        "worker_hijack_root_logger": False,
+        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout},
+    }
+    if settings.broker_is_redis:
+        config["broker_transport"] = TRANSPORT_PATH
+        config["broker_transport_options"] |= {
+            "priority_steps": ALL_PRIORITY_STEPS,
+            "queue_order_strategy": "priority",
+        }
+    else:
+        config["broker_transport_options"] = {"confirm_publish": True}
+    return config
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    """A taskfleet Celery app; configuration is evaluated when first needed."""
+    celery_app = Celery("taskfleet", task_cls="taskfleet.tasks.base:TaskfleetTask")
+    celery_app.taskfleet_settings = settings
+    celery_app.add_defaults(lambda: celery_config(settings_of(celery_app)))
+    return celery_app
+
+
+def settings_of(celery_app: Celery) -> Settings:
+    """The settings an app was created with (the process-wide ones by default)."""
+    settings: Settings | None = getattr(celery_app, "taskfleet_settings", None)
+    return settings or get_settings()
+
+
+app = create_app()
+
+import taskfleet.tasks.builtin  # noqa: E402 - registers the built-in jobs with ``app``
+import taskfleet.workers.signals  # noqa: E402, F401 - per-process resources and the persister

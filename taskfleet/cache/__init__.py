@@ -1,0 +1,3 @@
+"""Result storage: Celery's Redis format with durable PostgreSQL copies."""
+
+from __future__ import annotations

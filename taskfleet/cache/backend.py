@@ -1,0 +1,106 @@
+"""Celery result backend: Celery's own Redis format, plus durable copies in PostgreSQL.
+
+Keys stay ``celery-task-meta-<id>`` so any Celery client (or another language reading
+Celery's Redis backend) reads results as usual. Each write also appends the result to the
+persistence stream inside the same MULTI, and ``ResultPersister`` moves it to Postgres in
+batches. A result that Redis has lost (expiry, eviction, restart) is read back from Postgres.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any
+
+from celery import states
+from celery.backends.redis import RedisBackend
+from celery.exceptions import BackendStoreError
+from kombu.utils.encoding import bytes_to_str
+
+from taskfleet.cache.persister import PERSIST_STREAM
+
+RESULT_URL_SETTING = "taskfleet_redis_url"
+DATABASE_URL_SETTING = "taskfleet_database_url"
+
+#: Keep a stored SUCCESS; otherwise write the meta, notify waiters, and queue the durable copy.
+STORE_RESULT_LUA = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local ok, meta = pcall(cjson.decode, current)
+  if ok and type(meta) == 'table' and meta['status'] == 'SUCCESS' then return 0 end
+end
+local ttl = tonumber(ARGV[2])
+if ttl > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ttl)
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+redis.call('PUBLISH', KEYS[1], ARGV[1])
+redis.call('XADD', KEYS[2], '*', 'key', KEYS[1], 'value', ARGV[1], 'expires', ARGV[2])
+return 1
+"""
+
+
+class TaskfleetResultBackend(RedisBackend):  # type: ignore[misc]
+    """Redis result backend whose writes also feed the Postgres persistence stream."""
+
+    def __init__(self, app: Any = None, url: str | None = None, **kwargs: Any) -> None:
+        url = url or app.conf.get(RESULT_URL_SETTING)
+        super().__init__(app=app, url=url, **kwargs)
+        self._engine: Any = None
+
+    def _store_result(
+        self,
+        task_id: str,
+        result: Any,
+        state: str,
+        traceback: str | None = None,
+        request: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Store a state change in one round trip, never replacing a SUCCESS.
+
+        Celery's own implementation reads the current meta and then writes (two round trips,
+        and a race between them); the script does both atomically.
+        """
+        meta = self._get_result_meta(
+            result=result, state=state, traceback=traceback, request=request
+        )
+        meta["task_id"] = bytes_to_str(task_id)
+        value = self.encode(meta)
+        if isinstance(value, str) and len(value) > self._MAX_STR_VALUE_SIZE:
+            raise BackendStoreError(
+                "value too large for Redis backend", state=state, task_id=task_id
+            )
+        expires = self.failure_expires if state == states.FAILURE else self.expires
+        key = self.get_key_for_task(task_id)
+        self.ensure(self._store_script, ([key, PERSIST_STREAM], [value, int(expires or 0)]))
+        return result
+
+    @cached_property
+    def _store_script(self) -> Any:
+        return self.client.register_script(STORE_RESULT_LUA)
+
+    def _database(self) -> Any:
+        if self._engine is None:
+            from taskfleet.cache.store import make_engine
+
+            self._engine = make_engine(self.app.conf.get(DATABASE_URL_SETTING), pool_size=2)
+        return self._engine
+
+    def get(self, key: bytes | str) -> Any:
+        """Read Redis first; fall back to the durable copy when Redis no longer has it."""
+        value = self.client.get(key)
+        if value is not None or not self.app.conf.get(DATABASE_URL_SETTING):
+            return value
+        import json
+
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from taskfleet.cache.store import fetch_result
+
+        skey = key.decode() if isinstance(key, bytes) else key
+        try:
+            stored = fetch_result(self._database(), skey)
+        except SQLAlchemyError:
+            return None
+        return json.dumps(stored) if stored is not None else None

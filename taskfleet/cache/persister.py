@@ -1,0 +1,195 @@
+"""Moves results from the Redis persistence stream into PostgreSQL in batches.
+
+Workers write each result to Redis and append it to a stream in the same MULTI (see
+``taskfleet.cache.backend``). This consumer group drains the stream with multi-row upserts
+and acknowledges only what Postgres committed, so a result is never lost between the two:
+while Postgres is down the entries wait in the stream, and entries held by a consumer that
+died are claimed by another after ``claim_idle_ms``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from taskfleet.cache.store import ResultRow, ensure_schema, upsert_results
+
+PERSIST_STREAM = "taskfleet:results:persist"
+PERSIST_GROUP = "taskfleet-persisters"
+DEFAULT_BATCH_SIZE = 500
+DEFAULT_BLOCK_MS = 100
+DEFAULT_CLAIM_IDLE_MS = 30_000
+DEFAULT_RETRY_DELAY_S = 1.0
+PARENT_CHECK_INTERVAL_S = 0.5
+
+log = logging.getLogger(__name__)
+StreamEntry = tuple[bytes, dict[bytes, bytes]]
+
+
+def _decode(entry: StreamEntry) -> ResultRow | None:
+    _, fields = entry
+    try:
+        key = fields[b"key"].decode()
+        value = fields[b"value"].decode()
+        expires = float(fields[b"expires"]) if fields.get(b"expires") else None
+    except (KeyError, ValueError, UnicodeDecodeError):
+        log.error("dropping malformed persistence entry %r", entry[0])
+        return None
+    return ResultRow(key=key, value=value, expires_in=expires)
+
+
+class ResultPersister:
+    """One consumer of the persistence stream; run :meth:`drain` or :meth:`start` a thread."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        engine: Engine,
+        *,
+        consumer: str | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        block_ms: int = DEFAULT_BLOCK_MS,
+        claim_idle_ms: int = DEFAULT_CLAIM_IDLE_MS,
+        retry_delay_s: float = DEFAULT_RETRY_DELAY_S,
+    ) -> None:
+        self.client = client
+        self.engine = engine
+        self.consumer = consumer or f"{socket.gethostname()}:{os.getpid()}"
+        self.batch_size = batch_size
+        self.block_ms = block_ms
+        self.claim_idle_ms = claim_idle_ms
+        self.retry_delay_s = retry_delay_s
+        self.written = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._schema_ready = False
+
+    def ensure_group(self) -> None:
+        """Create the stream's consumer group (and the stream) if missing."""
+        try:
+            self.client.xgroup_create(PERSIST_STREAM, PERSIST_GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def _write(self, entries: Sequence[StreamEntry]) -> int:
+        if not entries:
+            return 0
+        if not self._schema_ready:
+            ensure_schema(self.engine)
+            self._schema_ready = True
+        rows = [row for row in map(_decode, entries) if row is not None]
+        upsert_results(self.engine, rows)
+        ids = [entry_id for entry_id, _ in entries]
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xack(PERSIST_STREAM, PERSIST_GROUP, *ids)
+        pipe.xdel(PERSIST_STREAM, *ids)
+        pipe.execute()
+        self.written += len(rows)
+        return len(rows)
+
+    def _read(self, start: str, block_ms: int | None) -> list[StreamEntry]:
+        reply: Any = self.client.xreadgroup(
+            PERSIST_GROUP,
+            self.consumer,
+            {PERSIST_STREAM: start},
+            count=self.batch_size,
+            block=block_ms,
+        )
+        if not reply:
+            return []
+        _, entries = reply[0]
+        return [e for e in entries if e[1]]  # deleted entries come back with no fields
+
+    def step(self, block_ms: int | None = None) -> int:
+        """Write one batch: own pending first, then orphans of dead consumers, then new entries."""
+        self.ensure_group()
+        entries = self._read("0", None)
+        if not entries:
+            _, claimed, *_ = self.client.xautoclaim(
+                PERSIST_STREAM,
+                PERSIST_GROUP,
+                self.consumer,
+                self.claim_idle_ms,
+                count=self.batch_size,
+            )
+            entries = [e for e in claimed if e[1]]
+        if not entries:
+            entries = self._read(">", block_ms)
+        return self._write(entries)
+
+    def drain(self) -> int:
+        """Write everything currently in the stream; return how many rows were written."""
+        total = 0
+        while (written := self.step()) > 0:
+            total += written
+        return total
+
+    def backlog(self) -> int:
+        """Entries not yet written to Postgres."""
+        return int(self.client.xlen(PERSIST_STREAM))
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.step(block_ms=self.block_ms)
+            except (redis.RedisError, SQLAlchemyError, OSError) as exc:
+                log.warning("result persister: %s; retrying in %.1fs", exc, self.retry_delay_s)
+                self._schema_ready = False
+                self._stop.wait(self.retry_delay_s)
+
+    def start(self) -> None:
+        """Run in a daemon thread until :meth:`stop`."""
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name="taskfleet-persister", daemon=True
+            )
+            self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the thread, then write what is left (best effort; the rest stays in the stream)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        try:
+            self.drain()
+        except (redis.RedisError, SQLAlchemyError, OSError) as exc:
+            log.warning(
+                "result persister: final drain failed (%s); entries stay in the stream", exc
+            )
+
+
+def run_forever(parent_pid: int | None = None) -> None:
+    """Process entry point: drain until SIGTERM/SIGINT or until ``parent_pid`` is gone."""
+    import signal
+
+    from taskfleet.app import app, settings_of
+    from taskfleet.workers.resources import open_resources
+
+    resources = open_resources(settings_of(app))
+    persister = ResultPersister(resources.redis, resources.engine)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    persister.start()
+    while not stop.wait(PARENT_CHECK_INTERVAL_S):
+        if parent_pid is not None and os.getppid() != parent_pid:
+            log.warning("result persister: worker %s is gone; stopping", parent_pid)
+            break
+    persister.stop()
+
+
+if __name__ == "__main__":
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s persister %(levelname)s %(message)s"
+    )
+    run_forever(os.getppid())

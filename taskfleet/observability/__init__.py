@@ -1,0 +1,1 @@
+"""Reserved for the observability subsystem (see the issues that build it)."""

@@ -1,0 +1,1 @@
+"""Reserved for the resilience subsystem (see the issues that build it)."""

@@ -1,0 +1,58 @@
+"""Queue depth as the broker sees it: every Redis priority sub-list, or RabbitMQ's count."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import redis
+from kombu import Connection
+
+from taskfleet.routing.transport import ALL_PRIORITY_STEPS
+
+#: kombu's separator between a queue name and its priority step on Redis.
+REDIS_PRIORITY_SEP = "\x06\x16"
+
+
+def redis_priority_keys(queue: str) -> list[str]:
+    """Every Redis list that holds messages of ``queue`` (one per priority step)."""
+    return [
+        queue if step == 0 else f"{queue}{REDIS_PRIORITY_SEP}{step}" for step in ALL_PRIORITY_STEPS
+    ]
+
+
+def redis_queue_depths(client: redis.Redis, queues: Iterable[str]) -> dict[str, int]:
+    """Messages waiting per queue on Redis, summed over all priority sub-lists, in one round trip."""
+    names = list(queues)
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        for key in redis_priority_keys(name):
+            pipe.llen(key)
+    sizes = pipe.execute()
+    width = len(ALL_PRIORITY_STEPS)
+    return {name: int(sum(sizes[i * width : (i + 1) * width])) for i, name in enumerate(names)}
+
+
+def amqp_queue_depths(connection: Connection, queues: Iterable[str]) -> dict[str, int]:
+    """Messages ready per queue on RabbitMQ, read with passive declares (0 if it does not exist)."""
+    depths: dict[str, int] = {}
+    for name in queues:
+        channel = connection.channel()
+        try:
+            _, count, _ = channel.queue_declare(queue=name, passive=True)
+            depths[name] = int(count)
+        except connection.channel_errors:
+            depths[name] = 0  # a passive declare of a missing queue closes the channel
+        finally:
+            try:
+                channel.close()
+            except Exception:  # noqa: S110 - the channel may already be closed by the broker
+                pass
+    return depths
+
+
+def queue_depths(connection: Connection, queues: Iterable[str]) -> dict[str, int]:
+    """Depth per queue on whichever broker ``connection`` points at."""
+    if connection.transport.driver_type == "redis":
+        client = connection.default_channel.client
+        return redis_queue_depths(client, queues)
+    return amqp_queue_depths(connection, queues)

@@ -1,0 +1,108 @@
+"""Queues, their dead-letter queues, and which job kind goes where.
+
+Each pool has one work queue (``cpu``, ``io``) and one dead-letter queue (``cpu.dlq``,
+``io.dlq``). On RabbitMQ the work queues carry ``x-max-priority`` and dead-letter into the
+``taskfleet.dlx`` exchange; on Redis the same declarations are plain lists.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from kombu import Exchange, Queue
+
+from taskfleet.config.settings import Settings
+from taskfleet.routing.priority import MAX_PRIORITY
+
+Pool = Literal["cpu", "io"]
+DLX_EXCHANGE = "taskfleet.dlx"
+#: The queue bare ``send_task`` callers publish to when they name none; the I/O pool
+#: consumes it and forwards each job to its own pool's queue.
+DEFAULT_INBOX = "celery"
+
+#: Job-kind patterns for tasks that are not imported where routing happens.
+DEFAULT_KIND_ROUTES: tuple[tuple[str, Pool], ...] = (
+    ("*.notify", "io"),
+    ("io.*", "io"),
+    ("contract.*", "cpu"),
+    ("sandbox.*", "cpu"),
+    ("cpu.*", "cpu"),
+)
+
+
+class UnknownJobKind(LookupError):
+    """A job kind that no pool serves."""
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Queue names and declarations derived from settings."""
+
+    cpu_queue: str
+    io_queue: str
+    dlq_suffix: str
+    amqp: bool
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Topology:
+        """Build the topology for the configured broker."""
+        return cls(
+            settings.cpu_queue, settings.io_queue, settings.dlq_suffix, settings.broker_is_amqp
+        )
+
+    def queue_for_pool(self, pool: Pool) -> str:
+        """Work queue of a pool."""
+        return self.cpu_queue if pool == "cpu" else self.io_queue
+
+    def dlq_for(self, queue: str) -> str:
+        """Dead-letter queue of a work queue."""
+        return f"{queue}{self.dlq_suffix}"
+
+    def work_queue(self, pool: Pool) -> Queue:
+        """The kombu declaration of a pool's work queue."""
+        name = self.queue_for_pool(pool)
+        arguments: dict[str, Any] = {"x-max-priority": MAX_PRIORITY}
+        if self.amqp:
+            arguments |= {
+                "x-dead-letter-exchange": DLX_EXCHANGE,
+                "x-dead-letter-routing-key": self.dlq_for(name),
+            }
+        return Queue(
+            name, Exchange(name, type="direct"), routing_key=name, queue_arguments=arguments
+        )
+
+    def dead_letter_queue(self, pool: Pool) -> Queue:
+        """The kombu declaration of a pool's dead-letter queue (never consumed by workers)."""
+        name = self.dlq_for(self.queue_for_pool(pool))
+        return Queue(name, Exchange(DLX_EXCHANGE, type="direct"), routing_key=name)
+
+    def inbox(self) -> Queue:
+        """Celery's default queue, where unrouted ``send_task`` messages land.
+
+        Declared exactly as stock Celery declares it (no arguments), so a bare Celery app
+        publishing to it on RabbitMQ does not fail with PRECONDITION_FAILED.
+        """
+        return Queue(
+            DEFAULT_INBOX, Exchange(DEFAULT_INBOX, type="direct"), routing_key=DEFAULT_INBOX
+        )
+
+    def all_queues(self) -> list[Queue]:
+        """Every queue taskfleet declares."""
+        pools: tuple[Pool, ...] = ("cpu", "io")
+        return (
+            [self.work_queue(p) for p in pools]
+            + [self.dead_letter_queue(p) for p in pools]
+            + [self.inbox()]
+        )
+
+
+def pool_for_kind(kind: str, declared: dict[str, Pool] | None = None) -> Pool:
+    """The pool that runs ``kind``: its task's declaration first, then the pattern table."""
+    if declared and kind in declared:
+        return declared[kind]
+    for pattern, pool in DEFAULT_KIND_ROUTES:
+        if fnmatch.fnmatchcase(kind, pattern):
+            return pool
+    raise UnknownJobKind(f"unknown job kind {kind!r}: no task of that name and no route for it")

@@ -1,0 +1,1 @@
+"""Reserved for the scheduler subsystem (see the issues that build it)."""

@@ -1,0 +1,1 @@
+"""Reserved for the sharding subsystem (see the issues that build it)."""

