@@ -11,7 +11,7 @@ from typing import Any
 from celery import Celery
 
 from taskfleet.config import Settings, get_settings, resolve_services
-from taskfleet.routing.priority import DEFAULT_PRIORITY, MAX_PRIORITY
+from taskfleet.routing.priority import DEFAULT_PRIORITY
 from taskfleet.routing.topology import DEFAULT_INBOX, Topology, pool_for_kind
 from taskfleet.routing.transport import ALL_PRIORITY_STEPS, TRANSPORT_PATH
 
@@ -55,7 +55,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "task_default_priority": DEFAULT_PRIORITY,
-        "task_queue_max_priority": MAX_PRIORITY,
         "task_queues": topology.all_queues(),
         "task_default_queue": DEFAULT_INBOX,
         "task_create_missing_queues": False,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 
 import redis
@@ -43,10 +44,8 @@ def amqp_queue_depths(connection: Connection, queues: Iterable[str]) -> dict[str
         except connection.channel_errors:
             depths[name] = 0  # a passive declare of a missing queue closes the channel
         finally:
-            try:
+            with contextlib.suppress(Exception):  # the broker may have closed it already
                 channel.close()
-            except Exception:  # noqa: S110 - the channel may already be closed by the broker
-                pass
     return depths
 
 

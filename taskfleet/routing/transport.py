@@ -23,9 +23,13 @@ TRANSPORT_PATH = "taskfleet.routing.transport:Transport"
 class Channel(kombu_redis.Channel):  # type: ignore[misc]
     """A Redis channel whose BRPOP lists the most urgent sub-list first."""
 
+    priority_steps: list[int]
+    _ascending_steps: list[int]
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._ascending_steps = sorted(set(self.priority_steps))
+        configured: list[int] = list(self.priority_steps)
+        self._ascending_steps = sorted(set(configured))
         # kombu's BRPOP (and basic_get) try the keys in this order: most urgent first.
         self.priority_steps = sorted(self._ascending_steps, reverse=True)
 

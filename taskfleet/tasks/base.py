@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from celery import Celery, Task
 from celery.exceptions import Ignore
@@ -46,6 +46,6 @@ def job(app: Celery, name: str, pool: Pool, **options: Any) -> Callable[[F], F]:
 
     def decorate(fn: F) -> F:
         JOB_POOLS[name] = pool
-        return app.task(name=name, base=TaskfleetTask, pool=pool, **options)(fn)
+        return cast(F, app.task(name=name, base=TaskfleetTask, pool=pool, **options)(fn))
 
     return decorate

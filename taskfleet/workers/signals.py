@@ -19,7 +19,6 @@ DISABLE_PERSISTER_ENV = "TASKFLEET_NO_PERSISTER"
 PERSISTER_STOP_TIMEOUT_S = 15.0
 
 
-@signals.worker_process_init.connect
 def _open_child_pools(**_: Any) -> None:
     """Each prefork child opens its own Redis pool and SQLAlchemy engine."""
     from taskfleet.app import app, settings_of
@@ -27,12 +26,10 @@ def _open_child_pools(**_: Any) -> None:
     open_resources(settings_of(app))
 
 
-@signals.worker_process_shutdown.connect
 def _close_child_pools(**_: Any) -> None:
     close_resources()
 
 
-@signals.worker_ready.connect
 def _start_persister(sender: Any = None, **_: Any) -> None:
     """Start the process that drains finished results into Postgres in batches.
 
@@ -48,7 +45,6 @@ def _start_persister(sender: Any = None, **_: Any) -> None:
     log.info("taskfleet: result persister started (pid %s)", _persister.pid)
 
 
-@signals.worker_shutdown.connect
 def _stop_persister(**_: Any) -> None:
     global _persister
     if _persister is not None:
@@ -59,3 +55,9 @@ def _stop_persister(**_: Any) -> None:
             _persister.kill()
         _persister = None
     close_resources()
+
+
+signals.worker_process_init.connect(_open_child_pools, weak=False)
+signals.worker_process_shutdown.connect(_close_child_pools, weak=False)
+signals.worker_ready.connect(_start_persister, weak=False)
+signals.worker_shutdown.connect(_stop_persister, weak=False)

@@ -1,0 +1,27 @@
+# taskfleet worker image: `celery -A taskfleet.app worker|beat|flower`.
+# Runtime dependencies only (no test/bench extras); runs as an unprivileged user.
+FROM python:3.11-slim
+
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore
+
+RUN groupadd --system --gid 10001 taskfleet \
+    && useradd --system --uid 10001 --gid taskfleet --create-home \
+        --home-dir /home/taskfleet --shell /usr/sbin/nologin taskfleet
+
+# Build and install the package from its pyproject (a regular, non-editable install),
+# then drop the sources so only the installed package is importable.
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY taskfleet ./taskfleet
+RUN pip install . && rm -rf /src
+
+WORKDIR /home/taskfleet
+USER 10001:10001
+
+# Default: the CPU worker (same argv as taskfleet.workers.profiles.cpu_profile).
+CMD ["celery", "-A", "taskfleet.app", "worker", "-P", "prefork", "-Q", "cpu", "-n", "cpu@%h", \
+     "--prefetch-multiplier", "1", "-O", "fair", "-l", "INFO"]

@@ -1,0 +1,143 @@
+"""Shared fixtures: real services, per-test clean state, worker fleets on Redis and RabbitMQ."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy import text
+
+from taskfleet.cache.store import ensure_schema, make_engine
+from taskfleet.routing.depth import redis_priority_keys
+
+from .support.services import amqp_url, missing_service, reachable, service_env
+from .support.workers import Fleet, running_fleet
+
+
+@pytest.fixture(scope="session")
+def services() -> Iterator[dict[str, str]]:
+    """Redis and Postgres URLs (configured or embedded), exported for this process too."""
+    env = service_env()
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    from taskfleet.config.settings import get_settings
+
+    get_settings.cache_clear()
+    yield env
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def redis_client(services: dict[str, str]) -> redis.Redis:
+    """A client on the test Redis."""
+    return redis.Redis.from_url(services["TASKFLEET_REDIS_URL"])
+
+
+@pytest.fixture(scope="session")
+def engine(services: dict[str, str]):  # type: ignore[no-untyped-def]
+    """An engine on the test Postgres, with the results table in place."""
+    eng = make_engine(services["TASKFLEET_DATABASE_URL"])
+    ensure_schema(eng)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture(scope="session")
+def queue_suffix() -> str:
+    """Queue names unique to this test session, so parallel or leftover runs never collide."""
+    return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture(scope="session")
+def redis_env(services: dict[str, str], queue_suffix: str) -> dict[str, str]:
+    """Environment for a fleet on the Redis broker."""
+    return {
+        **services,
+        "TASKFLEET_CPU_QUEUE": f"cpu-{queue_suffix}",
+        "TASKFLEET_IO_QUEUE": f"io-{queue_suffix}",
+    }
+
+
+@pytest.fixture(scope="session")
+def amqp_env(services: dict[str, str], queue_suffix: str) -> dict[str, str]:
+    """Environment for a fleet on RabbitMQ (results still in Redis and Postgres)."""
+    url = amqp_url()
+    if not reachable(url):
+        missing_service(f"RabbitMQ at {url}")
+    return {
+        **services,
+        "TASKFLEET_BROKER_URL": url,
+        "TASKFLEET_CPU_QUEUE": f"cpu-amqp-{queue_suffix}",
+        "TASKFLEET_IO_QUEUE": f"io-amqp-{queue_suffix}",
+    }
+
+
+@pytest.fixture(scope="session")
+def redis_fleet(
+    redis_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Fleet]:
+    """A CPU (prefork) and an I/O (gevent) worker on the Redis broker, for the whole session."""
+    with running_fleet(redis_env, tmp_path_factory.mktemp("redis-fleet")) as fleet:
+        yield fleet
+
+
+@pytest.fixture(scope="session")
+def amqp_fleet(
+    amqp_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Fleet]:
+    """The same fleet on RabbitMQ."""
+    log_dir = tmp_path_factory.mktemp("amqp-fleet")
+    try:
+        with running_fleet(amqp_env, log_dir) as fleet:
+            yield fleet
+    finally:
+        _delete_amqp_queues(amqp_env)
+
+
+def _delete_amqp_queues(env: dict[str, str]) -> None:
+    from kombu import Connection
+
+    with Connection(env["TASKFLEET_BROKER_URL"]) as conn:
+        channel = conn.channel()
+        for base in (env["TASKFLEET_CPU_QUEUE"], env["TASKFLEET_IO_QUEUE"]):
+            for name in (base, f"{base}.dlq"):
+                try:
+                    channel.queue_delete(name)
+                except conn.channel_errors:
+                    channel = conn.channel()
+
+
+@pytest.fixture
+def clean_state(redis_client: redis.Redis, engine, redis_env: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+    """Flush results, buffers and the session's queues before a test (worker bindings stay)."""
+
+    def flush() -> None:
+        keys: list[bytes] = []
+        for pattern in ("celery-task-meta-*", "taskfleet:idem:*"):
+            keys.extend(redis_client.scan_iter(pattern, count=1000))
+        for base in (redis_env["TASKFLEET_CPU_QUEUE"], redis_env["TASKFLEET_IO_QUEUE"]):
+            keys.extend(k.encode() for k in redis_priority_keys(base))
+        if keys:
+            for start in range(0, len(keys), 1000):
+                redis_client.delete(*keys[start : start + 1000])
+        with engine.begin() as conn:
+            conn.execute(text("TRUNCATE taskfleet_results"))
+
+    flush()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Integration and reliability tests get a longer default timeout."""
+    for item in items:
+        path = Path(str(item.fspath))
+        if "integration" in path.parts or "reliability" in path.parts:
+            item.add_marker(pytest.mark.timeout(240), append=False)

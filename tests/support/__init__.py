@@ -1,0 +1,1 @@
+"""Helpers shared by the test suites: services, worker processes, waiting with deadlines."""

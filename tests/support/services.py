@@ -1,0 +1,66 @@
+"""Real services for tests: the configured ones, else the embedded stack; RabbitMQ if reachable."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from taskfleet.devstack import EmbeddedStack
+
+REPO = Path(__file__).resolve().parents[2]
+TEST_DATA_DIR = REPO / ".taskfleet" / "test-stack"
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
+URL_VARS = ("TASKFLEET_BROKER_URL", "TASKFLEET_REDIS_URL", "TASKFLEET_DATABASE_URL")
+
+
+def in_ci() -> bool:
+    """Whether we run under CI, where a missing service is a failure, not a skip."""
+    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+
+
+def missing_service(what: str) -> None:
+    """Skip locally, fail under CI."""
+    if in_ci():
+        pytest.fail(f"{what} is required when CI is set", pytrace=False)
+    pytest.skip(f"{what} not reachable")
+
+
+def reachable(url: str, timeout: float = 1.0) -> bool:
+    """Whether a TCP connection to the URL's host and port succeeds."""
+    parts = urlsplit(url)
+    default_port = {"amqp": 5672, "redis": 6379, "postgresql": 5432}.get(parts.scheme, 0)
+    try:
+        with socket.create_connection(
+            (parts.hostname or "127.0.0.1", parts.port or default_port), timeout
+        ):
+            return True
+    except OSError:
+        return False
+
+
+def service_env() -> dict[str, str]:
+    """URLs for Redis and Postgres: from the environment if set, else an embedded stack."""
+    configured = {k: os.environ[k] for k in URL_VARS if os.environ.get(k)}
+    redis_url = configured.get("TASKFLEET_REDIS_URL") or configured.get("TASKFLEET_BROKER_URL")
+    database_url = configured.get("TASKFLEET_DATABASE_URL")
+    if redis_url and redis_url.startswith("amqp"):
+        redis_url = configured.get("TASKFLEET_REDIS_URL")
+    if not (redis_url and database_url):
+        urls = EmbeddedStack(TEST_DATA_DIR).ensure_running()
+        redis_url = redis_url or urls.redis_url
+        database_url = database_url or urls.database_url
+    return {
+        "TASKFLEET_BROKER_URL": redis_url,
+        "TASKFLEET_REDIS_URL": redis_url,
+        "TASKFLEET_DATABASE_URL": database_url,
+        "TASKFLEET_EMBEDDED": "false",
+    }
+
+
+def amqp_url() -> str:
+    """The RabbitMQ URL for broker-specific tests."""
+    return os.environ.get("TASKFLEET_TEST_AMQP_URL", DEFAULT_AMQP_URL)

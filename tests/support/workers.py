@@ -1,0 +1,108 @@
+"""Real Celery worker processes for integration tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from celery import Celery
+
+from taskfleet.app import create_app
+from taskfleet.config import load_settings
+from taskfleet.workers.profiles import WorkerProfile, cpu_profile, io_profile
+
+from .waiting import wait_for
+
+WORKER_START_TIMEOUT_S = 60.0
+WORKER_STOP_TIMEOUT_S = 20.0
+
+
+@dataclass
+class Fleet:
+    """Worker processes sharing one environment (broker, queues, result store)."""
+
+    env: dict[str, str]
+    log_dir: Path
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def settings_overrides(self) -> dict[str, str]:
+        """Settings fields set through ``env``."""
+        return {
+            k.removeprefix("TASKFLEET_").lower(): v
+            for k, v in self.env.items()
+            if k.startswith("TASKFLEET_")
+        }
+
+    def app(self) -> Celery:
+        """An in-process app configured like the workers."""
+        return create_app(load_settings(**self.settings_overrides))
+
+    def start(self, profile: WorkerProfile, name: str) -> None:
+        """Start one worker and wait until it answers a ping."""
+        hostname = f"{name}-{uuid.uuid4().hex[:6]}@%h"
+        argv = [
+            sys.executable,
+            "-m",
+            "celery",
+            *profile.argv(hostname=hostname, loglevel="INFO")[1:],
+        ]
+        log = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        env = {**os.environ, **self.env}
+        self.procs[name] = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+        app = self.app()
+        node = hostname.replace("%h", os.uname().nodename)
+        wait_for(
+            lambda: self._alive(name) and app.control.ping([node], timeout=0.5),
+            WORKER_START_TIMEOUT_S,
+            f"worker {node} to answer ping (log: {self.log_dir / f'{name}.log'})",
+        )
+
+    def _alive(self, name: str) -> bool:
+        proc = self.procs[name]
+        if proc.poll() is not None:
+            log = (self.log_dir / f"{name}.log").read_text(errors="replace")[-3000:]
+            raise AssertionError(f"worker {name} exited with {proc.returncode}:\n{log}")
+        return True
+
+    def stop(self) -> None:
+        """Warm-shut every worker down, killing those that overrun the deadline."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(WORKER_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs.clear()
+
+
+@contextmanager
+def running_fleet(
+    env: dict[str, str],
+    log_dir: Path,
+    *,
+    cpu: int = 2,
+    io: int = 10,
+    pools: tuple[str, ...] = ("cpu", "io"),
+) -> Iterator[Fleet]:
+    """CPU and/or I/O workers for the duration of the block."""
+    fleet = Fleet(env, log_dir)
+    settings = load_settings(**fleet.settings_overrides)
+    try:
+        if "cpu" in pools:
+            fleet.start(cpu_profile(settings, cpu), "cpu")
+        if "io" in pools:
+            fleet.start(io_profile(settings, io), "io")
+        yield fleet
+    finally:
+        fleet.stop()

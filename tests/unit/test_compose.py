@@ -1,0 +1,358 @@
+"""Static checks of docker-compose.yml, Dockerfile and .dockerignore (no Docker engine needed).
+
+The compose file is read as Compose reads it (YAML merge keys, ``${VAR:-default}``
+interpolation, ``$$`` escapes) and compared with the code it deploys: the ``Settings``
+fields, and the worker command lines of ``taskfleet.workers.profiles``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from taskfleet.config.settings import ENV_PREFIX, Settings
+from taskfleet.workers.profiles import APP_PATH, WorkerProfile, cpu_profile, io_profile
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+
+INFRA_SERVICES = {"redis", "postgres", "rabbitmq"}
+APP_SERVICES = {"cpu-worker", "io-worker", "beat", "flower"}
+HEALTHCHECKED = {"redis", "postgres", "rabbitmq", "cpu-worker", "io-worker"}
+WORKERS = {"cpu-worker": cpu_profile, "io-worker": io_profile}
+
+# ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?message}, ${VAR?message}
+_VAR = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
+_SECRET_KEY = re.compile(r"PASS|SECRET|TOKEN|AUTH|_KEY$", re.IGNORECASE)
+_URL_PASSWORD = re.compile(r"://[^:/@\s]+:(?P<password>[^@\s]*)@")
+_SECRET_FLAG = re.compile(r"--(?:basic-auth|password)=(?P<value>\S+)")
+#: A secret value may only be a reference, with at most an empty default.
+_SECRET_REF = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?:(?::?\?[^}]*)|:?-)?\}")
+REQUIRED_PLACEHOLDER = "placeholder"
+
+
+def interpolate(value: str) -> str:
+    """Resolve Compose interpolation as with an empty host environment.
+
+    ``${VAR:-default}`` becomes its default, a required or bare ``${VAR}`` becomes
+    ``placeholder``, and ``$$`` becomes a literal ``$`` (left for the container's shell).
+    """
+    escaped = value.replace("$$", "\0")
+
+    def resolve(match: re.Match[str]) -> str:
+        if match["op"] in (":-", "-"):
+            return match["arg"]
+        return REQUIRED_PLACEHOLDER
+
+    return _VAR.sub(resolve, escaped).replace("\0", "$")
+
+
+def as_argv(command: str | list[str]) -> list[str]:
+    """A service's command as Compose runs it (a string is split like a shell would)."""
+    argv = shlex.split(command) if isinstance(command, str) else [str(arg) for arg in command]
+    return [interpolate(arg) for arg in argv]
+
+
+def env_of(service: dict[str, Any]) -> dict[str, str]:
+    """A service's environment, in either the mapping or the list form."""
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    return {str(key): str(value) for key, value in env.items()}
+
+
+def strings(node: Any) -> Iterator[str]:
+    """Every string value in a parsed YAML document."""
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for value in node.values():
+            yield from strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from strings(value)
+
+
+def worker_options(argv: list[str]) -> dict[str, str]:
+    """``{option: value}`` of a ``celery -A app worker -X value ...`` command line."""
+    assert argv[:4] == ["celery", "-A", APP_PATH, "worker"], argv
+    rest = argv[4:]
+    assert len(rest) % 2 == 0, rest
+    assert all(arg.startswith("-") for arg in rest[::2]), rest
+    return dict(zip(rest[::2], rest[1::2], strict=True))
+
+
+def profile_options(profile: WorkerProfile, *, with_concurrency: bool) -> dict[str, str]:
+    """The options ``profile`` starts a worker with (``-c`` only when asked for)."""
+    options = worker_options(profile.argv())
+    if not with_concurrency:
+        # The CPU pool's size defaults to the host's CPU count, both in Settings and in
+        # Celery, so a container that leaves ``-c`` out gets the same pool.
+        options.pop("-c")
+    return options
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """``(INSTRUCTION, arguments)`` pairs, comments dropped and continuations joined."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    instructions = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#"):
+            keyword, _, args = stripped.partition(" ")
+            instructions.append((keyword.upper(), args.strip()))
+    return instructions
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    document = yaml.safe_load(COMPOSE_FILE.read_text())
+    assert isinstance(document, dict)
+    return document
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return compose["services"]  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def shared_env(compose: dict[str, Any]) -> dict[str, str]:
+    return env_of(compose["x-taskfleet"])
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No ``TASKFLEET_*`` variable of the machine running the tests leaks into Settings."""
+    for name in [name for name in os.environ if name.startswith(ENV_PREFIX)]:
+        monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def settings(clean_env: None) -> Settings:
+    """Default settings with dummy URLs, so that nothing is started."""
+    return Settings(
+        broker_url="redis://h:6379/0",
+        database_url="postgresql://u@h/db",
+        embedded=False,
+        _env_file=None,  # type: ignore[call-arg]
+    )
+
+
+def test_every_service_exists(services: dict[str, dict[str, Any]]) -> None:
+    assert set(services) >= INFRA_SERVICES | APP_SERVICES
+    assert services["redis"]["image"] == "redis:7-alpine"
+    assert services["postgres"]["image"] == "postgres:16-alpine"
+    assert services["rabbitmq"]["image"] == "rabbitmq:3-management-alpine"
+
+
+def test_rabbitmq_is_opt_in_and_the_rest_is_not(services: dict[str, dict[str, Any]]) -> None:
+    assert services["rabbitmq"]["profiles"] == ["rabbitmq"]
+    for name in services.keys() - {"rabbitmq"}:
+        assert not services[name].get("profiles"), name
+
+
+def test_postgres_database_and_password_from_the_environment(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    env = env_of(services["postgres"])
+    assert env["POSTGRES_DB"] == "taskfleet"
+    assert "POSTGRES_HOST_AUTH_METHOD" in env or _SECRET_REF.fullmatch(env["POSTGRES_PASSWORD"])
+    assert env.get("POSTGRES_HOST_AUTH_METHOD") != "trust"
+
+
+def test_every_taskfleet_variable_is_a_settings_field(compose: dict[str, Any]) -> None:
+    known = {f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields}
+    used = {
+        key
+        for service in [compose["x-taskfleet"], *compose["services"].values()]
+        for key in env_of(service)
+        if key.startswith(ENV_PREFIX)
+    }
+    assert used, "the shared environment sets no TASKFLEET_* variable"
+    assert used <= known, f"not Settings fields: {sorted(used - known)}"
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_shared_environment_builds_valid_external_settings(shared_env: dict[str, str]) -> None:
+    for required in ("BROKER_URL", "REDIS_URL", "DATABASE_URL", "EMBEDDED", "FLOWER_BASIC_AUTH"):
+        assert f"{ENV_PREFIX}{required}" in shared_env, required
+    values = {
+        key.removeprefix(ENV_PREFIX).lower(): interpolate(value)
+        for key, value in shared_env.items()
+    }
+    settings = Settings(**values, _env_file=None)  # type: ignore[arg-type]
+    assert settings.embedded is False
+    assert settings.broker_is_redis
+    assert settings.flower_basic_auth is not None
+    # Required, without a default: Compose refuses to start when the host does not set it.
+    assert shared_env[f"{ENV_PREFIX}FLOWER_BASIC_AUTH"].startswith(
+        "${TASKFLEET_FLOWER_BASIC_AUTH:?"
+    )
+
+
+def test_app_services_share_the_image_and_environment(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]], shared_env: dict[str, str]
+) -> None:
+    built = {name for name, service in services.items() if "build" in service}
+    assert built == APP_SERVICES
+    shared = compose["x-taskfleet"]
+    for name in sorted(built):
+        service = services[name]
+        assert service["build"] == shared["build"], name
+        assert service["build"]["context"] == "."
+        assert service["build"].get("dockerfile", "Dockerfile") == DOCKERFILE.name
+        assert env_of(service).items() >= shared_env.items(), name
+        depends_on = service["depends_on"]
+        assert isinstance(depends_on, dict), name
+        for dependency in ("redis", "postgres"):
+            assert depends_on[dependency]["condition"] == "service_healthy", (name, dependency)
+
+
+def test_dependencies_wait_for_health(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        for dependency, spec in (service.get("depends_on") or {}).items():
+            assert spec["condition"] == "service_healthy", (name, dependency)
+            assert "healthcheck" in services[dependency], dependency
+            if "profiles" in services[dependency]:
+                # Otherwise the default stack refuses to start without that profile.
+                assert spec.get("required") is False, (name, dependency)
+
+
+@pytest.mark.parametrize("name", sorted(WORKERS))
+def test_worker_command_matches_its_profile(
+    name: str, services: dict[str, dict[str, Any]], settings: Settings
+) -> None:
+    profile = WORKERS[name](settings)
+    options = worker_options(as_argv(services[name]["command"]))
+    expected = profile_options(profile, with_concurrency="-c" in options)
+    assert options == expected
+    assert options["-P"] == profile.pool
+    assert options["-Q"].split(",") == list(profile.queues)
+
+
+def test_io_worker_pins_the_settings_concurrency(
+    services: dict[str, dict[str, Any]], settings: Settings
+) -> None:
+    # Celery's own default (the CPU count) is far below a gevent pool's.
+    options = worker_options(as_argv(services["io-worker"]["command"]))
+    assert options["-c"] == str(io_profile(settings).concurrency)
+
+
+def test_beat_and_flower_commands(services: dict[str, dict[str, Any]]) -> None:
+    beat = as_argv(services["beat"]["command"])
+    assert beat[:4] == ["celery", "-A", APP_PATH, "beat"]
+    assert beat[beat.index("-s") + 1].startswith("/tmp/")
+
+    flower = as_argv(services["flower"]["command"])
+    # The password is expanded by the container's shell, from its environment.
+    assert flower[:2] == ["sh", "-c"], flower
+    script = shlex.split(flower[2])
+    assert script[:5] == ["exec", "celery", "-A", APP_PATH, "flower"]
+    assert "--port=5555" in script
+    assert "--basic-auth=${TASKFLEET_FLOWER_BASIC_AUTH}" in script
+    assert "127.0.0.1:5555:5555" in services["flower"]["ports"]
+
+
+@pytest.mark.parametrize("name", sorted(HEALTHCHECKED))
+def test_healthchecks(name: str, services: dict[str, dict[str, Any]]) -> None:
+    check = services[name].get("healthcheck")
+    assert check, name
+    assert not check.get("disable"), name
+    test = check["test"]
+    assert isinstance(test, list), test
+    assert test[0] in ("CMD", "CMD-SHELL"), test
+    command = " ".join(test[1:])
+    expected = {
+        "redis": "redis-cli ping",
+        "postgres": "pg_isready",
+        "rabbitmq": "rabbitmq-diagnostics -q ping",
+    }
+    if name in expected:
+        assert expected[name] in command
+        return
+    # A worker pings its own node: the -n name with %h as the container's hostname.
+    assert test[0] == "CMD-SHELL"
+    node = worker_options(as_argv(services[name]["command"]))["-n"]
+    destination = node.replace("%h", "$HOSTNAME")
+    argv = shlex.split(interpolate(command))
+    assert argv[:5] == ["celery", "-A", APP_PATH, "inspect", "ping"], argv
+    assert argv[argv.index("-d") + 1] == destination
+
+
+def test_no_literal_secrets(compose: dict[str, Any], services: dict[str, dict[str, Any]]) -> None:
+    for name, service in [("x-taskfleet", compose["x-taskfleet"]), *services.items()]:
+        for key, value in env_of(service).items():
+            if _SECRET_KEY.search(key):
+                assert _SECRET_REF.fullmatch(value), f"{name}: {key} is not a ${{...}} reference"
+    for value in strings(compose):
+        for match in _URL_PASSWORD.finditer(value):
+            assert _SECRET_REF.fullmatch(match["password"]), f"password in URL {value!r}"
+        for match in _SECRET_FLAG.finditer(value):
+            assert _SECRET_REF.fullmatch(match["value"].strip("\"'").replace("$$", "$")), value
+
+
+def test_every_dollar_is_escaped_or_an_interpolation(compose: dict[str, Any]) -> None:
+    # A bare $NAME would be filled in by Compose from the host, not by the container.
+    for value in strings(compose):
+        assert "$" not in _VAR.sub("", value.replace("$$", "")), value
+
+
+def test_ports_are_published_on_localhost_only(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            if isinstance(port, dict):
+                assert port.get("host_ip") == "127.0.0.1", (name, port)
+            else:
+                assert str(port).startswith("127.0.0.1:"), (name, port)
+
+
+def test_dockerfile(settings: Settings) -> None:
+    instructions = dockerfile_instructions()
+    keywords = [keyword for keyword, _ in instructions]
+    assert instructions[0] == ("FROM", "python:3.11-slim")
+
+    users = [args for keyword, args in instructions if keyword == "USER"]
+    assert users, "the image runs as root"
+    user = users[-1].split(":")[0]
+    assert user not in ("root", "0")
+    assert keywords.index("USER") > max(
+        index for index, (keyword, _) in enumerate(instructions) if keyword == "RUN"
+    ), "USER must come after the last RUN (installation as root, running as the user)"
+
+    runs = " ".join(args for keyword, args in instructions if keyword == "RUN")
+    assert re.search(r"pip install (?:[^&;]* )?\.(?:\s|$)", runs), runs
+    assert not re.search(r"\.\[[^\]]*\]", runs), "no extras (test, bench) in the image"
+    copied = " ".join(args for keyword, args in instructions if keyword == "COPY")
+    for needed in ("pyproject.toml", "README.md", "taskfleet"):
+        assert needed in copied, needed
+
+    env = " ".join(args for keyword, args in instructions if keyword == "ENV")
+    assert re.search(r"\bPYTHONUNBUFFERED=1\b", env)
+
+    cmd = json.loads(next(args for keyword, args in reversed(instructions) if keyword == "CMD"))
+    options = worker_options(cmd)
+    assert options == profile_options(cpu_profile(settings), with_concurrency="-c" in options)
+
+
+def test_dockerignore() -> None:
+    patterns = {
+        line.strip()
+        for line in DOCKERIGNORE.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    assert {".venv", ".taskfleet", ".git", "tests", ".env"} <= patterns
+    assert {".pytest_cache", ".mypy_cache", ".ruff_cache"} <= patterns
+    assert patterns & {"__pycache__", "**/__pycache__"}
+    for needed in ("pyproject.toml", "README.md", "taskfleet", "*.md", "*.toml"):
+        assert needed not in patterns, f"{needed} is needed to build the image"

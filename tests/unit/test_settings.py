@@ -1,0 +1,78 @@
+"""Settings validation: bad combinations fail at start, naming the setting."""
+
+from __future__ import annotations
+
+import pytest
+
+from taskfleet.config import ConfigError, load_settings
+from taskfleet.config.settings import ENV_PREFIX
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for key in list(os.environ):
+        if key.startswith(ENV_PREFIX):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir("/")  # no .env file
+
+
+def test_defaults_are_valid() -> None:
+    settings = load_settings()
+    assert settings.broker_is_redis
+    assert settings.hard_time_limit < settings.visibility_timeout
+    assert settings.dlq_name("cpu") == "cpu.dlq"
+
+
+def test_hard_limit_at_or_above_visibility_timeout_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TASKFLEET_VISIBILITY_TIMEOUT", "600")
+    monkeypatch.setenv("TASKFLEET_HARD_TIME_LIMIT", "600")
+    with pytest.raises(
+        ConfigError, match=r"TASKFLEET_HARD_TIME_LIMIT.*TASKFLEET_VISIBILITY_TIMEOUT"
+    ):
+        load_settings()
+
+
+def test_visibility_timeout_does_not_bind_on_rabbitmq(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TASKFLEET_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
+    monkeypatch.setenv("TASKFLEET_VISIBILITY_TIMEOUT", "600")
+    monkeypatch.setenv("TASKFLEET_SOFT_TIME_LIMIT", "900")
+    monkeypatch.setenv("TASKFLEET_HARD_TIME_LIMIT", "1000")
+    assert load_settings().broker_is_amqp
+
+
+def test_soft_limit_must_be_below_hard_limit() -> None:
+    with pytest.raises(ConfigError, match="TASKFLEET_SOFT_TIME_LIMIT"):
+        load_settings(soft_time_limit=60, hard_time_limit=30)
+
+
+def test_missing_urls_without_embedded_stack_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TASKFLEET_EMBEDDED", "false")
+    with pytest.raises(ConfigError, match="TASKFLEET_BROKER_URL, TASKFLEET_DATABASE_URL"):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "named"),
+    [
+        ("broker_url", "kafka://localhost", "TASKFLEET_BROKER_URL"),
+        ("redis_url", "amqp://localhost", "TASKFLEET_REDIS_URL"),
+        ("database_url", "mysql://localhost/db", "TASKFLEET_DATABASE_URL"),
+        ("cpu_concurrency", "0", "TASKFLEET_CPU_CONCURRENCY"),
+        ("cpu_queue", "has space", "TASKFLEET_CPU_QUEUE"),
+    ],
+)
+def test_invalid_values_name_their_variable(
+    monkeypatch: pytest.MonkeyPatch, field: str, value: str, named: str
+) -> None:
+    monkeypatch.setenv(f"TASKFLEET_{field.upper()}", value)
+    with pytest.raises(ConfigError, match=named):
+        load_settings()
+
+
+def test_same_queue_for_both_pools_is_refused() -> None:
+    with pytest.raises(ConfigError, match="TASKFLEET_CPU_QUEUE and TASKFLEET_IO_QUEUE"):
+        load_settings(cpu_queue="jobs", io_queue="jobs")
