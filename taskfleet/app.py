@@ -64,6 +64,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_expires": settings.result_expires,
         "result_extended": True,
         "result_backend_always_retry": True,
+        # One backend (one Redis pool) per process: gevent greenlets would otherwise each
+        # build their own, a new connection per job (the redis client is thread-safe).
+        "result_backend_thread_safe": True,
         "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout},
         "redis_max_connections": settings.redis_pool_size,
         "broker_connection_retry_on_startup": True,

@@ -211,10 +211,17 @@ class Client:
         fresh = self._claim(messages)
         to_send = [m for m, new in zip(messages, fresh, strict=True) if new]
         if to_send:
-            if self._broker_redis is not None:
-                self._publish_redis(to_send)
-            else:
-                self._publish_amqp(to_send)
+            try:
+                if self._broker_redis is not None:
+                    self._publish_redis(to_send)
+                else:
+                    self._publish_amqp(to_send)
+            except BaseException:
+                # Not published: free the idempotency claims so a retry really sends the jobs.
+                keyed = [m.job_id for m in to_send if "taskfleet_idempotency_key" in m.headers]
+                if keyed:
+                    self._redis.delete(*(IDEMPOTENCY_PREFIX + job_id for job_id in keyed))
+                raise
         return [
             JobHandle(m.job_id, m.kind, self.app, deduplicated=not new)
             for m, new in zip(messages, fresh, strict=True)

@@ -26,6 +26,15 @@ def _open_child_pools(**_: Any) -> None:
     open_resources(settings_of(app))
 
 
+def _open_solo_pools(sender: Any = None, **_: Any) -> None:
+    """A gevent (or solo) worker runs jobs in its own process: open its pools at start."""
+    from taskfleet.app import app, settings_of
+
+    pool_cls = getattr(sender, "pool_cls", None)
+    if pool_cls is not None and "prefork" not in str(getattr(pool_cls, "__module__", pool_cls)):
+        open_resources(settings_of(app))
+
+
 def _close_child_pools(**_: Any) -> None:
     close_resources()
 
@@ -58,6 +67,7 @@ def _stop_persister(**_: Any) -> None:
 
 
 signals.worker_process_init.connect(_open_child_pools, weak=False)
+signals.worker_init.connect(_open_solo_pools, weak=False)
 signals.worker_process_shutdown.connect(_close_child_pools, weak=False)
 signals.worker_ready.connect(_start_persister, weak=False)
 signals.worker_shutdown.connect(_stop_persister, weak=False)

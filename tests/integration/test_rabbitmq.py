@@ -29,7 +29,7 @@ def test_bare_send_task_on_rabbitmq(amqp_fleet: Fleet, amqp_env: dict[str, str])
         task_serializer="json", accept_content=["json"], result_accept_content=["json"]
     )
     result = bare.send_task("cpu.checksum", args=[{"rounds": 3}])  # default queue, forwarded
-    assert result.get(timeout=30)["rounds"] == 3
+    assert result.get(timeout=90)["rounds"] == 3
     bare.close()
 
 

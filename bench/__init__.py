@@ -1,0 +1,1 @@
+"""Benchmarks: taskfleet against stock Celery, Dramatiq and RQ (``python -m bench``)."""

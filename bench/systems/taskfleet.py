@@ -1,0 +1,107 @@
+"""taskfleet: ``Client.enqueue_many`` / ``enqueue``, cpu_profile workers, Redis + Postgres results."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import psycopg
+
+from bench.common import WORKER_READY_TIMEOUT_S, completion_timeout, make_payload, poll_until
+from bench.services import BENCH_STACK_DIR, count_rows, flush_redis, services, truncate_tables
+from bench.systems.base import EnqueueVariant
+from bench.systems.celery_meta import CeleryMetaSystem
+
+JOB_KIND = "cpu.noop"
+RESULTS_TABLE = "taskfleet_results"
+WORKER_LOGLEVEL = "WARNING"
+
+
+class TaskfleetSystem(CeleryMetaSystem):
+    """taskfleet as shipped: prefork cpu workers (acks late, prefetch 1) plus the persister."""
+
+    name = "taskfleet"
+    label = "taskfleet"
+
+    def __init__(self) -> None:
+        """Build a client bound to the bench's own Redis database."""
+        super().__init__()
+        from taskfleet.app import create_app
+        from taskfleet.client import Client
+        from taskfleet.config import load_settings
+
+        svc = services()
+        self.url = svc.redis_for(self.name)
+        self.env = {
+            "TASKFLEET_BROKER_URL": self.url,
+            "TASKFLEET_REDIS_URL": self.url,
+            "TASKFLEET_DATABASE_URL": svc.sqlalchemy_url,
+            "TASKFLEET_DATA_DIR": BENCH_STACK_DIR,
+        }
+        self.settings = load_settings(
+            broker_url=self.url, redis_url=self.url, database_url=svc.sqlalchemy_url
+        )
+        self.client = Client(create_app(self.settings))
+        self._durable_baseline = 0
+
+    @property
+    def result_url(self) -> str:
+        """Results live in the system's Redis database."""
+        return self.url
+
+    def reset(self) -> None:
+        """FLUSHDB and empty the durable results table."""
+        flush_redis(self.url)
+        truncate_tables(RESULTS_TABLE)
+
+    def _spawn_workers(self, n_procs: int) -> None:
+        from taskfleet.workers.profiles import cpu_profile
+
+        argv = cpu_profile(self.settings, n_procs).argv(
+            hostname="bench-taskfleet@%h", loglevel=WORKER_LOGLEVEL
+        )
+        self.workers.spawn(argv, {**self.env, "TASKFLEET_CPU_CONCURRENCY": str(n_procs)})
+
+    def after_warmup(self) -> None:
+        """Wait until the warm-up results are in Postgres too, then note the row count."""
+        from bench.common import WARMUP_JOBS
+
+        with psycopg.connect(services().libpq_url, autocommit=True) as conn:
+            poll_until(
+                lambda: count_rows(conn, RESULTS_TABLE) >= WARMUP_JOBS,
+                WORKER_READY_TIMEOUT_S,
+                "warm-up results in Postgres",
+            )
+            self._durable_baseline = count_rows(conn, RESULTS_TABLE)
+
+    def publish(self, n: int) -> list[Any]:
+        """One ``enqueue_many`` call (pipelines of 1000)."""
+        handles = self.client.enqueue_many([(JOB_KIND, make_payload(i)) for i in range(n)])
+        return [h.id for h in handles]
+
+    def publish_one(self, index: int) -> Any:
+        """One ``enqueue`` call."""
+        return self.client.enqueue(JOB_KIND, make_payload(index)).id
+
+    def enqueue_variants(self) -> list[EnqueueVariant]:
+        """``enqueue_many`` and a loop of ``enqueue``."""
+        return [
+            EnqueueVariant("enqueue_many", "batch", self.publish),
+            EnqueueVariant("enqueue loop", "loop", self._loop),
+        ]
+
+    def extra_after_drain(self, n: int, started: float) -> dict[str, float]:
+        """Also time until every result is durable in Postgres (the persister's lag)."""
+        target = self._durable_baseline + n
+        with psycopg.connect(services().libpq_url, autocommit=True) as conn:
+            poll_until(
+                lambda: count_rows(conn, RESULTS_TABLE) >= target,
+                completion_timeout(n),
+                f"{n} taskfleet results in Postgres",
+            )
+        durable_s = time.perf_counter() - started
+        return {"durable_jobs_per_s": n / durable_s}
+
+    def stop(self) -> None:
+        """Stop the workers (the persister stops with them)."""
+        super().stop()

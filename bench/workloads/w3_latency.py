@@ -1,0 +1,178 @@
+"""W3 latency: offer a fixed rate (default 300 jobs/s for 5 s); publish-to-result percentiles."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from bench.common import Summary, percentile
+from bench.report import NOT_AVAILABLE, Table, fmt_mib, fmt_ms, fmt_ratio
+from bench.systems.base import System
+from bench.workloads.base import Options, failure, log, open_system, with_workers
+
+WORKLOAD = "W3"
+REFERENCE = "taskfleet"
+LATENCY_POLL_S = 0.003
+"""Poll period of the result watcher: the resolution of every latency figure."""
+WATCH_WINDOW = 200
+"""Oldest pending jobs checked per poll (bounds the watcher's own CPU use)."""
+DRAIN_AFTER_S = 15.0
+"""How long results may keep arriving after the last publish."""
+MS = 1000.0
+
+
+class _Watcher(threading.Thread):
+    """Polls the results of published jobs and records when each became readable."""
+
+    def __init__(self, system: System) -> None:
+        super().__init__(name="bench-latency-watcher", daemon=True)
+        self.system = system
+        self.lock = threading.Lock()
+        self.pending: dict[Any, float] = {}
+        self.latencies: list[float] = []
+        self.stop_event = threading.Event()
+        self.error: BaseException | None = None
+
+    def add(self, key: Any, published_at: float) -> None:
+        with self.lock:
+            self.pending[key] = published_at
+
+    def outstanding(self) -> int:
+        with self.lock:
+            return len(self.pending)
+
+    def run(self) -> None:
+        try:
+            while not self.stop_event.is_set():
+                with self.lock:
+                    items = list(self.pending.items())[:WATCH_WINDOW]
+                if items:
+                    flags = self.system.done_flags([k for k, _ in items])
+                    now = time.perf_counter()
+                    with self.lock:
+                        for (key, published_at), done in zip(items, flags, strict=True):
+                            if done:
+                                del self.pending[key]
+                                self.latencies.append(now - published_at)
+                self.stop_event.wait(LATENCY_POLL_S)
+        except BaseException as exc:
+            self.error = exc
+
+
+def _one_run(system: System, rate: float, seconds: float) -> dict[str, Any]:
+    total = int(rate * seconds)
+    watcher = _Watcher(system)
+    watcher.start()
+    try:
+        start = time.perf_counter()
+        for index in range(total):
+            due = start + index / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)  # pacing to the offered rate, not waiting for a result
+            published_at = time.perf_counter()
+            watcher.add(system.publish_one(index), published_at)
+        publish_s = time.perf_counter() - start
+        deadline = time.perf_counter() + DRAIN_AFTER_S
+        while watcher.outstanding() and time.perf_counter() < deadline and watcher.is_alive():
+            watcher.stop_event.wait(LATENCY_POLL_S * 5)
+    finally:
+        watcher.stop_event.set()
+        watcher.join(DRAIN_AFTER_S)
+    if watcher.error is not None:
+        raise watcher.error
+    lat = sorted(watcher.latencies)
+    if not lat:
+        raise RuntimeError("no job finished")
+    return {
+        "offered": total,
+        "finished": len(lat),
+        "lost_or_late": total - len(lat),
+        "achieved_publish_rate": total / publish_s,
+        "p50_ms": percentile(lat, 0.50) * MS,
+        "p95_ms": percentile(lat, 0.95) * MS,
+        "p99_ms": percentile(lat, 0.99) * MS,
+        "peak_rss_bytes": system.peak_rss_bytes(),
+    }
+
+
+def run(options: Options) -> Table:
+    """Measure W3 for every selected system that exposes per-job results.
+
+    Args:
+        options: CLI options.
+
+    Returns:
+        The table.
+    """
+    rate, seconds = options.latency_rate, options.latency_seconds
+    table = Table(
+        WORKLOAD,
+        f"latency at {rate:,.0f} jobs/s offered for {seconds:g} s, publish to readable result (ms)",
+        [
+            "system",
+            "p50",
+            "p95",
+            "p99",
+            "unfinished",
+            "peak worker RSS MiB",
+            "taskfleet p50 ÷ this",
+            "taskfleet p99 ÷ this",
+        ],
+        notes=[
+            f"One job at a time (`enqueue` / `apply_async` / `send` / `enqueue`), paced to the "
+            f"offered rate; a watcher thread polls results every {LATENCY_POLL_S * MS:.0f} ms "
+            "(the resolution). Ratios below 1 mean taskfleet is faster.",
+            "Figures are median (min-max) over runs of each run's percentile.",
+        ],
+    )
+    stats: dict[str, dict[str, Summary]] = {}
+    cells: dict[str, list[str]] = {}
+    for name in options.systems:
+        system = open_system(name)
+        if isinstance(system, str):
+            cells[name] = [name, system, "", "", "", ""]
+            continue
+        if not system.per_job_results:
+            cells[name] = [system.label, "n/a: no per-job result", "", "", "", ""]
+            continue
+        runs: list[dict[str, Any]] = []
+        try:
+            for index in range(options.runs):
+                log.info("W3 %s run %d/%d", name, index + 1, options.runs)
+                runs.append(
+                    with_workers(system, options.procs, lambda s: _one_run(s, rate, seconds))
+                )
+        except Exception as exc:
+            cells[name] = [system.label, failure(name, exc), "", "", "", ""]
+            table.raw.append({"system": name, "runs": runs, "error": str(exc)})
+            continue
+        summary = {
+            key: Summary.of([r[key] for r in runs])
+            for key in ("p50_ms", "p95_ms", "p99_ms", "peak_rss_bytes")
+        }
+        stats[name] = summary
+        unfinished = max(r["lost_or_late"] for r in runs)
+        cells[name] = [
+            system.label,
+            fmt_ms(summary["p50_ms"]),
+            fmt_ms(summary["p95_ms"]),
+            fmt_ms(summary["p99_ms"]),
+            str(unfinished),
+            fmt_mib(summary["peak_rss_bytes"]),
+        ]
+        table.raw.append(
+            {"system": name, **{k: v.as_dict() for k, v in summary.items()}, "runs": runs}
+        )
+    ours = stats.get(REFERENCE)
+    for name in options.systems:
+        theirs = stats.get(name)
+        ratios = [
+            fmt_ratio(ours[key].median if ours else None, theirs[key].median if theirs else None)
+            if ours and theirs
+            else NOT_AVAILABLE
+            for key in ("p50_ms", "p99_ms")
+        ]
+        table.rows.append([*cells[name], *ratios])
+    return table
