@@ -16,6 +16,9 @@ from taskfleet.routing.topology import DEFAULT_INBOX, Topology, pool_for_kind
 from taskfleet.routing.transport import ALL_PRIORITY_STEPS, TRANSPORT_PATH
 
 RESULT_BACKEND_PATH = "taskfleet.cache.backend:TaskfleetResultBackend"
+#: Retries of a result write when Redis is unreachable (Celery's default is forever, which
+#: wedges a worker slot instead of failing loudly).
+RESULT_STORE_MAX_RETRIES = 20
 
 
 def make_router(topology: Topology) -> Any:
@@ -64,6 +67,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_expires": settings.result_expires,
         "result_extended": True,
         "result_backend_always_retry": True,
+        "result_backend_max_retries": RESULT_STORE_MAX_RETRIES,
         # One backend (one Redis pool) per process: gevent greenlets would otherwise each
         # build their own, a new connection per job (the redis client is thread-safe).
         "result_backend_thread_safe": True,

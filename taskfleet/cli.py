@@ -188,6 +188,16 @@ def _print_ready(fleet: Fleet, took: float) -> None:
             )
 
 
+def _start_and_wait(fleet: Fleet, ready_timeout: float) -> None:
+    """Start every child, show what runs, and wait until the workers answer pings."""
+    with console.status("starting services and workers..."):
+        fleet.start()
+    console.print(_fleet_table(fleet))
+    with console.status("waiting for the workers to answer pings..."):
+        took = fleet.wait_ready(ready_timeout)
+    _print_ready(fleet, took)
+
+
 def _fmt_ms(value: float) -> str:
     return "-" if value != value else f"{value:,.1f} ms"  # nan check
 
@@ -247,12 +257,7 @@ def up(
         fleet = Fleet(_settings(), options)
         with signals_raise_interrupt():
             try:
-                with console.status("starting services and workers..."):
-                    fleet.start()
-                console.print(_fleet_table(fleet))
-                with console.status("waiting for the workers to answer pings..."):
-                    took = fleet.wait_ready(ready_timeout)
-                _print_ready(fleet, took)
+                _start_and_wait(fleet, ready_timeout)
                 console.print("Press Ctrl-C to stop.")
                 fleet.supervise()
             except KeyboardInterrupt:
@@ -393,12 +398,7 @@ def demo(
         fleet = Fleet(_settings(), options)
         with signals_raise_interrupt():
             try:
-                with console.status("starting services and workers..."):
-                    fleet.start()
-                console.print(_fleet_table(fleet))
-                with console.status("waiting for the workers to answer pings..."):
-                    took = fleet.wait_ready(ready_timeout)
-                _print_ready(fleet, took)
+                _start_and_wait(fleet, ready_timeout)
                 columns = (
                     TextColumn("{task.description:>12}"),
                     BarColumn(),

@@ -11,6 +11,7 @@ from __future__ import annotations
 from functools import cached_property
 from typing import Any
 
+import redis
 from celery import states
 from celery.backends.redis import RedisBackend
 from celery.exceptions import BackendStoreError
@@ -45,6 +46,9 @@ class TaskfleetResultBackend(RedisBackend):  # type: ignore[misc]
 
     def __init__(self, app: Any = None, url: str | None = None, **kwargs: Any) -> None:
         url = url or app.conf.get(RESULT_URL_SETTING)
+        # One backend serves every greenlet of a gevent worker (result_backend_thread_safe):
+        # when all connections are busy, wait for one instead of failing the job.
+        kwargs.setdefault("connection_pool", redis.BlockingConnectionPool)
         super().__init__(app=app, url=url, **kwargs)
         self._engine: Any = None
 

@@ -12,7 +12,8 @@ import pytest
 from taskfleet.devstack import EmbeddedStack
 
 REPO = Path(__file__).resolve().parents[2]
-TEST_DATA_DIR = REPO / ".taskfleet" / "test-stack"
+#: Embedded services for tests; set TASKFLEET_TEST_STACK_DIR to give a parallel run its own.
+TEST_DATA_DIR = Path(os.environ.get("TASKFLEET_TEST_STACK_DIR", REPO / ".taskfleet" / "test-stack"))
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
 URL_VARS = ("TASKFLEET_BROKER_URL", "TASKFLEET_REDIS_URL", "TASKFLEET_DATABASE_URL")
 
