@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from taskfleet.tasks.base import JOB_POOLS, TaskfleetTask, job
 
-JOB_MODULES = ("taskfleet.tasks.builtin",)
+#: Modules that declare jobs; ``taskfleet.app`` imports each (one line per job family).
+JOB_MODULES: tuple[str, ...] = ("taskfleet.tasks.builtin",)
 
-__all__ = ["JOB_MODULES", "JOB_POOLS", "TaskfleetTask", "job"]
+#: Middleware registered on the app before any job is declared ("module:Class", in order).
+MIDDLEWARE_CLASSES: tuple[str, ...] = ()
+
+__all__ = ["JOB_MODULES", "JOB_POOLS", "MIDDLEWARE_CLASSES", "TaskfleetTask", "job"]

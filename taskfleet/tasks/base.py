@@ -9,8 +9,12 @@ from celery import Celery, Task
 from celery.exceptions import Ignore
 
 from taskfleet.routing.topology import DEFAULT_INBOX, Pool
+from taskfleet.tasks.middleware import NOT_HANDLED, Middleware, owned_options, registered
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: Options that only make sense through a middleware; naming one no middleware owns is an error.
+MIDDLEWARE_OPTION_NAMES = frozenset({"retry", "breaker", "cache", "rate_limit_key", "dead_letter"})
 
 #: Job kind -> pool, filled as tasks are declared; the router and the client read it.
 JOB_POOLS: dict[str, Pool] = {}
@@ -26,6 +30,14 @@ class TaskfleetTask(Task):  # type: ignore[misc]
 
     pool: Pool = "cpu"
     typing = True
+    _active_middleware: list[Middleware] | None = None
+
+    @property
+    def active_middleware(self) -> list[Middleware]:
+        """The registered middleware this task uses (computed once)."""
+        if self._active_middleware is None:
+            self._active_middleware = [m for m in registered(self.app) if m.applies_to(self)]
+        return self._active_middleware
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         delivery = self.request.delivery_info
@@ -38,14 +50,46 @@ class TaskfleetTask(Task):  # type: ignore[misc]
                 headers={"taskfleet_forwarded_from": DEFAULT_INBOX},
             )
             raise Ignore()
-        return super().__call__(*args, **kwargs)
+        stack = self.active_middleware
+        if not stack:
+            return super().__call__(*args, **kwargs)
+        for middleware in stack:
+            answer = middleware.before_call(self, args, kwargs)
+            if answer is not NOT_HANDLED:
+                return answer
+        try:
+            result = super().__call__(*args, **kwargs)
+        except Exception as exc:
+            for middleware in reversed(stack):
+                answer = middleware.on_error(self, args, kwargs, exc)
+                if answer is not NOT_HANDLED:
+                    return answer
+            raise
+        for middleware in reversed(stack):
+            middleware.after_call(self, args, kwargs, result)
+        return result
 
 
 def job(app: Celery, name: str, pool: Pool, **options: Any) -> Callable[[F], F]:
-    """Declare ``fn`` as the job kind ``name`` served by ``pool`` (``cpu`` or ``io``)."""
+    """Declare ``fn`` as the job kind ``name`` served by ``pool`` (``cpu`` or ``io``).
+
+    Options owned by a registered middleware (see ``taskfleet.tasks.middleware``) are stored
+    on the task as ``tf_<name>``; every other option goes to Celery's ``app.task``.
+
+    Raises:
+        TypeError: an option looks like a middleware option but no middleware owns it.
+    """
+    owned = owned_options(app)
+    middleware_options = {f"tf_{k}": v for k, v in options.items() if k in owned}
+    celery_options = {k: v for k, v in options.items() if k not in owned}
+    unknown = sorted(k for k in celery_options if k in MIDDLEWARE_OPTION_NAMES)
+    if unknown:
+        raise TypeError(f"job {name!r}: no registered middleware owns option(s) {unknown}")
+
+    task_options = {**celery_options, **middleware_options}
 
     def decorate(fn: F) -> F:
         JOB_POOLS[name] = pool
-        return cast(F, app.task(name=name, base=TaskfleetTask, pool=pool, **options)(fn))
+        return cast(F, app.task(name=name, base=TaskfleetTask, pool=pool, **task_options)(fn))
 
     return decorate
