@@ -6,6 +6,7 @@ app's configuration is first read (a worker starting, a job being sent).
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from celery import Celery
@@ -14,6 +15,7 @@ from taskfleet.config import Settings, get_settings, resolve_services
 from taskfleet.routing.priority import DEFAULT_PRIORITY
 from taskfleet.routing.topology import DEFAULT_INBOX, Topology, pool_for_kind
 from taskfleet.routing.transport import ALL_PRIORITY_STEPS, TRANSPORT_PATH
+from taskfleet.scheduler.schedule import autoscale_schedule
 
 RESULT_BACKEND_PATH = "taskfleet.cache.backend:TaskfleetResultBackend"
 #: Retries of a result write when Redis is unreachable (Celery's default is forever, which
@@ -72,13 +74,19 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # build their own, a new connection per job (the redis client is thread-safe).
         "result_backend_thread_safe": True,
         "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout},
-        "redis_max_connections": settings.redis_pool_size,
+        # No cap on result connections: a gevent worker shares one backend between all its
+        # greenlets, so it needs up to TASKFLEET_IO_CONCURRENCY of them (a capped pool
+        # raises "Too many connections"; redis-py's blocking pool stalls gevent: measured
+        # 25 jobs/s against 285).
         "broker_connection_retry_on_startup": True,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
-        "worker_send_task_events": True,
+        # Off by default, as in stock Celery (events cost ~25% of no-op throughput, measured);
+        # Flower switches them on in the running workers when it starts.
+        "worker_send_task_events": settings.task_events,
         "task_send_sent_event": False,
         "worker_hijack_root_logger": False,
         "broker_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        "beat_schedule": autoscale_schedule(),  # the autoscaler tick (issue 7)
     }
     if settings.broker_is_redis:
         config["broker_transport"] = TRANSPORT_PATH
@@ -105,7 +113,20 @@ def settings_of(celery_app: Celery) -> Settings:
     return settings or get_settings()
 
 
-app = create_app()
+def install_jobs(celery_app: Celery) -> None:
+    """Register the middleware, then import every job module (which declares its jobs)."""
+    from kombu.utils.imports import symbol_by_name
 
-import taskfleet.tasks.builtin  # noqa: E402 - registers the built-in jobs with ``app``
+    from taskfleet.tasks import JOB_MODULES, MIDDLEWARE_CLASSES
+    from taskfleet.tasks.middleware import add_middleware
+
+    for path in MIDDLEWARE_CLASSES:
+        add_middleware(celery_app, symbol_by_name(path)())
+    for module in JOB_MODULES:
+        importlib.import_module(module)
+
+
+app = create_app()
+install_jobs(app)
+
 import taskfleet.workers.signals  # noqa: E402, F401 - per-process resources and the persister

@@ -58,7 +58,9 @@ from taskfleet.fleet import (
     signals_raise_interrupt,
     tail,
 )
+from taskfleet.resilience.cli import dlq_cli
 from taskfleet.routing import PriorityError, UnknownJobKind, parse_priority
+from taskfleet.scheduler.cli import scale_cli
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -83,6 +85,8 @@ services_cli = typer.Typer(
     help="Start, stop or inspect the embedded Redis + PostgreSQL.", no_args_is_help=True
 )
 cli.add_typer(services_cli, name="services")
+cli.add_typer(dlq_cli, name="dlq")
+cli.add_typer(scale_cli, name="scale")
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)

@@ -9,7 +9,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -21,7 +21,9 @@ from sqlalchemy.exc import ProgrammingError
 
 from taskfleet.cache.store import FINAL_STATES, make_engine, results_table
 from taskfleet.client import Client, JobSpec
+from taskfleet.config import Settings
 from taskfleet.fleet import POLL_INTERVAL_S, Deadline, Fleet
+from taskfleet.resilience.dlq import DeadLetterFilter, DeadLetterQueues
 from taskfleet.routing.depth import queue_depths
 from taskfleet.routing.priority import PRIORITY_LEVELS
 from taskfleet.routing.topology import Topology
@@ -177,6 +179,15 @@ def dead_letter_total(broker_url: str, topology: Topology) -> int:
         return sum(queue_depths(conn, queues).values())
 
 
+def dead_letter_ids(settings: Settings, job_ids: Iterable[str]) -> set[str]:
+    """Which of ``job_ids`` have a dead letter."""
+    wanted = frozenset(job_ids)
+    if not wanted:
+        return set()
+    letters = DeadLetterQueues(settings).list(DeadLetterFilter(ids=wanted))
+    return {letter.id for letter in letters}
+
+
 def count_persisted(engine: Engine, keys: Sequence[str]) -> int:
     """Rows of ``taskfleet_results`` in a final state among ``keys`` (0 if no table yet)."""
     total = 0
@@ -206,7 +217,9 @@ class DemoReport:
         failed: Jobs that ended in FAILURE (or REVOKED).
         expected_failures: Jobs that were invalid by design.
         unexpected_failures: Failed jobs that were valid.
-        dead_lettered: New messages in the dead-letter queues during the run.
+        dead_lettered: New messages in the dead-letter queues during the run (a failed job is
+            both failed and dead-lettered).
+        dead_letter_only: Jobs with a dead letter and no result (e.g. a poison pill).
         unfinished: Jobs with no result when the deadline passed.
         wall_s: Seconds from the first publish to the last result.
         latencies_ms: Publish-to-result milliseconds of every finished job.
@@ -221,6 +234,7 @@ class DemoReport:
     expected_failures: int = 0
     unexpected_failures: int = 0
     dead_lettered: int = 0
+    dead_letter_only: int = 0
     unfinished: int = 0
     wall_s: float = 0.0
     latencies_ms: list[float] = field(default_factory=list, repr=False)
@@ -230,8 +244,8 @@ class DemoReport:
 
     @property
     def lost(self) -> int:
-        """Jobs neither finished nor dead-lettered."""
-        return self.sent - self.done - self.failed - self.dead_lettered
+        """Jobs with neither a result nor a dead letter."""
+        return self.sent - self.done - self.failed - self.dead_letter_only
 
     @property
     def pg_expected(self) -> int:
@@ -349,13 +363,16 @@ def run_demo(
                 report.dead_lettered = dead_letter_total(urls.broker_url, topology) - dlq_before
                 next_dlq_check = time.monotonic() + DLQ_CHECK_INTERVAL_S
             notify(report, "running")
-            if len(watcher.pending) <= max(report.dead_lettered, 0):
-                break  # the rest sits in a dead-letter queue: no result is coming
+            if report.dead_lettered and len(watcher.pending) <= report.dead_lettered:
+                report.dead_letter_only = len(dead_letter_ids(fleet.settings, watcher.pending))
+                if report.dead_letter_only == len(watcher.pending):
+                    break  # the rest sits in a dead-letter queue: no result is coming
             if deadline.expired():
                 break
             deadline.pause(RESULT_POLL_INTERVAL_S)
         report.dead_lettered = max(dead_letter_total(urls.broker_url, topology) - dlq_before, 0)
-        report.unfinished = len(watcher.pending)
+        report.dead_letter_only = len(dead_letter_ids(fleet.settings, watcher.pending))
+        report.unfinished = len(watcher.pending) - report.dead_letter_only
         report.wall_s = (last_done - first_publish).total_seconds()
         report.latency_by_priority = by_priority
 

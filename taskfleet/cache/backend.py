@@ -3,11 +3,14 @@
 Keys stay ``celery-task-meta-<id>`` so any Celery client (or another language reading
 Celery's Redis backend) reads results as usual. Each write also appends the result to the
 persistence stream inside the same MULTI, and ``ResultPersister`` moves it to Postgres in
-batches. A result that Redis has lost (expiry, eviction, restart) is read back from Postgres.
+batches. A result that Redis has lost (expiry, eviction, restart) is read back from Postgres
+and back-filled into Redis. Final results (which the store script never overwrites) are
+also kept in a small per-process L1, so repeated reads of a finished job cost no round trip.
 """
 
 from __future__ import annotations
 
+import contextlib
 from functools import cached_property
 from typing import Any
 
@@ -17,10 +20,15 @@ from celery.backends.redis import RedisBackend
 from celery.exceptions import BackendStoreError
 from kombu.utils.encoding import bytes_to_str
 
+from taskfleet.cache.l1 import MemoryTier
 from taskfleet.cache.persister import PERSIST_STREAM
 
 RESULT_URL_SETTING = "taskfleet_redis_url"
 DATABASE_URL_SETTING = "taskfleet_database_url"
+#: Per-process L1 of final results: entries and seconds (final results never change).
+RESULT_L1_ENTRIES = 4096
+RESULT_L1_TTL_S = 300.0
+FINAL_STATE_MARKERS = tuple(f'"status": "{s}"' for s in ("SUCCESS", "FAILURE", "REVOKED"))
 
 #: Keep a stored SUCCESS; otherwise write the meta, notify waiters, and queue the durable copy.
 STORE_RESULT_LUA = """
@@ -46,11 +54,9 @@ class TaskfleetResultBackend(RedisBackend):  # type: ignore[misc]
 
     def __init__(self, app: Any = None, url: str | None = None, **kwargs: Any) -> None:
         url = url or app.conf.get(RESULT_URL_SETTING)
-        # One backend serves every greenlet of a gevent worker (result_backend_thread_safe):
-        # when all connections are busy, wait for one instead of failing the job.
-        kwargs.setdefault("connection_pool", redis.BlockingConnectionPool)
         super().__init__(app=app, url=url, **kwargs)
         self._engine: Any = None
+        self.l1 = MemoryTier(policy="lru", max_entries=RESULT_L1_ENTRIES, ttl=RESULT_L1_TTL_S)
 
     def _store_result(
         self,
@@ -91,20 +97,40 @@ class TaskfleetResultBackend(RedisBackend):  # type: ignore[misc]
             self._engine = make_engine(self.app.conf.get(DATABASE_URL_SETTING), pool_size=2)
         return self._engine
 
+    def _remember(self, key: str, value: str) -> None:
+        if any(marker in value for marker in FINAL_STATE_MARKERS):
+            self.l1.set_many({key: value})
+
+    def delete(self, key: bytes | str) -> None:
+        """Forget a result (``AsyncResult.forget``): Redis and this process's L1."""
+        self.l1.delete([key.decode() if isinstance(key, bytes) else key])
+        super().delete(key)
+
     def get(self, key: bytes | str) -> Any:
-        """Read Redis first; fall back to the durable copy when Redis no longer has it."""
+        """Read L1, then Redis; fall back to the durable copy when Redis no longer has it."""
+        skey = key.decode() if isinstance(key, bytes) else key
+        cached = self.l1.get_text(skey)
+        if cached is not None:
+            return cached
         value = self.client.get(key)
-        if value is not None or not self.app.conf.get(DATABASE_URL_SETTING):
+        if value is not None:
+            self._remember(skey, bytes_to_str(value))
             return value
-        import json
+        if not self.app.conf.get(DATABASE_URL_SETTING):
+            return value
 
         from sqlalchemy.exc import SQLAlchemyError
 
         from taskfleet.cache.store import fetch_result
 
-        skey = key.decode() if isinstance(key, bytes) else key
         try:
             stored = fetch_result(self._database(), skey)
         except SQLAlchemyError:
             return None
-        return json.dumps(stored) if stored is not None else None
+        if stored is None:
+            return None
+        text = self.encode(stored)
+        self._remember(skey, text)
+        with contextlib.suppress(redis.RedisError):  # back-fill Redis, never over newer
+            self.client.set(skey, text, ex=int(self.expires or 0) or None, nx=True)
+        return text

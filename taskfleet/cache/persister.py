@@ -5,6 +5,12 @@ Workers write each result to Redis and append it to a stream in the same MULTI (
 and acknowledges only what Postgres committed, so a result is never lost between the two:
 while Postgres is down the entries wait in the stream, and entries held by a consumer that
 died are claimed by another after ``claim_idle_ms``.
+
+The same stream is the write-behind buffer of the generic cache's L3: its entries carry
+``table=cache`` and an ``op`` (see ``taskfleet.cache.l2``), are applied to ``taskfleet_cache``
+in stream order with the entry id as row version, and are acknowledged in the same way.
+Entries without ``table`` are results. A batch is flushed when ``batch_size`` entries are
+waiting or after ``block_ms``, and once more on shutdown.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +27,7 @@ import redis
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from taskfleet.cache.l3 import CacheOp, apply_ops, purge_expired
 from taskfleet.cache.store import ResultRow, ensure_schema, upsert_results
 
 PERSIST_STREAM = "taskfleet:results:persist"
@@ -29,14 +37,26 @@ DEFAULT_BLOCK_MS = 100
 DEFAULT_CLAIM_IDLE_MS = 30_000
 DEFAULT_RETRY_DELAY_S = 1.0
 PARENT_CHECK_INTERVAL_S = 0.5
+DEFAULT_PURGE_INTERVAL_S = 300.0
+CACHE_TABLE = b"cache"
 
 log = logging.getLogger(__name__)
 StreamEntry = tuple[bytes, dict[bytes, bytes]]
 
 
-def _decode(entry: StreamEntry) -> ResultRow | None:
-    _, fields = entry
+def _decode(entry: StreamEntry) -> ResultRow | CacheOp | None:
+    entry_id, fields = entry
     try:
+        if fields.get(b"table") == CACHE_TABLE:
+            ms, _, seq = entry_id.decode().partition("-")
+            raw = fields.get(b"value")
+            return CacheOp(
+                op=fields[b"op"].decode(),
+                key=fields[b"key"].decode(),
+                value=raw.decode() if raw is not None else None,
+                expires_in=float(fields.get(b"expires") or 0),
+                version=(int(ms), int(seq or 0)),
+            )
         key = fields[b"key"].decode()
         value = fields[b"value"].decode()
         expires = float(fields[b"expires"]) if fields.get(b"expires") else None
@@ -59,7 +79,12 @@ class ResultPersister:
         block_ms: int = DEFAULT_BLOCK_MS,
         claim_idle_ms: int = DEFAULT_CLAIM_IDLE_MS,
         retry_delay_s: float = DEFAULT_RETRY_DELAY_S,
+        stream: str = PERSIST_STREAM,
+        purge_interval_s: float = DEFAULT_PURGE_INTERVAL_S,
     ) -> None:
+        self.stream = stream
+        self.purge_interval_s = purge_interval_s
+        self._last_purge = time.monotonic()
         self.client = client
         self.engine = engine
         self.consumer = consumer or f"{socket.gethostname()}:{os.getpid()}"
@@ -75,7 +100,7 @@ class ResultPersister:
     def ensure_group(self) -> None:
         """Create the stream's consumer group (and the stream) if missing."""
         try:
-            self.client.xgroup_create(PERSIST_STREAM, PERSIST_GROUP, id="0", mkstream=True)
+            self.client.xgroup_create(self.stream, PERSIST_GROUP, id="0", mkstream=True)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -86,21 +111,24 @@ class ResultPersister:
         if not self._schema_ready:
             ensure_schema(self.engine)
             self._schema_ready = True
-        rows = [row for row in map(_decode, entries) if row is not None]
+        decoded = [row for row in map(_decode, entries) if row is not None]
+        rows = [r for r in decoded if isinstance(r, ResultRow)]
+        ops = [r for r in decoded if isinstance(r, CacheOp)]
         upsert_results(self.engine, rows)
+        apply_ops(self.engine, ops)
         ids = [entry_id for entry_id, _ in entries]
         pipe = self.client.pipeline(transaction=False)
-        pipe.xack(PERSIST_STREAM, PERSIST_GROUP, *ids)
-        pipe.xdel(PERSIST_STREAM, *ids)
+        pipe.xack(self.stream, PERSIST_GROUP, *ids)
+        pipe.xdel(self.stream, *ids)
         pipe.execute()
-        self.written += len(rows)
-        return len(rows)
+        self.written += len(decoded)
+        return len(entries)
 
     def _read(self, start: str, block_ms: int | None) -> list[StreamEntry]:
         reply: Any = self.client.xreadgroup(
             PERSIST_GROUP,
             self.consumer,
-            {PERSIST_STREAM: start},
+            {self.stream: start},
             count=self.batch_size,
             block=block_ms,
         )
@@ -115,7 +143,7 @@ class ResultPersister:
         entries = self._read("0", None)
         if not entries:
             _, claimed, *_ = self.client.xautoclaim(
-                PERSIST_STREAM,
+                self.stream,
                 PERSIST_GROUP,
                 self.consumer,
                 self.claim_idle_ms,
@@ -135,12 +163,15 @@ class ResultPersister:
 
     def backlog(self) -> int:
         """Entries not yet written to Postgres."""
-        return int(self.client.xlen(PERSIST_STREAM))
+        return int(self.client.xlen(self.stream))
 
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
                 self.step(block_ms=self.block_ms)
+                if time.monotonic() - self._last_purge >= self.purge_interval_s:
+                    self._last_purge = time.monotonic()
+                    purge_expired(self.engine)
             except (redis.RedisError, SQLAlchemyError, OSError) as exc:
                 log.warning("result persister: %s; retrying in %.1fs", exc, self.retry_delay_s)
                 self._schema_ready = False

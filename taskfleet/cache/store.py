@@ -1,4 +1,9 @@
-"""The durable result table in PostgreSQL (SQLAlchemy 2 Core + psycopg 3), written by upsert."""
+"""The durable tables in PostgreSQL (SQLAlchemy 2 Core + psycopg 3), written by upsert.
+
+``taskfleet_results`` holds Celery results; ``taskfleet_cache`` is the cache's L3 (see
+``taskfleet.cache.l3``), where a NULL value is a tombstone and every row carries the version
+(stream entry id) of the write that produced it, so the last write wins in every tier.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     DateTime,
     Engine,
@@ -39,6 +45,19 @@ results_table = Table(
     Index("ix_taskfleet_results_expires_at", "expires_at"),
 )
 
+cache_table = Table(
+    "taskfleet_cache",
+    metadata,
+    Column("key", String, primary_key=True),
+    Column("value", JSONB, nullable=True),
+    Column("version_ms", BigInteger, nullable=False, server_default="0"),
+    Column("version_seq", BigInteger, nullable=False, server_default="0"),
+    Column("created_at", DateTime(timezone=True), server_default=func.now(), nullable=False),
+    Column("updated_at", DateTime(timezone=True), server_default=func.now(), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=True),
+    Index("ix_taskfleet_cache_expires_at", "expires_at"),
+)
+
 
 @dataclass(frozen=True)
 class ResultRow:
@@ -65,7 +84,7 @@ def make_engine(url: str, pool_size: int = 5) -> Engine:
 
 
 def ensure_schema(engine: Engine) -> None:
-    """Create the results table if missing; safe to call from many processes at once."""
+    """Create the results and cache tables if missing; safe to call from many processes at once."""
     with engine.begin() as conn:
         conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": SCHEMA_LOCK_ID})
         metadata.create_all(conn, checkfirst=True)

@@ -1,0 +1,73 @@
+"""Settings of the resilience layer (retries, circuit breakers, dead letters).
+
+Read from ``TASKFLEET_RESILIENCE_*`` variables, validated once, with errors naming the variable.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from taskfleet.config.settings import ConfigError
+
+ENV_PREFIX = "TASKFLEET_RESILIENCE_"
+#: A job whose worker process died this many times is dead-lettered on its next delivery.
+DEFAULT_MAX_DELIVERIES = 3
+#: Retry waits up to this long sleep in the worker; longer ones re-queue with a countdown.
+DEFAULT_INPROCESS_WAIT_S = 1.0
+#: What a breaker does when its storage (Redis) is unreachable.
+DEFAULT_STORAGE_FALLBACK: Literal["closed", "open"] = "closed"
+#: How long per-job bookkeeping (attempts, delivery counts) outlives the job.
+DEFAULT_BOOKKEEPING_TTL_S = 7 * 24 * 3600
+BREAKER_SCHEMES = frozenset({"memory", "redis", "rediss"})
+
+
+def _env_name(field: str) -> str:
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+class ResilienceSettings(BaseSettings):
+    """Knobs of retries, breakers and dead-lettering."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", validate_default=True
+    )
+
+    breaker_storage_url: str | None = Field(
+        None, description="memory:// or redis://… (default: taskfleet's Redis)"
+    )
+    breaker_storage_fallback: Literal["closed", "open"] = DEFAULT_STORAGE_FALLBACK
+    max_deliveries: int = Field(DEFAULT_MAX_DELIVERIES, ge=1, le=1000)
+    inprocess_wait: float = Field(DEFAULT_INPROCESS_WAIT_S, ge=0, le=60)
+    bookkeeping_ttl: int = Field(DEFAULT_BOOKKEEPING_TTL_S, ge=60)
+
+    @field_validator("breaker_storage_url")
+    @classmethod
+    def _known_scheme(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme.lower() not in BREAKER_SCHEMES:
+            raise ValueError(
+                f"{_env_name('breaker_storage_url')} must be memory://, redis:// or rediss://"
+            )
+        return value
+
+
+def load_resilience_settings(**overrides: object) -> ResilienceSettings:
+    """Read and validate the settings, as one ConfigError naming each bad variable."""
+    try:
+        return ResilienceSettings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{_env_name(str(err['loc'][0])) if err['loc'] else 'settings'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid resilience settings: {problems}") from None
+
+
+@lru_cache(maxsize=1)
+def get_resilience_settings() -> ResilienceSettings:
+    """The process-wide resilience settings, read once."""
+    return load_resilience_settings()

@@ -1,0 +1,96 @@
+"""``taskfleet dlq list|show|replay|purge``: dead letters from the command line.
+
+Exit codes: 0 done; 1 nothing matched (``show``); 2 invalid input or configuration.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Annotated
+
+import typer
+
+from taskfleet.config import ConfigError, load_settings
+from taskfleet.resilience.dlq import DeadLetterQueues, select
+
+dlq_cli = typer.Typer(help="Inspect, replay and purge dead-lettered jobs.", no_args_is_help=True)
+
+QueueOpt = Annotated[str | None, typer.Option("--queue", help="Work queue the job came from")]
+KindOpt = Annotated[str | None, typer.Option("--kind", help="Job kind")]
+ReasonOpt = Annotated[str | None, typer.Option("--reason", help="e.g. retries_exhausted")]
+AgeOpt = Annotated[float | None, typer.Option("--older-than", help="Seconds since it died")]
+
+
+def _queues() -> DeadLetterQueues:
+    try:
+        return DeadLetterQueues(load_settings())
+    except ConfigError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+
+
+@dlq_cli.command("list")
+def list_(
+    queue: QueueOpt = None,
+    kind: KindOpt = None,
+    reason: ReasonOpt = None,
+    older_than: AgeOpt = None,
+) -> None:
+    """One line per dead letter: id, kind, queue, reason, error, age."""
+    for letter in _queues().list(
+        select(queue=queue, kind=kind, reason=reason, older_than=older_than)
+    ):
+        typer.echo(
+            f"{letter.id}  {letter.kind}  {letter.queue}  {letter.reason}  "
+            f"{letter.exc_type}: {letter.exc_message[:80]}  {letter.age:.0f}s"
+        )
+
+
+@dlq_cli.command()
+def show(job_id: str) -> None:
+    """The full record of one dead letter, as JSON."""
+    letter = _queues().show(job_id)
+    if letter is None:
+        typer.echo(f"no dead letter {job_id}", err=True)
+        raise typer.Exit(1)
+    typer.echo(json.dumps(asdict(letter), indent=2, default=str))
+
+
+@dlq_cli.command()
+def replay(
+    job_ids: Annotated[list[str] | None, typer.Argument(help="Ids (default: the filter)")] = None,
+    queue: QueueOpt = None,
+    kind: KindOpt = None,
+    reason: ReasonOpt = None,
+    older_than: AgeOpt = None,
+    all_: Annotated[bool, typer.Option("--all", help="Replay every dead letter")] = False,
+) -> None:
+    """Publish dead jobs again (each at most once, linked to the original id)."""
+    if not (job_ids or queue or kind or reason or older_than is not None or all_):
+        typer.echo("name job ids, a filter, or --all", err=True)
+        raise typer.Exit(2)
+    report = _queues().replay(
+        select(queue=queue, kind=kind, reason=reason, older_than=older_than, ids=job_ids)
+    )
+    for old, new in report.replayed.items():
+        typer.echo(f"replayed {old} as {new}")
+    typer.echo(
+        f"{len(report.replayed)} replayed, {len(report.already_succeeded)} already succeeded, "
+        f"{len(report.already_replayed)} already replayed, in {report.seconds:.3f}s"
+    )
+
+
+@dlq_cli.command()
+def purge(
+    queue: QueueOpt = None,
+    kind: KindOpt = None,
+    reason: ReasonOpt = None,
+    older_than: AgeOpt = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask")] = False,
+) -> None:
+    """Delete dead letters matching the filter (all when no filter is given)."""
+    if not yes:
+        typer.confirm("Delete the matching dead letters?", abort=True)
+    count = _queues().purge(select(queue=queue, kind=kind, reason=reason, older_than=older_than))
+    typer.echo(f"{count} purged")

@@ -1,0 +1,137 @@
+"""Dead-letter records: what a job was, why it died, and where the record is kept.
+
+A record is JSON: the original message (body base64, content type, headers, properties) and
+the metadata (reason, exception type and message, traceback, attempts, timestamps).
+
+* Redis broker: the record is pushed onto the pool's dead-letter *list* (``cpu.dlq``), so
+  ``queue_depths`` counts dead letters like any queue. An index hash (job id -> 1) makes the
+  push idempotent: a job dead-lettered twice (redelivered after a crash) is stored once.
+* RabbitMQ: the message itself reaches ``<queue>.dlq`` through the broker's dead-letter
+  exchange (the worker rejects it without requeue); the same metadata is stored in a Redis
+  hash keyed by job id and joined back when listing.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import traceback as tb
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import redis
+
+Reason = Literal[
+    "retries_exhausted",
+    "non_retryable",
+    "invalid_arguments",
+    "poison_pill",
+    "unknown_task",
+    "malformed",
+    "content_disallowed",
+    "oversize",
+]
+INDEX_PREFIX = "taskfleet:dlq:index:"
+META_PREFIX = "taskfleet:dlq:meta:"
+MAX_TRACEBACK_CHARS = 8000
+
+# Push once per job id: HSETNX the index, then LPUSH the record (atomic in one script).
+_PUSH_ONCE = """
+if redis.call('HSETNX', KEYS[2], ARGV[1], '1') == 1 then
+  redis.call('LPUSH', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
+@dataclass
+class DeadLetter:
+    """One dead job."""
+
+    id: str
+    kind: str
+    queue: str
+    reason: Reason
+    exc_type: str = ""
+    exc_message: str = ""
+    traceback: str = ""
+    attempts: int = 1
+    dead_at: float = field(default_factory=time.time)
+    first_attempt_at: float | None = None
+    replay_of: str | None = None
+    message: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_exception(
+        cls,
+        *,
+        job_id: str,
+        kind: str,
+        queue: str,
+        reason: Reason,
+        exc: BaseException | None,
+        **extra: Any,
+    ) -> DeadLetter:
+        """A record describing ``exc`` (with its traceback)."""
+        text = ""
+        if exc is not None:
+            text = "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
+        return cls(
+            id=job_id,
+            kind=kind,
+            queue=queue,
+            reason=reason,
+            exc_type=type(exc).__name__ if exc is not None else "",
+            exc_message=str(exc) if exc is not None else "",
+            traceback=text[-MAX_TRACEBACK_CHARS:],
+            **extra,
+        )
+
+    def to_json(self) -> str:
+        """The record as stored."""
+        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True, default=str)
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> DeadLetter:
+        """Parse a stored record."""
+        return cls(**json.loads(raw))
+
+    @property
+    def age(self) -> float:
+        """Seconds since it died."""
+        return time.time() - self.dead_at
+
+
+def raw_message(
+    body: bytes | str | None,
+    content_type: str | None,
+    content_encoding: str | None,
+    headers: dict[str, Any] | None,
+    properties: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """A broker message as JSON-safe data (the body base64-encoded, whatever it holds)."""
+    data = body.encode() if isinstance(body, str) else (body or b"")
+    return {
+        "body": base64.b64encode(data).decode(),
+        "content-type": content_type,
+        "content-encoding": content_encoding,
+        "headers": json.loads(json.dumps(headers or {}, default=str)),
+        "properties": json.loads(json.dumps(properties or {}, default=str)),
+    }
+
+
+def store_redis(client: redis.Redis, dlq: str, letter: DeadLetter) -> bool:
+    """Push the record on the Redis DLQ list once per job id; False if already there."""
+    pushed = client.eval(_PUSH_ONCE, 2, dlq, INDEX_PREFIX + dlq, letter.id, letter.to_json())
+    return bool(pushed)
+
+
+def store_amqp_metadata(client: redis.Redis, dlq: str, letter: DeadLetter, ttl: int) -> None:
+    """Keep the metadata of a job the broker dead-letters (idempotent: same field, same value)."""
+    key = META_PREFIX + dlq
+    pipe = client.pipeline(transaction=False)
+    pipe.hset(key, letter.id, letter.to_json())
+    pipe.expire(key, ttl)
+    pipe.execute()

@@ -1,0 +1,74 @@
+"""Resize workers with Celery's remote control (``pool_grow`` / ``pool_shrink``).
+
+Each command is addressed to one worker and waits for its reply (bounded); a worker that
+does not answer is reported, never retried blindly. Prefork shrinks one process per command:
+billiard shrinks only idle processes and, asked for more than are idle, shrinks some and
+then fails, leaving the count unknown; one at a time, every reply is exact.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery
+
+from taskfleet.scheduler.model import Decision, WorkerView
+from taskfleet.scheduler.store import AutoscaleStore
+
+log = logging.getLogger(__name__)
+
+
+def _command(app: Celery, name: str, host: str, n: int, timeout: float) -> str:
+    """Send one control command to ``host``; return ``ok``, ``no reply`` or its error."""
+    replies: list[dict[str, Any]] = (
+        app.control.broadcast(
+            name, arguments={"n": n}, destination=[host], reply=True, timeout=timeout, limit=1
+        )
+        or []
+    )
+    for reply in replies:
+        answer = reply.get(host) or {}
+        if "ok" in answer:
+            return "ok"
+        if "error" in answer:
+            return f"error: {answer['error']}"
+    return "no reply"
+
+
+def resize_worker(app: Celery, worker: WorkerView, delta: int, timeout: float) -> tuple[int, str]:
+    """Grow (``delta`` > 0) or shrink one worker; returns the change applied and the outcome."""
+    if delta > 0:
+        outcome = _command(app, "pool_grow", worker.hostname, delta, timeout)
+        return (delta if outcome == "ok" else 0), outcome
+    if not worker.prefork:
+        outcome = _command(app, "pool_shrink", worker.hostname, -delta, timeout)
+        return (delta if outcome == "ok" else 0), outcome
+    applied, outcome = 0, "ok"
+    for _ in range(-delta):
+        outcome = _command(app, "pool_shrink", worker.hostname, 1, timeout)
+        if outcome != "ok":
+            break
+        applied -= 1
+    return applied, outcome
+
+
+def actuate(
+    app: Celery,
+    decision: Decision,
+    workers: tuple[WorkerView, ...],
+    store: AutoscaleStore,
+    timeout: float,
+) -> dict[str, Any]:
+    """Apply a decision's per-worker changes; returns what happened to each worker."""
+    by_host = {w.hostname: w for w in workers}
+    results: dict[str, Any] = {}
+    for host, delta in decision.changes.items():
+        worker = by_host[host]
+        applied, outcome = resize_worker(app, worker, delta, timeout)
+        if applied and worker.prefork:
+            store.set_prefork_size(host, worker.pid, worker.concurrency + applied)
+        results[host] = {"asked": delta, "applied": applied, "outcome": outcome}
+        if outcome != "ok":
+            log.warning("autoscale: %s on %s: %s", decision.action, host, outcome)
+    return results

@@ -1,0 +1,33 @@
+"""The beat schedule entry that runs the autoscaler tick (no app import: ``app.py`` uses it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from taskfleet.config.autoscale import AutoscaleSettings, load_autoscale_settings
+from taskfleet.routing.priority import MAX_PRIORITY
+
+TICK_TASK = "scheduler.autoscale_tick"
+SCHEDULE_NAME = "taskfleet-autoscale"
+#: Ticks jump ahead of queued I/O jobs (9 is the most urgent priority).
+TICK_PRIORITY = MAX_PRIORITY
+
+
+def autoscale_schedule(settings: AutoscaleSettings | None = None) -> dict[str, Any]:
+    """``beat_schedule`` entries: one tick every interval, or none when disabled.
+
+    A tick not started within one interval expires (the next one measures afresh).
+
+    Raises:
+        ConfigError: the autoscaler settings are invalid (names the variable).
+    """
+    chosen = settings or load_autoscale_settings()
+    if not chosen.enabled:
+        return {}
+    return {
+        SCHEDULE_NAME: {
+            "task": TICK_TASK,
+            "schedule": chosen.interval,
+            "options": {"expires": chosen.interval, "priority": TICK_PRIORITY},
+        }
+    }

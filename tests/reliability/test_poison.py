@@ -1,0 +1,37 @@
+"""Poison pills: a job that SIGKILLs its worker runs a bounded number of times, then dies."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import redis
+
+from taskfleet.client import Client
+from taskfleet.config import load_settings
+from taskfleet.resilience.dlq import DeadLetterQueues
+from tests.integration.test_dead_letters import resilience_env, start_fleet
+from tests.support.waiting import wait_for
+
+MAX_DELIVERIES = 2  # resilience_env sets TASKFLEET_RESILIENCE_MAX_DELIVERIES=2
+
+
+@pytest.mark.timeout(120)
+def test_self_killing_job_is_dead_lettered_after_max_deliveries(
+    redis_env: dict[str, str], redis_client: redis.Redis, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    fleet = start_fleet(resilience_env(redis_env, "psn"), tmp_path_factory.mktemp("psn"), cpu=1)
+    try:
+        client = Client(fleet.app())
+        dlqs = DeadLetterQueues(load_settings(**fleet.settings_overrides))
+        counter = f"t:kill:{uuid.uuid4().hex}"
+        handle = client.enqueue("diag.suicide", {"counter": counter})
+        after = client.enqueue("cpu.noop", None)
+        letter = wait_for(lambda: dlqs.show(handle.id), 60, "the poison pill's dead letter")
+        assert letter.reason == "poison_pill"
+        assert letter.attempts == MAX_DELIVERIES
+        assert int(redis_client.get(counter) or 0) == MAX_DELIVERIES
+        assert handle.status() == "FAILURE"
+        assert after.result(30) == {"ok": True}  # the worker kept serving
+    finally:
+        fleet.stop()
