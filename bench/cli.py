@@ -15,7 +15,7 @@ from typing import Any
 
 from bench.report import Table
 from bench.systems import SYSTEM_NAMES
-from bench.workloads import stubs, w1_end_to_end, w2_enqueue, w3_latency
+from bench.workloads import features, w1_end_to_end, w2_enqueue, w3_latency, w7_autoscale
 from bench.workloads.base import (
     DEFAULT_LATENCY_RATE,
     DEFAULT_LATENCY_SECONDS,
@@ -26,7 +26,7 @@ from bench.workloads.base import (
     Options,
 )
 
-WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7")
+WORKLOADS = ("W1", "W2", "W3", "R1", "W4", "W5", "W6", "W7")
 RESULTS_DIR = Path(__file__).parent / "results"
 LATEST_MD = "latest.md"
 LATEST_JSON = "latest.json"
@@ -58,7 +58,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--only",
         type=lambda v: _csv(v.upper(), WORKLOADS, "workload"),
         default=WORKLOADS,
-        help="workloads, e.g. W1,W2",
+        help="workloads, e.g. W1,W2 (R1 = resilience-layer overhead)",
     )
     parser.add_argument(
         "--systems",
@@ -67,7 +67,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"systems, e.g. taskfleet,celery_redis (all: {','.join(SYSTEM_NAMES)})",
     )
     parser.add_argument("--n", type=int, help=f"jobs for W1/W2 (default {DEFAULT_N})")
-    parser.add_argument("--runs", type=int, help=f"runs per figure (default {DEFAULT_RUNS})")
+    parser.add_argument(
+        "--runs",
+        type=int,
+        help=f"runs per figure (default {DEFAULT_RUNS}; W6 and W7 default to 1)",
+    )
     parser.add_argument("--rate", type=float, default=DEFAULT_LATENCY_RATE, help="W3 jobs/s")
     parser.add_argument("--seconds", type=float, help="W3 duration")
     parser.add_argument("--no-write", action="store_true", help="do not write bench/results")
@@ -112,7 +116,7 @@ def run_workload(workload: str, options: Options) -> Table:
     """Run one workload.
 
     Args:
-        workload: ``W1``..``W7``.
+        workload: ``W1``..``W7`` or ``R1``.
         options: Options.
 
     Returns:
@@ -124,7 +128,9 @@ def run_workload(workload: str, options: Options) -> Table:
         return w2_enqueue.run(options)
     if workload == "W3":
         return w3_latency.run(options)
-    return stubs.run(workload, options)
+    if workload == "W7":
+        return w7_autoscale.table(options)
+    return features.TABLES[workload](options)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,12 +155,17 @@ def main(argv: list[str] | None = None) -> int:
         latency_rate=args.rate,
         latency_seconds=args.seconds
         or (QUICK_LATENCY_SECONDS if args.quick else DEFAULT_LATENCY_SECONDS),
+        quick=args.quick,
+        long_runs=args.runs or 1,
     )
     started = time.perf_counter()
     info = machine()
     tables: list[Table] = []
+    timings: dict[str, float] = {}
     for workload in args.only:
+        began = time.perf_counter()
         table = run_workload(workload, options)
+        timings[workload] = time.perf_counter() - began
         tables.append(table)
         print(table.markdown(), flush=True)
     elapsed = time.perf_counter() - started
@@ -164,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         f"RAM, Python {info.get('python')}, Redis {info.get('redis', '?')}, "
         f"PostgreSQL {info.get('postgres', '?')}. Runs per figure: {options.runs}; "
         f"N = {options.n:,}; total time {elapsed:,.0f} s"
-        f"{' (--quick)' if args.quick else ''}.\n"
+        f"{' (--quick)' if args.quick else ''}"
+        f" ({', '.join(f'{w} {s:,.0f} s' for w, s in timings.items())}).\n"
     )
     print(header)
     if not args.no_write:
@@ -181,9 +193,11 @@ def main(argv: list[str] | None = None) -> int:
                 "procs": options.procs,
                 "latency_rate": options.latency_rate,
                 "latency_seconds": options.latency_seconds,
+                "long_runs": options.long_runs,
             },
             "machine": info,
             "elapsed_s": elapsed,
+            "workload_s": timings,
             "tables": [t.as_dict() for t in tables],
         }
         (RESULTS_DIR / LATEST_JSON).write_text(json.dumps(payload, indent=2) + "\n")

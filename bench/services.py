@@ -24,6 +24,10 @@ REDIS_DBS = {
     "dramatiq": 5,
     "rq": 6,
     "ceiling": 7,
+    "cache": 8,
+    "resilience": 9,
+    "autoscale_taskfleet": 10,
+    "autoscale_celery": 11,
 }
 
 

@@ -32,6 +32,9 @@ class Options:
     procs: int = 2
     latency_rate: float = DEFAULT_LATENCY_RATE
     latency_seconds: float = DEFAULT_LATENCY_SECONDS
+    quick: bool = False
+    #: Runs of the slow workloads (W6, W7): 1 unless ``--runs`` is given.
+    long_runs: int = 1
 
 
 def with_workers(system: System, procs: int, body: Callable[[System], T]) -> T:

@@ -77,15 +77,23 @@ def _direct(n: int) -> dict[str, Any]:
 def _through_worker(n: int) -> dict[str, Any]:
     """One prefork CPU worker per core on private queues; n jobs published at once."""
     import taskfleet.tasks.sandbox_jobs  # noqa: F401 - routes sandbox.run to the CPU pool
+    from bench.services import BENCH_STACK_DIR, services
     from taskfleet.client import Client, JobSpec
     from taskfleet.config import load_settings
     from taskfleet.workers.profiles import cpu_profile
-    from tests.support.services import service_env
     from tests.support.workers import Fleet
 
+    # The bench's own services (configured URLs, else .taskfleet/bench-stack), not the
+    # test suite's stack: tests.support.services.service_env() would start that one.
+    svc = services()
+    url = svc.redis_for("taskfleet")
     suffix = uuid.uuid4().hex[:8]
     env = {
-        **service_env(),
+        "TASKFLEET_BROKER_URL": url,
+        "TASKFLEET_REDIS_URL": url,
+        "TASKFLEET_DATABASE_URL": svc.sqlalchemy_url,
+        "TASKFLEET_DATA_DIR": BENCH_STACK_DIR,
+        "TASKFLEET_EMBEDDED": "false",
         "TASKFLEET_CPU_QUEUE": f"cpu-w5-{suffix}",
         "TASKFLEET_IO_QUEUE": f"io-w5-{suffix}",
         "TASKFLEET_NO_PERSISTER": "1",

@@ -1,0 +1,578 @@
+"""W7 autoscaler: the same CPU burst against taskfleet's autoscaler and Celery's ``--autoscale``.
+
+Each system gets one prefork worker that starts at ``MIN_PROCS`` pool processes and may grow
+to ``MAX_PROCS``:
+
+* ``taskfleet``: a CPU worker from ``cpu_profile(settings, MIN_PROCS)`` (acks late,
+  prefetch 1, ``-O fair``), persister off, on private queues; the bench process plays the
+  beat and calls :func:`taskfleet.scheduler.tick.run_tick` every ``INTERVAL_S`` seconds
+  (autoscale settings: cpu worker/pool min 1, max 4, interval 1 s, every other knob at its
+  default: up cooldown 10 s, down cooldown 30 s, step up 4, step down 1, target backlog 4,
+  inspect timeout 1 s).
+* ``celery``: the stock app of :mod:`bench.systems.celery_autoscale_app` (defaults
+  untouched: prefetch multiplier 4, early ack) with ``--autoscale=4,1``; Celery's own
+  autoscaler runs inside the worker (keepalive 30 s).
+
+Both run the same task body (SHA-256 iterated ``ROUNDS`` times, a few ms of CPU). The burst
+is ``n`` jobs published at once (taskfleet ``enqueue_many``, Celery an ``apply_async`` loop)
+after both autoscalers idled ``IDLE_BEFORE_S``. Measured:
+
+* drain: first publish until the last result is readable in Redis;
+* process-seconds: the worker's child processes are counted with psutil every
+  ``SAMPLE_S`` and integrated over time, during the drain and including the tail (sampling
+  continues until the pool is back to ``MIN_PROCS`` or ``TAIL_S`` after the drain,
+  whichever comes first).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+import redis
+
+from bench.common import WORKER_READY_TIMEOUT_S, Summary, completion_timeout, poll_until
+from bench.procs import WorkerGroup
+from bench.report import NOT_AVAILABLE, Table
+from bench.services import BENCH_STACK_DIR, flush_redis, services
+from bench.workloads.base import Options, failure, log
+
+WORKLOAD = "W7"
+DEFAULT_JOBS = 2000
+QUICK_JOBS = 300
+ROUNDS = 2000
+MIN_PROCS = 1
+MAX_PROCS = 4
+INTERVAL_S = 1.0
+SAMPLE_S = 0.1
+TAIL_S = 30.0
+QUICK_TAIL_S = 5.0
+IDLE_BEFORE_S = 2.0
+#: One warm-up job: more would make Celery's autoscaler grow (it scales on reserved
+#: messages, prefetch 4) and start the burst above the minimum.
+WARMUP_JOBS = 1
+CHECK_CHUNK = 500
+META_PREFIX = "celery-task-meta-"
+TF_KIND = "cpu.checksum"
+SYSTEMS = ("taskfleet", "celery")
+LABELS = {"taskfleet": "taskfleet (autoscaler tick, 1 s)", "celery": "Celery `--autoscale=4,1`"}
+TARGET_DRAIN_RATIO = 0.7
+CPU_SAMPLES = 200
+TICK_JOIN_S = 15.0
+
+
+def payload(index: int) -> dict[str, Any]:
+    """The job argument: ``rounds`` plus an index so every digest differs."""
+    return {"rounds": ROUNDS, "i": index}
+
+
+def cpu_ms_per_job() -> float:
+    """In-process CPU time of one job body (the work itself, no framework)."""
+    from bench.systems.celery_autoscale_app import checksum_body
+
+    started = time.process_time()
+    for i in range(CPU_SAMPLES):
+        checksum_body(payload(i))
+    return (time.process_time() - started) / CPU_SAMPLES * 1000
+
+
+def _check_body() -> None:
+    """Guard: the stock task body is taskfleet's ``cpu.checksum`` body (same digest)."""
+    from bench.systems.celery_autoscale_app import checksum_body
+
+    digest = json.dumps(payload(0), sort_keys=True, separators=(",", ":")).encode()
+    for _ in range(ROUNDS):
+        digest = hashlib.sha256(digest).digest()
+    if checksum_body(payload(0))["sha256"] != digest.hex():
+        raise RuntimeError("W7 stock task body differs from cpu.checksum")
+
+
+@dataclass
+class PoolSampler:
+    """Counts a worker's child processes every ``SAMPLE_S`` in a thread."""
+
+    pid: int
+    samples: list[tuple[float, int]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def count(self) -> int:
+        """Child processes of the worker right now (its prefork pool; no persister runs)."""
+        try:
+            return len(psutil.Process(self.pid).children())
+        except psutil.Error:
+            return 0
+
+    def start(self) -> None:
+        """Start sampling."""
+        self._thread = threading.Thread(target=self._loop, name="w7-sampler", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.perf_counter(), self.count()))
+            self._stop.wait(SAMPLE_S)
+
+    def stop(self) -> None:
+        """Stop sampling (one last sample is taken)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(TICK_JOIN_S)
+        self.samples.append((time.perf_counter(), self.count()))
+
+    def latest(self) -> int:
+        """The newest sample (or a fresh count)."""
+        return self.samples[-1][1] if self.samples else self.count()
+
+    def integrate(self, start: float, end: float) -> float:
+        """Process-seconds between ``start`` and ``end`` (each sample holds until the next)."""
+        total = 0.0
+        points = self.samples
+        for (t0, count), (t1, _) in itertools.pairwise(points):
+            lo, hi = max(t0, start), min(t1, end)
+            if hi > lo:
+                total += count * (hi - lo)
+        return total
+
+    def first_reaching(self, procs: int, start: float) -> float | None:
+        """Seconds after ``start`` when the pool first had ``procs`` processes."""
+        for at, count in self.samples:
+            if at >= start and count >= procs:
+                return at - start
+        return None
+
+    def peak(self, start: float, end: float) -> int:
+        """Most processes seen between ``start`` and ``end``."""
+        return max((c for t, c in self.samples if start <= t <= end), default=0)
+
+
+def _wait_results(client: redis.Redis, ids: list[str], timeout: float, what: str) -> None:
+    """Until every id has a SUCCESS meta in Redis (oldest first, a chunk per round trip)."""
+    pending = list(ids)
+
+    def check() -> bool:
+        while pending:
+            chunk = pending[:CHECK_CHUNK]
+            done = 0
+            for value in client.mget([META_PREFIX + i for i in chunk]):
+                if value is None:
+                    break
+                status = json.loads(value)["status"]
+                if status == "FAILURE":
+                    raise RuntimeError(f"a W7 job failed: {value[:300]!r}")
+                if status != "SUCCESS":
+                    break
+                done += 1
+            del pending[:done]
+            if done < len(chunk):
+                return False
+        return True
+
+    poll_until(check, timeout, what, interval=0.005)
+
+
+class Ticker:
+    """The bench process as taskfleet's beat: ``run_tick`` every ``INTERVAL_S`` in a thread."""
+
+    def __init__(self, app: Any, client: redis.Redis) -> None:
+        """Bind to the fleet's app and the autoscaler's Redis."""
+        from taskfleet.config.autoscale import load_autoscale_settings
+
+        self.app = app
+        self.client = client
+        self.settings = load_autoscale_settings(
+            interval=INTERVAL_S,
+            cpu_worker_min=MIN_PROCS,
+            cpu_worker_max=MAX_PROCS,
+            cpu_pool_min=MIN_PROCS,
+            cpu_pool_max=MAX_PROCS,
+        )
+        self.entries: list[tuple[float, float, dict[str, Any]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="w7-ticker", daemon=True)
+
+    def start(self) -> None:
+        """Start ticking."""
+        self._thread.start()
+
+    def _loop(self) -> None:
+        from taskfleet.scheduler.tick import run_tick
+
+        while not self._stop.is_set():
+            began = time.perf_counter()
+            try:
+                entry = run_tick(self.app, self.settings, self.client)
+            except Exception as exc:  # run_tick should not raise; keep ticking if it does
+                entry = {"status": "error", "reason": repr(exc)}
+            self.entries.append((began, time.perf_counter() - began, entry))
+            self._stop.wait(max(0.0, INTERVAL_S - (time.perf_counter() - began)))
+
+    def stop(self) -> None:
+        """Stop ticking (waits for a running tick)."""
+        self._stop.set()
+        self._thread.join(TICK_JOIN_S)
+
+    def summary(self, start: float) -> dict[str, Any]:
+        """Tick durations and the cpu-pool decisions made from ``start`` on."""
+        durations = [d for _, d, _ in self.entries]
+        decisions = []
+        for began, took, entry in self.entries:
+            cpu = entry.get("pools", {}).get("cpu")
+            if began < start - INTERVAL_S:
+                continue
+            if not cpu:
+                decisions.append({"at_s": round(began - start, 2), "status": entry.get("status")})
+                continue
+            decision, inputs = cpu["decision"], cpu["inputs"]
+            decisions.append(
+                {
+                    "at_s": round(began - start, 2),
+                    "took_s": round(took, 2),
+                    "action": decision.get("action"),
+                    "from": decision.get("current"),
+                    "to": decision.get("target"),
+                    "depth": inputs.get("depth"),
+                    "in_flight": inputs.get("in_flight"),
+                    "reason": decision.get("reason"),
+                    "result": cpu.get("result"),
+                }
+            )
+        actions = [d for d in decisions if d.get("action") not in (None, "hold")]
+        return {
+            "ticks": len(durations),
+            "tick_s_median": round(Summary.of(durations).median, 3) if durations else None,
+            "tick_s_max": round(max(durations), 3) if durations else None,
+            "actions": actions,
+            "decisions": decisions,
+        }
+
+
+@dataclass
+class Harness:
+    """What a system provides to the shared measurement."""
+
+    workers: WorkerGroup
+    publish: Callable[[list[dict[str, Any]]], list[str]]
+    results: redis.Redis
+    before: Callable[[], None] = lambda: None
+    after: Callable[[], None] = lambda: None
+    extra: Callable[[float], dict[str, Any]] = lambda start: {}
+
+
+def _measure(h: Harness, n: int, tail_s: float) -> dict[str, Any]:
+    """Warm up, idle, burst, drain, tail; always stops the worker."""
+    sampler: PoolSampler | None = None
+    try:
+        worker = h.workers.procs[0]
+        warm = h.publish([payload(-1 - i) for i in range(WARMUP_JOBS)])
+        deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
+        while True:
+            h.workers.check_alive()
+            try:
+                _wait_results(h.results, warm, 1.0, "W7 warm-up")
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+        sampler = PoolSampler(worker.pid)
+        idle_procs = sampler.count()
+        h.before()
+        sampler.start()
+        time.sleep(IDLE_BEFORE_S)
+        jobs = [payload(i) for i in range(n)]
+        started = time.perf_counter()
+        ids = h.publish(jobs)
+        published = time.perf_counter() - started
+        _wait_results(h.results, ids, completion_timeout(n), f"W7 drain of {n} jobs")
+        drained = time.perf_counter()
+        limit = drained + tail_s
+        while time.perf_counter() < limit:
+            h.workers.check_alive()
+            if sampler.latest() <= MIN_PROCS and time.perf_counter() - drained > SAMPLE_S:
+                break
+            time.sleep(SAMPLE_S)
+        sampler.stop()
+        tail_end = sampler.samples[-1][0]
+        back_to_min = sampler.latest() <= MIN_PROCS
+        return {
+            "n": n,
+            "idle_procs": idle_procs,
+            "publish_s": published,
+            "drain_s": drained - started,
+            "jobs_per_s": n / (drained - started),
+            "proc_s_drain": sampler.integrate(started, drained),
+            "proc_s_total": sampler.integrate(started, tail_end),
+            "window_s": tail_end - started,
+            "tail_s": tail_end - drained,
+            "back_to_min": back_to_min,
+            "peak_procs": sampler.peak(started, tail_end),
+            "to_max_s": sampler.first_reaching(MAX_PROCS, started),
+            "to_2_s": sampler.first_reaching(2, started),
+            **h.extra(started),
+        }
+    finally:
+        if sampler is not None:
+            sampler.stop()
+        h.after()
+        h.workers.stop()
+        h.results.close()
+
+
+def run_taskfleet(n: int, tail_s: float) -> dict[str, Any]:
+    """One W7 run against taskfleet's autoscaler."""
+    from taskfleet.app import create_app
+    from taskfleet.client import Client
+    from taskfleet.config import load_settings
+    from taskfleet.workers.profiles import cpu_profile
+
+    svc = services()
+    url = svc.redis_for("autoscale_taskfleet")
+    flush_redis(url)
+    tag = uuid.uuid4().hex[:8]
+    queues = {"cpu_queue": f"cpu-w7-{tag}", "io_queue": f"io-w7-{tag}"}
+    settings = load_settings(
+        broker_url=url, redis_url=url, database_url=svc.sqlalchemy_url, **queues
+    )
+    env = {
+        "TASKFLEET_BROKER_URL": url,
+        "TASKFLEET_REDIS_URL": url,
+        "TASKFLEET_DATABASE_URL": svc.sqlalchemy_url,
+        "TASKFLEET_DATA_DIR": BENCH_STACK_DIR,
+        "TASKFLEET_CPU_QUEUE": queues["cpu_queue"],
+        "TASKFLEET_IO_QUEUE": queues["io_queue"],
+        "TASKFLEET_NO_PERSISTER": "1",
+    }
+    argv = cpu_profile(settings, MIN_PROCS).argv(hostname=f"w7-tf-{tag}@%h", loglevel="WARNING")
+    workers = WorkerGroup("w7-taskfleet")
+    app = create_app(settings)
+    client = Client(app)
+    state = redis.Redis.from_url(url)
+    ticker = Ticker(app, state)
+
+    def publish(jobs: list[dict[str, Any]]) -> list[str]:
+        return [h.id for h in client.enqueue_many([(TF_KIND, job) for job in jobs])]
+
+    def after() -> None:
+        ticker.stop()
+        client.close()
+        state.close()
+
+    workers.spawn(argv, env)
+    harness = Harness(
+        workers,
+        publish,
+        redis.Redis.from_url(url),
+        before=ticker.start,
+        after=after,
+        extra=lambda start: {"autoscaler": ticker.summary(start)},
+    )
+    return _measure(harness, n, tail_s)
+
+
+def run_celery(n: int, tail_s: float) -> dict[str, Any]:
+    """One W7 run against stock Celery's ``--autoscale``."""
+    from bench.systems import celery_app as capp
+    from bench.systems.celery_autoscale_app import make_app
+
+    url = services().redis_for("autoscale_celery")
+    flush_redis(url)
+    tag = uuid.uuid4().hex[:8]
+    app, task = make_app(url, url)
+    argv = [
+        "celery",
+        "-A",
+        "bench.systems.celery_autoscale_app",
+        "worker",
+        "-P",
+        "prefork",
+        f"--autoscale={MAX_PROCS},{MIN_PROCS}",
+        "-Q",
+        capp.QUEUE,
+        "-n",
+        f"w7-celery-{tag}@%h",
+        "-l",
+        "WARNING",
+    ]
+    workers = WorkerGroup("w7-celery")
+
+    def publish(jobs: list[dict[str, Any]]) -> list[str]:
+        return [task.apply_async((job,)).id for job in jobs]
+
+    def after() -> None:
+        with contextlib.suppress(Exception):
+            app.close()
+
+    workers.spawn(argv, {capp.BROKER_ENV: url, capp.BACKEND_ENV: url})
+    return _measure(Harness(workers, publish, redis.Redis.from_url(url), after=after), n, tail_s)
+
+
+RUNNERS: dict[str, Callable[[int, float], dict[str, Any]]] = {
+    "taskfleet": run_taskfleet,
+    "celery": run_celery,
+}
+
+
+def run(n: int = DEFAULT_JOBS, runs: int = 1, tail_s: float = TAIL_S) -> dict[str, Any]:
+    """``runs`` rounds, alternating the systems' order; raw figures per system.
+
+    Returns:
+        ``{"cpu_ms_per_job": ..., "taskfleet": [run, ...], "celery": [run, ...]}``, where
+        a failed run is ``{"error": ...}``.
+    """
+    _check_body()
+    out: dict[str, Any] = {"cpu_ms_per_job": cpu_ms_per_job(), **{s: [] for s in SYSTEMS}}
+    for index in range(runs):
+        order = SYSTEMS if index % 2 == 0 else SYSTEMS[::-1]
+        for name in order:
+            log.info("W7 %s run %d/%d", name, index + 1, runs)
+            try:
+                out[name].append(RUNNERS[name](n, tail_s))
+            except Exception as exc:
+                out[name].append({"error": failure(name, exc)})
+    return out
+
+
+def _fmt(summary: Summary | None, digits: int = 1) -> str:
+    if summary is None:
+        return NOT_AVAILABLE
+    if summary.runs == 1:
+        return f"{summary.median:.{digits}f}"
+    return f"{summary.median:.{digits}f} ({summary.low:.{digits}f}-{summary.high:.{digits}f})"
+
+
+def _summ(runs: list[dict[str, Any]], key: str) -> Summary | None:
+    values = [r[key] for r in runs if "error" not in r and r.get(key) is not None]
+    return Summary.of(values) if values else None
+
+
+def _verdict(ok: bool | None) -> str:
+    return NOT_AVAILABLE if ok is None else ("met" if ok else "**missed**")
+
+
+def table(options: Options) -> Table:
+    """W7 as a table (``options.long_runs`` rounds; ``--quick``: fewer jobs, 5 s tail)."""
+    n = QUICK_JOBS if options.quick else DEFAULT_JOBS
+    tail_s = QUICK_TAIL_S if options.quick else TAIL_S
+    data = run(n, options.long_runs, tail_s)
+    t = Table(
+        WORKLOAD,
+        f"autoscaler, burst of {n:,} `cpu.checksum` jobs (rounds={ROUNDS}), "
+        f"pool {MIN_PROCS}..{MAX_PROCS} processes",
+        [
+            "system",
+            "drain s",
+            "jobs/s",
+            "process-s during drain",
+            "process-s incl. tail",
+            "tail s (back to min?)",
+            "s to 2 / to 4 procs",
+        ],
+    )
+    figures: dict[str, dict[str, Summary | None]] = {}
+    for name in SYSTEMS:
+        runs = data[name]
+        errors = [r["error"] for r in runs if "error" in r]
+        good = [r for r in runs if "error" not in r]
+        if not good:
+            t.rows.append([LABELS[name], errors[0] if errors else "no run", *[NOT_AVAILABLE] * 5])
+            continue
+        f = {k: _summ(good, k) for k in ("drain_s", "jobs_per_s", "proc_s_drain", "proc_s_total")}
+        figures[name] = f
+        tails = ", ".join(
+            f"{r['tail_s']:.1f} ({'yes' if r['back_to_min'] else 'no'})" for r in good
+        )
+        reach = ", ".join(f"{_s(r['to_2_s'])} / {_s(r['to_max_s'])}" for r in good)
+        t.rows.append(
+            [
+                LABELS[name],
+                _fmt(f["drain_s"], 2),
+                _fmt(f["jobs_per_s"], 0),
+                _fmt(f["proc_s_drain"], 1),
+                _fmt(f["proc_s_total"], 1),
+                tails,
+                reach,
+            ]
+        )
+        if errors:
+            t.notes.append(f"{LABELS[name]}: {len(errors)} failed run(s): {errors[0]}")
+    tf, ce = figures.get("taskfleet"), figures.get("celery")
+
+    def ratio(key: str) -> float | None:
+        a = tf and tf[key]
+        b = ce and ce[key]
+        return a.median / b.median if a and b and b.median else None
+
+    drain, p_drain, p_total = ratio("drain_s"), ratio("proc_s_drain"), ratio("proc_s_total")
+    t.rows.append(
+        [
+            "taskfleet ÷ Celery",
+            f"{drain:.2f}x" if drain else NOT_AVAILABLE,
+            NOT_AVAILABLE,
+            f"{p_drain:.2f}x" if p_drain else NOT_AVAILABLE,
+            f"{p_total:.2f}x" if p_total else NOT_AVAILABLE,
+            NOT_AVAILABLE,
+            NOT_AVAILABLE,
+        ]
+    )
+    t.rows.append(
+        [
+            "target",
+            f"≤ {TARGET_DRAIN_RATIO:.2f}x (≥30% faster): "
+            + _verdict(None if drain is None else drain <= TARGET_DRAIN_RATIO),
+            NOT_AVAILABLE,
+            "≤ 1.00x: " + _verdict(None if p_drain is None else p_drain <= 1.0),
+            "≤ 1.00x: " + _verdict(None if p_total is None else p_total <= 1.0),
+            NOT_AVAILABLE,
+            NOT_AVAILABLE,
+        ]
+    )
+    tf_runs = [r for r in data["taskfleet"] if "error" not in r]
+    ticks = [r["autoscaler"] for r in tf_runs]
+    t.notes += [
+        f"Job body: {data['cpu_ms_per_job']:.2f} ms of CPU in-process; {n:,} jobs ≈ "
+        f"{n * data['cpu_ms_per_job'] / 1000:.1f} CPU-s of work on a 2-core machine.",
+        f"Runs: {options.long_runs} per system (W7 defaults to 1: each run idles "
+        f"{IDLE_BEFORE_S:.0f} s, drains, then samples up to {tail_s:.0f} s of tail; `--runs` "
+        "sets it). Systems alternate order between runs.",
+        "Drain = first publish → last result readable in Redis (publishing included: "
+        "taskfleet one `enqueue_many`, Celery an `apply_async` loop). Process-seconds = "
+        f"worker child processes sampled every {SAMPLE_S * 1000:.0f} ms, integrated from the "
+        "first publish; the tail ends when the pool is back to 1 process or "
+        f"{tail_s:.0f} s after the drain.",
+        "taskfleet: the bench process calls `run_tick` every 1 s (each tick also waits for "
+        "the 1 s `inspect` broadcast, so ticks are ~1-2 s apart); autoscale defaults "
+        "otherwise (up cooldown 10 s, down cooldown 30 s after the last growth, step up 4, "
+        "step down 1 per tick, target backlog 4). Celery: its autoscaler runs in the worker, "
+        "re-evaluated on every received message, scale-down 30 s (keepalive) after the "
+        "last scale-up.",
+    ]
+    if ticks:
+        tick = ticks[0]
+        acts = "; ".join(
+            f"+{a['at_s']:.1f} s {a['action']} {a['from']}→{a['to']}" for a in tick["actions"]
+        )
+        t.notes.append(
+            f"taskfleet ticks (run 1): {tick['ticks']} ticks, median {tick['tick_s_median']} s, "
+            f"max {tick['tick_s_max']} s; decisions after the burst: {acts or 'none'}."
+        )
+    t.raw.append(data)
+    return t
+
+
+def _s(value: float | None) -> str:
+    return NOT_AVAILABLE if value is None else f"{value:.1f}"
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(json.dumps(run(int(sys.argv[1]) if len(sys.argv) > 1 else 500, tail_s=5.0), indent=2))
