@@ -1,0 +1,23 @@
+"""The ``taskfleet`` Typer application and its sub-apps, before any command is added."""
+
+from __future__ import annotations
+
+import typer
+
+from taskfleet.resilience.cli import dlq_cli
+from taskfleet.scheduler.cli import scale_cli
+
+cli = typer.Typer(
+    name="taskfleet",
+    help="Background jobs at scale on Celery: run a local fleet, submit jobs, inspect them.",
+    no_args_is_help=True,
+    add_completion=False,
+    # Locals of a crashing frame can hold service URLs with passwords: never print them.
+    pretty_exceptions_show_locals=False,
+)
+services_cli = typer.Typer(
+    help="Start, stop or inspect the embedded Redis + PostgreSQL.", no_args_is_help=True
+)
+cli.add_typer(services_cli, name="services")
+cli.add_typer(dlq_cli, name="dlq")
+cli.add_typer(scale_cli, name="scale")

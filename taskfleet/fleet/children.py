@@ -1,0 +1,93 @@
+"""What a fleet runs: its options, its child processes, and how they fail."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from taskfleet.fleet.flower import DEFAULT_FLOWER_PORT
+
+ChildRole = Literal["worker", "beat", "flower"]
+
+
+class FleetError(RuntimeError):
+    """The fleet could not start, or stopped being healthy."""
+
+
+@dataclass(frozen=True)
+class FleetOptions:
+    """What a :class:`~taskfleet.fleet.Fleet` runs.
+
+    Attributes:
+        cpu_concurrency: CPU worker processes (default: the settings').
+        io_concurrency: I/O worker greenlets (default: the settings').
+        flower: Run Flower.
+        flower_port: Flower's port on 127.0.0.1.
+        beat: Run ``celery beat``.
+        keep_services: Leave an embedded stack this fleet started running on stop.
+    """
+
+    cpu_concurrency: int | None = None
+    io_concurrency: int | None = None
+    flower: bool = True
+    flower_port: int = DEFAULT_FLOWER_PORT
+    beat: bool = True
+    keep_services: bool = False
+
+
+@dataclass
+class Child:
+    """One supervised process.
+
+    Attributes:
+        name: Display name (``cpu-worker``, ``io-worker``, ``beat``, ``flower``).
+        role: What it is.
+        argv: Its command line.
+        log_path: Where its stdout and stderr go.
+        url: What it serves or connects to, for display.
+        detail: A short description (pool, concurrency, queues), for display.
+        nodename: The Celery node name (workers only), used to ping it.
+        extra_env: Variables only this child gets (Flower's credentials).
+        popen: The running process, once started.
+        killed: Whether stopping it needed SIGKILL.
+    """
+
+    name: str
+    role: ChildRole
+    argv: list[str]
+    log_path: Path
+    url: str
+    detail: str = ""
+    nodename: str | None = None
+    extra_env: dict[str, str] = field(default_factory=dict, repr=False)
+    popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    killed: bool = False
+
+    @property
+    def pid(self) -> int | None:
+        """Its pid once started."""
+        return self.popen.pid if self.popen is not None else None
+
+    def returncode(self) -> int | None:
+        """Its exit status if it has exited (reaps it), else None."""
+        return self.popen.poll() if self.popen is not None else None
+
+
+class ChildDied(FleetError):
+    """A child process exited while it should have been running.
+
+    Attributes:
+        child: The child that exited.
+        returncode: Its exit status (negative: killed by that signal).
+    """
+
+    def __init__(self, child: Child, returncode: int) -> None:
+        """Describe the death of ``child``, naming its log."""
+        super().__init__(
+            f"{child.name} (pid {child.pid}) exited unexpectedly with status {returncode}; "
+            f"log: {child.log_path}"
+        )
+        self.child = child
+        self.returncode = returncode

@@ -1,0 +1,111 @@
+"""Process helpers of the fleet supervisor: child lifetime, signals, probes.
+
+The generic pid, process-group, port and polling helpers are shared with the embedded
+stack (:mod:`taskfleet.devstack.processes`, :mod:`taskfleet.devstack.polling`); this module
+adds what only the supervisor needs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import signal
+import sys
+from collections.abc import Iterator
+
+from taskfleet.devstack import processes as _shared
+from taskfleet.devstack.polling import wait_until
+from taskfleet.devstack.processes import group_members, signal_group
+from taskfleet.fleet.children import Child
+
+PING_TIMEOUT_S = 0.5
+"""Seconds one readiness ping (or port probe) waits for replies."""
+
+KILL_TIMEOUT_S = 5.0
+"""Seconds to wait for processes to vanish after SIGKILL."""
+
+_PR_SET_PDEATHSIG = 1
+
+
+def port_open(host: str, port: int) -> bool:
+    """Whether something accepts TCP connections on ``host:port``."""
+    return _shared.port_open(host, port, PING_TIMEOUT_S)
+
+
+def die_with_parent() -> None:  # pragma: no cover - runs in the forked child
+    """Ask Linux to SIGTERM this (child) process when its parent dies."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+
+
+def celery_argv(argv: list[str]) -> list[str]:
+    """Run a ``celery ...`` command line with this interpreter's Celery."""
+    if argv and argv[0] == "celery":
+        argv = argv[1:]
+    return [sys.executable, "-m", "celery", *argv]
+
+
+@contextlib.contextmanager
+def signals_raise_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt (like Ctrl-C) inside the block."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def stop_children(children: list[Child], timeout: float, kill_timeout: float) -> None:
+    """Stop started children: SIGTERM, up to ``timeout`` s, then SIGKILL their groups.
+
+    Whatever a child left behind in its process group is terminated too. A
+    KeyboardInterrupt while waiting for the children kills at once. Children that needed
+    SIGKILL get ``killed`` set.
+
+    Args:
+        children: The children (those never started are skipped).
+        timeout: Seconds they get after SIGTERM.
+        kill_timeout: Seconds to wait for processes to vanish after SIGKILL.
+    """
+    running = [c for c in children if c.popen is not None]
+    for child in running:
+        if child.returncode() is None:
+            assert child.popen is not None
+            with contextlib.suppress(ProcessLookupError):
+                child.popen.send_signal(signal.SIGTERM)
+    with contextlib.suppress(KeyboardInterrupt):  # asked twice: no more waiting
+        wait_until(lambda: all(c.returncode() is not None for c in running), timeout)
+    for child in running:
+        assert child.pid is not None
+        if child.returncode() is None:
+            child.killed = True
+            signal_group(child.pid, signal.SIGKILL)
+    wait_until(lambda: all(c.returncode() is not None for c in running), kill_timeout)
+    sweep_groups([c.pid for c in running if c.pid is not None], kill_timeout)
+
+
+def sweep_groups(groups: list[int], kill_timeout: float) -> None:
+    """Terminate processes left in the children's groups after the leaders exited.
+
+    Only groups that still have members are signalled: a group id stays reserved while
+    one member lives, so an empty group's id is never someone else's.
+
+    Args:
+        groups: Process group ids (the children's pids).
+        kill_timeout: Seconds to wait after SIGTERM, and again after SIGKILL.
+    """
+
+    def occupied() -> list[int]:
+        return [g for g in groups if group_members(g)]
+
+    for group in occupied():
+        signal_group(group, signal.SIGTERM)
+    if not wait_until(lambda: not occupied(), kill_timeout):
+        for group in occupied():
+            signal_group(group, signal.SIGKILL)
+        wait_until(lambda: not occupied(), kill_timeout)

@@ -1,0 +1,250 @@
+"""The supervisor: starts the fleet's children, watches them, stops them cleanly."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+from celery import Celery
+
+from taskfleet.app import create_app
+from taskfleet.config import ServiceURLs, Settings, resolve_services
+from taskfleet.devstack import EmbeddedStack
+from taskfleet.devstack.polling import Deadline
+from taskfleet.devstack.processes import group_members, port_free
+from taskfleet.fleet.children import Child, ChildDied, FleetError, FleetOptions
+from taskfleet.fleet.environment import child_env, needs_embedded_stack, sanitize_url
+from taskfleet.fleet.flower import FLOWER_HOST, FlowerAuth, flower_auth
+from taskfleet.fleet.plan import LOG_DIR_NAME, plan_children
+from taskfleet.fleet.processes import (
+    KILL_TIMEOUT_S,
+    PING_TIMEOUT_S,
+    die_with_parent,
+    port_open,
+    stop_children,
+)
+
+DEFAULT_READY_TIMEOUT_S = 90.0
+"""Seconds to wait for every worker to answer a ping (and Flower to listen)."""
+
+DEFAULT_STOP_TIMEOUT_S = 30.0
+"""Seconds children get to exit after SIGTERM (workers finish running jobs) before SIGKILL."""
+
+SUPERVISE_INTERVAL_S = 0.25
+"""Pause between two liveness checks of the children while the fleet runs."""
+
+
+class Fleet:
+    """A CPU worker, an I/O worker, beat and Flower run as supervised children.
+
+    Usage::
+
+        with Fleet(settings, FleetOptions(flower=False)) as fleet:
+            fleet.wait_ready()
+            ...                       # fleet.check() raises ChildDied if one exited
+
+    Args:
+        settings: Validated settings; children see exactly these (see
+            :func:`~taskfleet.fleet.settings_env`).
+        options: What to run.
+    """
+
+    def __init__(self, settings: Settings, options: FleetOptions | None = None) -> None:
+        """Describe the fleet; nothing is started yet."""
+        self.settings = settings
+        self.options = options or FleetOptions()
+        self.data_dir = Path(os.path.abspath(settings.data_dir))
+        self.log_dir = self.data_dir / LOG_DIR_NAME
+        self.children: list[Child] = []
+        self.urls: ServiceURLs | None = None
+        self.started_stack = False
+        self.stack_stopped = False
+        self.auth: FlowerAuth | None = None
+        self._control_app: Celery | None = None
+
+    def __enter__(self) -> Fleet:
+        """Start the fleet."""
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Stop the fleet."""
+        self.stop()
+
+    # ------------------------------------------------------------------ starting
+
+    @property
+    def control_app(self) -> Celery:
+        """A Celery app bound to this fleet's settings (for pings and publishing)."""
+        if self._control_app is None:
+            self._control_app = create_app(self.settings)
+        return self._control_app
+
+    def resolve(self) -> ServiceURLs:
+        """Resolve the service URLs, starting the embedded stack if needed; remember if we did.
+
+        Raises:
+            taskfleet.devstack.DevStackError: The embedded stack could not start.
+        """
+        if self.urls is None:
+            if needs_embedded_stack(self.settings):
+                status = EmbeddedStack(self.data_dir).status()
+                was_running = all(
+                    isinstance(entry, dict) and entry.get("running")
+                    for entry in (status["redis"], status["postgres"])
+                )
+                self.urls = resolve_services(self.settings)
+                self.started_stack = not was_running
+            else:
+                self.urls = resolve_services(self.settings)
+        return self.urls
+
+    def start(self) -> None:
+        """Resolve the services, then start every child (without waiting for readiness).
+
+        Call from the main thread: on Linux each child is tied to the lifetime of the
+        thread that started it.
+
+        Raises:
+            FleetError: Flower's port is taken, or a child could not be launched.
+            ConfigError: The Flower credentials are malformed.
+            taskfleet.devstack.DevStackError: The embedded stack could not start.
+        """
+        if self.children:
+            raise FleetError("fleet already started")
+        if self.options.flower and not port_free(FLOWER_HOST, self.options.flower_port):
+            raise FleetError(
+                f"port {self.options.flower_port} on {FLOWER_HOST} is in use; "
+                "choose another with --flower-port or use --no-flower"
+            )
+        if self.options.flower:
+            self.auth = flower_auth(self.settings)  # validated before anything starts
+        urls = self.resolve()
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        plan = plan_children(
+            self.settings,
+            self.options,
+            broker=sanitize_url(urls.broker_url),
+            data_dir=self.data_dir,
+            auth=self.auth,
+        )
+        preexec = die_with_parent if sys.platform.startswith("linux") else None
+        try:
+            for child in plan:
+                with child.log_path.open("wb") as log:
+                    try:
+                        child.popen = subprocess.Popen(
+                            child.argv,
+                            stdin=subprocess.DEVNULL,
+                            stdout=log,
+                            stderr=subprocess.STDOUT,
+                            env=child_env(self.settings, urls, child.extra_env),
+                            start_new_session=True,
+                            preexec_fn=preexec,
+                        )
+                    except OSError as exc:
+                        raise FleetError(f"could not start {child.name}: {exc}") from exc
+                self.children.append(child)
+        except BaseException:
+            self.stop()
+            raise
+
+    # ------------------------------------------------------------------ health
+
+    def check(self) -> None:
+        """Raise if any child has exited.
+
+        Raises:
+            ChildDied: The first child found dead.
+        """
+        for child in self.children:
+            code = child.returncode()
+            if code is not None:
+                raise ChildDied(child, code)
+
+    def wait_ready(self, timeout: float = DEFAULT_READY_TIMEOUT_S) -> float:
+        """Wait until both workers answer a ping and Flower (if run) accepts connections.
+
+        Args:
+            timeout: Seconds to wait.
+
+        Returns:
+            Seconds it took.
+
+        Raises:
+            ChildDied: A child exited while starting.
+            FleetError: Not ready within ``timeout`` (the message says what is missing).
+        """
+        started = time.monotonic()
+        deadline = Deadline(timeout)
+        pending = {c.nodename for c in self.children if c.nodename is not None}
+        flower = next((c for c in self.children if c.role == "flower"), None)
+        flower_up = flower is None
+        while True:
+            self.check()
+            if pending:
+                replies = self.control_app.control.ping(
+                    destination=sorted(pending),
+                    timeout=min(PING_TIMEOUT_S, max(deadline.remaining(), 0.05)),
+                )
+                for reply in replies or []:
+                    pending.difference_update(reply)
+            if not flower_up:
+                flower_up = port_open(FLOWER_HOST, self.options.flower_port)
+            if not pending and flower_up:
+                return time.monotonic() - started
+            if deadline.expired():
+                missing = sorted(pending) + ([] if flower_up else ["flower"])
+                raise FleetError(
+                    f"fleet not ready after {timeout:.0f}s; no answer from: "
+                    f"{', '.join(missing)} (logs in {self.log_dir})"
+                )
+            if not pending:
+                deadline.pause()
+
+    def supervise(self, interval: float = SUPERVISE_INTERVAL_S) -> None:
+        """Block while every child runs.
+
+        Raises:
+            ChildDied: As soon as one exits.
+        """
+        while True:
+            self.check()
+            time.sleep(interval)
+
+    # ------------------------------------------------------------------ stopping
+
+    def stop(self, timeout: float = DEFAULT_STOP_TIMEOUT_S) -> None:
+        """Stop every child, then the embedded stack if this fleet started it.
+
+        Each child gets SIGTERM (a worker's warm shutdown: it finishes its running jobs
+        and stops its pool and persister itself) and ``timeout`` seconds; then its whole
+        process group is killed. Whatever a child left behind in its group is terminated
+        too. A KeyboardInterrupt while waiting kills at once. Idempotent.
+
+        Args:
+            timeout: Seconds children get after SIGTERM.
+
+        Raises:
+            taskfleet.devstack.DevStackError: The embedded stack could not be stopped.
+        """
+        stop_children(self.children, timeout, KILL_TIMEOUT_S)
+        if self._control_app is not None:
+            self._control_app.close()
+            self._control_app = None
+        if self.started_stack and not self.options.keep_services and not self.stack_stopped:
+            EmbeddedStack(self.data_dir).stop()
+            self.stack_stopped = True
+
+    def leftovers(self) -> list[int]:
+        """Pids still alive in the children's process groups (empty after a clean stop)."""
+        return [p for c in self.children if c.pid is not None for p in group_members(c.pid)]
