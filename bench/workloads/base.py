@@ -14,7 +14,7 @@ from bench.systems.base import System
 log = logging.getLogger("bench")
 T = TypeVar("T")
 
-DEFAULT_N = 5000
+DEFAULT_N = 3000
 QUICK_N = 300
 DEFAULT_RUNS = 3
 DEFAULT_LATENCY_RATE = 300.0

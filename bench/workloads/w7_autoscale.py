@@ -558,7 +558,7 @@ def table(options: Options) -> Table:
     if ticks:
         tick = ticks[0]
         acts = "; ".join(
-            f"+{a['at_s']:.1f} s {a['action']} {a['from']}→{a['to']}" for a in tick["actions"]
+            f"{a['at_s']:+.1f} s {a['action']} {a['from']}→{a['to']}" for a in tick["actions"]
         )
         t.notes.append(
             f"taskfleet ticks (run 1): {tick['ticks']} ticks, median {tick['tick_s_median']} s, "

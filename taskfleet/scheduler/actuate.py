@@ -1,4 +1,4 @@
-"""Resize workers with Celery's remote control (``pool_grow`` / ``pool_shrink``).
+"""Resize workers with remote control (``taskfleet_pool_grow`` / ``pool_shrink``).
 
 Each command is addressed to one worker and waits for its reply (bounded); a worker that
 does not answer is reported, never retried blindly. Prefork shrinks one process per command:
@@ -13,6 +13,7 @@ from typing import Any
 
 from celery import Celery
 
+from taskfleet.scheduler.control import GROW_NOW_COMMAND
 from taskfleet.scheduler.model import Decision, WorkerView
 from taskfleet.scheduler.store import AutoscaleStore
 
@@ -39,7 +40,7 @@ def _command(app: Celery, name: str, host: str, n: int, timeout: float) -> str:
 def resize_worker(app: Celery, worker: WorkerView, delta: int, timeout: float) -> tuple[int, str]:
     """Grow (``delta`` > 0) or shrink one worker; returns the change applied and the outcome."""
     if delta > 0:
-        outcome = _command(app, "pool_grow", worker.hostname, delta, timeout)
+        outcome = _command(app, GROW_NOW_COMMAND, worker.hostname, delta, timeout)
         return (delta if outcome == "ok" else 0), outcome
     if not worker.prefork:
         outcome = _command(app, "pool_shrink", worker.hostname, -delta, timeout)
