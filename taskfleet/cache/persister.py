@@ -36,6 +36,8 @@ DEFAULT_BATCH_SIZE = 500
 DEFAULT_BLOCK_MS = 100
 DEFAULT_CLAIM_IDLE_MS = 30_000
 DEFAULT_RETRY_DELAY_S = 1.0
+DEFAULT_CLAIM_INTERVAL_S = 10.0
+DEFAULT_LINGER_S = 0.05
 PARENT_CHECK_INTERVAL_S = 0.5
 DEFAULT_PURGE_INTERVAL_S = 300.0
 CACHE_TABLE = b"cache"
@@ -81,6 +83,8 @@ class ResultPersister:
         retry_delay_s: float = DEFAULT_RETRY_DELAY_S,
         stream: str = PERSIST_STREAM,
         purge_interval_s: float = DEFAULT_PURGE_INTERVAL_S,
+        claim_interval_s: float = DEFAULT_CLAIM_INTERVAL_S,
+        linger_s: float = DEFAULT_LINGER_S,
     ) -> None:
         self.stream = stream
         self.purge_interval_s = purge_interval_s
@@ -92,10 +96,15 @@ class ResultPersister:
         self.block_ms = block_ms
         self.claim_idle_ms = claim_idle_ms
         self.retry_delay_s = retry_delay_s
+        self.claim_interval_s = claim_interval_s
+        self.linger_s = linger_s
         self.written = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._schema_ready = False
+        self._group_ready = False
+        self._pending_clean = False
+        self._last_claim = float("-inf")
 
     def ensure_group(self) -> None:
         """Create the stream's consumer group (and the stream) if missing."""
@@ -137,11 +146,24 @@ class ResultPersister:
         _, entries = reply[0]
         return [e for e in entries if e[1]]  # deleted entries come back with no fields
 
-    def step(self, block_ms: int | None = None) -> int:
-        """Write one batch: own pending first, then orphans of dead consumers, then new entries."""
-        self.ensure_group()
-        entries = self._read("0", None)
-        if not entries:
+    def step(self, block_ms: int | None = None, *, full: bool = False) -> int:
+        """Write one batch: own pending first, then orphans of dead consumers, then new entries.
+
+        Own pending entries are re-read only after a failure (or when ``full``), and orphans
+        are claimed at most every ``claim_interval_s``: on a busy stream each step is then
+        one XREADGROUP, one upsert and one XACK+XDEL (profiled: the extra commands per step
+        cost the persister half its time).
+        """
+        if not self._group_ready:
+            self.ensure_group()
+            self._group_ready = True
+        entries: list[StreamEntry] = []
+        if full or not self._pending_clean:
+            entries = self._read("0", None)
+            self._pending_clean = not entries
+        now = time.monotonic()
+        if not entries and (full or now - self._last_claim >= self.claim_interval_s):
+            self._last_claim = now
             _, claimed, *_ = self.client.xautoclaim(
                 self.stream,
                 PERSIST_GROUP,
@@ -150,13 +172,15 @@ class ResultPersister:
                 count=self.batch_size,
             )
             entries = [e for e in claimed if e[1]]
+            if entries:
+                self._pending_clean = False
         if not entries:
             entries = self._read(">", block_ms)
         return self._write(entries)
 
     def drain(self) -> int:
         """Write everything currently in the stream; return how many rows were written."""
-        total = 0
+        total = self.step(full=True)
         while (written := self.step()) > 0:
             total += written
         return total
@@ -168,13 +192,18 @@ class ResultPersister:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self.step(block_ms=self.block_ms)
+                if self.step(block_ms=self.block_ms) < self.batch_size:
+                    # Let a batch build up rather than paying a round of commands and a
+                    # transaction for a handful of rows.
+                    self._stop.wait(self.linger_s)
                 if time.monotonic() - self._last_purge >= self.purge_interval_s:
                     self._last_purge = time.monotonic()
                     purge_expired(self.engine)
             except (redis.RedisError, SQLAlchemyError, OSError) as exc:
                 log.warning("result persister: %s; retrying in %.1fs", exc, self.retry_delay_s)
                 self._schema_ready = False
+                self._group_ready = False
+                self._pending_clean = False
                 self._stop.wait(self.retry_delay_s)
 
     def start(self) -> None:
