@@ -51,6 +51,9 @@ class SandboxRequest(BaseModel):
     source: str
     stdin: str | None = None
     limits: dict[str, float] = Field(default_factory=dict)
+    #: The caller declares the run deterministic: an identical earlier run (same source,
+    #: stdin and limits) may answer it from the result cache (``cache_hit`` in the result).
+    reuse: bool = False
 
 
 def _describe(exc: ValidationError) -> str:

@@ -80,7 +80,10 @@ def job(app: Celery, name: str, pool: Pool, **options: Any) -> Callable[[F], F]:
         TypeError: an option looks like a middleware option but no middleware owns it.
     """
     owned = owned_options(app)
-    middleware_options = {f"tf_{k}": v for k, v in options.items() if k in owned}
+    # Functions become task-class attributes: staticmethod keeps them from binding to the task.
+    middleware_options = {
+        f"tf_{k}": staticmethod(v) if callable(v) else v for k, v in options.items() if k in owned
+    }
     celery_options = {k: v for k, v in options.items() if k not in owned}
     unknown = sorted(k for k in celery_options if k in MIDDLEWARE_OPTION_NAMES)
     if unknown:

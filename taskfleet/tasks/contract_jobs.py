@@ -12,7 +12,7 @@ from typing import Any
 
 from taskfleet.app import app
 from taskfleet.contracts import notify as webhook
-from taskfleet.contracts.pipeline import gather, process, run_phase
+from taskfleet.contracts.pipeline import gather, process, reuse_key, run_phase
 from taskfleet.tasks.base import job
 
 
@@ -46,7 +46,7 @@ def summarise(payload: Any, as_of: str | None = None) -> dict[str, Any]:
     return run_phase("summarise", payload, as_of)
 
 
-@job(app, "contract.process", "cpu")
+@job(app, "contract.process", "cpu", cache=reuse_key)  # answered by fingerprint + as_of
 def process_contract(payload: Any, as_of: str | None = None) -> dict[str, Any]:
     """Every phase in one job: the fast path (no hop through the broker between phases)."""
     return process(payload, as_of)

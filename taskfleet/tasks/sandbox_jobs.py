@@ -12,6 +12,7 @@ import threading
 from typing import Any
 
 from taskfleet.app import app
+from taskfleet.cache.reuse import SANDBOX_KEY_FIELDS, content_hash_key
 from taskfleet.sandbox import SandboxExecutor
 from taskfleet.tasks.base import job
 
@@ -28,7 +29,20 @@ def executor() -> SandboxExecutor:
         return _executor
 
 
-@job(app, "sandbox.run", "cpu")
+_content_key = content_hash_key(SANDBOX_KEY_FIELDS)
+
+
+def reuse_key(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+    """Cache key of a run whose payload says ``"reuse": true`` (sha256 of source, stdin and
+    limits); None, so the code runs, for every other run: sandboxed code is not assumed to
+    be deterministic unless its caller says so."""
+    payload = args[0] if args else kwargs.get("payload")
+    if not isinstance(payload, dict) or payload.get("reuse") is not True:
+        return None
+    return _content_key(args, kwargs)
+
+
+@job(app, "sandbox.run", "cpu", cache=reuse_key)
 def sandbox_run(payload: Any = None) -> dict[str, Any]:
     """Run ``payload["source"]`` in a sandbox and return what happened."""
     return executor().run(payload).model_dump(mode="json")
