@@ -37,6 +37,26 @@ from taskfleet.fleet import (
 MAX_CONCURRENCY = 10_000
 
 
+def _fleet(
+    cpu_concurrency: int | None,
+    io_concurrency: int | None,
+    flower: bool,
+    flower_port: int,
+    beat: bool,
+    keep_services: bool,
+) -> Fleet:
+    """The supervised fleet ``up`` and ``demo`` run."""
+    options = FleetOptions(
+        cpu_concurrency=cpu_concurrency,
+        io_concurrency=io_concurrency,
+        flower=flower,
+        flower_port=flower_port,
+        beat=beat,
+        keep_services=keep_services,
+    )
+    return Fleet(settings(), options)
+
+
 def _start_and_wait(fleet: Fleet, ready_timeout: float) -> None:
     """Start every child, show what runs, and wait until the workers answer pings."""
     with console.status("starting services and workers..."):
@@ -112,15 +132,7 @@ def up(
     """
     code = EXIT_OK
     with friendly_errors():
-        options = FleetOptions(
-            cpu_concurrency=cpu_concurrency,
-            io_concurrency=io_concurrency,
-            flower=flower,
-            flower_port=flower_port,
-            beat=beat,
-            keep_services=keep_services,
-        )
-        fleet = Fleet(settings(), options)
+        fleet = _fleet(cpu_concurrency, io_concurrency, flower, flower_port, beat, keep_services)
         with signals_raise_interrupt():
             try:
                 _start_and_wait(fleet, ready_timeout)
@@ -164,15 +176,7 @@ def demo(
     """
     code = EXIT_OK
     with friendly_errors():
-        options = FleetOptions(
-            cpu_concurrency=cpu_concurrency,
-            io_concurrency=io_concurrency,
-            flower=flower,
-            flower_port=flower_port,
-            beat=True,
-            keep_services=keep_services,
-        )
-        fleet = Fleet(settings(), options)
+        fleet = _fleet(cpu_concurrency, io_concurrency, flower, flower_port, True, keep_services)
         with signals_raise_interrupt():
             try:
                 _start_and_wait(fleet, ready_timeout)

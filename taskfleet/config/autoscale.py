@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from taskfleet.config.settings import ConfigError
+from taskfleet.config.settings import load_validated
 
 AUTOSCALE_ENV_PREFIX = "TASKFLEET_AUTOSCALE_"
 DEFAULT_INTERVAL_S = 5.0
@@ -114,11 +114,4 @@ def load_autoscale_settings(**overrides: object) -> AutoscaleSettings:
     Raises:
         ConfigError: a value is invalid; the message names the variable.
     """
-    try:
-        return AutoscaleSettings(**overrides)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{env_name(str(err['loc'][0])) if err['loc'] else 'autoscale settings'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise ConfigError(f"invalid autoscaler settings: {problems}") from None
+    return load_validated(AutoscaleSettings, "autoscaler settings", **overrides)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Final, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from taskfleet.config.settings import ConfigError
+from taskfleet.config.settings import load_validated
 
 CACHE_ENV_PREFIX = "TASKFLEET_CACHE_"
 DEFAULT_L1_POLICY: Final = "lru"
@@ -70,12 +70,4 @@ def load_cache_settings(**overrides: object) -> CacheSettings:
     Raises:
         ConfigError: a setting is invalid; the message names its environment variable.
     """
-    try:
-        return CacheSettings(**overrides)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{cache_env_name(str(err['loc'][0])) if err['loc'] else 'cache settings'}: "
-            f"{err['msg']}"
-            for err in exc.errors()
-        )
-        raise ConfigError(f"invalid taskfleet cache settings: {problems}") from None
+    return load_validated(CacheSettings, "taskfleet cache settings", **overrides)

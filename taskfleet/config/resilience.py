@@ -9,10 +9,10 @@ from functools import lru_cache
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from taskfleet.config.settings import ConfigError
+from taskfleet.config.settings import load_validated
 
 ENV_PREFIX = "TASKFLEET_RESILIENCE_"
 #: A job whose worker process died this many times is dead-lettered on its next delivery.
@@ -57,14 +57,7 @@ class ResilienceSettings(BaseSettings):
 
 def load_resilience_settings(**overrides: object) -> ResilienceSettings:
     """Read and validate the settings, as one ConfigError naming each bad variable."""
-    try:
-        return ResilienceSettings(**overrides)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{_env_name(str(err['loc'][0])) if err['loc'] else 'settings'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise ConfigError(f"invalid resilience settings: {problems}") from None
+    return load_validated(ResilienceSettings, "resilience settings", **overrides)
 
 
 @lru_cache(maxsize=1)

@@ -11,10 +11,10 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from taskfleet.config.settings import ConfigError
+from taskfleet.config.settings import load_validated
 
 ENV_PREFIX = "TASKFLEET_SANDBOX_"
 MIB = 1024 * 1024
@@ -94,14 +94,7 @@ def load_sandbox_settings(**overrides: object) -> SandboxSettings:
     Raises:
         ConfigError: a value is invalid; the message names the environment variable.
     """
-    try:
-        return SandboxSettings(**overrides)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{_env_name(str(err['loc'][0])) if err['loc'] else 'sandbox settings'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise ConfigError(f"invalid sandbox settings: {problems}") from None
+    return load_validated(SandboxSettings, "sandbox settings", **overrides)
 
 
 @lru_cache(maxsize=1)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
-from typing import Literal
+from typing import Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -31,6 +31,9 @@ DEFAULT_REDIS_POOL_SIZE = 20
 REDIS_SCHEMES = frozenset({"redis", "rediss"})
 AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
 DATABASE_SCHEMES = frozenset({"postgresql", "postgresql+psycopg", "postgres"})
+
+
+S = TypeVar("S", bound=BaseSettings)
 
 
 class ConfigError(ValueError):
@@ -167,16 +170,25 @@ class Settings(BaseSettings):
         return f"{queue}{self.dlq_suffix}"
 
 
-def load_settings(**overrides: object) -> Settings:
-    """Read settings from the environment, turning validation errors into one ConfigError."""
+def load_validated(settings_cls: type[S], what: str, **overrides: object) -> S:
+    """Build any taskfleet settings class, turning validation errors into one ConfigError.
+
+    Every problem names its environment variable (the class's ``env_prefix`` + field name).
+    """
+    prefix = str(settings_cls.model_config.get("env_prefix") or "")
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return settings_cls(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         problems = "; ".join(
-            f"{_env_name(str(err['loc'][0])) if err['loc'] else 'settings'}: {err['msg']}"
+            f"{prefix}{str(err['loc'][0]).upper() if err['loc'] else ''}: {err['msg']}"
             for err in exc.errors()
         )
-        raise ConfigError(f"invalid taskfleet settings: {problems}") from None
+        raise ConfigError(f"invalid {what}: {problems}") from None
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment, turning validation errors into one ConfigError."""
+    return load_validated(Settings, "taskfleet settings", **overrides)
 
 
 @lru_cache(maxsize=1)
