@@ -1,9 +1,9 @@
 """Resize workers with remote control (``taskfleet_pool_grow`` / ``pool_shrink``).
 
 Each command is addressed to one worker and waits for its reply (bounded); a worker that
-does not answer is reported, never retried blindly. Prefork shrinks one process per command:
-billiard shrinks only idle processes and, asked for more than are idle, shrinks some and
-then fails, leaving the count unknown; one at a time, every reply is exact.
+does not answer is reported, never retried blindly. Both commands are taskfleet's own (see
+``taskfleet.scheduler.control``): growing forks at once, and shrinking stops only idle
+processes, in one pass, and replies with how many it stopped.
 """
 
 from __future__ import annotations
@@ -13,15 +13,15 @@ from typing import Any
 
 from celery import Celery
 
-from taskfleet.scheduler.control import GROW_NOW_COMMAND
+from taskfleet.scheduler.control import GROW_NOW_COMMAND, SHRINK_NOW_COMMAND, SHRUNK_PREFIX
 from taskfleet.scheduler.model import Decision, WorkerView
 from taskfleet.scheduler.store import AutoscaleStore
 
 log = logging.getLogger(__name__)
 
 
-def _command(app: Celery, name: str, host: str, n: int, timeout: float) -> str:
-    """Send one control command to ``host``; return ``ok``, ``no reply`` or its error."""
+def _command(app: Celery, name: str, host: str, n: int, timeout: float) -> tuple[str, str]:
+    """Send one control command to ``host``; return (``ok``/``no reply``/error, message)."""
     replies: list[dict[str, Any]] = (
         app.control.broadcast(
             name, arguments={"n": n}, destination=[host], reply=True, timeout=timeout, limit=1
@@ -31,27 +31,22 @@ def _command(app: Celery, name: str, host: str, n: int, timeout: float) -> str:
     for reply in replies:
         answer = reply.get(host) or {}
         if "ok" in answer:
-            return "ok"
+            return "ok", str(answer["ok"])
         if "error" in answer:
-            return f"error: {answer['error']}"
-    return "no reply"
+            return f"error: {answer['error']}", ""
+    return "no reply", ""
 
 
 def resize_worker(app: Celery, worker: WorkerView, delta: int, timeout: float) -> tuple[int, str]:
     """Grow (``delta`` > 0) or shrink one worker; returns the change applied and the outcome."""
     if delta > 0:
-        outcome = _command(app, GROW_NOW_COMMAND, worker.hostname, delta, timeout)
+        outcome, _ = _command(app, GROW_NOW_COMMAND, worker.hostname, delta, timeout)
         return (delta if outcome == "ok" else 0), outcome
-    if not worker.prefork:
-        outcome = _command(app, "pool_shrink", worker.hostname, -delta, timeout)
-        return (delta if outcome == "ok" else 0), outcome
-    applied, outcome = 0, "ok"
-    for _ in range(-delta):
-        outcome = _command(app, "pool_shrink", worker.hostname, 1, timeout)
-        if outcome != "ok":
-            break
-        applied -= 1
-    return applied, outcome
+    outcome, message = _command(app, SHRINK_NOW_COMMAND, worker.hostname, -delta, timeout)
+    if outcome != "ok":
+        return 0, outcome
+    stopped = message.removeprefix(SHRUNK_PREFIX)
+    return (-int(stopped) if stopped.isdigit() else delta), outcome
 
 
 def actuate(
