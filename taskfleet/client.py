@@ -51,7 +51,7 @@ class JobSpec:
     idempotency_key: str | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class JobHandle:
     """A published job: its id, its state, and its result when it has one."""
 

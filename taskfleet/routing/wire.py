@@ -10,6 +10,7 @@ transaction (RabbitMQ). The format is the public contract for producers in other
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import os
 import socket
@@ -17,10 +18,61 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 JSON_CONTENT_TYPE = "application/json"
 ORIGIN = f"taskfleet@{socket.gethostname()}:{os.getpid()}"
 EMPTY_EMBED: dict[str, None] = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1d3c52-6e0b-4b59-9d0e-7a2a4c1f0e11")
+#: The protocol-v2 headers that are the same for every job taskfleet publishes.
+STATIC_HEADERS: dict[str, Any] = {
+    "lang": "py",
+    "shadow": None,
+    "expires": None,
+    "group": None,
+    "group_index": None,
+    "retries": 0,
+    "timelimit": [None, None],
+    "parent_id": None,
+    "argsrepr": "",
+    "kwargsrepr": "",
+    "origin": ORIGIN,
+    "ignore_result": False,
+    "replaced_task_nesting": 0,
+    "stamped_headers": None,
+    "stamps": {},
+}
+#: orjson options that keep the stdlib ``json`` semantics taskfleet promises: non-str keys
+#: become strings, and datetimes/dataclasses are *not* serialised implicitly.
+ORJSON_OPTIONS = (
+    orjson.OPT_NON_STR_KEYS
+    | orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+)
+
+
+def encode_json(value: Any) -> bytes:
+    """Compact JSON: orjson (3-4x faster than ``json``), falling back to ``json`` for what
+    orjson refuses but ``json`` accepts (integers beyond 64 bits).
+
+    Raises:
+        TypeError: the value is not JSON-serialisable.
+    """
+    try:
+        return orjson.dumps(value, option=ORJSON_OPTIONS)
+    except orjson.JSONEncodeError:
+        return json.dumps(value, separators=(",", ":")).encode()
+
+
+_TAG_PREFIX = uuid.uuid4().hex
+_tag_counter = itertools.count()
+
+
+def next_delivery_tag() -> str:
+    """A delivery tag unique across processes (kombu keys its unacked hash by it): a random
+    per-process prefix and a counter, ~10x cheaper than a uuid4 per message."""
+    return f"{_TAG_PREFIX}-{next(_tag_counter)}"
 
 
 def job_id_for(kind: str, idempotency_key: str | None) -> str:
@@ -55,28 +107,8 @@ class TaskMessage:
         eta: str | None = None,
     ) -> TaskMessage:
         """Encode the body as JSON and fill the headers a Celery worker expects."""
-        body = json.dumps([args, kwargs, EMPTY_EMBED], separators=(",", ":")).encode()
-        headers: dict[str, Any] = {
-            "lang": "py",
-            "task": kind,
-            "id": job_id,
-            "shadow": None,
-            "eta": eta,
-            "expires": None,
-            "group": None,
-            "group_index": None,
-            "retries": 0,
-            "timelimit": [None, None],
-            "root_id": job_id,
-            "parent_id": None,
-            "argsrepr": "",
-            "kwargsrepr": "",
-            "origin": ORIGIN,
-            "ignore_result": False,
-            "replaced_task_nesting": 0,
-            "stamped_headers": None,
-            "stamps": {},
-        }
+        body = encode_json([args, kwargs, EMPTY_EMBED])
+        headers = {**STATIC_HEADERS, "task": kind, "id": job_id, "root_id": job_id, "eta": eta}
         if extra_headers:
             headers.update(extra_headers)
         return cls(kind, job_id, body, priority, queue, headers)
@@ -95,14 +127,13 @@ class TaskMessage:
         props = self.properties()
         props["delivery_info"] = {"exchange": self.queue, "routing_key": self.queue}
         props["body_encoding"] = "base64"
-        props["delivery_tag"] = str(uuid.uuid4())
-        return json.dumps(
+        props["delivery_tag"] = next_delivery_tag()
+        return encode_json(
             {
                 "body": base64.b64encode(self.body).decode(),
                 "content-encoding": "utf-8",
                 "content-type": JSON_CONTENT_TYPE,
                 "headers": self.headers,
                 "properties": props,
-            },
-            separators=(",", ":"),
-        )
+            }
+        ).decode()
