@@ -19,6 +19,7 @@ from celery.result import AsyncResult
 from kombu import Connection, Producer
 
 from taskfleet.config import resolve_services
+from taskfleet.routing.depth import redis_priority_key
 from taskfleet.routing.priority import Priority, parse_priority
 from taskfleet.routing.topology import Topology, UnknownJobKind
 from taskfleet.routing.wire import TaskMessage, job_id_for
@@ -175,8 +176,7 @@ class Client:
         for start in range(0, len(messages), BATCH_CHUNK):
             pipe = self._broker_redis.pipeline(transaction=False)
             for m in messages[start : start + BATCH_CHUNK]:
-                key = m.queue if m.priority == 0 else f"{m.queue}\x06\x16{m.priority}"
-                pipe.lpush(key, m.redis_envelope())
+                pipe.lpush(redis_priority_key(m.queue, m.priority), m.redis_envelope())
             pipe.execute()
 
     def _publish_amqp(self, messages: Sequence[TaskMessage]) -> None:

@@ -15,7 +15,6 @@ contract work itself). Every document differs (its reference), so nothing is ded
 
 from __future__ import annotations
 
-import importlib
 import json
 import time
 import uuid
@@ -33,7 +32,6 @@ from bench.common import (
 from bench.procs import WorkerGroup
 from bench.services import BENCH_STACK_DIR, services
 
-CONTRACT_JOBS = "taskfleet.tasks.contract_jobs"
 PROCESS_KIND = "contract.process"
 #: Same workers, empty job: the framework's own cost under the same machine load.
 NOOP_KIND = "cpu.noop"
@@ -122,8 +120,6 @@ def run(n: int) -> dict[str, Any]:
     from taskfleet.contracts.api import contract_signature
     from taskfleet.workers.profiles import cpu_profile
 
-    importlib.import_module(CONTRACT_JOBS)  # declares the kinds Client.enqueue_many checks
-
     svc = services()
     url = svc.redis_for(REDIS_SYSTEM)
     tag = uuid.uuid4().hex[:8]
@@ -144,7 +140,7 @@ def run(n: int) -> dict[str, Any]:
     client = Client(create_app(settings))
     results = redis.Redis.from_url(url)
     try:
-        workers.spawn([*argv, "-I", CONTRACT_JOBS], env)
+        workers.spawn(argv, env)
         warmup = client.enqueue_many(
             [(PROCESS_KIND, make_contract(i, f"{tag}-warm")) for i in range(WARMUP_JOBS)]
         )

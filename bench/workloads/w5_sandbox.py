@@ -13,25 +13,13 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from taskfleet.sandbox import SandboxExecutor
-from taskfleet.workers.profiles import WorkerProfile
 
 TRIVIAL = {"source": "pass", "stdin": None, "limits": {}}
 WORKER_TIMEOUT_S = 120.0
-SANDBOX_JOBS = "taskfleet.tasks.sandbox_jobs"
-
-
-@dataclass(frozen=True)
-class SandboxWorkerProfile(WorkerProfile):
-    """A CPU worker that imports the sandbox job module even if the app does not yet."""
-
-    def argv(self, *, hostname: str | None = None, loglevel: str = "INFO") -> list[str]:
-        """The profile's command line plus ``-I taskfleet.tasks.sandbox_jobs``."""
-        return [*super().argv(hostname=hostname, loglevel=loglevel), "-I", SANDBOX_JOBS]
 
 
 def _median_ms(values: list[float]) -> float:
@@ -99,10 +87,7 @@ def _through_worker(n: int) -> dict[str, Any]:
         "TASKFLEET_NO_PERSISTER": "1",
     }
     fleet = Fleet(env, Path(tempfile.mkdtemp(prefix="w5-")))
-    base = cpu_profile(load_settings(**fleet.settings_overrides), os.cpu_count() or 1)
-    profile = SandboxWorkerProfile(
-        base.name, base.pool, base.queues, base.concurrency, base.prefetch_multiplier
-    )
+    profile = cpu_profile(load_settings(**fleet.settings_overrides), os.cpu_count() or 1)
     try:
         fleet.start(profile, "cpu")
         client = Client(fleet.app())

@@ -57,6 +57,15 @@ def _fleet(
     return Fleet(settings(), options)
 
 
+def _report_failure(exc: FleetError) -> int:
+    """Say why the fleet failed (a dead child with its log tail); the exit code to use."""
+    if isinstance(exc, ChildDied):
+        report_death(exc)
+    else:
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
+    return EXIT_FAILED
+
+
 def _start_and_wait(fleet: Fleet, ready_timeout: float) -> None:
     """Start every child, show what runs, and wait until the workers answer pings."""
     with console.status("starting services and workers..."):
@@ -140,12 +149,8 @@ def up(
                 fleet.supervise()
             except KeyboardInterrupt:
                 console.print("stopping (Ctrl-C again to kill at once)...")
-            except ChildDied as exc:
-                report_death(exc)
-                code = EXIT_FAILED
-            except FleetError as exc:
-                err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
-                code = EXIT_FAILED
+            except FleetError as exc:  # ChildDied included
+                code = _report_failure(exc)
             finally:
                 _stop_fleet(fleet, stop_timeout)
     raise typer.Exit(code)
@@ -204,12 +209,8 @@ def demo(
             except KeyboardInterrupt:
                 console.print("interrupted; stopping...")
                 code = EXIT_INTERRUPTED
-            except ChildDied as exc:
-                report_death(exc)
-                code = EXIT_FAILED
-            except FleetError as exc:
-                err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
-                code = EXIT_FAILED
+            except FleetError as exc:  # ChildDied included
+                code = _report_failure(exc)
             finally:
                 _stop_fleet(fleet, stop_timeout)
     raise typer.Exit(code)

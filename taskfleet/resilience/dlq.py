@@ -20,7 +20,9 @@ from kombu import Connection, Exchange, Producer
 
 from taskfleet.config import Settings, resolve_services
 from taskfleet.resilience.deadletter import INDEX_PREFIX, META_PREFIX, DeadLetter
+from taskfleet.routing.depth import redis_priority_key
 from taskfleet.routing.topology import Topology
+from taskfleet.routing.wire import next_delivery_tag
 
 REPLAY_NAMESPACE = uuid.UUID("0b7f2f4e-3c7a-4c57-9a51-7d0f4a1f9c21")
 CLAIM_PREFIX = "taskfleet:idem:"
@@ -183,11 +185,10 @@ class DeadLetterQueues:
                     "priority": priority,
                     "body_encoding": "base64",
                     "delivery_info": {"exchange": queue, "routing_key": queue},
-                    "delivery_tag": str(uuid.uuid4()),
+                    "delivery_tag": next_delivery_tag(),
                 },
             }
-            key = queue if priority == 0 else f"{queue}\x06\x16{priority}"
-            self.store.lpush(key, json.dumps(envelope))
+            self.store.lpush(redis_priority_key(queue, priority), json.dumps(envelope))
             return
         with Connection(self.broker_url) as conn:
             Producer(conn.channel()).publish(

@@ -125,7 +125,10 @@ def _invalid_arguments(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]
 
 
 def install(app: Any) -> None:
-    """Register the three middleware on ``app`` in their order (idempotent)."""
+    """Register the three middleware on an app of one's own, in their order (idempotent).
+
+    ``taskfleet.app`` registers them through ``MIDDLEWARE_CLASSES``; this is for other apps.
+    """
     from taskfleet.tasks.middleware import add_middleware
 
     for middleware in (DeadLetterMiddleware(), RetryMiddleware(), BreakerMiddleware()):

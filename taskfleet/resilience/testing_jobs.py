@@ -12,13 +12,10 @@ from typing import Any
 from tenacity import stop_after_attempt, wait_fixed
 
 from taskfleet.app import app
-from taskfleet.resilience.middleware import install
 from taskfleet.resilience.retry import RetryPolicy, exponential
 from taskfleet.resilience.runtime import declare_breaker, runtime
 from taskfleet.resilience.storage import BreakerConfig
 from taskfleet.tasks.base import job
-
-install(app)  # a no-op where the app already registered MIDDLEWARE_CLASSES
 
 #: Breakers of the diagnostic jobs: small thresholds so a test sees them move quickly.
 DIAG_BREAKER = "diag-dependency"

@@ -14,11 +14,14 @@ from taskfleet.routing.transport import ALL_PRIORITY_STEPS
 REDIS_PRIORITY_SEP = "\x06\x16"
 
 
+def redis_priority_key(queue: str, priority: int) -> str:
+    """The Redis list kombu keeps messages of ``queue`` with ``priority`` in."""
+    return queue if priority == 0 else f"{queue}{REDIS_PRIORITY_SEP}{priority}"
+
+
 def redis_priority_keys(queue: str) -> list[str]:
     """Every Redis list that holds messages of ``queue`` (one per priority step)."""
-    return [
-        queue if step == 0 else f"{queue}{REDIS_PRIORITY_SEP}{step}" for step in ALL_PRIORITY_STEPS
-    ]
+    return [redis_priority_key(queue, step) for step in ALL_PRIORITY_STEPS]
 
 
 def redis_queue_depths(client: redis.Redis, queues: Iterable[str]) -> dict[str, int]:

@@ -1,8 +1,6 @@
 """Contract jobs through real workers on the Redis broker: chains, chords, dedup, webhooks.
 
-The fleet here loads ``taskfleet.tasks.contract_jobs`` with ``--include`` and consumes its
-own queues, so it works whether or not ``taskfleet.app`` imports ``JOB_MODULES`` yet, and no
-worker lacking these jobs ever receives one.
+The fleet here consumes queues of its own, so the session fleets' workers never see these jobs.
 """
 
 from __future__ import annotations
@@ -12,7 +10,6 @@ import json
 import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -30,26 +27,13 @@ from taskfleet.contracts.notify import (
     deliver,
     load_notify_settings,
 )
-from taskfleet.workers.profiles import WorkerProfile, cpu_profile, io_profile
+from taskfleet.workers.profiles import cpu_profile, io_profile
 from tests.support.waiting import wait_for
 from tests.support.workers import Fleet
 
 AS_OF = "2025-03-01"
-CONTRACT_JOBS = "taskfleet.tasks.contract_jobs"
 BIG_RESPONSE_BYTES = 1024 * 1024
 SLOW_HANDLER_MAX_S = 10.0
-
-
-@dataclass(frozen=True)
-class IncludingProfile(WorkerProfile):
-    """A worker profile that also imports the contract jobs module."""
-
-    def argv(self, *, hostname: str | None = None, loglevel: str = "INFO") -> list[str]:
-        return [*super().argv(hostname=hostname, loglevel=loglevel), "-I", CONTRACT_JOBS]
-
-
-def _including(profile: WorkerProfile) -> IncludingProfile:
-    return IncludingProfile(**vars(profile))
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +46,8 @@ def fleet(redis_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -
     running = Fleet(env, tmp_path_factory.mktemp("contract-fleet"))
     settings = load_settings(**running.settings_overrides)
     try:
-        running.start(_including(cpu_profile(settings, 2)), "cpu")
-        running.start(_including(io_profile(settings, 10)), "io")
+        running.start(cpu_profile(settings, 2), "cpu")
+        running.start(io_profile(settings, 10), "io")
         yield running
     finally:
         running.stop()

@@ -6,7 +6,6 @@ import base64
 import json
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -19,24 +18,12 @@ from taskfleet.config import load_settings
 from taskfleet.resilience.dlq import DeadLetterQueues, replay_id_for, select
 from taskfleet.routing.depth import queue_depths
 from taskfleet.routing.wire import TaskMessage
-from taskfleet.workers.profiles import APP_PATH, WorkerProfile, cpu_profile
+from taskfleet.workers.profiles import cpu_profile
 from tests.support.waiting import wait_for
 from tests.support.workers import Fleet
 
-WORKER_APP = "taskfleet.resilience.worker_app"
 MAX_PAYLOAD = 4096
 JOB_TIMEOUT_S = 30.0
-
-
-@dataclass(frozen=True)
-class ResilienceProfile(WorkerProfile):
-    """A worker of ``taskfleet.resilience.worker_app`` (the app plus the resilience layer)."""
-
-    def argv(self, *, hostname: str | None = None, loglevel: str = "INFO") -> list[str]:
-        """The stock command line with the app path swapped."""
-        argv = super().argv(hostname=hostname, loglevel=loglevel)
-        argv[argv.index(APP_PATH)] = WORKER_APP
-        return argv
 
 
 def resilience_env(base: dict[str, str], tag: str) -> dict[str, str]:
@@ -53,12 +40,11 @@ def resilience_env(base: dict[str, str], tag: str) -> dict[str, str]:
 
 
 def start_fleet(env: dict[str, str], log_dir: Path, cpu: int = 2) -> Fleet:
-    """One prefork worker of the resilience app."""
+    """One prefork worker (``taskfleet.app`` carries the resilience layer and ``diag.*``)."""
     fleet = Fleet(env, log_dir)
     base = cpu_profile(load_settings(**fleet.settings_overrides), cpu)
-    profile = ResilienceProfile(**{**base.__dict__})
     try:
-        fleet.start(profile, "cpu")
+        fleet.start(base, "cpu")
     except BaseException:
         fleet.stop()
         raise

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from taskfleet.config.sandbox import get_sandbox_settings, load_sandbox_settings
 from taskfleet.sandbox import SandboxExecutor, namespaces_available
 from taskfleet.sandbox.isolation import sandbox_processes
 from taskfleet.sandbox.limits import resolve_limits
-from taskfleet.workers.profiles import WorkerProfile, cpu_profile
+from taskfleet.workers.profiles import cpu_profile
 from tests.support.waiting import wait_for
 from tests.support.workers import Fleet
 
@@ -30,18 +29,6 @@ CLEANUP_TIMEOUT_S = 5.0
 pytestmark = pytest.mark.skipif(
     not namespaces_available(), reason="sandbox tests need user/PID/net/mount namespaces"
 )
-
-
-@dataclass(frozen=True)
-class _SandboxCpuProfile(WorkerProfile):
-    """The CPU profile, importing the sandbox job module even if the app does not yet."""
-
-    def argv(self, *, hostname: str | None = None, loglevel: str = "INFO") -> list[str]:
-        return [
-            *super().argv(hostname=hostname, loglevel=loglevel),
-            "-I",
-            "taskfleet.tasks.sandbox_jobs",
-        ]
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +44,7 @@ def sandbox_fleet(
         "TASKFLEET_SECRET_CANARY": f"canary-{suffix}",
     }
     fleet = Fleet(env, tmp_path_factory.mktemp("sandbox-fleet"))
-    base = cpu_profile(load_settings(**fleet.settings_overrides), 1)
-    profile = _SandboxCpuProfile(
-        base.name, base.pool, base.queues, base.concurrency, base.prefetch_multiplier
-    )
+    profile = cpu_profile(load_settings(**fleet.settings_overrides), 1)
     try:
         fleet.start(profile, "cpu")
         yield fleet
