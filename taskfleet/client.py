@@ -2,97 +2,43 @@
 
 ``enqueue`` and ``enqueue_many`` publish the exact messages Celery would (protocol v2, JSON),
 so any Celery worker understands them and any Celery client reads their results. On Redis a
-batch is one pipeline per ``BATCH_CHUNK`` jobs; on RabbitMQ one transaction per chunk.
+batch is one pipeline of multi-value LPUSHes (one per priority sub-list and ``BATCH_CHUNK``
+jobs), its envelopes rendered from templates; on RabbitMQ one transaction per chunk.
 """
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 from celery import Celery
-from celery.result import AsyncResult
 from kombu import Connection, Producer
 
+from taskfleet.async_client import AsyncClient
 from taskfleet.config import resolve_services
+from taskfleet.handles import (
+    DEFAULT_RESULT_TIMEOUT_S,
+    JobFailed,
+    JobHandle,
+    JobSpec,
+    PayloadError,
+    as_spec,
+)
 from taskfleet.routing.depth import redis_priority_key
 from taskfleet.routing.priority import Priority, parse_priority
 from taskfleet.routing.topology import Topology, UnknownJobKind
-from taskfleet.routing.wire import TaskMessage, job_id_for
+from taskfleet.routing.wire import (
+    EnvelopeTemplate,
+    TaskMessage,
+    encode_single_arg_body,
+    job_id_for,
+    new_job_ids,
+)
 
 BATCH_CHUNK = 1000
 IDEMPOTENCY_PREFIX = "taskfleet:idem:"
-DEFAULT_RESULT_TIMEOUT_S = 30.0
-
-
-class PayloadError(ValueError):
-    """A payload that cannot be sent: not JSON-serialisable, or over the size limit."""
-
-
-class JobFailed(RuntimeError):
-    """The job ended in FAILURE; ``error_type`` and ``args`` say what it raised."""
-
-    def __init__(self, job_id: str, error_type: str, message: str) -> None:
-        super().__init__(f"job {job_id} failed: {error_type}: {message}")
-        self.job_id = job_id
-        self.error_type = error_type
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    """One job for :meth:`Client.enqueue_many`."""
-
-    kind: str
-    payload: Any = None
-    priority: Priority | None = None
-    idempotency_key: str | None = None
-
-
-@dataclass(slots=True)
-class JobHandle:
-    """A published job: its id, its state, and its result when it has one."""
-
-    id: str
-    kind: str
-    app: Celery = field(repr=False)
-    deduplicated: bool = False
-
-    @property
-    def async_result(self) -> AsyncResult:
-        """Celery's view of the job."""
-        return AsyncResult(self.id, app=self.app)
-
-    def status(self) -> str:
-        """PENDING, STARTED, RETRY, SUCCESS, FAILURE or REVOKED."""
-        return str(self.async_result.state)
-
-    def ready(self) -> bool:
-        """Whether the job has finished (either way)."""
-        return bool(self.async_result.ready())
-
-    def result(self, timeout: float | None = DEFAULT_RESULT_TIMEOUT_S) -> Any:
-        """Wait up to ``timeout`` seconds for the job's return value.
-
-        Raises:
-            JobFailed: the job raised; the error type and message are on the exception.
-            TimeoutError: the job did not finish in time (it may still finish later).
-        """
-        from celery.exceptions import TimeoutError as CeleryTimeout
-
-        res = self.async_result
-        try:
-            value = res.get(timeout=timeout, propagate=False, disable_sync_subtasks=False)
-        except CeleryTimeout:
-            raise TimeoutError(
-                f"job {self.id} ({self.kind}) not finished after {timeout}s"
-            ) from None
-        if res.failed():
-            raise JobFailed(self.id, type(value).__name__, str(value))
-        return value
 
 
 class Client:
@@ -119,6 +65,18 @@ class Client:
         self._amqp: Connection | None = None
 
     # -- building -------------------------------------------------------------------------
+    def _queue_of(self, kind: str) -> str:
+        """The work queue of a job kind.
+
+        Raises:
+            UnknownJobKind: no task of that kind is registered.
+        """
+        pool = self._pools.get(kind)
+        if pool is None:
+            known = ", ".join(sorted(self._pools))
+            raise UnknownJobKind(f"unknown job kind {kind!r}; known kinds: {known}")
+        return self.topology.queue_for_pool(pool)
+
     def _message(
         self,
         kind: str,
@@ -127,10 +85,7 @@ class Client:
         idempotency_key: str | None,
         client_id: str | None,
     ) -> TaskMessage:
-        pool = self._pools.get(kind)
-        if pool is None:
-            known = ", ".join(sorted(self._pools))
-            raise UnknownJobKind(f"unknown job kind {kind!r}; known kinds: {known}")
+        queue = self._queue_of(kind)
         level = parse_priority(priority)
         headers: dict[str, Any] = {}
         if client_id is not None:
@@ -144,7 +99,7 @@ class Client:
                 {},
                 job_id=job_id_for(kind, idempotency_key),
                 priority=level,
-                queue=self.topology.queue_for_pool(pool),
+                queue=queue,
                 extra_headers=headers,
             )
         except (TypeError, ValueError) as exc:
@@ -156,19 +111,39 @@ class Client:
             )
         return message
 
+    def _body(self, kind: str, payload: Any) -> bytes:
+        """The JSON body of a job with ``payload`` as its one argument, validated."""
+        try:
+            body = encode_single_arg_body(payload)
+        except (TypeError, ValueError) as exc:
+            raise PayloadError(f"payload for {kind!r} is not JSON-serialisable: {exc}") from None
+        if len(body) > self.settings.max_payload_bytes:
+            raise PayloadError(
+                f"payload for {kind!r} is {len(body)} bytes, over the "
+                f"{self.settings.max_payload_bytes}-byte limit (TASKFLEET_MAX_PAYLOAD_BYTES)"
+            )
+        return body
+
     # -- idempotency ----------------------------------------------------------------------
     def _claim(self, messages: Sequence[TaskMessage]) -> list[bool]:
         """SET NX one marker per keyed job; False for a job already enqueued before."""
-        keyed = [m for m in messages if "taskfleet_idempotency_key" in m.headers]
+        return self._claim_jobs(
+            [(m.job_id, m.kind, "taskfleet_idempotency_key" in m.headers) for m in messages]
+        )
+
+    def _claim_jobs(self, jobs: Sequence[tuple[str, str, bool]]) -> list[bool]:
+        """SET NX one marker per (job id, kind, keyed) whose keyed is true; per job, whether it
+        is new (unkeyed jobs always are; of the same key twice, only the first)."""
+        keyed = [(at, job_id, kind) for at, (job_id, kind, is_keyed) in enumerate(jobs) if is_keyed]
+        fresh = [True] * len(jobs)
         if not keyed:
-            return [True] * len(messages)
+            return fresh
         pipe = self._redis.pipeline(transaction=False)
-        for m in keyed:
-            pipe.set(
-                IDEMPOTENCY_PREFIX + m.job_id, m.kind, nx=True, ex=self.settings.result_expires
-            )
-        claimed = dict(zip((m.job_id for m in keyed), pipe.execute(), strict=True))
-        return [bool(claimed.get(m.job_id, True)) for m in messages]
+        for _, job_id, kind in keyed:
+            pipe.set(IDEMPOTENCY_PREFIX + job_id, kind, nx=True, ex=self.settings.result_expires)
+        for (at, _, _), new in zip(keyed, pipe.execute(), strict=True):
+            fresh[at] = bool(new)
+        return fresh
 
     # -- publishing -----------------------------------------------------------------------
     def _publish_redis(self, messages: Sequence[TaskMessage]) -> None:
@@ -260,9 +235,11 @@ class Client:
         client_id: str | None = None,
     ) -> list[JobHandle]:
         """Publish a batch in few round trips; every job is validated before any is sent."""
+        if self._broker_redis is not None:
+            return self._enqueue_many_redis(list(jobs), priority, client_id)
         messages: list[TaskMessage] = []
         for item in jobs:
-            spec = _as_spec(item)
+            spec = as_spec(item)
             messages.append(
                 self._message(
                     spec.kind,
@@ -273,6 +250,82 @@ class Client:
                 )
             )
         return self._send(messages)
+
+    def _enqueue_many_redis(
+        self,
+        jobs: Sequence[JobSpec | tuple[str, Any] | Mapping[str, Any]],
+        priority: Priority | None,
+        client_id: str | None,
+    ) -> list[JobHandle]:
+        """The same messages as ``_message`` + ``redis_envelope``, built from one
+        :class:`EnvelopeTemplate` per (kind, priority, keyed) and sent as one multi-value
+        LPUSH per priority sub-list and chunk (see :meth:`_push`)."""
+        default_level = parse_priority(priority)
+        headers = {} if client_id is None else {"taskfleet_client_id": client_id}
+        templates: dict[tuple[str, int, bool], tuple[EnvelopeTemplate, str]] = {}
+        job_ids = new_job_ids(len(jobs))
+        kinds: list[str] = []
+        keys: list[str | None] = []
+        lists: list[str] = []  # the Redis list (priority sub-list) of each job
+        envelopes: list[bytes] = []
+        for at, item in enumerate(jobs):
+            if type(item) is tuple and len(item) == 2:  # the common (kind, payload) form
+                kind, payload = item
+                level, key = default_level, None
+            else:
+                spec = as_spec(item)
+                kind, payload, key = spec.kind, spec.payload, spec.idempotency_key
+                level = default_level if spec.priority is None else parse_priority(spec.priority)
+            found = templates.get((kind, level, key is not None))
+            if found is None:
+                queue = self._queue_of(kind)
+                template = EnvelopeTemplate(kind, queue, level, headers, keyed=key is not None)
+                found = (template, redis_priority_key(queue, level))
+                templates[kind, level, key is not None] = found
+            template, list_key = found
+            if key is not None:
+                job_ids[at] = job_id_for(kind, key)
+            envelopes.append(template.render(job_ids[at], self._body(kind, payload), key))
+            kinds.append(kind)
+            keys.append(key)
+            lists.append(list_key)
+        fresh = self._claim_jobs(
+            [
+                (job_id, kind, key is not None)
+                for job_id, kind, key in zip(job_ids, kinds, keys, strict=True)
+            ]
+        )
+        try:
+            self._push([(k, e) for k, e, new in zip(lists, envelopes, fresh, strict=True) if new])
+        except BaseException:
+            # Not published: free the idempotency claims so a retry really sends the jobs.
+            claimed = [
+                IDEMPOTENCY_PREFIX + job_id
+                for job_id, key, new in zip(job_ids, keys, fresh, strict=True)
+                if new and key is not None
+            ]
+            if claimed:
+                self._redis.delete(*claimed)
+            raise
+        app = self.app
+        return [
+            JobHandle(job_id, kind, app, deduplicated=not new)
+            for job_id, kind, new in zip(job_ids, kinds, fresh, strict=True)
+        ]
+
+    def _push(self, envelopes: Sequence[tuple[str, bytes]]) -> None:
+        """LPUSH (list key, envelope) pairs: one command per list and ``BATCH_CHUNK`` values,
+        all in one pipeline. ``LPUSH key a b c`` pushes a, then b, then c, exactly as three
+        single LPUSHes would, so every list keeps the batch's order (FIFO for consumers)."""
+        assert self._broker_redis is not None
+        by_list: dict[str, list[bytes]] = {}
+        for list_key, envelope in envelopes:
+            by_list.setdefault(list_key, []).append(envelope)
+        pipe = self._broker_redis.pipeline(transaction=False)
+        for list_key, values in by_list.items():
+            for start in range(0, len(values), BATCH_CHUNK):
+                pipe.lpush(list_key, *values[start : start + BATCH_CHUNK])
+        pipe.execute()
 
     def handle(self, job_id: str, kind: str = "") -> JobHandle:
         """A handle for a job published earlier (by id)."""
@@ -287,35 +340,12 @@ class Client:
             self._amqp.release()
 
 
-def _as_spec(item: JobSpec | tuple[str, Any] | Mapping[str, Any]) -> JobSpec:
-    if isinstance(item, JobSpec):
-        return item
-    if isinstance(item, tuple):
-        return JobSpec(*item)
-    if isinstance(item, Mapping):
-        return JobSpec(**item)
-    raise TypeError(f"a job is a JobSpec, a (kind, payload) tuple or a mapping, not {item!r}")
-
-
-class AsyncClient:
-    """The asyncio face of :class:`Client` for async services.
-
-    Publishing takes one round trip (a pipeline or a transaction), so it runs in the default
-    executor rather than duplicating the client on ``redis.asyncio``; waiting for results
-    likewise, so the event loop is never blocked.
-    """
-
-    def __init__(self, client: Client | None = None) -> None:
-        self.client = client or Client()
-
-    async def enqueue(self, kind: str, payload: Any = None, **options: Any) -> JobHandle:
-        """See :meth:`Client.enqueue`."""
-        return await asyncio.to_thread(self.client.enqueue, kind, payload, **options)
-
-    async def enqueue_many(self, jobs: Iterable[Any], **options: Any) -> list[JobHandle]:
-        """See :meth:`Client.enqueue_many`."""
-        return await asyncio.to_thread(self.client.enqueue_many, list(jobs), **options)
-
-    async def result(self, handle: JobHandle, timeout: float = DEFAULT_RESULT_TIMEOUT_S) -> Any:
-        """Wait for a job's result without blocking the event loop."""
-        return await asyncio.to_thread(handle.result, timeout)
+__all__ = [
+    "DEFAULT_RESULT_TIMEOUT_S",
+    "AsyncClient",
+    "Client",
+    "JobFailed",
+    "JobHandle",
+    "JobSpec",
+    "PayloadError",
+]

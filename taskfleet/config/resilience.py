@@ -21,6 +21,11 @@ DEFAULT_MAX_DELIVERIES = 3
 DEFAULT_INPROCESS_WAIT_S = 1.0
 #: What a breaker does when its storage (Redis) is unreachable.
 DEFAULT_STORAGE_FALLBACK: Literal["closed", "open"] = "closed"
+#: Seconds a process admits calls through a closed breaker without asking Redis (0: ask
+#: for every call). Ended early by a failure, or by the fleet-wide event when the breaker
+#: starts failing or opens; see ``taskfleet.resilience.breaker`` for what it costs.
+DEFAULT_BREAKER_LEASE_S = 0.2
+MAX_BREAKER_LEASE_S = 5.0
 #: How long per-job bookkeeping (attempts, delivery counts) outlives the job.
 DEFAULT_BOOKKEEPING_TTL_S = 7 * 24 * 3600
 BREAKER_SCHEMES = frozenset({"memory", "redis", "rediss"})
@@ -41,6 +46,7 @@ class ResilienceSettings(BaseSettings):
         None, description="memory:// or redis://… (default: taskfleet's Redis)"
     )
     breaker_storage_fallback: Literal["closed", "open"] = DEFAULT_STORAGE_FALLBACK
+    breaker_lease: float = Field(DEFAULT_BREAKER_LEASE_S, ge=0, le=MAX_BREAKER_LEASE_S)
     max_deliveries: int = Field(DEFAULT_MAX_DELIVERIES, ge=1, le=1000)
     inprocess_wait: float = Field(DEFAULT_INPROCESS_WAIT_S, ge=0, le=60)
     bookkeeping_ttl: int = Field(DEFAULT_BOOKKEEPING_TTL_S, ge=60)

@@ -1,11 +1,14 @@
 -- Circuit-breaker transitions, atomic per breaker (see storage.py: MemoryStorage is the same).
 -- KEYS[1] state hash, KEYS[2] sliding-window hash (fields c:<bucket>, f:<bucket>).
 -- ARGV: op, now, buckets, fail_max, failure_rate, window, min_calls, reset_timeout,
---       half_open_calls, then trial (record) or pending successes (acquire)
+--       half_open_calls, events channel, pending successes, pending admissions, trial (record)
+-- Publishes KEYS[1] on the events channel when the breaker starts failing (closed, first
+-- failure) or opens, so processes drop their local admission leases (breaker.py).
 local key, wkey = KEYS[1], KEYS[2]
 local op, now, nbuckets = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local fail_max, rate, window = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local min_calls, reset_timeout, half_calls = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local channel, pending, leased = ARGV[10], tonumber(ARGV[11] or '0'), tonumber(ARGV[12] or '0')
 
 local state = redis.call('HGET', key, 'state') or 'closed'
 local previous = state
@@ -14,6 +17,7 @@ local function open_now()
   redis.call('HSET', key, 'state', 'open', 'opened_at', tostring(now), 'fails', 0)
   redis.call('DEL', wkey)
   redis.call('HINCRBY', key, 'n_opened', 1)
+  redis.call('PUBLISH', channel, key)
   state = 'open'
 end
 
@@ -23,13 +27,14 @@ local function add_window(field, n)
   redis.call('PEXPIRE', wkey, math.ceil(window * 1000) + 1000)
 end
 
+-- Successes (closed state) and lease admissions this process counted since its last call.
+if pending > 0 then
+  redis.call('HINCRBY', key, 'n_successes', pending)
+  if state == 'closed' then add_window('c:', pending) end
+end
+if leased > 0 then redis.call('HINCRBY', key, 'n_allowed', leased) end
+
 if op == 'acquire' then
-  local pending = tonumber(ARGV[10] or '0')
-  if pending > 0 then
-    -- successes reported lazily by this process since its last call (closed state only)
-    redis.call('HINCRBY', key, 'n_successes', pending)
-    if state == 'closed' then add_window('c:', pending) end
-  end
   if state == 'open' then
     local retry_at = tonumber(redis.call('HGET', key, 'opened_at') or '0') + reset_timeout
     if now < retry_at then
@@ -59,7 +64,7 @@ if op == 'acquire' then
 end
 
 local success = (op == 'success')
-local trial = tonumber(ARGV[10] or '0') == 1
+local trial = tonumber(ARGV[13] or '0') == 1
 redis.call('HINCRBY', key, success and 'n_successes' or 'n_failures', 1)
 if state == 'half_open' then
   if not success then
@@ -95,6 +100,8 @@ elseif state == 'closed' then
     end
     if fails >= fail_max or (calls >= min_calls and failed >= rate * calls) then
       open_now()
+    elseif fails == 1 then
+      redis.call('PUBLISH', channel, key)  -- started failing: leases end fleet-wide
     end
   end
 end

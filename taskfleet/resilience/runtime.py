@@ -1,4 +1,4 @@
-"""Per-process state of the resilience layer: settings, Redis clients and breakers.
+"""Per-process state of the resilience layer: settings, Redis clients, breakers, events.
 
 Rebuilt after a fork (a socket must not be shared by two processes), like
 ``taskfleet.workers.resources``.
@@ -6,21 +6,115 @@ Rebuilt after a fork (a socket must not be shared by two processes), like
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import threading
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
-from redis import Redis
+from redis import Redis, RedisError
 
 from taskfleet.config import Settings, resolve_services
 from taskfleet.config.resilience import ResilienceSettings, get_resilience_settings
 from taskfleet.resilience.breaker import CircuitBreaker, Listener
-from taskfleet.resilience.storage import BreakerConfig, BreakerStorage, storage_from_url
+from taskfleet.resilience.storage import (
+    EVENTS_CHANNEL,
+    KEY_PREFIX,
+    BreakerConfig,
+    BreakerStorage,
+    RedisStorage,
+    storage_from_url,
+)
 from taskfleet.routing.topology import Topology
 
+log = logging.getLogger(__name__)
 ATTEMPTS_PREFIX = "taskfleet:attempts:"
 DELIVERIES_PREFIX = "taskfleet:deliveries:"
+#: How long the event feed waits for a message before checking whether it was stopped.
+FEED_POLL_S = 0.25
+#: Pause before subscribing again after losing Redis (doubles up to ``FEED_RETRY_MAX_S``).
+FEED_RETRY_S, FEED_RETRY_MAX_S = 0.1, 5.0
+
+
+class EventFeed:
+    """Breaker events of the whole fleet, followed by one subscriber thread (see ``breaker``).
+
+    ``epoch(name)`` is ``None`` until the subscription is confirmed; then it changes whenever
+    ``name`` starts failing or opens anywhere, and for every name whenever the subscription
+    drops or comes back (events may have been missed in between). A lease taken at one
+    epoch is good only while the epoch holds. A forked child's copy never reports an epoch.
+    """
+
+    def __init__(self, client: Redis, channel: str = EVENTS_CHANNEL) -> None:
+        self._client = client
+        self._channel = channel
+        self._events: dict[str, int] = {}
+        self._resets = 0
+        self._live = False
+        self._stop = threading.Event()
+        _FEEDS.add(self)
+        self._thread = threading.Thread(
+            target=self._follow, name="taskfleet-breaker-events", daemon=True
+        )
+        self._thread.start()
+
+    def epoch(self, name: str) -> int | None:
+        """Changes on every event for ``name`` and every (re)subscription; None while deaf."""
+        if not self._live:
+            return None
+        return self._resets + self._events.get(name, 0)  # both only grow: any change shows
+
+    def _deaf(self) -> None:
+        self._resets += 1
+        self._live = False
+
+    def _follow(self) -> None:
+        pause = FEED_RETRY_S
+        while not self._stop.is_set():
+            pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]
+            try:
+                pubsub.subscribe(self._channel)
+                while not self._stop.is_set():
+                    message = pubsub.get_message(timeout=FEED_POLL_S)
+                    if message is None:
+                        continue
+                    if message["type"] == "subscribe":  # also after a silent reconnect
+                        self._resets += 1
+                        self._live = True
+                        pause = FEED_RETRY_S
+                    elif message["type"] == "message":
+                        name = message["data"].decode()[len(KEY_PREFIX) :]
+                        self._events[name] = self._events.get(name, 0) + 1
+            except (RedisError, OSError) as exc:
+                if self._live:  # once per break
+                    log.warning("breaker events: %s; no leases until subscribed again", exc)
+            finally:
+                self._deaf()
+                with contextlib.suppress(RedisError, OSError):
+                    pubsub.close()
+            self._stop.wait(pause)
+            pause = min(pause * 2, FEED_RETRY_MAX_S)
+
+    def stop(self, timeout: float = FEED_POLL_S * 2) -> None:
+        """Stop following (leases end) and wait for the thread."""
+        self._stop.set()
+        self._deaf()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+
+_FEEDS: weakref.WeakSet[EventFeed] = weakref.WeakSet()
+
+
+def _deafen_after_fork() -> None:
+    """A feed's thread does not survive a fork: a child's copies must vouch for no lease."""
+    for feed in list(_FEEDS):
+        feed._deaf()
+
+
+os.register_at_fork(after_in_child=_deafen_after_fork)
 
 
 @dataclass(frozen=True)
@@ -55,6 +149,14 @@ class Runtime:
     storage: BreakerStorage
     breakers: dict[str, CircuitBreaker] = field(default_factory=dict)
     pid: int = field(default_factory=os.getpid)
+    feed: EventFeed | None = None
+
+    def event_feed(self) -> EventFeed | None:
+        """The breaker event feed (started on first use), if leases are on and state is Redis."""
+        lease_on = self.resilience.breaker_lease > 0
+        if self.feed is None and lease_on and isinstance(self.storage, RedisStorage):
+            self.feed = EventFeed(self.storage.client)
+        return self.feed
 
     def breaker(self, name: str) -> CircuitBreaker:
         """The process's breaker object for ``name`` (state is in the shared storage)."""
@@ -69,6 +171,8 @@ class Runtime:
                 failure_types=spec.failure_types,
                 storage_fallback=self.resilience.breaker_storage_fallback,
                 listeners=list(spec.listeners),
+                lease_s=self.resilience.breaker_lease,
+                feed=self.event_feed(),
             )
             self.breakers[name] = found
         return found

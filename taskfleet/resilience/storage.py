@@ -7,7 +7,9 @@ half-open trial. Here each transition is one Lua script (Redis) or one locked st
 implementing the same algorithm, so the whole fleet sees one state and one opening.
 
 Both storages raise :class:`StorageError` (and only that) when the backend is unreachable;
-the breaker then follows its configured fallback state.
+the breaker then follows its configured fallback state. The Redis script also publishes a
+breaker's key on ``EVENTS_CHANNEL`` when it starts failing or opens (see
+``taskfleet.resilience.runtime.EventFeed``, which ends the processes' admission leases).
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 from urllib.parse import urlsplit
 
 import redis
 
 KEY_PREFIX = "taskfleet:breaker:"
+#: Pub/sub channel of breaker events; each message is the key of a breaker that opened or
+#: got its first failure in the closed state.
+EVENTS_CHANNEL = KEY_PREFIX + "events"
 LUA_PATH = Path(__file__).with_name("breaker.lua")
 #: Counters every storage keeps per breaker.
 COUNTER_NAMES = ("allowed", "rejected", "successes", "failures", "opened")
@@ -62,6 +67,18 @@ class BreakerConfig:
         ]
 
 
+class Pending(NamedTuple):
+    """What a process counted locally since its last storage call (sent with the next one)."""
+
+    #: Successes in the closed state not yet recorded.
+    successes: int = 0
+    #: Calls admitted from the process's lease (counted as allowed).
+    admits: int = 0
+
+
+NOTHING = Pending()
+
+
 @dataclass(frozen=True)
 class Admission:
     """The answer to "may this call go through?"."""
@@ -79,18 +96,24 @@ class BreakerStorage(Protocol):
     """Atomic breaker transitions over some shared state."""
 
     def acquire(
-        self, name: str, config: BreakerConfig, now: float, pending_successes: int = 0
+        self, name: str, config: BreakerConfig, now: float, pending: Pending = NOTHING
     ) -> Admission:
         """Admit or reject one call (may move open -> half_open).
 
-        ``pending_successes``: successes in the closed state not yet recorded (batched by
-        the caller so a healthy call costs one round trip, not two).
+        ``pending``: what the caller counted locally since its last storage call, added
+        first (so a healthy call costs at most one round trip, and none under a lease).
         """
 
     def record(
-        self, name: str, config: BreakerConfig, now: float, success: bool, trial: bool
+        self,
+        name: str,
+        config: BreakerConfig,
+        now: float,
+        success: bool,
+        trial: bool,
+        pending: Pending = NOTHING,
     ) -> tuple[str, str]:
-        """Record a call's outcome; returns (state before, state after)."""
+        """Record a call's outcome, after the pending counts; returns (before, after) states."""
 
     def snapshot(self, name: str) -> dict[str, Any]:
         """State and counters, for inspection."""
@@ -112,17 +135,23 @@ class MemoryStorage:
     def _get(self, name: str) -> dict[str, Any]:
         return self._data.setdefault(name, {"state": "closed", "fails": 0, "buckets": {}})
 
+    @staticmethod
+    def _flush(d: dict[str, Any], config: BreakerConfig, now: float, pending: Pending) -> None:
+        ok, admits = pending
+        d["n_allowed"] = d.get("n_allowed", 0) + admits
+        if ok:
+            d["n_successes"] = d.get("n_successes", 0) + ok
+            if d["state"] == "closed":
+                bucket = int(now // (config.window / WINDOW_BUCKETS))
+                d["buckets"].setdefault(bucket, [0, 0])[0] += ok
+
     def acquire(
-        self, name: str, config: BreakerConfig, now: float, pending_successes: int = 0
+        self, name: str, config: BreakerConfig, now: float, pending: Pending = NOTHING
     ) -> Admission:
         with self._lock:
             d = self._get(name)
             previous = d["state"]
-            if pending_successes:
-                d["n_successes"] = d.get("n_successes", 0) + pending_successes
-                if d["state"] == "closed":
-                    bucket = int(now // (config.window / WINDOW_BUCKETS))
-                    d["buckets"].setdefault(bucket, [0, 0])[0] += pending_successes
+            self._flush(d, config, now, pending)
             if d["state"] == "open":
                 retry_at = d["opened_at"] + config.reset_timeout
                 if now < retry_at:
@@ -143,11 +172,18 @@ class MemoryStorage:
             return Admission(True, "closed", previous=previous, fails=d["fails"])
 
     def record(
-        self, name: str, config: BreakerConfig, now: float, success: bool, trial: bool
+        self,
+        name: str,
+        config: BreakerConfig,
+        now: float,
+        success: bool,
+        trial: bool,
+        pending: Pending = NOTHING,
     ) -> tuple[str, str]:
         with self._lock:
             d = self._get(name)
             before = d["state"]
+            self._flush(d, config, now, pending)
             self._count(d, "successes" if success else "failures")
             if before == "half_open":
                 if not success:
@@ -207,10 +243,16 @@ class RedisStorage:
             raise StorageError(f"breaker storage failed: {exc}") from exc
 
     def acquire(
-        self, name: str, config: BreakerConfig, now: float, pending_successes: int = 0
+        self, name: str, config: BreakerConfig, now: float, pending: Pending = NOTHING
     ) -> Admission:
         reply = self._run(
-            "acquire", now, WINDOW_BUCKETS, *config.argv(), pending_successes, name=name
+            "acquire",
+            now,
+            WINDOW_BUCKETS,
+            *config.argv(),
+            EVENTS_CHANNEL,
+            *pending,
+            name=name,
         )
         allowed, state, trial, retry_at, previous = reply[:5]
         return Admission(
@@ -223,13 +265,21 @@ class RedisStorage:
         )
 
     def record(
-        self, name: str, config: BreakerConfig, now: float, success: bool, trial: bool
+        self,
+        name: str,
+        config: BreakerConfig,
+        now: float,
+        success: bool,
+        trial: bool,
+        pending: Pending = NOTHING,
     ) -> tuple[str, str]:
         before, after = self._run(
             "success" if success else "failure",
             now,
             WINDOW_BUCKETS,
             *config.argv(),
+            EVENTS_CHANNEL,
+            *pending,
             int(trial),
             name=name,
         )

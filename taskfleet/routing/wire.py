@@ -10,9 +10,11 @@ transaction (RabbitMQ). The format is the public contract for producers in other
 from __future__ import annotations
 
 import base64
+import binascii
 import itertools
 import json
 import os
+import re
 import socket
 import uuid
 from dataclasses import dataclass, field
@@ -69,10 +71,38 @@ _TAG_PREFIX = uuid.uuid4().hex
 _tag_counter = itertools.count()
 
 
+def _new_tag_prefix() -> None:
+    """A forked process (prefork pool child) must not reuse its parent's tag sequence."""
+    global _TAG_PREFIX, _tag_counter
+    _TAG_PREFIX = uuid.uuid4().hex
+    _tag_counter = itertools.count()
+
+
+os.register_at_fork(after_in_child=_new_tag_prefix)
+
+
 def next_delivery_tag() -> str:
     """A delivery tag unique across processes (kombu keys its unacked hash by it): a random
     per-process prefix and a counter, ~10x cheaper than a uuid4 per message."""
     return f"{_TAG_PREFIX}-{next(_tag_counter)}"
+
+
+#: bytes.translate tables that set a random UUID's version (4) and variant (RFC 4122) bits.
+_UUID4_VERSION = bytes((b & 0x0F) | 0x40 for b in range(256))
+_UUID4_VARIANT = bytes((b & 0x3F) | 0x80 for b in range(256))
+
+
+def new_job_ids(n: int) -> list[str]:
+    """``n`` random (version 4) UUID strings, as ``str(uuid.uuid4())`` gives, from one
+    ``os.urandom`` call: ~4x cheaper per id than ``uuid.uuid4()`` each."""
+    raw = bytearray(os.urandom(16 * n))
+    raw[6::16] = raw[6::16].translate(_UUID4_VERSION)
+    raw[8::16] = raw[8::16].translate(_UUID4_VARIANT)
+    h = raw.hex()
+    return [
+        f"{h[i : i + 8]}-{h[i + 8 : i + 12]}-{h[i + 12 : i + 16]}-{h[i + 16 : i + 20]}-{h[i + 20 : i + 32]}"
+        for i in range(0, 32 * n, 32)
+    ]
 
 
 def job_id_for(kind: str, idempotency_key: str | None) -> str:
@@ -124,16 +154,93 @@ class TaskMessage:
 
     def redis_envelope(self) -> str:
         """The JSON envelope kombu's Redis transport stores in the queue's list."""
+        body = base64.b64encode(self.body).decode()
+        return encode_json(self.redis_envelope_fields(body, next_delivery_tag())).decode()
+
+    def redis_envelope_fields(self, body: str, delivery_tag: str) -> dict[str, Any]:
+        """The envelope as a dict, with the base64 ``body`` and ``delivery_tag`` given."""
         props = self.properties()
         props["delivery_info"] = {"exchange": self.queue, "routing_key": self.queue}
         props["body_encoding"] = "base64"
-        props["delivery_tag"] = next_delivery_tag()
-        return encode_json(
-            {
-                "body": base64.b64encode(self.body).decode(),
-                "content-encoding": "utf-8",
-                "content-type": JSON_CONTENT_TYPE,
-                "headers": self.headers,
-                "properties": props,
-            }
-        ).decode()
+        props["delivery_tag"] = delivery_tag
+        return {
+            "body": body,
+            "content-encoding": "utf-8",
+            "content-type": JSON_CONTENT_TYPE,
+            "headers": self.headers,
+            "properties": props,
+        }
+
+
+#: The body of a job with one positional argument, around that argument's JSON.
+_SINGLE_ARG_BODY = b"[[%s],{}," + encode_json(EMPTY_EMBED) + b"]"
+#: Marks a per-job value in an :class:`EnvelopeTemplate`; the random part keeps user text
+#: (a client id) from ever looking like a slot.
+_SLOT_MARK = f"@@slot-{uuid.uuid4().hex}:"
+_SLOT = re.compile(re.escape(_SLOT_MARK.encode()) + rb"(\w+)@@")
+#: Where the per-job values fall in the encoded envelope (the order of its dict's keys).
+_SLOTS_PLAIN = ("body", "id", "id", "id", "tag")
+_SLOTS_KEYED = ("body", "id", "id", "key", "id", "tag")
+
+
+def encode_single_arg_body(arg: Any) -> bytes:
+    """``encode_json([[arg], {}, EMPTY_EMBED])``, encoding only ``arg`` per call.
+
+    Raises:
+        TypeError: ``arg`` is not JSON-serialisable.
+        ValueError: ``arg`` is circular.
+    """
+    return _SINGLE_ARG_BODY % encode_json(arg)
+
+
+class EnvelopeTemplate:
+    """The Redis envelope of :meth:`TaskMessage.redis_envelope` for one kind, queue, priority
+    and header set, encoded once with the per-job values (body, id, idempotency key, delivery
+    tag) left as slots, so a job costs one ``bytes`` %-format instead of a dict build and a
+    JSON encode (~5x cheaper). The slots take only JSON-safe text: base64, a UUID, an
+    integer tag, and the idempotency key as :func:`encode_json` encodes it.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        queue: str,
+        priority: int,
+        extra_headers: dict[str, Any],
+        keyed: bool,
+    ) -> None:
+        headers = dict(extra_headers)
+        if keyed:
+            headers["taskfleet_idempotency_key"] = _slot("key")
+        message = TaskMessage.build(
+            kind, [], {}, job_id=_slot("id"), priority=priority, queue=queue, extra_headers=headers
+        )
+        encoded = encode_json(
+            message.redis_envelope_fields(_slot("body"), _TAG_PREFIX + "-" + _slot("tag"))
+        )
+        parts = _SLOT.split(encoded)
+        slots = tuple(name.decode() for name in parts[1::2])
+        if slots != (_SLOTS_KEYED if keyed else _SLOTS_PLAIN):
+            raise RuntimeError(f"envelope slots out of the expected order: {slots}")
+        literals = [text.replace(b"%", b"%%") for text in parts[0::2]]
+        if keyed:  # the key slot takes a whole JSON value (quotes included), not string text
+            at = slots.index("key")
+            literals[at], literals[at + 1] = literals[at][:-1], literals[at + 1][1:]
+        conversions = [b"%d" if name == "tag" else b"%s" for name in slots]
+        self._format = literals[0] + b"".join(
+            conv + text for conv, text in zip(conversions, literals[1:], strict=True)
+        )
+        self.keyed = keyed
+
+    def render(self, job_id: str, body: bytes, idempotency_key: str | None = None) -> bytes:
+        """The envelope of one job: its id, its JSON ``body``, and (keyed templates) its key."""
+        jid = job_id.encode()
+        b64 = binascii.b2a_base64(body, newline=False)
+        if self.keyed:
+            key = encode_json(idempotency_key)
+            return self._format % (b64, jid, jid, key, jid, next(_tag_counter))
+        return self._format % (b64, jid, jid, jid, next(_tag_counter))
+
+
+def _slot(name: str) -> str:
+    return f"{_SLOT_MARK}{name}@@"

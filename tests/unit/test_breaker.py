@@ -1,4 +1,8 @@
-"""Circuit breaker semantics on both storages (memory, real Redis), with a fake clock."""
+"""Circuit breaker semantics on both storages (memory, real Redis), with a fake clock.
+
+On Redis they run twice: asking Redis for every call, and with a long admission lease (the
+semantics must not change; ``test_breaker_lease.py`` covers what the lease saves).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import pytest
 import redis
 
 from taskfleet.resilience.breaker import BreakerOpen, CircuitBreaker
+from taskfleet.resilience.runtime import EventFeed
 from taskfleet.resilience.storage import (
     BreakerConfig,
     BreakerStorage,
@@ -24,6 +29,8 @@ from tests.support.waiting import wait_for
 CONFIG = BreakerConfig(
     fail_max=3, failure_rate=0.5, window=10, min_calls=6, reset_timeout=5, half_open_calls=2
 )
+#: Longer than any test: only failures and fleet events may end it.
+LONG_LEASE_S = 60.0
 
 
 class Clock:
@@ -34,16 +41,32 @@ class Clock:
         return self.now
 
 
-@pytest.fixture(params=["memory", "redis"])
-def storage(request: pytest.FixtureRequest) -> BreakerStorage:
+class LeasedStorage(RedisStorage):
+    """Redis storage whose breakers (``make``) take admission leases from ``feed``."""
+
+    feed: EventFeed
+
+
+@pytest.fixture(params=["memory", "redis", "redis-lease"])
+def storage(request: pytest.FixtureRequest) -> Iterator[BreakerStorage]:
     if request.param == "memory":
-        return MemoryStorage()
-    services = request.getfixturevalue("services")
-    return storage_from_url(services["TASKFLEET_REDIS_URL"])
+        yield MemoryStorage()
+        return
+    url = request.getfixturevalue("services")["TASKFLEET_REDIS_URL"]
+    if request.param == "redis":
+        yield storage_from_url(url)
+        return
+    leased = LeasedStorage(redis.Redis.from_url(url))
+    leased.feed = EventFeed(leased.client)
+    wait_for(lambda: leased.feed.epoch("") is not None, 10, "the event feed to subscribe")
+    yield leased
+    leased.feed.stop()
 
 
 def make(storage: BreakerStorage, clock: Clock, **kw: object) -> CircuitBreaker:
     events: list[tuple[str, str]] = []
+    if isinstance(storage, LeasedStorage):
+        kw = {"lease_s": LONG_LEASE_S, "feed": storage.feed} | kw
     breaker = CircuitBreaker(
         f"b-{uuid.uuid4().hex[:8]}",
         storage,
