@@ -129,4 +129,5 @@ def install_jobs(celery_app: Celery) -> None:
 app = create_app()
 install_jobs(app)
 
+import taskfleet.workers.prefetch  # noqa: E402 - one spare reserved job per worker
 import taskfleet.workers.signals  # noqa: E402, F401 - per-process resources and the persister

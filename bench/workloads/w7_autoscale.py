@@ -63,8 +63,16 @@ WARMUP_JOBS = 1
 CHECK_CHUNK = 500
 META_PREFIX = "celery-task-meta-"
 TF_KIND = "cpu.checksum"
-SYSTEMS = ("taskfleet", "celery")
-LABELS = {"taskfleet": "taskfleet (autoscaler tick, 1 s)", "celery": "Celery `--autoscale=4,1`"}
+SYSTEMS = ("taskfleet", "celery", "celery_p1")
+PEERS = ("celery", "celery_p1")
+LABELS = {
+    "taskfleet": "taskfleet (autoscaler tick, 1 s)",
+    "celery": "Celery `--autoscale=4,1`",
+    "celery_p1": "Celery `--autoscale=4,1`, prefetch 1, `-O fair`",
+}
+#: Worker flags of the ``celery_p1`` peer: the delivery settings Celery's docs advise for
+#: long-running jobs, and taskfleet's own (one reserved job per process).
+PREFETCH_ONE_FLAGS = ("--prefetch-multiplier", "1", "-O", "fair")
 TARGET_DRAIN_RATIO = 0.7
 CPU_SAMPLES = 200
 TICK_JOIN_S = 15.0
@@ -378,8 +386,8 @@ def run_taskfleet(n: int, tail_s: float) -> dict[str, Any]:
     return _measure(harness, n, tail_s)
 
 
-def run_celery(n: int, tail_s: float) -> dict[str, Any]:
-    """One W7 run against stock Celery's ``--autoscale``."""
+def run_celery(n: int, tail_s: float, extra_flags: tuple[str, ...] = ()) -> dict[str, Any]:
+    """One W7 run against stock Celery's ``--autoscale`` (plus ``extra_flags``)."""
     from bench.systems import celery_app as capp
     from bench.systems.celery_autoscale_app import make_app
 
@@ -401,6 +409,7 @@ def run_celery(n: int, tail_s: float) -> dict[str, Any]:
         f"w7-celery-{tag}@%h",
         "-l",
         "WARNING",
+        *extra_flags,
     ]
     workers = WorkerGroup("w7-celery")
 
@@ -418,6 +427,7 @@ def run_celery(n: int, tail_s: float) -> dict[str, Any]:
 RUNNERS: dict[str, Callable[[int, float], dict[str, Any]]] = {
     "taskfleet": run_taskfleet,
     "celery": run_celery,
+    "celery_p1": lambda n, tail_s: run_celery(n, tail_s, PREFETCH_ONE_FLAGS),
 }
 
 
@@ -456,6 +466,45 @@ def _summ(runs: list[dict[str, Any]], key: str) -> Summary | None:
 
 def _verdict(ok: bool | None) -> str:
     return NOT_AVAILABLE if ok is None else ("met" if ok else "**missed**")
+
+
+def _ratio_rows(
+    t: Table,
+    tf: dict[str, Summary | None] | None,
+    peer: dict[str, Summary | None] | None,
+    label: str,
+) -> None:
+    """taskfleet ÷ one peer, and the issue's targets against it."""
+
+    def ratio(key: str) -> float | None:
+        a = tf and tf[key]
+        b = peer and peer[key]
+        return a.median / b.median if a and b and b.median else None
+
+    drain, p_drain, p_total = ratio("drain_s"), ratio("proc_s_drain"), ratio("proc_s_total")
+    t.rows.append(
+        [
+            f"taskfleet ÷ {label}",
+            f"{drain:.2f}x" if drain else NOT_AVAILABLE,
+            NOT_AVAILABLE,
+            f"{p_drain:.2f}x" if p_drain else NOT_AVAILABLE,
+            f"{p_total:.2f}x" if p_total else NOT_AVAILABLE,
+            NOT_AVAILABLE,
+            NOT_AVAILABLE,
+        ]
+    )
+    t.rows.append(
+        [
+            "target",
+            f"≤ {TARGET_DRAIN_RATIO:.2f}x (≥30% faster): "
+            + _verdict(None if drain is None else drain <= TARGET_DRAIN_RATIO),
+            NOT_AVAILABLE,
+            "≤ 1.00x: " + _verdict(None if p_drain is None else p_drain <= 1.0),
+            "≤ 1.00x: " + _verdict(None if p_total is None else p_total <= 1.0),
+            NOT_AVAILABLE,
+            NOT_AVAILABLE,
+        ]
+    )
 
 
 def table(options: Options) -> Table:
@@ -504,37 +553,9 @@ def table(options: Options) -> Table:
         )
         if errors:
             t.notes.append(f"{LABELS[name]}: {len(errors)} failed run(s): {errors[0]}")
-    tf, ce = figures.get("taskfleet"), figures.get("celery")
-
-    def ratio(key: str) -> float | None:
-        a = tf and tf[key]
-        b = ce and ce[key]
-        return a.median / b.median if a and b and b.median else None
-
-    drain, p_drain, p_total = ratio("drain_s"), ratio("proc_s_drain"), ratio("proc_s_total")
-    t.rows.append(
-        [
-            "taskfleet ÷ Celery",
-            f"{drain:.2f}x" if drain else NOT_AVAILABLE,
-            NOT_AVAILABLE,
-            f"{p_drain:.2f}x" if p_drain else NOT_AVAILABLE,
-            f"{p_total:.2f}x" if p_total else NOT_AVAILABLE,
-            NOT_AVAILABLE,
-            NOT_AVAILABLE,
-        ]
-    )
-    t.rows.append(
-        [
-            "target",
-            f"≤ {TARGET_DRAIN_RATIO:.2f}x (≥30% faster): "
-            + _verdict(None if drain is None else drain <= TARGET_DRAIN_RATIO),
-            NOT_AVAILABLE,
-            "≤ 1.00x: " + _verdict(None if p_drain is None else p_drain <= 1.0),
-            "≤ 1.00x: " + _verdict(None if p_total is None else p_total <= 1.0),
-            NOT_AVAILABLE,
-            NOT_AVAILABLE,
-        ]
-    )
+    tf = figures.get("taskfleet")
+    for peer in PEERS:
+        _ratio_rows(t, tf, figures.get(peer), LABELS[peer])
     tf_runs = [r for r in data["taskfleet"] if "error" not in r]
     ticks = [r["autoscaler"] for r in tf_runs]
     t.notes += [

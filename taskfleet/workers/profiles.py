@@ -1,6 +1,7 @@
 """Worker pool profiles: how a CPU worker and an I/O worker are started.
 
-* CPU: prefork processes, prefetch 1 (a long job never hoards a second one).
+* CPU: prefork processes, prefetch 1 per process (a long job never hoards a second one), plus
+  one spare job per worker (``taskfleet.workers.prefetch``) so a freed process never waits.
 * I/O: gevent greenlets, which, unlike Celery's threads pool, grow and shrink at run time
   (``pool_grow``/``pool_shrink``). It also consumes Celery's default queue, where unrouted
   ``send_task`` messages land, and forwards each to its pool's queue.

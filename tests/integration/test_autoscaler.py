@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from taskfleet.client import Client
 from taskfleet.config.autoscale import AutoscaleSettings, load_autoscale_settings
+from taskfleet.config.settings import DEFAULT_SPARE_PREFETCH
 from taskfleet.routing.depth import redis_queue_depths
 from taskfleet.scheduler.actuate import resize_worker
 from taskfleet.scheduler.cli import scale_cli
@@ -84,6 +85,20 @@ def _cpu_processes(app: Celery, fleet: Fleet) -> int:
     )
 
 
+def _prefetch_and_processes(app: Celery, fleet: Fleet) -> tuple[int, int]:
+    """The worker's reserved-job limit and its pool processes (from its own ``stats``)."""
+    queue = fleet.env["TASKFLEET_CPU_QUEUE"]
+    (reply,) = [r for r in inspect_workers(app, 0.5) if queue in r.queues]
+    return int(reply.stats["prefetch_count"]), len(reply.stats["pool"]["processes"])
+
+
+def test_the_worker_reserves_one_spare_job_not_one_per_process(
+    app: Celery, scaled_fleet: Fleet
+) -> None:
+    prefetch, processes = _prefetch_and_processes(app, scaled_fleet)
+    assert prefetch == processes + DEFAULT_SPARE_PREFETCH
+
+
 def _decided_tick(app: Celery, settings: AutoscaleSettings, client: redis.Redis) -> dict[str, Any]:
     """Run ticks until one decides (the gate refuses one less than a tick after the last)."""
     return wait_for(
@@ -121,6 +136,12 @@ def test_burst_grows_to_max_within_two_ticks_and_returns_to_min_after_cooldown(
     assert targets[-1] == MAX, targets
     wait_for(lambda: _cpu_processes(app, scaled_fleet) == MAX, 15, f"{MAX} pool processes")
     assert redis_queue_depths(redis_client, [queue])[queue] > 0, "burst drained too fast to observe"
+    # Growing keeps the spare: one reserved job per process plus one per worker.
+    wait_for(
+        lambda: _prefetch_and_processes(app, scaled_fleet) == (MAX + DEFAULT_SPARE_PREFETCH, MAX),
+        15,
+        "the prefetch count to follow the growth",
+    )
 
     wait_for(
         lambda: redis_queue_depths(redis_client, [queue])[queue] == 0, 90, "the burst to drain"

@@ -1,0 +1,46 @@
+"""One spare reserved job per worker, not per process.
+
+With ``acks_late`` and prefetch 1 per process, a pool process that finishes a job waits for
+its parent to fetch the next one (a BRPOP round trip and the delivery's bookkeeping) before
+it can start: on short jobs that idle time bounds throughput. A prefetch multiplier of 2
+would hide it but reserves one extra job *per process*, which a long-job fleet feels (jobs
+wait behind busy processes while another host idles). taskfleet reserves one spare job *per
+worker* instead: the next job is already in the parent when any process frees up, and at
+most one job per worker waits for a process. Celery has no setting for this (its prefetch is
+processes x multiplier), hence a consumer bootstep that adds the spare after the task
+consumer starts; Celery's own pool grow/shrink adjust the count by deltas, so it persists.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import bootsteps, signals
+
+log = logging.getLogger(__name__)
+
+
+class SparePrefetchStep(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Raise the consumer's prefetch count by the configured spare, on every (re)start."""
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def start(self, c: Any) -> None:
+        """Add the spare to the QoS the Tasks step just created (prefetch 0 = unlimited)."""
+        from taskfleet.app import settings_of
+
+        spare = settings_of(c.app).spare_prefetch
+        if spare and c.qos is not None and c.initial_prefetch_count:
+            c.qos.increment_eventually(spare)
+            c.qos.update()
+            log.debug("prefetch raised by %d spare to %s", spare, c.qos.value)
+
+
+def _install_step(sender: Any = None, **_: Any) -> None:
+    app = getattr(sender, "app", None)
+    if app is not None:
+        app.steps["consumer"].add(SparePrefetchStep)
+
+
+signals.worker_init.connect(_install_step, weak=False)
