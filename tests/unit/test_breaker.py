@@ -15,11 +15,11 @@ import pytest
 import redis
 
 from taskfleet.resilience.breaker import BreakerOpen, CircuitBreaker
+from taskfleet.resilience.memory_storage import MemoryStorage
 from taskfleet.resilience.runtime import EventFeed
 from taskfleet.resilience.storage import (
     BreakerConfig,
     BreakerStorage,
-    MemoryStorage,
     RedisStorage,
     storage_from_url,
 )
