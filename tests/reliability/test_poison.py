@@ -6,6 +6,7 @@ import uuid
 
 import pytest
 import redis
+from kombu import Connection
 
 from taskfleet.client import Client
 from taskfleet.config import load_settings
@@ -16,11 +17,28 @@ from tests.support.waiting import wait_for
 MAX_DELIVERIES = 2  # resilience_env sets TASKFLEET_RESILIENCE_MAX_DELIVERIES=2
 
 
+def _delete_amqp_queues(env: dict[str, str]) -> None:
+    with Connection(env["TASKFLEET_BROKER_URL"]) as conn:
+        channel = conn.channel()
+        for base in (env["TASKFLEET_CPU_QUEUE"], env["TASKFLEET_IO_QUEUE"]):
+            for name in (base, f"{base}.dlq"):
+                try:
+                    channel.queue_delete(name)
+                except conn.channel_errors:
+                    channel = conn.channel()
+
+
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("broker", ["redis", pytest.param("amqp", marks=pytest.mark.rabbitmq)])
 def test_self_killing_job_is_dead_lettered_after_max_deliveries(
-    redis_env: dict[str, str], redis_client: redis.Redis, tmp_path_factory: pytest.TempPathFactory
+    broker: str,
+    request: pytest.FixtureRequest,
+    redis_client: redis.Redis,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    fleet = start_fleet(resilience_env(redis_env, "psn"), tmp_path_factory.mktemp("psn"), cpu=1)
+    base_env: dict[str, str] = request.getfixturevalue(f"{broker}_env")
+    env = resilience_env(base_env, f"psn-{broker}")
+    fleet = start_fleet(env, tmp_path_factory.mktemp(f"psn-{broker}"), cpu=1)
     try:
         client = Client(fleet.app())
         dlqs = DeadLetterQueues(load_settings(**fleet.settings_overrides))
@@ -35,3 +53,5 @@ def test_self_killing_job_is_dead_lettered_after_max_deliveries(
         assert after.result(30) == {"ok": True}  # the worker kept serving
     finally:
         fleet.stop()
+        if broker == "amqp":
+            _delete_amqp_queues(env)
