@@ -14,7 +14,7 @@ from sqlalchemy import text
 from taskfleet.cache.store import ensure_schema, make_engine
 from taskfleet.routing.depth import redis_priority_keys
 
-from .support.services import amqp_url, missing_service, reachable, service_env
+from .support.services import amqp_url, delete_amqp_queues, missing_service, reachable, service_env
 from .support.workers import Fleet, running_fleet
 
 
@@ -100,20 +100,7 @@ def amqp_fleet(
         with running_fleet(amqp_env, log_dir) as fleet:
             yield fleet
     finally:
-        _delete_amqp_queues(amqp_env)
-
-
-def _delete_amqp_queues(env: dict[str, str]) -> None:
-    from kombu import Connection
-
-    with Connection(env["TASKFLEET_BROKER_URL"]) as conn:
-        channel = conn.channel()
-        for base in (env["TASKFLEET_CPU_QUEUE"], env["TASKFLEET_IO_QUEUE"]):
-            for name in (base, f"{base}.dlq"):
-                try:
-                    channel.queue_delete(name)
-                except conn.channel_errors:
-                    channel = conn.channel()
+        delete_amqp_queues(amqp_env)
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from taskfleet.resilience.dlq import DeadLetterQueues, replay_id_for, select
 from taskfleet.routing.depth import queue_depths
 from taskfleet.routing.wire import TaskMessage
 from taskfleet.workers.profiles import cpu_profile
+from tests.support.services import delete_amqp_queues
 from tests.support.waiting import wait_for
 from tests.support.workers import Fleet
 
@@ -206,13 +207,4 @@ def test_rabbitmq_dead_letters_through_the_dlx(
             wait_for(lambda: queue_depths(conn, [dlq])[dlq] == 1, JOB_TIMEOUT_S, "one copy")
     finally:
         fleet.stop()
-        from kombu import Connection as Conn
-
-        with Conn(env["TASKFLEET_BROKER_URL"]) as conn:
-            channel = conn.channel()
-            for base in (env["TASKFLEET_CPU_QUEUE"], env["TASKFLEET_IO_QUEUE"]):
-                for name in (base, f"{base}.dlq"):
-                    try:
-                        channel.queue_delete(name)
-                    except conn.channel_errors:
-                        channel = conn.channel()
+        delete_amqp_queues(env)

@@ -6,26 +6,15 @@ import uuid
 
 import pytest
 import redis
-from kombu import Connection
 
 from taskfleet.client import Client
 from taskfleet.config import load_settings
 from taskfleet.resilience.dlq import DeadLetterQueues
 from tests.integration.test_dead_letters import resilience_env, start_fleet
+from tests.support.services import delete_amqp_queues
 from tests.support.waiting import wait_for
 
 MAX_DELIVERIES = 2  # resilience_env sets TASKFLEET_RESILIENCE_MAX_DELIVERIES=2
-
-
-def _delete_amqp_queues(env: dict[str, str]) -> None:
-    with Connection(env["TASKFLEET_BROKER_URL"]) as conn:
-        channel = conn.channel()
-        for base in (env["TASKFLEET_CPU_QUEUE"], env["TASKFLEET_IO_QUEUE"]):
-            for name in (base, f"{base}.dlq"):
-                try:
-                    channel.queue_delete(name)
-                except conn.channel_errors:
-                    channel = conn.channel()
 
 
 @pytest.mark.timeout(120)
@@ -54,4 +43,4 @@ def test_self_killing_job_is_dead_lettered_after_max_deliveries(
     finally:
         fleet.stop()
         if broker == "amqp":
-            _delete_amqp_queues(env)
+            delete_amqp_queues(env)

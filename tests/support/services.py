@@ -65,3 +65,17 @@ def service_env() -> dict[str, str]:
 def amqp_url() -> str:
     """The RabbitMQ URL for broker-specific tests."""
     return os.environ.get("TASKFLEET_TEST_AMQP_URL", DEFAULT_AMQP_URL)
+
+
+def delete_amqp_queues(env: dict[str, str]) -> None:
+    """Delete a fleet's work and dead-letter queues on RabbitMQ (test clean-up)."""
+    from kombu import Connection
+
+    with Connection(env["TASKFLEET_BROKER_URL"]) as conn:
+        channel = conn.channel()
+        for base in (env["TASKFLEET_CPU_QUEUE"], env["TASKFLEET_IO_QUEUE"]):
+            for name in (base, f"{base}.dlq"):
+                try:
+                    channel.queue_delete(name)
+                except conn.channel_errors:
+                    channel = conn.channel()
