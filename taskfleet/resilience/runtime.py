@@ -28,6 +28,7 @@ from taskfleet.resilience.storage import (
     storage_from_url,
 )
 from taskfleet.routing.topology import Topology
+from taskfleet.workers.capacity import redis_pool_cap
 
 log = logging.getLogger(__name__)
 ATTEMPTS_PREFIX = "taskfleet:attempts:"
@@ -200,11 +201,10 @@ def build_runtime(settings: Settings, resilience: ResilienceSettings | None = No
     """A fresh runtime for ``settings``."""
     resilience = resilience or get_resilience_settings()
     urls = resolve_services(settings)
-    client = Redis.from_url(urls.redis_url, max_connections=settings.redis_pool_size)
+    cap = redis_pool_cap(settings.redis_pool_size)
+    client = Redis.from_url(urls.redis_url, max_connections=cap)
     broker = (
-        Redis.from_url(urls.broker_url, max_connections=settings.redis_pool_size)
-        if settings.broker_is_redis
-        else None
+        Redis.from_url(urls.broker_url, max_connections=cap) if settings.broker_is_redis else None
     )
     storage = storage_from_url(resilience.breaker_storage_url or urls.redis_url)
     return Runtime(settings, resilience, Topology.from_settings(settings), client, broker, storage)

@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 
 from taskfleet.cache.store import make_engine
 from taskfleet.config import Settings, resolve_services
+from taskfleet.workers.capacity import redis_pool_cap
 
 
 @dataclass
@@ -48,7 +49,9 @@ def open_resources(settings: Settings) -> ProcessResources:
         urls = resolve_services(settings)
         _current = ProcessResources(
             pid=os.getpid(),
-            redis=redis.Redis.from_url(urls.redis_url, max_connections=settings.redis_pool_size),
+            redis=redis.Redis.from_url(
+                urls.redis_url, max_connections=redis_pool_cap(settings.redis_pool_size)
+            ),
             engine=make_engine(urls.database_url, pool_size=settings.db_pool_size),
         )
         return _current

@@ -10,6 +10,7 @@ from typing import Any
 
 from celery import signals
 
+from taskfleet.workers.capacity import is_green, size_for_green_worker
 from taskfleet.workers.resources import close_resources, open_resources
 
 log = logging.getLogger(__name__)
@@ -27,10 +28,16 @@ def _open_child_pools(**_: Any) -> None:
 
 
 def _open_solo_pools(sender: Any = None, **_: Any) -> None:
-    """A gevent (or solo) worker runs jobs in its own process: open its pools at start."""
+    """A gevent (or solo) worker runs jobs in its own process: open its pools at start.
+
+    A gevent worker first sizes its Redis pools to its greenlet ceiling (``capacity``).
+    """
     from taskfleet.app import app, settings_of
 
     pool_cls = getattr(sender, "pool_cls", None)
+    if pool_cls is not None and is_green(pool_cls):
+        cap = size_for_green_worker(sender.app, int(sender.concurrency))
+        log.info("taskfleet: Redis pools of this green worker sized to %d connections", cap)
     if pool_cls is not None and "prefork" not in str(getattr(pool_cls, "__module__", pool_cls)):
         open_resources(settings_of(app))
 

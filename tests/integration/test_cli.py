@@ -7,18 +7,21 @@ CLI runs as a real subprocess, exactly as an operator runs it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil  # type: ignore[import-untyped]
 import pytest
+import redis
 
 from taskfleet.config import load_settings
 from taskfleet.devstack import EmbeddedStack
@@ -29,6 +32,10 @@ CLI_TIMEOUT_S = 60
 DEMO_JOBS = 300
 #: Well inside the test timeout, so a stuck demo fails with its own output (it takes ~10 s).
 DEMO_TIMEOUT_S = 150
+#: How much of the broker's state and the logs a stuck demo's failure shows.
+STATE_ENTRIES = 20
+STATE_CHARS = 3000
+STATE_LOG_LINES = 40
 FLEET_READY_TIMEOUT_S = 60
 EXIT_USAGE = 2
 
@@ -63,17 +70,63 @@ def fleet(data_dir: Path) -> Iterator[Fleet]:
 def run_cli(
     *args: str, cwd: Path, timeout: float = CLI_TIMEOUT_S
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``taskfleet ARGS`` in ``cwd`` (so no stray ``.env`` is read)."""
+    """Run ``taskfleet ARGS`` in ``cwd`` (so no stray ``.env`` is read).
+
+    On timeout the raised ``TimeoutExpired`` carries, in ``stderr``, the Python stacks of
+    the CLI and everything it started (when py-spy is installed), then the tree is killed.
+    """
     env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "PYTHONIOENCODING": "utf-8"}
-    return subprocess.run(
+    with subprocess.Popen(
         [*CLI, *args],
         cwd=cwd,
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
-        check=False,
-    )
+    ) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            stacks = stacks_of_tree(proc.pid)
+            kill_tree(proc.pid)
+            stdout, stderr = proc.communicate()
+            raise subprocess.TimeoutExpired(
+                exc.cmd, timeout, output=stdout, stderr=f"{stderr}\n{stacks}"
+            ) from None
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def stacks_of_tree(pid: int) -> str:
+    """Python stacks of ``pid`` and its descendants, for a test that found them stuck."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(py_spy).exists():
+        return "(install py-spy to see where the processes were stuck)"
+    dumps = []
+    for proc in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
+        try:
+            done = subprocess.run(
+                [py_spy, "dump", "--pid", str(proc.pid)],
+                capture_output=True,
+                text=True,
+                timeout=CLI_TIMEOUT_S,
+                check=False,
+            )
+            dumps.append(f"--- {proc.pid} {' '.join(proc.cmdline())}\n{done.stdout}{done.stderr}")
+        except (psutil.Error, subprocess.TimeoutExpired) as exc:
+            dumps.append(f"--- {proc.pid}: {exc!r}")
+    return "\n".join(dumps)
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and every process it started."""
+    try:
+        root = psutil.Process(pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for proc in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
 
 
 def expected_checksum(payload: dict[str, Any]) -> str:
@@ -104,6 +157,33 @@ def processes_of(data_dir: Path) -> list[str]:
     return found
 
 
+def broker_state(data_dir: Path) -> str:
+    """The embedded Redis's keys (but results) with their first entries, and the worker logs'
+    warnings, errors and last lines: where a stuck demo's jobs are, and why."""
+    lines = []
+    url = EmbeddedStack(data_dir).status()["redis"]["url"]  # type: ignore[index]
+    if url:
+        client = redis.Redis.from_url(str(url))
+        readers: dict[str, Callable[[bytes], object]] = {
+            "list": lambda k: client.lrange(k, 0, STATE_ENTRIES),
+            "hash": lambda k: list(client.hgetall(k).items())[:STATE_ENTRIES],
+            "zset": lambda k: client.zrange(k, 0, STATE_ENTRIES, withscores=True),
+            "string": client.get,
+        }
+        for key in sorted(client.scan_iter(count=1000)):
+            if not key.startswith(b"celery-task-meta-"):
+                kind = client.type(key).decode()
+                read = readers.get(kind, lambda _: "")
+                lines.append(f"{key!r} {kind} {str(read(key))[:STATE_CHARS]}")
+    for log in sorted((data_dir / "logs").glob("*.log")):
+        text = log.read_text(errors="replace").splitlines()
+        lines.append(f"--- {log.name}")
+        lines.extend(x for x in text if re.search(r": (WARNING|ERROR|CRITICAL)/", x))
+        lines.append("...")
+        lines.extend(text[-STATE_LOG_LINES:])
+    return "\n".join(lines)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_demo_loses_no_job_and_leaves_nothing_running(data_dir: Path) -> None:
@@ -121,7 +201,7 @@ def test_demo_loses_no_job_and_leaves_nothing_running(data_dir: Path) -> None:
         output = f"{exc.stdout or ''}{exc.stderr or ''}"
         pytest.fail(
             f"demo still running after {DEMO_TIMEOUT_S}s; its output:\n{output}\n"
-            f"processes left: {processes_of(data_dir)}"
+            f"processes left: {processes_of(data_dir)}\n{broker_state(data_dir)}"
         )
 
     output = done.stdout + done.stderr

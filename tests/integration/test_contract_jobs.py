@@ -108,6 +108,12 @@ def test_batch_runs_through_a_chord(
     assert _worker(redis_client, handle.id).startswith("cpu-")
 
 
+def ready_meta(app: Celery, job_id: str) -> dict[str, Any] | None:
+    """The stored result of ``job_id`` once it is final, else None."""
+    meta: dict[str, Any] = app.backend.get_task_meta(job_id)
+    return meta if meta["status"] in ("SUCCESS", "FAILURE") else None
+
+
 def test_chain_runs_five_jobs_and_matches_the_fast_path(app: Celery, client: Client) -> None:
     document = contract()
     handle = process_contract(document, client, as_of=AS_OF, pipeline="chain")
@@ -118,7 +124,11 @@ def test_chain_runs_five_jobs_and_matches_the_fast_path(app: Celery, client: Cli
     names = []
     job_id: str | None = handle.id
     while job_id is not None:
-        meta = app.backend.get_task_meta(job_id)
+        # Celery sends a chain's next job before it stores the current one's result, so a
+        # parent's result may land a moment after its child's.
+        meta = wait_for(
+            lambda jid=job_id: ready_meta(app, jid), 10, f"the result of chain job {job_id}"
+        )
         names.append(meta["name"])
         job_id = meta.get("parent_id")
     assert names == [
