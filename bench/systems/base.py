@@ -161,7 +161,14 @@ class System(ABC):
 
 
 class RedisKeySystem(System):
-    """A system whose results are Redis keys: done means the key exists."""
+    """A system whose results are Redis keys: done means the key exists.
+
+    ``done_event`` names the Redis keyspace-event class and event its result write raises
+    (``CONFIG SET notify-keyspace-events``), so W3 can be told of each result instead of
+    polling for it.
+    """
+
+    done_event: tuple[str, str] | None = None
 
     def __init__(self) -> None:
         """Create the system and its result-checking Redis client lazily."""
@@ -180,11 +187,15 @@ class RedisKeySystem(System):
             self._results = redis.Redis.from_url(self.result_url)
         return self._results
 
+    def result_key(self, key: Any) -> str:
+        """The Redis key holding the result of the job :meth:`publish` returned ``key`` for."""
+        return str(key)
+
     def done_flags(self, keys: Sequence[Any]) -> list[bool]:
         """Pipelined EXISTS of each result key."""
         pipe = self.results.pipeline(transaction=False)
         for key in keys:
-            pipe.exists(key)
+            pipe.exists(self.result_key(key))
         return [bool(x) for x in pipe.execute()]
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from bench.systems.base import RedisKeySystem
@@ -17,6 +16,9 @@ class CeleryMetaSystem(RedisKeySystem):
     no-op job ever writes is SUCCESS; EXISTS is enough and far cheaper than GET + decode.
     """
 
-    def done_flags(self, keys: Sequence[Any]) -> list[bool]:
-        """Pipelined EXISTS of each job's meta key."""
-        return super().done_flags([META_PREFIX + str(job_id) for job_id in keys])
+    #: Both write the meta with SET (taskfleet from its store script).
+    done_event = ("$", "set")
+
+    def result_key(self, key: Any) -> str:
+        """The job's meta key."""
+        return META_PREFIX + str(key)

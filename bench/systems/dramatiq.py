@@ -17,6 +17,9 @@ APP_MODULE = "bench.systems.dramatiq_app"
 class DramatiqSystem(RedisKeySystem):
     """Dramatiq with its Redis result backend; done means the result key exists."""
 
+    #: The result backend LPUSHes the result onto the message's key.
+    done_event = ("l", "lpush")
+
     name = "dramatiq"
     label = f"Dramatiq (x{THREADS_PER_PROC} threads)"
     loop_label = "send loop"

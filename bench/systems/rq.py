@@ -20,6 +20,9 @@ ENQUEUE_MANY_CHUNK = 1000
 class RqSystem(RedisKeySystem):
     """RQ, one SimpleWorker per process; done means ``rq:results:<id>`` exists."""
 
+    #: RQ appends each result to a per-job stream (``rq:results:<id>``).
+    done_event = ("t", "xadd")
+
     name = "rq"
     label = "RQ (SimpleWorker)"
 

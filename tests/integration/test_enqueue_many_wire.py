@@ -64,11 +64,13 @@ def _specs() -> list[JobSpec]:
     return specs
 
 
-def _expected(client: Client, specs: list[JobSpec], ids: list[str]) -> dict[str, dict[str, Any]]:
+def _expected(
+    client: Client, specs: list[JobSpec], ids: list[str], client_id: str | None = CLIENT_ID
+) -> dict[str, dict[str, Any]]:
     """The envelope the per-job builder (``_message`` + ``redis_envelope``) makes, by id."""
     expected = {}
     for spec, job_id in zip(specs, ids, strict=True):
-        headers: dict[str, Any] = {"taskfleet_client_id": CLIENT_ID}
+        headers: dict[str, Any] = {} if client_id is None else {"taskfleet_client_id": client_id}
         if spec.idempotency_key is not None:
             headers["taskfleet_idempotency_key"] = spec.idempotency_key
         message = TaskMessage.build(
@@ -114,6 +116,29 @@ def test_batch_lists_hold_per_job_envelopes_in_fifo_order(
     ]
     assert len(tags) == len(specs)
     assert len(set(tags)) == len(tags)
+
+
+@pytest.mark.parametrize("client_id", [CLIENT_ID, None], ids=["client-id", "no-client-id"])
+def test_enqueue_one_at_a_time_sends_the_same_envelopes(
+    client: Client, redis_client: redis.Redis, client_id: str | None
+) -> None:
+    # ``enqueue`` reuses the batch path's templates (kept across calls without a client id):
+    # alternating kinds and priorities must still give each job its own envelope.
+    specs = _specs()
+    ids = [
+        client.enqueue(
+            s.kind, s.payload, priority=s.priority, idempotency_key=s.idempotency_key,
+            client_id=client_id,
+        ).id
+        for s in specs
+    ]  # fmt: skip
+    expected = _expected(client, specs, ids, client_id)
+    queue = client.topology.cpu_queue
+    got = {}
+    for priority in PRIORITIES:
+        for raw in reversed(redis_client.lrange(redis_priority_key(queue, priority), 0, -1)):
+            got[json.loads(raw)["headers"]["id"]] = _without_tag(raw)
+    assert got == expected
 
 
 @pytest.mark.parametrize("transport", ["redis", TRANSPORT_PATH], ids=["kombu", "taskfleet"])
