@@ -48,10 +48,15 @@ def green_ceiling(concurrency: int) -> int:
 def size_for_green_worker(app: Celery, concurrency: int) -> int:
     """Raise this process's Redis pool caps (broker and taskfleet's) for a green worker.
 
-    Call before the worker connects (``worker_init``). Returns the new cap.
+    Call before the worker connects (``worker_init``). Returns the new cap. A RabbitMQ
+    broker has no pool to size (one AMQP connection, many channels).
     """
+    from taskfleet.app import settings_of
+
     global _green_ceiling
     _green_ceiling = green_ceiling(concurrency)
+    if not settings_of(app).broker_is_redis:
+        return _green_ceiling
     options = dict(app.conf.broker_transport_options or {})
     options["max_connections"] = max(
         int(options.get("max_connections", KOMBU_MAX_CONNECTIONS)), _green_ceiling
