@@ -90,7 +90,7 @@ class _NotifiedWatcher(_Watcher):
         super().__init__(system)
         assert system.done_event is not None
         flags, event = system.done_event
-        self.keys = system
+        self.redis_system = system
         self.client = redis.Redis.from_url(system.result_url)
         db = self.client.connection_pool.connection_kwargs.get("db", 0)
         self.saved_flags = str(self.client.config_get(NOTIFY_SETTING)[NOTIFY_SETTING])
@@ -100,7 +100,7 @@ class _NotifiedWatcher(_Watcher):
         self.early: dict[bytes, float] = {}
 
     def add(self, key: Any, published_at: float) -> None:
-        name = self.keys.result_key(key).encode()
+        name = self.redis_system.result_key(key).encode()
         with self.lock:
             seen_at = self.early.pop(name, None)
             if seen_at is not None:

@@ -122,8 +122,8 @@ def test_batch_lists_hold_per_job_envelopes_in_fifo_order(
 def test_enqueue_one_at_a_time_sends_the_same_envelopes(
     client: Client, redis_client: redis.Redis, client_id: str | None
 ) -> None:
-    # ``enqueue`` reuses the batch path's templates (kept across calls without a client id):
-    # alternating kinds and priorities must still give each job its own envelope.
+    # ``enqueue`` builds each message on its own; it must match what a batch sends, with and
+    # without a client id, across alternating priorities.
     specs = _specs()
     ids = [
         client.enqueue(
