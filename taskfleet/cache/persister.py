@@ -233,10 +233,13 @@ def run_forever(parent_pid: int | None = None) -> None:
     import signal
 
     from taskfleet.app import app, settings_of
+    from taskfleet.workers.heap import settle_heap
     from taskfleet.workers.resources import open_resources
 
-    resources = open_resources(settings_of(app))
+    settings = settings_of(app)
+    resources = open_resources(settings)
     persister = ResultPersister(resources.redis, resources.engine)
+    settle_heap(settings.settle_heap)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -11,6 +11,7 @@ from typing import Any
 from celery import signals
 
 from taskfleet.workers.capacity import is_green, size_for_green_worker
+from taskfleet.workers.heap import settle_heap
 from taskfleet.workers.resources import close_resources, open_resources
 
 log = logging.getLogger(__name__)
@@ -21,25 +22,37 @@ PERSISTER_STOP_TIMEOUT_S = 15.0
 
 
 def _open_child_pools(**_: Any) -> None:
-    """Each prefork child opens its own Redis pool and SQLAlchemy engine."""
+    """Each prefork child opens its own Redis pool and SQLAlchemy engine, then settles its heap."""
     from taskfleet.app import app, settings_of
 
-    open_resources(settings_of(app))
+    settings = settings_of(app)
+    open_resources(settings)
+    settle_heap(settings.settle_heap)
 
 
 def _open_solo_pools(sender: Any = None, **_: Any) -> None:
     """A gevent (or solo) worker runs jobs in its own process: open its pools at start.
 
-    A gevent worker first sizes its Redis pools to its greenlet ceiling (``capacity``).
+    A gevent worker first sizes its Redis pools to its greenlet ceiling (``capacity``). Every
+    worker's main process then settles its heap (``heap``), a prefork one before it forks.
     """
     from taskfleet.app import app, settings_of
 
+    settings = settings_of(app)
     pool_cls = getattr(sender, "pool_cls", None)
     if pool_cls is not None and is_green(pool_cls):
         cap = size_for_green_worker(sender.app, int(sender.concurrency))
         log.info("taskfleet: Redis pools of this green worker sized to %d connections", cap)
     if pool_cls is not None and "prefork" not in str(getattr(pool_cls, "__module__", pool_cls)):
-        open_resources(settings_of(app))
+        open_resources(settings)
+    settle_heap(settings.settle_heap)
+
+
+def _settle_when_ready(**_: Any) -> None:
+    """The main process has finished starting: exempt what it built since from collection."""
+    from taskfleet.app import app, settings_of
+
+    settle_heap(settings_of(app).settle_heap)
 
 
 def _close_child_pools(**_: Any) -> None:
@@ -77,4 +90,5 @@ signals.worker_process_init.connect(_open_child_pools, weak=False)
 signals.worker_init.connect(_open_solo_pools, weak=False)
 signals.worker_process_shutdown.connect(_close_child_pools, weak=False)
 signals.worker_ready.connect(_start_persister, weak=False)
+signals.worker_ready.connect(_settle_when_ready, weak=False)
 signals.worker_shutdown.connect(_stop_persister, weak=False)
