@@ -232,8 +232,8 @@ def run(options: Options) -> Table:
             "offered rate. A result counts as readable when Redis executes the write that "
             "stores it: a watcher thread subscribes to that write's keyspace event (one "
             "message per job, whatever the backlog). Results kept in Postgres are polled "
-            f"every {LATENCY_POLL_S * MS:.0f} ms instead. Ratios below 1 mean taskfleet is "
-            "faster.",
+            f"every {LATENCY_POLL_S * MS:.0f} ms instead. The harness pauses its own cycle "
+            "collector while it measures. Ratios below 1 mean taskfleet is faster.",
             "Figures are median (min-max) over runs of each run's percentile.",
         ],
     )
