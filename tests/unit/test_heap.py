@@ -79,3 +79,34 @@ def test_the_setting_is_on_by_default_and_read_from_the_environment(
     assert load_settings().settle_heap is True
     monkeypatch.setenv("TASKFLEET_SETTLE_HEAP", "false")
     assert load_settings().settle_heap is False
+
+
+def test_worker_processes_settle_when_started(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker's main process (before forking, when ready) and each pool process settle."""
+    from celery import signals
+
+    from taskfleet.workers import signals as worker_signals
+
+    def names(signal: signals.Signal) -> set[str]:
+        found = (r() if isinstance(r, weakref.ReferenceType) else r for _, r in signal.receivers)
+        return {getattr(receiver, "__name__", "") for receiver in found}
+
+    connected = {
+        name: names(getattr(signals, name))
+        for name in ("worker_init", "worker_ready", "worker_process_init")
+    }
+    assert "_open_solo_pools" in connected["worker_init"]
+    assert "_settle_when_ready" in connected["worker_ready"]
+    assert "_open_child_pools" in connected["worker_process_init"]
+
+    calls: list[bool] = []
+    monkeypatch.setattr(worker_signals, "settle_heap", calls.append)
+    monkeypatch.setenv("TASKFLEET_SETTLE_HEAP", "false")
+    from taskfleet.config import get_settings
+
+    get_settings.cache_clear()
+    try:
+        worker_signals._settle_when_ready()
+    finally:
+        get_settings.cache_clear()
+    assert calls == [False]
