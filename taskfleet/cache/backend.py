@@ -6,15 +6,22 @@ persistence stream inside the same MULTI, and ``ResultPersister`` moves it to Po
 batches. A result that Redis has lost (expiry, eviction, restart) is read back from Postgres
 and back-filled into Redis. Final results (which the store script never overwrites) are
 also kept in a small per-process L1, so repeated reads of a finished job cost no round trip.
+A key Postgres did not have either (a job still pending, or an unknown id) is remembered for
+``ABSENT_TTL_S``, so a client polling a pending job's state costs Redis one GET per poll and
+Postgres at most one query per key per second, not one per poll.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
+import time
+from collections.abc import Callable
 from functools import cached_property
 from typing import Any
 
 import redis
+from cachetools import TTLCache
 from celery import states
 from celery.backends.redis import RedisBackend
 from celery.exceptions import BackendStoreError
@@ -28,6 +35,9 @@ DATABASE_URL_SETTING = "taskfleet_database_url"
 #: Per-process L1 of final results: entries and seconds (final results never change).
 RESULT_L1_ENTRIES = 4096
 RESULT_L1_TTL_S = 300.0
+#: Keys Postgres was asked for and did not have: how long that answer holds, and how many.
+ABSENT_TTL_S = 1.0
+ABSENT_ENTRIES = 65_536
 FINAL_STATE_MARKERS = tuple(f'"status": "{s}"' for s in ("SUCCESS", "FAILURE", "REVOKED"))
 
 #: Keep a stored SUCCESS; otherwise write the meta, notify waiters, and queue the durable copy.
@@ -57,6 +67,12 @@ class TaskfleetResultBackend(RedisBackend):  # type: ignore[misc]
         super().__init__(app=app, url=url, **kwargs)
         self._engine: Any = None
         self.l1 = MemoryTier(policy="lru", max_entries=RESULT_L1_ENTRIES, ttl=RESULT_L1_TTL_S)
+        #: The clock of the absent-key memory (tests replace it).
+        self.clock: Callable[[], float] = time.monotonic
+        self._absent: TTLCache[str, bool] = TTLCache(
+            maxsize=ABSENT_ENTRIES, ttl=ABSENT_TTL_S, timer=lambda: self.clock()
+        )
+        self._absent_lock = threading.Lock()  # cachetools caches are not thread-safe
 
     def _store_result(
         self,
@@ -123,11 +139,16 @@ class TaskfleetResultBackend(RedisBackend):  # type: ignore[misc]
 
         from taskfleet.cache.store import fetch_result
 
+        with self._absent_lock:
+            if skey in self._absent:
+                return None
         try:
             stored = fetch_result(self._database(), skey)
         except SQLAlchemyError:
             return None
         if stored is None:
+            with self._absent_lock:
+                self._absent[skey] = True
             return None
         text = self.encode(stored)
         self._remember(skey, text)

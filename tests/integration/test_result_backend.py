@@ -64,3 +64,50 @@ def test_result_read_from_postgres_after_redis_lost_it(
     assert restored is not None
     assert json.loads(restored)["result"] == value
     assert redis_client.ttl(key) > 0
+
+
+def test_polling_a_pending_job_asks_postgres_once_per_second(
+    redis_fleet: Fleet, redis_client: redis.Redis, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Redis miss goes to Postgres; a Postgres miss is remembered for ABSENT_TTL_S."""
+    from taskfleet.cache import backend as backend_module
+    from taskfleet.cache import store
+
+    queries: list[str] = []
+    real_fetch = store.fetch_result
+
+    def counted_fetch(engine_: Engine, key: str) -> object:
+        queries.append(key)
+        return real_fetch(engine_, key)  # the real query, on the real database
+
+    monkeypatch.setattr(store, "fetch_result", counted_fetch)
+    reader = redis_fleet.app()
+    backend = reader.backend
+    now = [1000.0]
+    backend.clock = lambda: now[0]
+    pending = AsyncResult("never-sent-0001", app=reader)
+    for _ in range(20):
+        assert pending.state == "PENDING"
+    assert len(queries) == 1
+    now[0] += backend_module.ABSENT_TTL_S + 0.01
+    assert pending.state == "PENDING"
+    assert len(queries) == 2
+
+    # A result that only Postgres has is still found once the remembered miss has expired.
+    sent = reader.send_task("cpu.checksum", args=[{"rounds": 3}])
+    value = sent.get(timeout=30)
+    key = f"celery-task-meta-{sent.id}"
+
+    def persisted() -> bool:
+        with engine.connect() as conn:
+            found = conn.execute(text("SELECT 1 FROM taskfleet_results WHERE key = :k"), {"k": key})
+            return found.first() is not None
+
+    wait_for(persisted, 30, "the result in Postgres")
+    fresh = redis_fleet.app()
+    fresh.backend.clock = lambda: now[0]
+    redis_client.delete(key)
+    fresh.backend._absent[key] = True  # as if a poll had missed it just before it was stored
+    assert AsyncResult(sent.id, app=fresh).state == "PENDING"
+    now[0] += backend_module.ABSENT_TTL_S + 0.01
+    assert AsyncResult(sent.id, app=fresh).get(timeout=10) == value
