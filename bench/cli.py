@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.report import Table
+from bench.services import stop_started
 from bench.systems import SYSTEM_NAMES
 from bench.workloads import features, w1_end_to_end, w2_enqueue, w3_latency, w7_autoscale
 from bench.workloads.base import (
@@ -135,7 +136,7 @@ def run_workload(workload: str, options: Options) -> list[Table]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the selected workloads and report.
+    """Run the selected workloads and report; stop the embedded stack if this run started it.
 
     Args:
         argv: Arguments (default ``sys.argv[1:]``).
@@ -144,6 +145,13 @@ def main(argv: list[str] | None = None) -> int:
         Exit status: 0, or 1 when a measurement failed.
     """
     args = parse_args(argv)
+    try:
+        return _run(args)
+    finally:
+        stop_started()
+
+
+def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",

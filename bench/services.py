@@ -5,10 +5,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from functools import cache
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import redis
+
+if TYPE_CHECKING:
+    from taskfleet.devstack import EmbeddedStack
 
 BENCH_STACK_DIR = ".taskfleet/bench-stack"
 REDIS_URL_ENV = "TASKFLEET_REDIS_URL"
@@ -71,6 +75,9 @@ class Services:
         return urlunsplit(parts._replace(scheme="postgresql+psycopg"))
 
 
+_started: list[EmbeddedStack] = []
+
+
 @cache
 def services() -> Services:
     """Resolve the services once: environment first, embedded stack for what is missing.
@@ -83,12 +90,21 @@ def services() -> Services:
     if redis_url is None or database_url is None:
         from taskfleet.devstack import EmbeddedStack
 
-        stack = EmbeddedStack(BENCH_STACK_DIR).ensure_running()
+        stack = EmbeddedStack(BENCH_STACK_DIR)
+        if not stack.is_running():
+            _started.append(stack)  # the bench started it: the bench stops it (stop_started)
+        urls = stack.ensure_running()
         if redis_url is None:
-            redis_url = stack.redis_url
+            redis_url = urls.redis_url
             _without_persistence(redis_url)
-        database_url = database_url or stack.database_url
+        database_url = database_url or urls.database_url
     return Services(redis_url=redis_url, database_url=database_url)
+
+
+def stop_started() -> None:
+    """Stop the embedded stack if this bench run started it (one already running is kept)."""
+    while _started:
+        _started.pop().stop()
 
 
 def _without_persistence(url: str) -> None:

@@ -20,8 +20,11 @@ from .support.workers import Fleet, running_fleet
 
 @pytest.fixture(scope="session")
 def services() -> Iterator[dict[str, str]]:
-    """Redis and Postgres URLs (configured or embedded), exported for this process too."""
-    env = service_env()
+    """Redis and Postgres URLs (configured or embedded), exported for this process too.
+
+    An embedded stack this session started is stopped at its end (its data is kept).
+    """
+    env, started = service_env()
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     from taskfleet.config.settings import get_settings
@@ -34,6 +37,8 @@ def services() -> Iterator[dict[str, str]]:
         else:
             os.environ[key] = value
     get_settings.cache_clear()
+    if started is not None:
+        started.stop()
 
 
 @pytest.fixture(scope="session")

@@ -84,6 +84,14 @@ class EmbeddedStack:
                 database_url=database_url(int(state["postgres_port"])),
             )
 
+    def is_running(self) -> bool:
+        """Whether both servers are up and healthy (starts and locks nothing)."""
+        status = self.status()
+        return all(
+            bool(server["running"])  # type: ignore[index]
+            for server in (status["redis"], status["postgres"])
+        )
+
     def stop(self) -> None:
         """Stop both servers cleanly and wait until they are gone; the data is kept.
 

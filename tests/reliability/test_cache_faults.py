@@ -31,11 +31,18 @@ FAULT_STACK_DIR = TEST_DATA_DIR.with_name(TEST_DATA_DIR.name + "-faults")
 
 @pytest.fixture(scope="module")
 def fault_stack() -> Iterator[tuple[EmbeddedStack, StackURLs]]:
-    """A private Redis + Postgres pair that tests may stop and restart (same ports)."""
+    """A private Redis + Postgres pair that tests may stop and restart (same ports).
+
+    Stopped afterwards if this module started it, else left running as it was found.
+    """
     stack = EmbeddedStack(FAULT_STACK_DIR)
+    started_here = not stack.is_running()
     urls = stack.ensure_running()
     yield stack, urls
-    stack.ensure_running()
+    if started_here:
+        stack.stop()
+    else:
+        stack.ensure_running()
 
 
 def _names() -> tuple[str, str]:

@@ -43,15 +43,23 @@ def reachable(url: str, timeout: float = 1.0) -> bool:
         return False
 
 
-def service_env() -> dict[str, str]:
-    """URLs for Redis and Postgres: from the environment if set, else an embedded stack."""
+def service_env() -> tuple[dict[str, str], EmbeddedStack | None]:
+    """URLs for Redis and Postgres: from the environment if set, else an embedded stack.
+
+    Returns:
+        The environment for workers, and the embedded stack if this call started it (the
+        caller stops it when done; one that was already running is left running).
+    """
+    started: EmbeddedStack | None = None
     configured = {k: os.environ[k] for k in URL_VARS if os.environ.get(k)}
     redis_url = configured.get("TASKFLEET_REDIS_URL") or configured.get("TASKFLEET_BROKER_URL")
     database_url = configured.get("TASKFLEET_DATABASE_URL")
     if redis_url and redis_url.startswith("amqp"):
         redis_url = configured.get("TASKFLEET_REDIS_URL")
     if not (redis_url and database_url):
-        urls = EmbeddedStack(TEST_DATA_DIR).ensure_running()
+        stack = EmbeddedStack(TEST_DATA_DIR)
+        started = None if stack.is_running() else stack
+        urls = stack.ensure_running()
         redis_url = redis_url or urls.redis_url
         database_url = database_url or urls.database_url
     return {
@@ -59,7 +67,7 @@ def service_env() -> dict[str, str]:
         "TASKFLEET_REDIS_URL": redis_url,
         "TASKFLEET_DATABASE_URL": database_url,
         "TASKFLEET_EMBEDDED": "false",
-    }
+    }, started
 
 
 def amqp_url() -> str:

@@ -7,7 +7,6 @@ import multiprocessing
 import os
 import signal
 import socket
-import statistics
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -137,18 +136,15 @@ def test_cold_start_gives_working_urls(stack: EmbeddedStack) -> None:
 
 
 @pytest.mark.timeout(120)
-def test_ensure_running_twice_is_idempotent_and_fast(stack: EmbeddedStack) -> None:
+def test_ensure_running_twice_is_idempotent(stack: EmbeddedStack) -> None:
+    assert not stack.is_running()
     first = stack.ensure_running()
+    assert stack.is_running()
     pids = _pids(stack)
 
-    durations = []
     for _ in range(5):
-        start = time.perf_counter()
-        again = stack.ensure_running()
-        durations.append(time.perf_counter() - start)
-        assert again == first
-    assert _pids(stack) == pids
-    assert statistics.median(durations) < 0.05, durations
+        assert stack.ensure_running() == first
+    assert _pids(stack) == pids  # nothing was restarted
     # A fresh object (as in another process) sees the same servers.
     assert EmbeddedStack(stack.data_dir).ensure_running() == first
     assert ensure_running(stack.data_dir) == first
@@ -205,6 +201,7 @@ def test_stop_then_restart_keeps_data(stack: EmbeddedStack) -> None:
     stack.stop()
     assert not _alive(old_redis)
     assert not _alive(old_pg)
+    assert not stack.is_running()
     for name in ("redis", "postgres"):
         entry = stack.status()[name]
         assert isinstance(entry, dict)
