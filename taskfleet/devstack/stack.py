@@ -86,10 +86,10 @@ class EmbeddedStack:
 
     def is_running(self) -> bool:
         """Whether both servers are up and healthy (starts and locks nothing)."""
-        status = self.status()
-        return all(
-            bool(server["running"])  # type: ignore[index]
-            for server in (status["redis"], status["postgres"])
+        state = self._read_state()
+        return (
+            self._redis.probe(state.get("redis_port")).healthy
+            and self._postgres.probe(state.get("postgres_port")).healthy
         )
 
     def stop(self) -> None:
