@@ -9,160 +9,86 @@ Three changes to stock kombu, each a subclass hook rather than a hand-written tr
 * **One Redis client per channel.** Stock kombu builds a new ``redis.Redis`` object (and its
   response-callback table) for every ack and every delivery; profiling the prefork parent
   put that at ~8% of its CPU. The channel now reuses one client per connection pool.
-* **Batched acks in the event loop.** With ``acks_late`` every job costs the prefork parent
-  three synchronous Redis round trips: BRPOP, recording the delivery as unacked, removing it
-  on ack. The removal is now queued and sent in the same pipeline as the next delivery's
-  bookkeeping, or by a timer (``ACK_FLUSH_INTERVAL_S``) when no delivery comes, or at once
-  when ``ACK_BATCH_MAX`` are waiting, and always before the channel closes. The job is
-  acknowledged to kombu's QoS at once (so the next message is fetched without waiting); only
-  the Redis bookkeeping is late. A crash inside that window means the job's unacked entry is
-  restored after the visibility timeout and runs again: the at-least-once contract, which
-  keyed results already absorb (a SUCCESS is never replaced). Only consumers driven by the
-  event loop (prefork, solo) batch; the gevent pool's loop acks synchronously as stock.
+* **Bookkeeping without round trips.** With ``acks_late`` stock kombu costs the prefork
+  parent three synchronous Redis round trips per job: BRPOP, recording the delivery as
+  unacked, removing it on ack. The record now rides in the same write as the next BRPOP and
+  the removals are batched behind it (:mod:`taskfleet.routing.bookkeeping`), so a job costs
+  the parent one write to Redis. Only consumers driven by the event loop (prefork, solo) do
+  this; the gevent pool's loop keeps stock kombu's synchronous writes.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
 from bisect import bisect
-from time import time
+from functools import cache
 from typing import Any
 
-import redis
 from kombu.transport import redis as kombu_redis
-from kombu.transport import virtual
-from kombu.utils.json import dumps
 
+from taskfleet.routing.bookkeeping import (
+    ACK_BATCH_MAX,
+    ACK_FLUSH_INTERVAL_S,
+    BatchedQoS,
+    Command,
+    known_to_skip_replies,
+    skips_replies,
+    without_replies,
+)
 from taskfleet.routing.priority import MAX_PRIORITY, MIN_PRIORITY
 
-log = logging.getLogger(__name__)
+__all__ = ["ACK_BATCH_MAX", "ACK_FLUSH_INTERVAL_S", "ALL_PRIORITY_STEPS", "TRANSPORT_PATH"]
 
 ALL_PRIORITY_STEPS = list(range(MIN_PRIORITY, MAX_PRIORITY + 1))
 TRANSPORT_PATH = "taskfleet.routing.transport:Transport"
-#: Longest time an ack's Redis bookkeeping waits for a pipeline to ride on.
-ACK_FLUSH_INTERVAL_S = 0.02
-#: Longest wait for the replies of an unconfirmed write before it counts as a broken link.
-WRITER_TIMEOUT_S = 10.0
-#: Pending acks that force a flush on their own.
-ACK_BATCH_MAX = 64
+#: Attribute of a fetch connection holding the bytes to send in front of its next command.
+PREFIX_ATTR = "fetch_prefix"
 
 
-class QoS(kombu_redis.QoS):  # type: ignore[misc]
-    """Kombu's Redis QoS whose unacked-index removals can be batched (see module doc)."""
+class _PrefixedSends:
+    """A redis-py connection that sends queued bytes in the same write as its next command.
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._pending_acks: list[Any] = []
-        self._writer_conn: Any = None
-        self._writer_pool: Any = None
-        self._unread = 0
+    kombu builds the BRPOP command and sends it inside ``Channel._brpop_start``; queuing the
+    bookkeeping on the connection lets that one send carry it, without restating kombu's
+    key order, priority steps and key prefixing here. The packed BRPOP itself is cached (it
+    names the same ten priority lists every time; redis-py packs them anew per call).
+    """
 
-    def ack(self, delivery_tag: Any) -> None:
-        """Acknowledge now; remove from the unacked index now or with the next pipeline."""
-        if not getattr(self.channel.connection, "batch_acks", False):
-            super().ack(delivery_tag)
+    def send_command(self, *args: Any, **kwargs: Any) -> None:
+        prefix: bytes = self.__dict__.pop(PREFIX_ATTR, b"")
+        if not args or args[0] != "BRPOP":
+            if prefix:
+                self.send_packed_command([prefix], check_health=False)  # type: ignore[attr-defined]
+            super().send_command(*args, **kwargs)  # type: ignore[misc]
             return
-        self._pending_acks.append(delivery_tag)
-        virtual.QoS.ack(self, delivery_tag)
-        if len(self._pending_acks) >= ACK_BATCH_MAX:
-            self.flush_acks()
+        command = _packed_fetches.get(args)
+        if command is None:
+            if len(_packed_fetches) >= PACKED_FETCHES_MAX:
+                _packed_fetches.clear()
+            chunks = self.pack_command(*args)  # type: ignore[attr-defined]
+            command = _packed_fetches[args] = b"".join(chunks)
+        self.send_packed_command(  # type: ignore[attr-defined]
+            [prefix + command], check_health=kwargs.get("check_health", True)
+        )
 
-    def append(self, message: Any, delivery_tag: Any) -> None:
-        """Record a delivery as unacked, with any pending ack removals in the same write."""
-        delivery = message.delivery_info
-        record = dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
-        commands = self._take_removals()
-        commands.append(("ZADD", self.unacked_index_key, time(), delivery_tag))
-        commands.append(("HSET", self.unacked_key, delivery_tag, record))
-        if getattr(self.channel.connection, "batch_acks", False):
-            self._send_unconfirmed(commands)
-        else:
-            self._execute(commands)
-        virtual.QoS.append(self, message, delivery_tag)
 
-    def flush_acks(self) -> None:
-        """Send the pending ack removals, if any (their replies are read with the next write)."""
-        commands = self._take_removals()
-        if commands:
-            self._send_unconfirmed(commands)
+#: Packed BRPOP commands by their arguments (one per queue set a worker consumes).
+_packed_fetches: dict[tuple[Any, ...], bytes] = {}
+PACKED_FETCHES_MAX = 64
 
-    def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
-        """Confirm earlier writes first: the record must not land after its removal."""
-        self._confirm()
-        super().reject(delivery_tag, requeue=requeue)
 
-    def restore_unacked(self, client: Any = None) -> None:
-        """Flush pending acks first, so a clean shutdown never re-runs a finished job."""
-        self.flush_acks()
-        self._confirm()
-        self._release_writer()
-        super().restore_unacked(client)
-
-    def _take_removals(self) -> list[tuple[Any, ...]]:
-        tags, self._pending_acks = self._pending_acks, []
-        if not tags:
-            return []
-        return [("ZREM", self.unacked_index_key, *tags), ("HDEL", self.unacked_key, *tags)]
-
-    def _execute(self, commands: list[tuple[Any, ...]]) -> None:
-        # No MULTI/EXEC (kombu's default): no reader needs these writes to land together.
-        pipe = self.channel._create_client().pipeline(transaction=False)
-        for command in commands:
-            pipe.execute_command(*command)
-        pipe.execute()
-
-    def _send_unconfirmed(self, commands: list[tuple[Any, ...]]) -> None:
-        """Write commands on the QoS's own connection without waiting for their replies.
-
-        The previous write's replies are read first (by then they have long arrived), so an
-        error reply is still seen and logged, one job later. redis-py pipelines always wait
-        for replies, hence the raw connection. The delivery's record reaches Redis before
-        the job reaches a pool process, as with kombu's synchronous write; what is saved is
-        the prefork parent waiting one round trip per job.
-        """
-        writer = self._writer()
-        self._read_replies(writer)
-        writer.send_packed_command(writer.pack_commands(commands))
-        self._unread = len(commands)
-
-    def _writer(self) -> Any:
-        pool = self.channel.pool
-        if self._writer_conn is None or self._writer_pool is not pool:
-            writer = pool.make_connection()
-            # A reply that never comes must surface as an error, never hang the consumer.
-            writer.socket_timeout = WRITER_TIMEOUT_S
-            self._writer_conn, self._writer_pool, self._unread = writer, pool, 0
-        return self._writer_conn
-
-    def _read_replies(self, writer: Any) -> None:
-        unread, self._unread = self._unread, 0
-        for _ in range(unread):
-            try:
-                writer.read_response()
-            except redis.ResponseError as exc:
-                log.error("Redis refused unacked-index bookkeeping: %s", exc)
-
-    def _confirm(self) -> None:
-        """Wait until every write sent so far has landed."""
-        if self._writer_conn is not None:
-            self._read_replies(self._writer_conn)
-
-    def _release_writer(self) -> None:
-        writer, self._writer_conn = self._writer_conn, None
-        if writer is not None:
-            with contextlib.suppress(redis.RedisError, OSError):
-                self._read_replies(writer)
-            writer.disconnect()
-        self._unread = 0
+@cache
+def _with_prefixed_sends(connection_class: type) -> type:
+    return type(f"Prefixed{connection_class.__name__}", (_PrefixedSends, connection_class), {})
 
 
 class Channel(kombu_redis.Channel):  # type: ignore[misc]
-    """A Redis channel: most urgent sub-list first, one reused client, batchable acks."""
+    """A Redis channel: most urgent sub-list first, one reused client, merged bookkeeping."""
 
-    QoS = QoS
+    QoS = BatchedQoS
     priority_steps: list[int]
     _ascending_steps: list[int]
+    #: True while a BRPOP reply is being delivered (its record may ride the next BRPOP).
+    delivering = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._clients: dict[bool, Any] = {}
@@ -185,26 +111,107 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             client = self._clients[asynchronous] = super()._create_client(asynchronous)
         return client
 
-    def flush_acks(self) -> None:
-        """Send this channel's pending ack removals (the event loop's timer calls this)."""
+    def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
+        """Stock parameters; the fetch (asynchronous) pool's connections can carry a prefix."""
+        params: dict[str, Any] = super()._connparams(asynchronous)
+        if asynchronous:
+            params["connection_class"] = _with_prefixed_sends(params["connection_class"])
+        return params
+
+    def _brpop_start(self, timeout: Any = None) -> None:
+        """Stock BRPOP, sent in one write with the bookkeeping that waits for it."""
+        qos, connection = self._our_qos(), self.client.connection
+        if qos is None or not qos.has_fetch_prefix() or not skips_replies(connection):
+            super()._brpop_start(timeout)
+            return
+        setattr(connection, PREFIX_ATTR, without_replies(qos.take_fetch_prefix()))
+        try:
+            super()._brpop_start(timeout)
+        finally:
+            unsent = connection.__dict__.pop(PREFIX_ATTR, None)
+        if unsent:  # kombu sent no BRPOP (no active queue): the writes go alone
+            connection.send_packed_command([unsent])
+
+    def _brpop_read(self, **options: Any) -> Any:
+        """Stock read; the reply confirms every write sent before the BRPOP."""
+        self.delivering = True
+        try:
+            return super()._brpop_read(**options)
+        finally:
+            self.delivering = False
+            qos = self._our_qos()
+            if qos is not None:
+                qos.fetch_answered()
+
+    def _on_connection_disconnect(self, connection: Any) -> None:
+        """Stock handling; writes not yet confirmed by a dropped fetch are queued again."""
+        client = self.__dict__.get("client")
+        qos = self._our_qos()
+        if qos is not None and client is not None and client.connection is connection:
+            qos.fetch_lost()
+        super()._on_connection_disconnect(connection)
+
+    def send_on_fetch_connection(self, commands: list[Command], idle_only: bool = False) -> bool:
+        """Send writes on the fetch connection, if it is up and skips replies.
+
+        Behind a BRPOP still waiting they run when it returns; ``idle_only`` refuses that.
+        """
+        client = self.__dict__.get("client")
+        connection = getattr(client, "connection", None)
+        if connection is None or connection._sock is None or not commands:
+            return False
+        if not known_to_skip_replies(connection):
+            return False
+        if idle_only and self._in_poll:
+            return False
+        try:
+            connection.send_packed_command([without_replies(commands)], check_health=False)
+        except self.connection_errors:
+            return False
+        return True
+
+    def flush_bookkeeping(self, acks: bool = True) -> None:
+        """Send the records no BRPOP carried and, with ``acks``, the pending removals."""
+        qos = self._our_qos()
+        if qos is not None:
+            qos.flush_records()
+            if acks:
+                qos.flush_acks()
+
+    def _our_qos(self) -> BatchedQoS | None:
         qos = self.__dict__.get("_qos")
-        if isinstance(qos, QoS):
-            qos.flush_acks()
+        return qos if isinstance(qos, BatchedQoS) else None
+
+
+class Poller(kombu_redis.MultiChannelPoller):  # type: ignore[misc]
+    """kombu's poller; after each loop iteration's BRPOPs, records left behind are sent."""
+
+    def on_poll_start(self) -> None:
+        """Stock: (re)issue BRPOPs. Then send the records a full channel kept from riding."""
+        super().on_poll_start()
+        for channel in self._channels:
+            if isinstance(channel, Channel):
+                channel.flush_bookkeeping(acks=False)
 
 
 class Transport(kombu_redis.Transport):  # type: ignore[misc]
-    """Redis transport using :class:`Channel`; batches acks when driven by an event loop."""
+    """Redis transport using :class:`Channel`; merges bookkeeping when driven by a loop."""
 
     Channel = Channel
     #: Set once an event loop drives the transport (its timer then flushes acks).
     batch_acks = False
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cycle = Poller()
+
     def register_with_event_loop(self, connection: Any, loop: Any) -> None:
-        """Stock registration, plus ack batching and its flush timer."""
+        """Stock registration, plus merged bookkeeping and its ack flush timer."""
         super().register_with_event_loop(connection, loop)
         self.batch_acks = True
         loop.call_repeatedly(ACK_FLUSH_INTERVAL_S, self._flush_acks)
 
     def _flush_acks(self) -> None:
         for channel in list(self.channels):
-            channel.flush_acks()
+            if isinstance(channel, Channel):
+                channel.flush_bookkeeping()

@@ -1,0 +1,289 @@
+"""The unacked bookkeeping of taskfleet's Redis transport: when its writes reach Redis.
+
+kombu's Redis transport records every delivery in an ``unacked`` hash and index (so a job
+whose consumer dies is restored after the visibility timeout) and removes it on ack; stock
+kombu makes each of those writes a synchronous round trip. With ``acks_late`` that is three
+round trips per job in the prefork parent, the process every job passes through. When an
+event loop drives the transport, this QoS instead:
+
+* **records a delivery in the same write as the next BRPOP.** The record is queued while
+  the delivery is handled and sent, on the fetch connection, in front of the BRPOP that the
+  same loop iteration issues, each command preceded by ``CLIENT REPLY SKIP`` so that only
+  the BRPOP answers (an early reply would wake the loop for nothing). Redis executes a
+  connection's commands in order, so the record lands before that BRPOP blocks, before the
+  job reaches a pool process. Servers without ``CLIENT REPLY`` (probed once per connection)
+  get the records on a second connection instead, as before.
+* **removes acked deliveries later, in batches.** A removal waits for the next write (a
+  record, or the timer's flush every ``ACK_FLUSH_INTERVAL_S``, or ``ACK_BATCH_MAX`` waiting)
+  and goes on the same fetch connection, so it can never overtake its record. Behind a
+  BRPOP that is still waiting it runs when that BRPOP returns (within its 1 s timeout).
+
+Writes whose landing is not yet confirmed (their connection has not answered since) are
+kept: they are sent again, synchronously, when the connection drops, when a job is rejected
+and when the channel closes, and they are idempotent (ZADD/HSET of the same record, ZREM/HDEL
+of a tag). A crash that loses a pending removal leaves the entry for kombu's restore: the
+job runs again, which the at-least-once contract and keyed results absorb.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterable
+from time import time
+from typing import Any
+
+import redis
+from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
+from kombu.utils.json import dumps
+
+log = logging.getLogger(__name__)
+
+Command = tuple[Any, ...]
+
+#: Longest time an ack's Redis bookkeeping waits for a write to ride on.
+ACK_FLUSH_INTERVAL_S = 0.02
+#: Pending acks that force a flush on their own.
+ACK_BATCH_MAX = 64
+#: Longest wait for the replies of an unconfirmed write before it counts as a broken link.
+WRITER_TIMEOUT_S = 10.0
+SKIP_NEXT_REPLY: Command = ("CLIENT", "REPLY", "SKIP")
+_PROBE_FIRST = b"taskfleet-reply-skip-probe-1"
+_PROBE_LAST = b"taskfleet-reply-skip-probe-2"
+_SKIP_FLAG = "_taskfleet_skips_replies"
+
+
+def _bulk(arg: Any) -> bytes:
+    data = arg if isinstance(arg, bytes) else (arg if isinstance(arg, str) else repr(arg)).encode()
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+def _resp(command: Command) -> bytes:
+    return b"*%d\r\n%s" % (len(command), b"".join(map(_bulk, command)))
+
+
+_SKIP_BYTES = _resp(SKIP_NEXT_REPLY)
+
+
+def without_replies(commands: Iterable[Command]) -> bytes:
+    """``commands`` in the Redis protocol, each preceded by ``CLIENT REPLY SKIP``.
+
+    Packed here rather than by redis-py: its pure-Python packer cost the prefork parent more
+    than the write it saves (~40 us for a job's four commands and their four SKIPs, against
+    ~5 us here). Arguments are bytes, str (UTF-8) or numbers (``repr``, as redis-py does).
+    """
+    return b"".join(_SKIP_BYTES + _resp(command) for command in commands)
+
+
+def skips_replies(connection: Any) -> bool:
+    """Whether the server behind an idle ``connection`` honours ``CLIENT REPLY SKIP``.
+
+    Probed once per connection object (a reconnect reaches the same server): a server that
+    skips answers only the second ECHO; one that does not answers the CLIENT command with an
+    error, then both ECHOs, which are read so the connection stays in step.
+    """
+    known = getattr(connection, _SKIP_FLAG, None)
+    if known is not None:
+        return bool(known)
+    probe = [SKIP_NEXT_REPLY, ("ECHO", _PROBE_FIRST), ("ECHO", _PROBE_LAST)]
+    connection.send_packed_command(connection.pack_commands(probe))
+    try:
+        supported = bool(connection.read_response() == _PROBE_LAST)
+    except redis.ResponseError:
+        connection.read_response()
+        connection.read_response()
+        supported = False
+    setattr(connection, _SKIP_FLAG, supported)
+    if not supported:
+        log.info("Redis has no CLIENT REPLY SKIP: unacked records use a second connection")
+    return supported
+
+
+def known_to_skip_replies(connection: Any) -> bool:
+    """Whether ``connection`` was probed and its server skips replies (never probes)."""
+    flag: object = getattr(connection, _SKIP_FLAG, None)
+    return flag is True
+
+
+class BatchedQoS(kombu_redis.QoS):  # type: ignore[misc]
+    """Kombu's Redis QoS with its bookkeeping writes merged and batched (see module doc)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pending_acks: list[Any] = []
+        self._unsent_records: dict[Any, list[Command]] = {}
+        self._unconfirmed_records: dict[Any, list[Command]] = {}
+        self._unconfirmed_removals: list[Any] = []
+        self._writer_conn: Any = None
+        self._writer_pool: Any = None
+        self._unread = 0
+
+    @property
+    def batching(self) -> bool:
+        """True once an event loop drives the transport (its timer then flushes acks)."""
+        return bool(getattr(self.channel.connection, "batch_acks", False))
+
+    def append(self, message: Any, delivery_tag: Any) -> None:
+        """Record a delivery as unacked: with the next BRPOP when one is about to be sent."""
+        delivery = message.delivery_info
+        record: list[Command] = [
+            ("ZADD", self.unacked_index_key, time(), delivery_tag),
+            (
+                "HSET",
+                self.unacked_key,
+                delivery_tag,
+                dumps([message._raw, delivery["exchange"], delivery["routing_key"]]),
+            ),
+        ]
+        if not self.batching:
+            self._execute([*self._take_removals(), *record])
+        elif getattr(self.channel, "delivering", False):
+            self._unsent_records[delivery_tag] = record
+        else:
+            self._send_on_writer([*self._take_removals(), *record])
+        virtual.QoS.append(self, message, delivery_tag)
+
+    def ack(self, delivery_tag: Any) -> None:
+        """Acknowledge now; remove from the unacked index with a later write."""
+        if not self.batching:
+            super().ack(delivery_tag)
+            return
+        self._pending_acks.append(delivery_tag)
+        virtual.QoS.ack(self, delivery_tag)
+        if len(self._pending_acks) >= ACK_BATCH_MAX:
+            self.flush_acks()
+
+    def has_fetch_prefix(self) -> bool:
+        """Whether any write waits for the next BRPOP."""
+        return bool(self._unsent_records or self._pending_acks)
+
+    def take_fetch_prefix(self) -> list[Command]:
+        """The writes to send in front of the next BRPOP (records first, then removals)."""
+        tags, self._pending_acks = self._pending_acks, []
+        records = self._take_records()
+        self._unconfirmed_removals.extend(tags)
+        return [*records, *self._removals(tags)]
+
+    def flush_acks(self) -> None:
+        """Send the pending removals, if any: behind the fetch when that connection allows."""
+        if not self._pending_acks:
+            return
+        if self.channel.send_on_fetch_connection(self._removals(self._pending_acks)):
+            self._unconfirmed_removals.extend(self._pending_acks)
+            self._pending_acks = []
+        else:
+            self._send_on_writer(self._take_removals())
+
+    def flush_records(self) -> None:
+        """Send records that found no BRPOP to ride on (the channel was full)."""
+        if not self._unsent_records:
+            return
+        unsent = dict(self._unsent_records)
+        records = self._take_records()
+        if not self.channel.send_on_fetch_connection(records, idle_only=True):
+            for tag in unsent:  # the writer's replies confirm them
+                del self._unconfirmed_records[tag]
+            self._send_on_writer(records)
+
+    def fetch_answered(self) -> None:
+        """The fetch connection answered: every write sent on it before has landed."""
+        self._unconfirmed_records.clear()
+        self._unconfirmed_removals.clear()
+
+    def fetch_lost(self) -> None:
+        """The fetch connection dropped: queue its unconfirmed writes again."""
+        self._unsent_records = {**self._still_delivered(), **self._unsent_records}
+        self._pending_acks[:0] = self._unconfirmed_removals
+        self.fetch_answered()
+
+    def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
+        """Land every earlier write first: the record must exist before it is restored."""
+        self._settle()
+        super().reject(delivery_tag, requeue=requeue)
+
+    def restore_unacked(self, client: Any = None) -> None:
+        """Land every write, so a clean shutdown never re-runs a finished job."""
+        self._settle()
+        self._release_writer()
+        super().restore_unacked(client)
+
+    def _settle(self) -> None:
+        """Send, and wait for, every write that has not been confirmed yet."""
+        removals = self._unconfirmed_removals + self._pending_acks
+        records = {**self._still_delivered(), **self._unsent_records}
+        commands = [*(c for record in records.values() for c in record), *self._removals(removals)]
+        self._confirm_writer()
+        self._unsent_records, self._pending_acks = {}, []
+        self._unconfirmed_records, self._unconfirmed_removals = {}, []
+        if commands:
+            self._execute(commands)
+
+    def _take_records(self) -> list[Command]:
+        """The unsent records, now counted as unconfirmed."""
+        unsent, self._unsent_records = self._unsent_records, {}
+        self._unconfirmed_records.update(unsent)
+        return [command for record in unsent.values() for command in record]
+
+    def _still_delivered(self) -> dict[Any, list[Command]]:
+        """Unconfirmed records of jobs not acked since (an acked job's record stays gone)."""
+        return {t: r for t, r in self._unconfirmed_records.items() if t in self._delivered}
+
+    def _take_removals(self) -> list[Command]:
+        tags, self._pending_acks = self._pending_acks, []
+        return self._removals(tags)
+
+    def _removals(self, tags: list[Any]) -> list[Command]:
+        if not tags:
+            return []
+        return [("ZREM", self.unacked_index_key, *tags), ("HDEL", self.unacked_key, *tags)]
+
+    def _execute(self, commands: list[Command]) -> None:
+        # No MULTI/EXEC (kombu's default): no reader needs these writes to land together.
+        pipe = self.channel._create_client().pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        pipe.execute()
+
+    def _send_on_writer(self, commands: list[Command]) -> None:
+        """Write on the QoS's own connection without waiting for the replies.
+
+        The previous write's replies are read first (by then they have long arrived), so an
+        error reply is still seen and logged, one job later. redis-py pipelines always wait
+        for replies, hence the raw connection.
+        """
+        if not commands:
+            return
+        writer = self._writer()
+        self._read_replies(writer)
+        writer.send_packed_command(writer.pack_commands(commands))
+        self._unread = len(commands)
+
+    def _writer(self) -> Any:
+        pool = self.channel.pool
+        if self._writer_conn is None or self._writer_pool is not pool:
+            writer = pool.make_connection()
+            # A reply that never comes must surface as an error, never hang the consumer.
+            writer.socket_timeout = WRITER_TIMEOUT_S
+            self._writer_conn, self._writer_pool, self._unread = writer, pool, 0
+        return self._writer_conn
+
+    def _read_replies(self, writer: Any) -> None:
+        unread, self._unread = self._unread, 0
+        for _ in range(unread):
+            try:
+                writer.read_response()
+            except redis.ResponseError as exc:
+                log.error("Redis refused unacked-index bookkeeping: %s", exc)
+
+    def _confirm_writer(self) -> None:
+        if self._writer_conn is not None:
+            self._read_replies(self._writer_conn)
+
+    def _release_writer(self) -> None:
+        writer, self._writer_conn = self._writer_conn, None
+        if writer is not None:
+            with contextlib.suppress(redis.RedisError, OSError):
+                self._read_replies(writer)
+            writer.disconnect()
+        self._unread = 0

@@ -1,0 +1,148 @@
+"""taskfleet's Redis transport on a real Redis: bookkeeping that rides with the next BRPOP.
+
+A consumer driven by an event loop records each delivery in kombu's ``unacked`` hash in the
+same write as its next BRPOP, and removes acked deliveries in that write too. These tests
+drive the BRPOP path (``drain_events``: one poll per call, as one loop iteration) and read
+the hash to see exactly when each write lands.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from kombu import Connection, Exchange, Queue
+
+from taskfleet.routing.transport import TRANSPORT_PATH
+from tests.support.waiting import wait_for
+
+#: Writes sent without replies land when Redis reads them: observe them with a deadline.
+LANDS_WITHIN_S = 5.0
+#: One "loop iteration" that finds nothing to deliver.
+IDLE_POLL_S = 0.05
+
+
+@pytest.fixture
+def fetch(services: dict[str, str], redis_client: redis.Redis) -> Iterator[dict[str, Any]]:
+    """A consumer on our transport, batching as under an event loop, with its own keys."""
+    suffix = uuid.uuid4().hex[:8]
+    keys = {"unacked_key": f"test-unacked-{suffix}", "unacked_index_key": f"test-uidx-{suffix}"}
+    conn = Connection(
+        services["TASKFLEET_REDIS_URL"], transport=TRANSPORT_PATH, transport_options=keys
+    )
+    conn.transport.batch_acks = True  # what register_with_event_loop sets
+    queue = Queue(f"fetch-{suffix}", Exchange(f"fetch-{suffix}", "direct"), f"fetch-{suffix}")
+    channel = conn.channel()
+    received: list[Any] = []
+    consumer = conn.Consumer(queue, channel=channel, callbacks=[lambda _b, m: received.append(m)])
+    consumer.consume()
+    producer = conn.Producer(channel)
+
+    def poll() -> None:
+        """One loop iteration: send what waits, then deliver at most one message."""
+        with contextlib.suppress(TimeoutError):
+            conn.drain_events(timeout=IDLE_POLL_S)
+
+    yield {
+        "channel": channel,
+        "received": received,
+        "poll": poll,
+        "publish": lambda n: [
+            producer.publish({"n": i}, exchange=queue.exchange, routing_key=queue.routing_key)
+            for i in range(n)
+        ],
+        "unacked": lambda: redis_client.hlen(keys["unacked_key"]),
+        "indexed": lambda: redis_client.zcard(keys["unacked_index_key"]),
+        "depth": lambda: redis_client.llen(queue.name),
+    }
+    conn.release()
+    redis_client.delete(*keys.values(), queue.name)
+
+
+def _deliver(f: dict[str, Any], count: int) -> list[Any]:
+    wait_for(lambda: (f["poll"](), len(f["received"]) >= count)[1], LANDS_WITHIN_S, "deliveries")
+    return list(f["received"])
+
+
+def _settles(read: Any, expected: int, what: str) -> None:
+    wait_for(lambda: read() == expected, LANDS_WITHIN_S, what)
+
+
+def test_the_record_rides_with_the_next_fetch_on_one_connection(fetch: dict[str, Any]) -> None:
+    fetch["publish"](1)
+    _deliver(fetch, 1)
+    qos = fetch["channel"].qos
+    assert fetch["unacked"]() == 0  # queued, not written: the next BRPOP carries it
+    fetch["poll"]()
+    _settles(fetch["unacked"], 1, "the record to land with the next BRPOP")
+    assert fetch["indexed"]() == 1
+    assert qos._writer_conn is None  # no second connection, no separate round trip
+
+
+def test_a_removal_rides_after_its_record_and_the_hash_ends_exact(fetch: dict[str, Any]) -> None:
+    fetch["publish"](3)
+    first = _deliver(fetch, 1)[0]
+    first.ack()  # pending: its record has not even been sent yet
+    second, third = _deliver(fetch, 3)[1:]
+    second.ack()
+    fetch["poll"]()
+    # Record 1 and its removal went in one write (record first); 2 likewise; 3 stays.
+    _settles(fetch["unacked"], 1, "only the unacked third delivery recorded")
+    assert fetch["indexed"]() == 1
+    third.ack()
+    fetch["channel"].flush_bookkeeping()  # what the event loop's timer calls
+    fetch["poll"]()
+    _settles(fetch["unacked"], 0, "the last removal")
+
+
+def test_a_server_without_reply_skipping_gets_records_on_a_second_connection(
+    fetch: dict[str, Any],
+) -> None:
+    fetch["poll"]()  # connects the fetch connection
+    fetch["channel"].client.connection._taskfleet_skips_replies = False
+    fetch["publish"](1)
+    first = _deliver(fetch, 1)[0]
+    fetch["poll"]()
+    _settles(fetch["unacked"], 1, "the record, sent on the writer connection")
+    assert fetch["channel"].qos._writer_conn is not None
+    first.ack()
+    fetch["channel"].flush_bookkeeping()
+    _settles(fetch["unacked"], 0, "the removal, on the writer connection too")
+
+
+def test_a_dropped_fetch_connection_sends_its_unconfirmed_record_again(
+    fetch: dict[str, Any], redis_client: redis.Redis
+) -> None:
+    fetch["publish"](1)
+    _deliver(fetch, 1)
+    fetch["poll"]()  # the record went out with a BRPOP that is still waiting
+    _settles(fetch["unacked"], 1, "the record")
+    redis_client.delete(*redis_client.keys("test-unacked-*"), *redis_client.keys("test-uidx-*"))
+    fetch["channel"].client.connection.disconnect()  # as kombu does on a broken link
+    fetch["poll"]()  # reconnects; the unconfirmed record rides again (idempotent)
+    _settles(fetch["unacked"], 1, "the record written again after the drop")
+
+
+def test_close_lands_everything_and_restores_only_the_unfinished(fetch: dict[str, Any]) -> None:
+    fetch["publish"](3)
+    messages = _deliver(fetch, 3)
+    for message in messages[:2]:
+        message.ack()
+    fetch["channel"].close()
+    # Finished jobs are never restored (no re-run on a clean shutdown); the unfinished one is.
+    assert fetch["unacked"]() == 0
+    assert fetch["depth"]() == 1
+
+
+def test_a_rejected_delivery_is_requeued_even_before_its_record_was_sent(
+    fetch: dict[str, Any],
+) -> None:
+    fetch["publish"](1)
+    message = _deliver(fetch, 1)[0]
+    message.reject(requeue=True)  # the dead-letter step rejects inside the delivery
+    assert fetch["depth"]() == 1
+    assert fetch["unacked"]() == 0
