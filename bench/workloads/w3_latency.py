@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import statistics
 import threading
 import time
 from collections.abc import Iterator
@@ -14,7 +15,9 @@ import redis
 
 from bench.common import Summary, percentile
 from bench.report import NOT_AVAILABLE, Table, fmt_mib, fmt_ms, fmt_ratio
+from bench.services import services
 from bench.systems.base import RedisKeySystem, System
+from bench.weather import measure
 from bench.workloads.base import Options, failure, log, open_system, with_workers
 
 WORKLOAD = "W3"
@@ -162,6 +165,7 @@ def _collector_paused() -> Iterator[None]:
 
 def _one_run(system: System, rate: float, seconds: float) -> dict[str, Any]:
     total = int(rate * seconds)
+    weather = measure(services().redis_url)
     with _collector_paused():
         watcher = _watcher_for(system)
         watcher.start()
@@ -194,7 +198,14 @@ def _one_run(system: System, rate: float, seconds: float) -> dict[str, Any]:
         "p95_ms": percentile(lat, 0.95) * MS,
         "p99_ms": percentile(lat, 0.99) * MS,
         "peak_rss_bytes": system.peak_rss_bytes(),
+        "weather": weather.as_dict(),
     }
+
+
+def _fmt_weather(runs: list[dict[str, Any]]) -> str:
+    loop = statistics.median(r["weather"]["loop_ms"] for r in runs)
+    rtt = statistics.median(r["weather"]["redis_rtt_us"] for r in runs)
+    return f"{loop:.0f} / {rtt:.0f}"
 
 
 #: The issue's latency target: p99 publish-to-result under this at ``TARGET_RATE``.
@@ -224,6 +235,7 @@ def run(options: Options) -> Table:
             "p99",
             "unfinished",
             "peak worker RSS MiB",
+            "host: loop ms / Redis RTT µs",
             "taskfleet p50 ÷ this",
             "taskfleet p99 ÷ this",
         ],
@@ -234,6 +246,9 @@ def run(options: Options) -> Table:
             "message per job, whatever the backlog). Results kept in Postgres are polled "
             f"every {LATENCY_POLL_S * MS:.0f} ms instead. The harness pauses its own cycle "
             "collector while it measures. Ratios below 1 mean taskfleet is faster.",
+            "Host: the weather just before each run (`bench/weather.py`), median over the "
+            "runs: a fixed pure-Python loop, and a Redis PING round trip. Compare p99s taken "
+            "in similar weather only.",
             "Figures are median (min-max) over runs of each run's percentile.",
         ],
     )
@@ -242,10 +257,10 @@ def run(options: Options) -> Table:
     for name in options.systems:
         system = open_system(name)
         if isinstance(system, str):
-            cells[name] = [name, system, "", "", "", ""]
+            cells[name] = [name, system, "", "", "", "", ""]
             continue
         if not system.per_job_results:
-            cells[name] = [system.label, "n/a: no per-job result", "", "", "", ""]
+            cells[name] = [system.label, "n/a: no per-job result", "", "", "", "", ""]
             continue
         runs: list[dict[str, Any]] = []
         try:
@@ -255,7 +270,7 @@ def run(options: Options) -> Table:
                     with_workers(system, options.procs, lambda s: _one_run(s, rate, seconds))
                 )
         except Exception as exc:
-            cells[name] = [system.label, failure(name, exc), "", "", "", ""]
+            cells[name] = [system.label, failure(name, exc), "", "", "", "", ""]
             table.raw.append({"system": name, "runs": runs, "error": str(exc)})
             continue
         summary = {
@@ -271,6 +286,7 @@ def run(options: Options) -> Table:
             fmt_ms(summary["p99_ms"]),
             str(unfinished),
             fmt_mib(summary["peak_rss_bytes"]),
+            _fmt_weather(runs),
         ]
         table.raw.append(
             {"system": name, **{k: v.as_dict() for k, v in summary.items()}, "runs": runs}
