@@ -8,7 +8,8 @@ and back-filled into Redis. Final results (which the store script never overwrit
 also kept in a small per-process L1, so repeated reads of a finished job cost no round trip.
 A key Postgres did not have either (a job still pending, or an unknown id) is remembered for
 ``ABSENT_TTL_S``, so a client polling a pending job's state costs Redis one GET per poll and
-Postgres at most one query per key per second, not one per poll.
+Postgres at most one query per key per second, not one per poll. In prefork pool processes
+the writes do not wait for Redis's answer (``taskfleet.cache.pipelining``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from kombu.utils.encoding import bytes_to_str
 
 from taskfleet.cache.l1 import MemoryTier
 from taskfleet.cache.persister import PERSIST_STREAM
+from taskfleet.cache.pipelining import PipelinedScript
 
 RESULT_URL_SETTING = "taskfleet_redis_url"
 DATABASE_URL_SETTING = "taskfleet_database_url"
@@ -73,6 +75,7 @@ class TaskfleetResultBackend(RedisBackend):  # type: ignore[misc]
             maxsize=ABSENT_ENTRIES, ttl=ABSENT_TTL_S, timer=lambda: self.clock()
         )
         self._absent_lock = threading.Lock()  # cachetools caches are not thread-safe
+        self._pipelined: PipelinedScript | None = None
 
     def _store_result(
         self,
@@ -98,13 +101,49 @@ class TaskfleetResultBackend(RedisBackend):  # type: ignore[misc]
                 "value too large for Redis backend", state=state, task_id=task_id
             )
         expires = self.failure_expires if state == states.FAILURE else self.expires
-        key = self.get_key_for_task(task_id)
-        self.ensure(self._store_script, ([key, PERSIST_STREAM], [value, int(expires or 0)]))
+        keys, args = [self.get_key_for_task(task_id), PERSIST_STREAM], [value, int(expires or 0)]
+        if self._pipelined is not None:
+            self._pipelined.send(keys, args)
+        else:
+            self._store_now(keys, args)
         return result
+
+    def _store_now(self, keys: list[str], args: list[Any]) -> None:
+        """One synchronous store, with the backend's retry policy."""
+        self.ensure(self._store_script, (keys, args))
 
     @cached_property
     def _store_script(self) -> Any:
         return self.client.register_script(STORE_RESULT_LUA)
+
+    def pipeline_stores(self) -> None:
+        """From now on, this process sends result writes without waiting for Redis's answer.
+
+        For processes that run one job at a time (prefork pool processes): see
+        :mod:`taskfleet.cache.pipelining`. Reads in this process confirm the writes first.
+        """
+        if self._pipelined is None:
+            self._pipelined = PipelinedScript(self.client, STORE_RESULT_LUA, self._store_now)
+
+    def confirm_stores(self, close: bool = False) -> None:
+        """Wait until every result write of this process has landed (``close``: and stop)."""
+        pipelined = self._pipelined
+        if pipelined is not None:
+            if close:
+                self._pipelined = None
+                pipelined.close()
+            else:
+                pipelined.confirm()
+
+    def mget(self, keys: list[bytes | str]) -> Any:
+        """Stock ``mget``, after this process's own writes have landed."""
+        self.confirm_stores()
+        return super().mget(keys)
+
+    def on_chord_part_return(self, *args: Any, **kwargs: Any) -> Any:
+        """Stock chord bookkeeping, after this process's own writes have landed."""
+        self.confirm_stores()
+        return super().on_chord_part_return(*args, **kwargs)
 
     def _database(self) -> Any:
         if self._engine is None:
@@ -125,6 +164,7 @@ class TaskfleetResultBackend(RedisBackend):  # type: ignore[misc]
     def get(self, key: bytes | str) -> Any:
         """Read L1, then Redis; fall back to the durable copy when Redis no longer has it."""
         skey = key.decode() if isinstance(key, bytes) else key
+        self.confirm_stores()
         cached = self.l1.get_text(skey)
         if cached is not None:
             return cached

@@ -10,6 +10,7 @@ from typing import Any
 
 from celery import signals
 
+from taskfleet.cache.backend import TaskfleetResultBackend
 from taskfleet.workers.capacity import is_green, size_for_green_worker
 from taskfleet.workers.heap import settle_heap
 from taskfleet.workers.resources import close_resources, open_resources
@@ -27,6 +28,8 @@ def _open_child_pools(**_: Any) -> None:
 
     settings = settings_of(app)
     open_resources(settings)
+    if settings.pipeline_result_writes and isinstance(app.backend, TaskfleetResultBackend):
+        app.backend.pipeline_stores()
     settle_heap(settings.settle_heap)
 
 
@@ -56,6 +59,10 @@ def _settle_when_ready(**_: Any) -> None:
 
 
 def _close_child_pools(**_: Any) -> None:
+    from taskfleet.app import app
+
+    if isinstance(app.backend, TaskfleetResultBackend):
+        app.backend.confirm_stores(close=True)
     close_resources()
 
 

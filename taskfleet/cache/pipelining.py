@@ -1,0 +1,128 @@
+"""Result writes that do not wait for Redis's answer: a job's process moves on at once.
+
+A prefork pool process that stores a result with a plain round trip sits idle until Redis
+answers, and on a busy host that wait (Redis must be scheduled, then the process again) is
+longer than a short job itself. The process cannot take its next job in the meantime, so
+the wait caps how many jobs per second a pool of N processes finishes. Here the write is
+sent and the process reports the job done; the answer is read before the next write, or by
+an idle check ``IDLE_CONFIRM_S`` later, or when the process stops.
+
+Nothing is lost on the way: a write counts as done only once Redis has answered it. An
+error answer (say READONLY after a failover, or NOSCRIPT after a script flush) or a broken
+connection sends every unconfirmed write again through ``store_now``, the backend's
+synchronous store with its retry policy. Sending one again is harmless: the store script
+never replaces a SUCCESS, and the persister upserts. The write is sent before the job is
+reported done, so it leaves the process before the job's ack does; if the process dies
+after sending it, Redis still reads what reached its socket.
+
+redis-py pipelines always wait for their replies, hence the raw connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+log = logging.getLogger(__name__)
+
+#: Unconfirmed writes are checked this long after the last one when no other write comes.
+IDLE_CONFIRM_S = 0.05
+#: Longest wait for a reply while confirming before the link counts as broken.
+REPLY_TIMEOUT_S = 10.0
+
+Write = tuple[list[str], list[Any]]
+StoreNow = Callable[[list[str], list[Any]], None]
+
+
+class PipelinedScript:
+    """Sends a Lua script's calls without waiting; confirms them later (see module doc)."""
+
+    def __init__(self, client: redis.Redis, script: str, store_now: StoreNow) -> None:
+        self._pool = client.connection_pool
+        self._sha: str = client.script_load(script)
+        self._store_now = store_now
+        self._connection: Any = None
+        self._unconfirmed: list[Write] = []
+        self._last_send = 0.0
+        self._lock = threading.Lock()
+        self._has_unconfirmed = threading.Event()
+        self._closed = False
+        threading.Thread(target=self._confirm_when_idle, name="result-confirm", daemon=True).start()
+
+    def send(self, keys: list[str], args: list[Any]) -> None:
+        """Send one call; earlier calls are confirmed first (their replies are long in)."""
+        with self._lock:
+            self._confirm()
+            try:
+                connection = self._connected()
+                connection.send_packed_command(
+                    connection.pack_command("EVALSHA", self._sha, len(keys), *keys, *args)
+                )
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                self._drop_connection()
+                self._store_now(keys, args)
+                return
+            self._unconfirmed.append((keys, args))
+            self._last_send = time.monotonic()
+            self._has_unconfirmed.set()
+
+    def confirm(self) -> None:
+        """Wait until every call sent so far has been answered (sending failures again)."""
+        with self._lock:
+            self._confirm()
+
+    def close(self) -> None:
+        """Confirm everything, then release the connection (the process is stopping)."""
+        with self._lock:
+            self._confirm()
+            self._closed = True
+            self._drop_connection()
+            self._has_unconfirmed.set()  # let the idle thread see the close and end
+
+    def _confirm(self) -> None:
+        unconfirmed, self._unconfirmed = self._unconfirmed, []
+        self._has_unconfirmed.clear()
+        failed: list[Write] = []
+        if unconfirmed and getattr(self._connection, "_sock", None) is None:
+            log.warning("result connection closed: storing %d writes again", len(unconfirmed))
+            failed, unconfirmed = unconfirmed, []
+        for index, write in enumerate(unconfirmed):
+            try:
+                self._connection.read_response()
+            except redis.ResponseError as exc:
+                log.warning("result write refused (%s): storing it again", exc)
+                failed.append(write)
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                log.warning("result connection lost (%s): storing unconfirmed writes again", exc)
+                self._drop_connection()
+                failed.extend(unconfirmed[index:])
+                break
+        for keys, args in failed:
+            self._store_now(keys, args)
+
+    def _connected(self) -> Any:
+        if self._connection is None:
+            connection: Any = self._pool.make_connection()
+            connection.socket_timeout = REPLY_TIMEOUT_S
+            self._connection = connection
+        return self._connection
+
+    def _drop_connection(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.disconnect()
+
+    def _confirm_when_idle(self) -> None:
+        while True:
+            self._has_unconfirmed.wait()
+            time.sleep(IDLE_CONFIRM_S)
+            with self._lock:
+                if self._closed:
+                    return
+                if self._unconfirmed and time.monotonic() - self._last_send >= IDLE_CONFIRM_S:
+                    self._confirm()

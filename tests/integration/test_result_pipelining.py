@@ -1,0 +1,150 @@
+"""Result writes that do not wait for Redis's answer, on a real Redis.
+
+A prefork pool process sends each result write and moves on; the answer is read before the
+next write, by an idle check, or at close. These tests check that every write lands, that a
+refused or cut-off write is stored again, and that the process reads its own writes.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from celery import states
+
+from taskfleet.cache import pipelining
+from taskfleet.cache.backend import STORE_RESULT_LUA, TaskfleetResultBackend
+from taskfleet.cache.persister import PERSIST_STREAM
+from tests.support.waiting import wait_for
+from tests.support.workers import Fleet
+
+pytestmark = pytest.mark.usefixtures("clean_state")
+
+#: Bound on the idle check confirming a write (it runs IDLE_CONFIRM_S after the last one).
+CONFIRMED_WITHIN_S = 5.0
+
+
+class Recorder:
+    """``store_now`` that really stores (the backend's own script) and counts the calls."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.script = client.register_script(STORE_RESULT_LUA)
+        self.calls: list[list[str]] = []
+
+    def __call__(self, keys: list[str], args: list[Any]) -> None:
+        self.calls.append(keys)
+        self.script(keys=keys, args=args)
+
+
+@pytest.fixture
+def writes(redis_client: redis.Redis) -> Iterator[dict[str, Any]]:
+    recorder = Recorder(redis_client)
+    pipelined = pipelining.PipelinedScript(redis_client, STORE_RESULT_LUA, recorder)
+    keys: list[str] = []
+
+    def send(status: str = states.SUCCESS) -> str:
+        key = f"celery-task-meta-pipelined-{uuid.uuid4().hex}"
+        keys.append(key)
+        pipelined.send([key, PERSIST_STREAM], [json.dumps({"status": status}), 60])
+        return key
+
+    yield {"pipelined": pipelined, "send": send, "recorder": recorder}
+    pipelined.close()
+
+
+def _status(client: redis.Redis, key: str) -> str | None:
+    raw = client.get(key)
+    return None if raw is None else str(json.loads(raw)["status"])
+
+
+def test_writes_land_and_are_confirmed_by_the_next_write(
+    writes: dict[str, Any], redis_client: redis.Redis
+) -> None:
+    first = writes["send"]()
+    assert len(writes["pipelined"]._unconfirmed) == 1  # sent, answer not read
+    second = writes["send"]()
+    assert len(writes["pipelined"]._unconfirmed) == 1  # the first was confirmed on the way
+    writes["pipelined"].confirm()
+    assert writes["pipelined"]._unconfirmed == []
+    assert _status(redis_client, first) == _status(redis_client, second) == states.SUCCESS
+    assert writes["recorder"].calls == []  # nothing needed storing again
+
+
+def test_an_idle_process_confirms_its_last_write_on_its_own(writes: dict[str, Any]) -> None:
+    writes["send"]()
+    wait_for(
+        lambda: writes["pipelined"]._unconfirmed == [],
+        CONFIRMED_WITHIN_S,
+        "the idle check to confirm the write",
+    )
+
+
+def test_a_refused_write_is_stored_again(writes: dict[str, Any], redis_client: redis.Redis) -> None:
+    redis_client.script_flush()  # the next EVALSHA is answered NOSCRIPT
+    key = writes["send"]()
+    assert redis_client.get(key) is None  # refused: nothing written
+    writes["pipelined"].confirm()
+    assert writes["recorder"].calls == [[key, PERSIST_STREAM]]
+    assert _status(redis_client, key) == states.SUCCESS
+
+
+def test_a_cut_connection_stores_its_unconfirmed_writes_again(
+    writes: dict[str, Any], redis_client: redis.Redis
+) -> None:
+    key = writes["send"]()
+    writes["pipelined"]._connection.disconnect()  # the link drops before the answer is read
+    writes["pipelined"].confirm()
+    assert writes["recorder"].calls == [[key, PERSIST_STREAM]]
+    assert _status(redis_client, key) == states.SUCCESS
+    later = writes["send"]()  # a new connection is opened for the next write
+    writes["pipelined"].confirm()
+    assert _status(redis_client, later) == states.SUCCESS
+
+
+def test_a_stored_success_is_never_replaced_by_a_write_sent_again(
+    writes: dict[str, Any], redis_client: redis.Redis
+) -> None:
+    key = writes["send"](states.SUCCESS)
+    writes["pipelined"].confirm()
+    writes["recorder"]([key, PERSIST_STREAM], [json.dumps({"status": states.FAILURE}), 60])
+    assert _status(redis_client, key) == states.SUCCESS
+
+
+def test_the_backend_reads_its_own_pipelined_writes(redis_fleet: Fleet) -> None:
+    backend = redis_fleet.app().backend
+    assert isinstance(backend, TaskfleetResultBackend)
+    backend.pipeline_stores()
+    try:
+        job_id = f"pipelined-{uuid.uuid4().hex}"
+        backend.store_result(job_id, {"ok": True}, states.SUCCESS)
+        assert backend.get_task_meta(job_id)["result"] == {"ok": True}
+    finally:
+        backend.confirm_stores(close=True)
+    assert backend._pipelined is None
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_pool_processes_pipeline_their_writes_unless_switched_off(
+    services: dict[str, str], monkeypatch: pytest.MonkeyPatch, enabled: bool
+) -> None:
+    """What ``worker_process_init`` / ``worker_process_shutdown`` do in each pool process."""
+    from taskfleet.app import app
+    from taskfleet.config.settings import get_settings
+    from taskfleet.workers import signals
+
+    monkeypatch.setenv("TASKFLEET_PIPELINE_RESULT_WRITES", str(enabled).lower())
+    get_settings.cache_clear()
+    monkeypatch.setattr(app, "taskfleet_settings", get_settings())
+    backend = app.backend
+    assert isinstance(backend, TaskfleetResultBackend)
+    signals._open_child_pools()
+    try:
+        assert (backend._pipelined is not None) is enabled
+    finally:
+        signals._close_child_pools()
+    assert backend._pipelined is None
+    get_settings.cache_clear()
