@@ -89,6 +89,8 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
     _ascending_steps: list[int]
     #: True while a BRPOP reply is being delivered (its record may ride the next BRPOP).
     delivering = False
+    #: Message priority -> sub-list step, filled per channel at start.
+    _step_of: dict[int, int] = {}  # replaced per channel, never mutated
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._clients: dict[bool, Any] = {}
@@ -97,9 +99,15 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         self._ascending_steps = sorted(set(configured))
         # kombu's BRPOP (and basic_get) try the keys in this order: most urgent first.
         self.priority_steps = sorted(self._ascending_steps, reverse=True)
+        # kombu maps every step for every BRPOP it sends (ten per fetch): look them up.
+        self._step_of = {n: self._step(n) for n in range(MIN_PRIORITY, MAX_PRIORITY + 1)}
 
     def priority(self, n: int) -> int:
         """The sub-list step a message priority lands in (same mapping as stock kombu)."""
+        step = self._step_of.get(n)
+        return self._step(n) if step is None else step
+
+    def _step(self, n: int) -> int:
         steps = self._ascending_steps
         return int(steps[max(bisect(steps, n) - 1, 0)])
 
