@@ -34,6 +34,7 @@ REDIS_DBS = {
     "resilience": 9,
     "autoscale_taskfleet": 10,
     "autoscale_celery": 11,
+    "taskfleet_per_core": 12,
 }
 
 

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from bench.systems.base import System
 
-SYSTEM_NAMES = ("taskfleet", "celery_redis", "celery_db", "celery_ignore", "dramatiq", "rq")
+SYSTEM_NAMES = (
+    "taskfleet",
+    "taskfleet_per_core",
+    "celery_redis",
+    "celery_db",
+    "celery_ignore",
+    "dramatiq",
+    "rq",
+)
 
 
 def make_system(name: str) -> System:
@@ -23,6 +31,10 @@ def make_system(name: str) -> System:
         from bench.systems.taskfleet import TaskfleetSystem
 
         return TaskfleetSystem()
+    if name == "taskfleet_per_core":
+        from bench.systems.taskfleet import TaskfleetPerCoreSystem
+
+        return TaskfleetPerCoreSystem()
     if name == "celery_redis":
         from bench.systems.celery_redis import CeleryRedisSystem
 

@@ -7,10 +7,17 @@ from typing import Any
 
 import psycopg
 
-from bench.common import WORKER_READY_TIMEOUT_S, completion_timeout, make_payload, poll_until
+from bench.common import (
+    WORKER_PROCS,
+    WORKER_READY_TIMEOUT_S,
+    completion_timeout,
+    make_payload,
+    poll_until,
+)
 from bench.services import BENCH_STACK_DIR, count_rows, flush_redis, services, truncate_tables
 from bench.systems.base import EnqueueVariant
 from bench.systems.celery_meta import CeleryMetaSystem
+from taskfleet.workers.signals import DISABLE_PERSISTER_ENV
 
 JOB_KIND = "cpu.noop"
 RESULTS_TABLE = "taskfleet_results"
@@ -22,6 +29,9 @@ class TaskfleetSystem(CeleryMetaSystem):
 
     name = "taskfleet"
     label = "taskfleet"
+
+    #: CPU worker instances the worker processes are shared between (the setting's default).
+    cpu_workers = 1
 
     def __init__(self) -> None:
         """Build a client bound to the bench's own Redis database."""
@@ -39,7 +49,11 @@ class TaskfleetSystem(CeleryMetaSystem):
             "TASKFLEET_DATA_DIR": BENCH_STACK_DIR,
         }
         self.settings = load_settings(
-            broker_url=self.url, redis_url=self.url, database_url=svc.sqlalchemy_url
+            broker_url=self.url,
+            redis_url=self.url,
+            database_url=svc.sqlalchemy_url,
+            cpu_workers=self.cpu_workers,
+            cpu_concurrency=max(self.cpu_workers, WORKER_PROCS),
         )
         self.client = Client(create_app(self.settings))
         self._durable_baseline = 0
@@ -55,12 +69,15 @@ class TaskfleetSystem(CeleryMetaSystem):
         truncate_tables(RESULTS_TABLE)
 
     def _spawn_workers(self, n_procs: int) -> None:
-        from taskfleet.workers.profiles import cpu_profile
+        """The host's CPU workers as ``taskfleet up`` plans them; one persister among them."""
+        from taskfleet.workers.profiles import cpu_profiles
 
-        argv = cpu_profile(self.settings, n_procs).argv(
-            hostname="bench-taskfleet@%h", loglevel=WORKER_LOGLEVEL
-        )
-        self.workers.spawn(argv, {**self.env, "TASKFLEET_CPU_CONCURRENCY": str(n_procs)})
+        for index, profile in enumerate(cpu_profiles(self.settings, n_procs)):
+            argv = profile.argv(hostname=f"bench-{profile.name}@%h", loglevel=WORKER_LOGLEVEL)
+            env = {**self.env, "TASKFLEET_CPU_CONCURRENCY": str(profile.concurrency)}
+            if index:
+                env[DISABLE_PERSISTER_ENV] = "1"
+            self.workers.spawn(argv, env)
 
     def after_warmup(self) -> None:
         """Wait until the warm-up results are in Postgres too, then note the row count."""
@@ -105,3 +122,19 @@ class TaskfleetSystem(CeleryMetaSystem):
     def stop(self) -> None:
         """Stop the workers (the persister stops with them)."""
         super().stop()
+
+
+class TaskfleetPerCoreSystem(TaskfleetSystem):
+    """taskfleet with ``TASKFLEET_CPU_WORKERS=2``: one CPU worker (one parent) per process.
+
+    The same jobs, client and worker processes; the two pool processes belong to two workers,
+    so no single parent routes every job. Measured where the parent bounds latency (W1, W3).
+    """
+
+    name = "taskfleet_per_core"
+    label = "taskfleet, 2 CPU workers x 1"
+    cpu_workers = WORKER_PROCS
+
+    def enqueue_variants(self) -> list[EnqueueVariant]:
+        """None: publishing is the same as ``taskfleet``'s (W2 measures it there)."""
+        return []

@@ -29,6 +29,8 @@ DEFAULT_DB_POOL_SIZE = 5
 DEFAULT_REDIS_POOL_SIZE = 20
 #: Reserved jobs per worker beyond one per process (see taskfleet.workers.prefetch).
 DEFAULT_SPARE_PREFETCH = 1
+#: One CPU worker (one dispatching parent) for all CPU processes of a host.
+DEFAULT_CPU_WORKERS = 1
 MAX_SPARE_PREFETCH = 100
 
 REDIS_SCHEMES = frozenset({"redis", "rediss"})
@@ -75,6 +77,12 @@ class Settings(BaseSettings):
     dlq_suffix: str = DEFAULT_DLQ_SUFFIX
 
     cpu_concurrency: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=512)
+    cpu_workers: int = Field(
+        DEFAULT_CPU_WORKERS,
+        ge=1,
+        le=512,
+        description="CPU worker instances sharing cpu_concurrency processes (one parent each)",
+    )
     io_concurrency: int = Field(DEFAULT_IO_CONCURRENCY, ge=1, le=10_000)
 
     soft_time_limit: float = Field(DEFAULT_SOFT_TIME_LIMIT_S, gt=0)
@@ -141,6 +149,12 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"{_env_name('cpu_queue')} and {_env_name('io_queue')} must differ "
                 f"(both are {self.cpu_queue!r})"
+            )
+        if self.cpu_workers > self.cpu_concurrency:
+            raise ValueError(
+                f"{_env_name('cpu_workers')} ({self.cpu_workers}) must not exceed "
+                f"{_env_name('cpu_concurrency')} ({self.cpu_concurrency}): every CPU worker "
+                "runs at least one process"
             )
         if self.soft_time_limit >= self.hard_time_limit:
             raise ValueError(

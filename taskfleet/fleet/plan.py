@@ -12,7 +12,8 @@ from taskfleet.fleet.children import Child, FleetOptions
 from taskfleet.fleet.environment import FLOWER_AUTH_ENV
 from taskfleet.fleet.flower import FLOWER_HOST, FlowerAuth
 from taskfleet.fleet.processes import celery_argv
-from taskfleet.workers.profiles import APP_PATH, WorkerProfile, cpu_profile, io_profile
+from taskfleet.workers.profiles import APP_PATH, WorkerProfile, cpu_profiles, io_profile
+from taskfleet.workers.signals import DISABLE_PERSISTER_ENV
 
 LOG_DIR_NAME = "logs"
 BEAT_SCHEDULE_NAME = "beat-schedule"
@@ -43,11 +44,15 @@ def plan_children(
     log_dir = data_dir / LOG_DIR_NAME
     level = settings.log_level
     plan: list[Child] = []
+    cpu = cpu_profiles(settings, options.cpu_concurrency)
     profiles: Sequence[tuple[str, WorkerProfile]] = (
-        ("cpu-worker", cpu_profile(settings, options.cpu_concurrency)),
+        *(
+            (f"cpu-worker-{index + 1}" if len(cpu) > 1 else "cpu-worker", profile)
+            for index, profile in enumerate(cpu)
+        ),
         ("io-worker", io_profile(settings, options.io_concurrency)),
     )
-    for name, profile in profiles:
+    for index, (name, profile) in enumerate(profiles):
         nodename = f"{profile.name}-{tag}@{host}"
         argv = profile.argv(hostname=nodename, loglevel=level)
         plan.append(
@@ -61,6 +66,8 @@ def plan_children(
                     f"{profile.pool} x{profile.concurrency}, queues {', '.join(profile.queues)}"
                 ),
                 nodename=nodename,
+                # One result persister per CPU pool is plenty (they share a consumer group).
+                extra_env={DISABLE_PERSISTER_ENV: "1"} if 0 < index < len(cpu) else {},
             )
         )
     if options.beat:
