@@ -7,15 +7,14 @@ pipeline, a timer, or channel close; these tests read the hash to see exactly wh
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
-from kombu import Connection, Exchange, Queue
 
-from taskfleet.routing.transport import ACK_BATCH_MAX, TRANSPORT_PATH
+from taskfleet.routing.transport import ACK_BATCH_MAX
+from tests.support.transport import private_transport
 from tests.support.waiting import wait_for
 
 #: Batched writes are sent without waiting for their replies: observe them with a deadline.
@@ -29,28 +28,8 @@ def _settles(read: Any, expected: int, what: str) -> None:
 @pytest.fixture
 def wiring(services: dict[str, str], redis_client: redis.Redis) -> Iterator[dict[str, Any]]:
     """A connection on our transport with its own queue and unacked keys."""
-    suffix = uuid.uuid4().hex[:8]
-    keys = {"unacked_key": f"test-unacked-{suffix}", "unacked_index_key": f"test-uidx-{suffix}"}
-    conn = Connection(
-        services["TASKFLEET_REDIS_URL"], transport=TRANSPORT_PATH, transport_options=keys
-    )
-    queue = Queue(f"acks-{suffix}", Exchange(f"acks-{suffix}", "direct"), f"acks-{suffix}")
-    channel = conn.channel()
-    queue(channel).declare()
-    producer = conn.Producer(channel)
-    yield {
-        "conn": conn,
-        "channel": channel,
-        "queue": queue,
-        "publish": lambda n: [
-            producer.publish({"n": i}, exchange=queue.exchange, routing_key=queue.routing_key)
-            for i in range(n)
-        ],
-        "unacked": lambda: redis_client.hlen(keys["unacked_key"]),
-        "depth": lambda: redis_client.llen(queue.name),
-    }
-    conn.release()
-    redis_client.delete(*keys.values(), queue.name)
+    with private_transport(services["TASKFLEET_REDIS_URL"], redis_client, "acks") as wired:
+        yield wired
 
 
 def _get(w: dict[str, Any]) -> Any:

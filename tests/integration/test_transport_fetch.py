@@ -9,15 +9,13 @@ the hash to see exactly when each write lands.
 from __future__ import annotations
 
 import contextlib
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
-from kombu import Connection, Exchange, Queue
 
-from taskfleet.routing.transport import TRANSPORT_PATH
+from tests.support.transport import private_transport
 from tests.support.waiting import wait_for
 
 #: Writes sent without replies land when Redis reads them: observe them with a deadline.
@@ -29,38 +27,21 @@ IDLE_POLL_S = 0.05
 @pytest.fixture
 def fetch(services: dict[str, str], redis_client: redis.Redis) -> Iterator[dict[str, Any]]:
     """A consumer on our transport, batching as under an event loop, with its own keys."""
-    suffix = uuid.uuid4().hex[:8]
-    keys = {"unacked_key": f"test-unacked-{suffix}", "unacked_index_key": f"test-uidx-{suffix}"}
-    conn = Connection(
-        services["TASKFLEET_REDIS_URL"], transport=TRANSPORT_PATH, transport_options=keys
-    )
-    conn.transport.batch_acks = True  # what register_with_event_loop sets
-    queue = Queue(f"fetch-{suffix}", Exchange(f"fetch-{suffix}", "direct"), f"fetch-{suffix}")
-    channel = conn.channel()
-    received: list[Any] = []
-    consumer = conn.Consumer(queue, channel=channel, callbacks=[lambda _b, m: received.append(m)])
-    consumer.consume()
-    producer = conn.Producer(channel)
+    with private_transport(services["TASKFLEET_REDIS_URL"], redis_client, "fetch") as wired:
+        conn = wired["conn"]
+        conn.transport.batch_acks = True  # what register_with_event_loop sets
+        received: list[Any] = []
+        consumer = conn.Consumer(
+            wired["queue"], channel=wired["channel"], callbacks=[lambda _b, m: received.append(m)]
+        )
+        consumer.consume()
 
-    def poll() -> None:
-        """One loop iteration: send what waits, then deliver at most one message."""
-        with contextlib.suppress(TimeoutError):
-            conn.drain_events(timeout=IDLE_POLL_S)
+        def poll() -> None:
+            """One loop iteration: send what waits, then deliver at most one message."""
+            with contextlib.suppress(TimeoutError):
+                conn.drain_events(timeout=IDLE_POLL_S)
 
-    yield {
-        "channel": channel,
-        "received": received,
-        "poll": poll,
-        "publish": lambda n: [
-            producer.publish({"n": i}, exchange=queue.exchange, routing_key=queue.routing_key)
-            for i in range(n)
-        ],
-        "unacked": lambda: redis_client.hlen(keys["unacked_key"]),
-        "indexed": lambda: redis_client.zcard(keys["unacked_index_key"]),
-        "depth": lambda: redis_client.llen(queue.name),
-    }
-    conn.release()
-    redis_client.delete(*keys.values(), queue.name)
+        yield {**wired, "received": received, "poll": poll}
 
 
 def _deliver(f: dict[str, Any], count: int) -> list[Any]:

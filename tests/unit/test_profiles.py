@@ -7,21 +7,12 @@ from pathlib import Path
 import pytest
 
 from taskfleet.config import ConfigError, load_settings
-from taskfleet.config.settings import ENV_PREFIX
 from taskfleet.fleet import FleetOptions
 from taskfleet.fleet.plan import plan_children
 from taskfleet.workers.profiles import cpu_profiles
 from taskfleet.workers.signals import DISABLE_PERSISTER_ENV
 
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
-    for key in list(os.environ):
-        if key.startswith(ENV_PREFIX):
-            monkeypatch.delenv(key)
-    monkeypatch.chdir("/")  # no .env file
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 def test_one_worker_runs_every_cpu_process_by_default() -> None:

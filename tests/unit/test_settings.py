@@ -5,17 +5,8 @@ from __future__ import annotations
 import pytest
 
 from taskfleet.config import ConfigError, load_settings
-from taskfleet.config.settings import ENV_PREFIX
 
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
-    for key in list(os.environ):
-        if key.startswith(ENV_PREFIX):
-            monkeypatch.delenv(key)
-    monkeypatch.chdir("/")  # no .env file
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 def test_defaults_are_valid() -> None:

@@ -1,0 +1,45 @@
+"""A kombu connection on taskfleet's Redis transport with its own queue and unacked keys."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+from kombu import Connection, Exchange, Queue
+
+from taskfleet.routing.transport import TRANSPORT_PATH
+
+
+@contextlib.contextmanager
+def private_transport(redis_url: str, client: redis.Redis, prefix: str) -> Iterator[dict[str, Any]]:
+    """Yield the connection, a channel, a declared queue and readers of the unacked keys.
+
+    Everything it created in Redis is deleted afterwards.
+    """
+    suffix = uuid.uuid4().hex[:8]
+    keys = {"unacked_key": f"test-unacked-{suffix}", "unacked_index_key": f"test-uidx-{suffix}"}
+    conn = Connection(redis_url, transport=TRANSPORT_PATH, transport_options=keys)
+    name = f"{prefix}-{suffix}"
+    queue = Queue(name, Exchange(name, "direct"), name)
+    channel = conn.channel()
+    queue(channel).declare()
+    producer = conn.Producer(channel)
+    try:
+        yield {
+            "conn": conn,
+            "channel": channel,
+            "queue": queue,
+            "publish": lambda n: [
+                producer.publish({"n": i}, exchange=queue.exchange, routing_key=queue.routing_key)
+                for i in range(n)
+            ],
+            "unacked": lambda: client.hlen(keys["unacked_key"]),
+            "indexed": lambda: client.zcard(keys["unacked_index_key"]),
+            "depth": lambda: client.llen(queue.name),
+        }
+    finally:
+        conn.release()
+        client.delete(*keys.values(), queue.name)
