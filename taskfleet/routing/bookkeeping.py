@@ -159,6 +159,9 @@ class BatchedQoS(kombu_redis.QoS):  # type: ignore[misc]
         if not self.batching:
             super().ack(delivery_tag)
             return
+        # A record not sent yet (queued again after a dropped connection) is never sent now:
+        # on another connection than this removal, it could land after it.
+        self._unsent_records.pop(delivery_tag, None)
         self._pending_acks.append(delivery_tag)
         virtual.QoS.ack(self, delivery_tag)
         if len(self._pending_acks) >= ACK_BATCH_MAX:

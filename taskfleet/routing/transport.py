@@ -20,7 +20,6 @@ Three changes to stock kombu, each a subclass hook rather than a hand-written tr
 from __future__ import annotations
 
 from bisect import bisect
-from functools import cache
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
@@ -76,8 +75,8 @@ _packed_fetches: dict[tuple[Any, ...], bytes] = {}
 PACKED_FETCHES_MAX = 64
 
 
-@cache
 def _with_prefixed_sends(connection_class: type) -> type:
+    # Not cached: kombu defines a new connection class on every call that reaches here.
     return type(f"Prefixed{connection_class.__name__}", (_PrefixedSends, connection_class), {})
 
 

@@ -67,11 +67,11 @@ def test_the_record_rides_with_the_next_fetch_on_one_connection(fetch: dict[str,
 def test_a_removal_rides_after_its_record_and_the_hash_ends_exact(fetch: dict[str, Any]) -> None:
     fetch["publish"](3)
     first = _deliver(fetch, 1)[0]
-    first.ack()  # pending: its record has not even been sent yet
+    first.ack()  # before its record was sent: the record is dropped, the removal queued
     second, third = _deliver(fetch, 3)[1:]
     second.ack()
     fetch["poll"]()
-    # Record 1 and its removal went in one write (record first); 2 likewise; 3 stays.
+    # Record 1 was never sent (acked before it left); 2 went with its removal; 3 stays.
     _settles(fetch["unacked"], 1, "only the unacked third delivery recorded")
     assert fetch["indexed"]() == 1
     third.ack()
@@ -126,4 +126,21 @@ def test_a_rejected_delivery_is_requeued_even_before_its_record_was_sent(
     message = _deliver(fetch, 1)[0]
     message.reject(requeue=True)  # the dead-letter step rejects inside the delivery
     assert fetch["depth"]() == 1
+    assert fetch["unacked"]() == 0
+
+
+def test_a_job_acked_while_the_fetch_connection_is_down_leaves_no_record(
+    fetch: dict[str, Any],
+) -> None:
+    fetch["publish"](1)
+    message = _deliver(fetch, 1)[0]
+    fetch["poll"]()
+    _settles(fetch["unacked"], 1, "the record")
+    fetch["channel"].client.connection.disconnect()  # its record is queued to go again
+    message.ack()  # ... but the job is done: the record must not follow the removal
+    assert fetch["channel"].qos._unsent_records == {}
+    fetch["channel"].flush_bookkeeping()  # the timer: the removal goes on the writer
+    _settles(fetch["unacked"], 0, "the removal")
+    fetch["poll"]()  # reconnects and fetches again: nothing stale rides with it
+    fetch["poll"]()
     assert fetch["unacked"]() == 0
