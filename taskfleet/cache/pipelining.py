@@ -103,7 +103,10 @@ class PipelinedScript:
                 failed.extend(unconfirmed[index:])
                 break
         for keys, args in failed:
-            self._store_now(keys, args)
+            try:
+                self._store_now(keys, args)
+            except Exception:  # an earlier job's write: never fail the current job for it
+                log.exception("result %s could not be stored after retries", keys[0])
 
     def _connected(self) -> Any:
         if self._connection is None:
@@ -125,4 +128,7 @@ class PipelinedScript:
                 if self._closed:
                     return
                 if self._unconfirmed and time.monotonic() - self._last_send >= IDLE_CONFIRM_S:
-                    self._confirm()
+                    try:
+                        self._confirm()
+                    except Exception:  # keep checking: the next write may find Redis back
+                        log.exception("confirming result writes failed")

@@ -148,3 +148,25 @@ def test_pool_processes_pipeline_their_writes_unless_switched_off(
         signals._close_child_pools()
     assert backend._pipelined is None
     get_settings.cache_clear()
+
+
+def test_an_earlier_write_that_cannot_be_stored_never_fails_the_next_job(
+    redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    def refuse(keys: list[str], args: list[Any]) -> None:
+        raise redis.ConnectionError("Redis is gone for good")
+
+    pipelined = pipelining.PipelinedScript(redis_client, STORE_RESULT_LUA, refuse)
+    try:
+        redis_client.script_flush()  # the first write is answered NOSCRIPT, its retry fails
+        first = f"celery-task-meta-pipelined-{uuid.uuid4().hex}"
+        pipelined.send([first, PERSIST_STREAM], [json.dumps({"status": states.SUCCESS}), 60])
+        redis_client.script_load(STORE_RESULT_LUA)
+        second = f"celery-task-meta-pipelined-{uuid.uuid4().hex}"
+        pipelined.send([second, PERSIST_STREAM], [json.dumps({"status": states.SUCCESS}), 60])
+        pipelined.confirm()
+    finally:
+        pipelined.close()
+    assert _status(redis_client, second) == states.SUCCESS
+    assert redis_client.get(first) is None
+    assert f"result {first} could not be stored" in caplog.text
