@@ -17,7 +17,7 @@ from bench.common import (
 from bench.services import BENCH_STACK_DIR, count_rows, flush_redis, services, truncate_tables
 from bench.systems.base import EnqueueVariant
 from bench.systems.celery_meta import CeleryMetaSystem
-from taskfleet.workers.signals import DISABLE_PERSISTER_ENV
+from taskfleet.workers.profiles import DISABLE_PERSISTER_ENV
 
 JOB_KIND = "cpu.noop"
 RESULTS_TABLE = "taskfleet_results"

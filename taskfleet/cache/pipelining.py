@@ -15,7 +15,7 @@ never replaces a SUCCESS, and the persister upserts. The write is sent before th
 reported done, so it leaves the process before the job's ack does; if the process dies
 after sending it, Redis still reads what reached its socket.
 
-redis-py pipelines always wait for their replies, hence the raw connection.
+The raw connection and its owed replies: :mod:`taskfleet.workers.late_replies`.
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ from typing import Any
 
 import redis
 
+from taskfleet.workers.late_replies import LINK_ERRORS, LateReplies, packed
+
 log = logging.getLogger(__name__)
 
 #: Unconfirmed writes are checked this long after the last one when no other write comes.
 IDLE_CONFIRM_S = 0.05
-#: Longest wait for a reply while confirming before the link counts as broken.
-REPLY_TIMEOUT_S = 10.0
 
 Write = tuple[list[str], list[Any]]
 StoreNow = Callable[[list[str], list[Any]], None]
@@ -43,10 +43,9 @@ class PipelinedScript:
     """Sends a Lua script's calls without waiting; confirms them later (see module doc)."""
 
     def __init__(self, client: redis.Redis, script: str, store_now: StoreNow) -> None:
-        self._pool = client.connection_pool
         self._sha: str = client.script_load(script)
         self._store_now = store_now
-        self._connection: Any = None
+        self._writes = LateReplies(client.connection_pool)
         self._unconfirmed: list[Write] = []
         self._last_send = 0.0
         self._lock = threading.Lock()
@@ -58,13 +57,10 @@ class PipelinedScript:
         """Send one call; earlier calls are confirmed first (their replies are long in)."""
         with self._lock:
             self._confirm()
+            command = ("EVALSHA", self._sha, len(keys), *keys, *args)
             try:
-                connection = self._connected()
-                connection.send_packed_command(
-                    connection.pack_command("EVALSHA", self._sha, len(keys), *keys, *args)
-                )
-            except (redis.ConnectionError, redis.TimeoutError, OSError):
-                self._drop_connection()
+                self._writes.send([packed([command])], replies=1)
+            except LINK_ERRORS:
                 self._store_now(keys, args)
                 return
             self._unconfirmed.append((keys, args))
@@ -81,44 +77,20 @@ class PipelinedScript:
         with self._lock:
             self._confirm()
             self._closed = True
-            self._drop_connection()
+            self._writes.drop()
             self._has_unconfirmed.set()  # let the idle thread see the close and end
 
     def _confirm(self) -> None:
         unconfirmed, self._unconfirmed = self._unconfirmed, []
         self._has_unconfirmed.clear()
-        failed: list[Write] = []
-        if unconfirmed and getattr(self._connection, "_sock", None) is None:
-            log.warning("result connection closed: storing %d writes again", len(unconfirmed))
-            failed, unconfirmed = unconfirmed, []
-        for index, write in enumerate(unconfirmed):
-            try:
-                self._connection.read_response()
-            except redis.ResponseError as exc:
-                log.warning("result write refused (%s): storing it again", exc)
-                failed.append(write)
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-                log.warning("result connection lost (%s): storing unconfirmed writes again", exc)
-                self._drop_connection()
-                failed.extend(unconfirmed[index:])
-                break
-        for keys, args in failed:
+        for (keys, args), reply in zip(unconfirmed, self._writes.collect(), strict=True):
+            if not isinstance(reply, Exception):
+                continue
+            log.warning("result write not confirmed (%s): storing it again", reply)
             try:
                 self._store_now(keys, args)
             except Exception:  # an earlier job's write: never fail the current job for it
                 log.exception("result %s could not be stored after retries", keys[0])
-
-    def _connected(self) -> Any:
-        if self._connection is None:
-            connection: Any = self._pool.make_connection()
-            connection.socket_timeout = REPLY_TIMEOUT_S
-            self._connection = connection
-        return self._connection
-
-    def _drop_connection(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            connection.disconnect()
 
     def _confirm_when_idle(self) -> None:
         while True:

@@ -12,8 +12,13 @@ from taskfleet.fleet.children import Child, FleetOptions
 from taskfleet.fleet.environment import FLOWER_AUTH_ENV
 from taskfleet.fleet.flower import FLOWER_HOST, FlowerAuth
 from taskfleet.fleet.processes import celery_argv
-from taskfleet.workers.profiles import APP_PATH, WorkerProfile, cpu_profiles, io_profile
-from taskfleet.workers.signals import DISABLE_PERSISTER_ENV
+from taskfleet.workers.profiles import (
+    APP_PATH,
+    DISABLE_PERSISTER_ENV,
+    WorkerProfile,
+    cpu_profiles,
+    io_profile,
+)
 
 LOG_DIR_NAME = "logs"
 BEAT_SCHEDULE_NAME = "beat-schedule"

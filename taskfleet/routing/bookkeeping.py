@@ -27,7 +27,6 @@ job runs again, which the at-least-once contract and keyed results absorb.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Iterable
 from time import time
@@ -39,42 +38,26 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.json import dumps
 
-log = logging.getLogger(__name__)
+from taskfleet.workers.late_replies import Command, LateReplies, packed
 
-Command = tuple[Any, ...]
+log = logging.getLogger(__name__)
 
 #: Longest time an ack's Redis bookkeeping waits for a write to ride on.
 ACK_FLUSH_INTERVAL_S = 0.02
 #: Pending acks that force a flush on their own.
 ACK_BATCH_MAX = 64
-#: Longest wait for the replies of an unconfirmed write before it counts as a broken link.
-WRITER_TIMEOUT_S = 10.0
 SKIP_NEXT_REPLY: Command = ("CLIENT", "REPLY", "SKIP")
 _PROBE_FIRST = b"taskfleet-reply-skip-probe-1"
 _PROBE_LAST = b"taskfleet-reply-skip-probe-2"
 _SKIP_FLAG = "_taskfleet_skips_replies"
 
 
-def _bulk(arg: Any) -> bytes:
-    data = arg if isinstance(arg, bytes) else (arg if isinstance(arg, str) else repr(arg)).encode()
-    return b"$%d\r\n%s\r\n" % (len(data), data)
-
-
-def _resp(command: Command) -> bytes:
-    return b"*%d\r\n%s" % (len(command), b"".join(map(_bulk, command)))
-
-
-_SKIP_BYTES = _resp(SKIP_NEXT_REPLY)
+_SKIP_BYTES = packed([SKIP_NEXT_REPLY])
 
 
 def without_replies(commands: Iterable[Command]) -> bytes:
-    """``commands`` in the Redis protocol, each preceded by ``CLIENT REPLY SKIP``.
-
-    Packed here rather than by redis-py: its pure-Python packer cost the prefork parent more
-    than the write it saves (~40 us for a job's four commands and their four SKIPs, against
-    ~5 us here). Arguments are bytes, str (UTF-8) or numbers (``repr``, as redis-py does).
-    """
-    return b"".join(_SKIP_BYTES + _resp(command) for command in commands)
+    """``commands`` in the Redis protocol, each preceded by ``CLIENT REPLY SKIP``."""
+    return b"".join(_SKIP_BYTES + packed([command]) for command in commands)
 
 
 def skips_replies(connection: Any) -> bool:
@@ -125,9 +108,7 @@ class BatchedQoS(kombu_redis.QoS):  # type: ignore[misc]
         self._unsent_records: dict[Any, list[Command]] = {}
         self._unconfirmed_records: dict[Any, list[Command]] = {}
         self._unconfirmed_removals: list[Any] = []
-        self._writer_conn: Any = None
-        self._writer_pool: Any = None
-        self._unread = 0
+        self._writer: LateReplies | None = None
 
     @property
     def batching(self) -> bool:
@@ -267,41 +248,29 @@ class BatchedQoS(kombu_redis.QoS):  # type: ignore[misc]
         """Write on the QoS's own connection without waiting for the replies.
 
         The previous write's replies are read first (by then they have long arrived), so an
-        error reply is still seen and logged, one job later. redis-py pipelines always wait
-        for replies, hence the raw connection.
+        error reply is still seen and logged, one job later.
         """
         if not commands:
             return
-        writer = self._writer()
-        self._read_replies(writer)
-        writer.send_packed_command(writer.pack_commands(commands))
-        self._unread = len(commands)
-
-    def _writer(self) -> Any:
         pool = self.channel.pool
-        if self._writer_conn is None or self._writer_pool is not pool:
-            writer = pool.make_connection()
-            # A reply that never comes must surface as an error, never hang the consumer.
-            writer.socket_timeout = WRITER_TIMEOUT_S
-            self._writer_conn, self._writer_pool, self._unread = writer, pool, 0
-        return self._writer_conn
-
-    def _read_replies(self, writer: Any) -> None:
-        unread, self._unread = self._unread, 0
-        for _ in range(unread):
-            try:
-                writer.read_response()
-            except redis.ResponseError as exc:
-                log.error("Redis refused unacked-index bookkeeping: %s", exc)
+        if self._writer is None or self._writer.pool is not pool:  # kombu replaced its pool
+            self._release_writer()
+            self._writer = LateReplies(pool)
+        self._confirm_writer()
+        self._writer.send([packed(commands)], replies=len(commands))
 
     def _confirm_writer(self) -> None:
-        if self._writer_conn is not None:
-            self._read_replies(self._writer_conn)
+        """Read the writer's owed replies: log refusals, raise a broken link (as kombu would)."""
+        if self._writer is None:
+            return
+        for reply in self._writer.collect():
+            if isinstance(reply, redis.ResponseError):
+                log.error("Redis refused unacked-index bookkeeping: %s", reply)
+            elif isinstance(reply, Exception):
+                raise reply
 
     def _release_writer(self) -> None:
-        writer, self._writer_conn = self._writer_conn, None
+        writer, self._writer = self._writer, None
         if writer is not None:
-            with contextlib.suppress(redis.RedisError, OSError):
-                self._read_replies(writer)
-            writer.disconnect()
-        self._unread = 0
+            writer.collect()  # whatever the outcome: the connection closes now
+            writer.drop()

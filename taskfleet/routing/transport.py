@@ -28,12 +28,12 @@ from taskfleet.routing.bookkeeping import (
     ACK_BATCH_MAX,
     ACK_FLUSH_INTERVAL_S,
     BatchedQoS,
-    Command,
     known_to_skip_replies,
     skips_replies,
     without_replies,
 )
 from taskfleet.routing.priority import MAX_PRIORITY, MIN_PRIORITY
+from taskfleet.workers.late_replies import Command
 
 __all__ = ["ACK_BATCH_MAX", "ACK_FLUSH_INTERVAL_S", "ALL_PRIORITY_STEPS", "TRANSPORT_PATH"]
 

@@ -16,6 +16,8 @@ from taskfleet.config import Settings
 from taskfleet.routing.topology import DEFAULT_INBOX, Topology
 
 APP_PATH = "taskfleet.app"
+#: Set to 1 where another process already runs ``python -m taskfleet.cache.persister``.
+DISABLE_PERSISTER_ENV = "TASKFLEET_NO_PERSISTER"
 PoolKind = Literal["prefork", "gevent"]
 
 

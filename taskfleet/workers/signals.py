@@ -13,12 +13,11 @@ from celery import signals
 from taskfleet.cache.backend import TaskfleetResultBackend
 from taskfleet.workers.capacity import is_green, size_for_green_worker
 from taskfleet.workers.heap import settle_heap
+from taskfleet.workers.profiles import DISABLE_PERSISTER_ENV
 from taskfleet.workers.resources import close_resources, open_resources
 
 log = logging.getLogger(__name__)
 _persister: subprocess.Popen[bytes] | None = None
-#: Set to 1 where another process already runs ``python -m taskfleet.cache.persister``.
-DISABLE_PERSISTER_ENV = "TASKFLEET_NO_PERSISTER"
 PERSISTER_STOP_TIMEOUT_S = 15.0
 
 

@@ -96,7 +96,7 @@ def test_a_cut_connection_stores_its_unconfirmed_writes_again(
     writes: dict[str, Any], redis_client: redis.Redis
 ) -> None:
     key = writes["send"]()
-    writes["pipelined"]._connection.disconnect()  # the link drops before the answer is read
+    writes["pipelined"]._writes._connection.disconnect()  # the link drops before the answer is read
     writes["pipelined"].confirm()
     assert writes["recorder"].calls == [[key, PERSIST_STREAM]]
     assert _status(redis_client, key) == states.SUCCESS

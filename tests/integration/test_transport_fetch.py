@@ -61,7 +61,7 @@ def test_the_record_rides_with_the_next_fetch_on_one_connection(fetch: dict[str,
     fetch["poll"]()
     _settles(fetch["unacked"], 1, "the record to land with the next BRPOP")
     assert fetch["indexed"]() == 1
-    assert qos._writer_conn is None  # no second connection, no separate round trip
+    assert qos._writer is None  # no second connection, no separate round trip
 
 
 def test_a_removal_rides_after_its_record_and_the_hash_ends_exact(fetch: dict[str, Any]) -> None:
@@ -89,7 +89,7 @@ def test_a_server_without_reply_skipping_gets_records_on_a_second_connection(
     first = _deliver(fetch, 1)[0]
     fetch["poll"]()
     _settles(fetch["unacked"], 1, "the record, sent on the writer connection")
-    assert fetch["channel"].qos._writer_conn is not None
+    assert fetch["channel"].qos._writer is not None
     first.ack()
     fetch["channel"].flush_bookkeeping()
     _settles(fetch["unacked"], 0, "the removal, on the writer connection too")

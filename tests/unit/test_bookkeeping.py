@@ -15,6 +15,7 @@ from taskfleet.routing.bookkeeping import (
     skips_replies,
     without_replies,
 )
+from taskfleet.workers.late_replies import packed
 
 COMMANDS = [
     ("ZADD", "unacked_index", 1763921000.123456, "3f1c-tag"),
@@ -33,6 +34,10 @@ def _redis_py_pack(commands: list[tuple[Any, ...]]) -> list[bytes]:
 def test_packing_matches_redis_py_byte_for_byte() -> None:
     interleaved = [part for command in COMMANDS for part in (SKIP_NEXT_REPLY, command)]
     assert without_replies(COMMANDS) == b"".join(_redis_py_pack(interleaved))
+
+
+def test_plain_packing_matches_redis_py_byte_for_byte() -> None:
+    assert packed(COMMANDS) == b"".join(_redis_py_pack(COMMANDS))
 
 
 def test_nothing_to_pack_is_empty() -> None:

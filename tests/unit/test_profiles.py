@@ -9,8 +9,7 @@ import pytest
 from taskfleet.config import ConfigError, load_settings
 from taskfleet.fleet import FleetOptions
 from taskfleet.fleet.plan import plan_children
-from taskfleet.workers.profiles import cpu_profiles
-from taskfleet.workers.signals import DISABLE_PERSISTER_ENV
+from taskfleet.workers.profiles import DISABLE_PERSISTER_ENV, cpu_profiles
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
