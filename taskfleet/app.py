@@ -129,5 +129,6 @@ def install_jobs(celery_app: Celery) -> None:
 app = create_app()
 install_jobs(app)
 
+import taskfleet.workers.inline_limits  # noqa: E402 - time limits in solo workers
 import taskfleet.workers.prefetch  # noqa: E402 - one spare reserved job per worker
 import taskfleet.workers.signals  # noqa: E402, F401 - per-process resources and the persister

@@ -7,6 +7,7 @@ from bench.systems.base import System
 SYSTEM_NAMES = (
     "taskfleet",
     "taskfleet_per_core",
+    "taskfleet_solo",
     "celery_redis",
     "celery_db",
     "celery_ignore",
@@ -35,6 +36,10 @@ def make_system(name: str) -> System:
         from bench.systems.taskfleet import TaskfleetPerCoreSystem
 
         return TaskfleetPerCoreSystem()
+    if name == "taskfleet_solo":
+        from bench.systems.taskfleet import TaskfleetSoloSystem
+
+        return TaskfleetSoloSystem()
     if name == "celery_redis":
         from bench.systems.celery_redis import CeleryRedisSystem
 

@@ -32,6 +32,8 @@ class TaskfleetSystem(CeleryMetaSystem):
 
     #: CPU worker instances the worker processes are shared between (the setting's default).
     cpu_workers = 1
+    #: ``TASKFLEET_CPU_POOL`` (the setting's default).
+    cpu_pool = "prefork"
 
     def __init__(self) -> None:
         """Build a client bound to the bench's own Redis database."""
@@ -47,12 +49,14 @@ class TaskfleetSystem(CeleryMetaSystem):
             "TASKFLEET_REDIS_URL": self.url,
             "TASKFLEET_DATABASE_URL": svc.sqlalchemy_url,
             "TASKFLEET_DATA_DIR": BENCH_STACK_DIR,
+            "TASKFLEET_CPU_POOL": self.cpu_pool,
         }
         self.settings = load_settings(
             broker_url=self.url,
             redis_url=self.url,
             database_url=svc.sqlalchemy_url,
             cpu_workers=self.cpu_workers,
+            cpu_pool=self.cpu_pool,
             cpu_concurrency=max(self.cpu_workers, WORKER_PROCS),
         )
         self.client = Client(create_app(self.settings))
@@ -138,3 +142,14 @@ class TaskfleetPerCoreSystem(TaskfleetSystem):
     def enqueue_variants(self) -> list[EnqueueVariant]:
         """None: publishing is the same as ``taskfleet``'s (W2 measures it there)."""
         return []
+
+
+class TaskfleetSoloSystem(TaskfleetPerCoreSystem):
+    """taskfleet with ``TASKFLEET_CPU_POOL=solo``: each process a worker running jobs inline.
+
+    No parent process and no pipe: a job costs the worker one fetch and one write to Redis.
+    """
+
+    name = "taskfleet_solo"
+    label = "taskfleet, `TASKFLEET_CPU_POOL=solo` (2 x 1)"
+    cpu_pool = "solo"

@@ -31,6 +31,8 @@ DEFAULT_REDIS_POOL_SIZE = 20
 DEFAULT_SPARE_PREFETCH = 1
 #: One CPU worker (one dispatching parent) for all CPU processes of a host.
 DEFAULT_CPU_WORKERS = 1
+CpuPool = Literal["prefork", "solo"]
+DEFAULT_CPU_POOL: CpuPool = "prefork"
 MAX_SPARE_PREFETCH = 100
 
 REDIS_SCHEMES = frozenset({"redis", "rediss"})
@@ -81,7 +83,18 @@ class Settings(BaseSettings):
         DEFAULT_CPU_WORKERS,
         ge=1,
         le=512,
-        description="CPU worker instances sharing cpu_concurrency processes (one parent each)",
+        description=(
+            "CPU worker instances sharing cpu_concurrency processes (one parent each; "
+            "prefork only, a solo pool runs one worker per process)"
+        ),
+    )
+    cpu_pool: CpuPool = Field(
+        DEFAULT_CPU_POOL,
+        description=(
+            "prefork: pool processes behind one parent per CPU worker; solo: every CPU process "
+            "is a worker of its own that runs its jobs inline (fewest hops per job, lowest "
+            "latency; fixed size, not resized by the autoscaler)"
+        ),
     )
     io_concurrency: int = Field(DEFAULT_IO_CONCURRENCY, ge=1, le=10_000)
 
@@ -150,7 +163,7 @@ class Settings(BaseSettings):
                 f"{_env_name('cpu_queue')} and {_env_name('io_queue')} must differ "
                 f"(both are {self.cpu_queue!r})"
             )
-        if self.cpu_workers > self.cpu_concurrency:
+        if self.cpu_pool == "prefork" and self.cpu_workers > self.cpu_concurrency:
             raise ValueError(
                 f"{_env_name('cpu_workers')} ({self.cpu_workers}) must not exceed "
                 f"{_env_name('cpu_concurrency')} ({self.cpu_concurrency}): every CPU worker "

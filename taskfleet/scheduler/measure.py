@@ -42,6 +42,12 @@ class WorkerReport:
         return "prefork" in impl
 
     @property
+    def resizable(self) -> bool:
+        """Whether remote control can resize its pool (not Celery's solo pool)."""
+        impl = str(self.stats.get("pool", {}).get("implementation", ""))
+        return "solo" not in impl
+
+    @property
     def accepted(self) -> int:
         """Jobs this worker has started since it booted."""
         return int(sum(self.stats.get("total", {}).values()))
@@ -131,7 +137,11 @@ def sample_pool(
         arrival = max(0.0, (work - previous["work"] + done) / elapsed)
     workers = tuple(
         WorkerView(
-            m.hostname, concurrency_of(m, prefork_sizes), int(m.stats.get("pid", 0) or 0), m.prefork
+            m.hostname,
+            concurrency_of(m, prefork_sizes),
+            int(m.stats.get("pid", 0) or 0),
+            m.prefork,
+            m.resizable,
         )
         for m in members
     )

@@ -16,6 +16,8 @@ class WorkerView:
     concurrency: int
     pid: int = 0
     prefork: bool = True
+    #: False for a solo worker: one process, which no remote control can grow or shrink.
+    resizable: bool = True
 
 
 @dataclass(frozen=True)

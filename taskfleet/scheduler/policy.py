@@ -116,9 +116,9 @@ def spread(workers: Sequence[WorkerView], delta: int, limits: PoolLimits) -> dic
 
     Growth goes one at a time to the smallest worker, shrinking comes from the largest, so
     the pool stays even; no worker leaves ``[worker_min, worker_max]`` or moves by more than
-    its step.
+    its step. Workers that cannot be resized (solo) are left as they are.
     """
-    sizes = {w.hostname: w.concurrency for w in workers}
+    sizes = {w.hostname: w.concurrency for w in workers if w.resizable}
     moved = dict.fromkeys(sizes, 0)
     step = 1 if delta > 0 else -1
     for _ in range(abs(delta)):

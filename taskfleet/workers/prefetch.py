@@ -9,6 +9,9 @@ worker* instead: the next job is already in the parent when any process frees up
 most one job per worker waits for a process. Celery has no setting for this (its prefetch is
 processes x multiplier), hence a consumer bootstep that adds the spare after the task
 consumer starts; Celery's own pool grow/shrink adjust the count by deltas, so it persists.
+
+A worker that runs jobs inline (solo) gets no spare: it cannot start the spare before its
+running job ends, while another worker could.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 from celery import bootsteps, signals
 
 log = logging.getLogger(__name__)
+SOLO_POOL_MODULE = "celery.concurrency.solo"
 
 
 class SparePrefetchStep(bootsteps.StartStopStep):  # type: ignore[misc]
@@ -31,10 +35,17 @@ class SparePrefetchStep(bootsteps.StartStopStep):  # type: ignore[misc]
         from taskfleet.app import settings_of
 
         spare = settings_of(c.app).spare_prefetch
+        if runs_inline(c.pool):
+            return
         if spare and c.qos is not None and c.initial_prefetch_count:
             c.qos.increment_eventually(spare)
             c.qos.update()
             log.debug("prefetch raised by %d spare to %s", spare, c.qos.value)
+
+
+def runs_inline(pool: Any) -> bool:
+    """Whether a worker's pool runs each job on the worker's own thread (Celery's solo pool)."""
+    return type(pool).__module__ == SOLO_POOL_MODULE
 
 
 def _install_step(sender: Any = None, **_: Any) -> None:

@@ -81,7 +81,12 @@ def _start_persister(sender: Any = None, **_: Any) -> None:
 
 
 def _stop_persister(**_: Any) -> None:
+    """Worker shutdown: land the main process's own result writes (solo), stop the persister."""
     global _persister
+    from taskfleet.app import app
+
+    if isinstance(app.backend, TaskfleetResultBackend):
+        app.backend.confirm_stores(close=True)
     if _persister is not None:
         _persister.terminate()
         try:

@@ -141,6 +141,12 @@ def test_spread_respects_worker_max_and_step() -> None:
     assert spread(workers, -3, LIMITS) == {"a": -1, "c": -1}  # step_down 1 per worker
 
 
+def test_spread_leaves_workers_that_cannot_be_resized() -> None:
+    workers = (WorkerView("solo", 1, resizable=False), WorkerView("b", 1), WorkerView("c", 2))
+    assert spread(workers, 3, LIMITS) == {"b": 2, "c": 1}
+    assert spread((WorkerView("solo", 1, resizable=False),), 2, LIMITS) == {}
+
+
 @pytest.mark.parametrize(
     ("env", "variable"),
     [

@@ -54,3 +54,27 @@ def test_the_fleet_starts_every_cpu_worker(tmp_path: Path) -> None:
     assert all("-c 1" in " ".join(child.argv) for child in workers[:2])
     # One persister for the CPU pool: the second CPU worker does not start its own.
     assert [child.extra_env.get(DISABLE_PERSISTER_ENV) for child in workers] == [None, "1", None]
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_a_solo_pool_runs_one_worker_per_process(workers: int) -> None:
+    settings = load_settings(cpu_pool="solo", cpu_workers=workers, cpu_concurrency=3)
+    profiles = cpu_profiles(settings)
+    assert [(p.pool, p.concurrency) for p in profiles] == [("solo", 1)] * 3
+    assert len({p.name for p in profiles}) == 3
+    argv = profiles[0].argv()
+    assert argv[argv.index("-P") + 1] == "solo"
+    assert argv[argv.index("--prefetch-multiplier") + 1] == "1"
+
+
+def test_a_solo_pool_accepts_any_worker_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TASKFLEET_CPU_POOL", "solo")
+    monkeypatch.setenv("TASKFLEET_CPU_WORKERS", "3")
+    monkeypatch.setenv("TASKFLEET_CPU_CONCURRENCY", "2")
+    assert len(cpu_profiles(load_settings())) == 2
+
+
+def test_an_unknown_cpu_pool_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TASKFLEET_CPU_POOL", "threads")
+    with pytest.raises(ConfigError, match="TASKFLEET_CPU_POOL"):
+        load_settings()
