@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import resource
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -79,3 +82,38 @@ def test_message_and_task_limits_come_before_the_app_defaults() -> None:
     assert watch.limits_of(_task()) == (SOFT_S, HARD_S)
     assert watch.limits_of(_task(soft=1.0, hard=2.0)) == (1.0, 2.0)
     assert watch.limits_of(_task((30.0, 10.0), soft=1.0, hard=2.0)) == (10.0, 30.0)
+
+
+BACKSTOP_SCRIPT = """
+import sys
+from types import SimpleNamespace
+from taskfleet.workers.inline_limits import InlineTimeLimits
+limits = InlineTimeLimits(None, 0.2, backstop_grace=0.0)
+limits.take_alarm()
+limits.arm(task=SimpleNamespace(request=SimpleNamespace(timelimit=None)))
+print("armed", flush=True)
+sum(range(10**12))  # C code that never returns to Python: the alarm cannot get through
+print("overran", flush=True)
+"""
+BACKSTOP_TIMEOUT_S = 60.0
+
+
+def test_the_kernel_stops_a_job_stuck_in_c_code() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", BACKSTOP_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=BACKSTOP_TIMEOUT_S,
+        check=False,
+    )
+    assert done.stdout.split() == ["armed"], done.stderr
+    assert done.returncode == -signal.SIGXCPU
+
+
+def test_the_cpu_limit_is_put_back_after_each_job(limits: InlineTimeLimits) -> None:
+    before = resource.getrlimit(resource.RLIMIT_CPU)
+    limits.arm(task=_task())
+    armed_soft = resource.getrlimit(resource.RLIMIT_CPU)[0]
+    limits.disarm()
+    assert armed_soft != resource.RLIM_INFINITY
+    assert resource.getrlimit(resource.RLIMIT_CPU) == before

@@ -43,8 +43,9 @@ def test_more_workers_than_processes_is_refused(monkeypatch: pytest.MonkeyPatch)
         load_settings()
 
 
-def test_the_fleet_starts_every_cpu_worker(tmp_path: Path) -> None:
-    settings = load_settings(cpu_workers=2, cpu_concurrency=2)
+@pytest.mark.parametrize(("pool", "workers"), [("prefork", 2), ("solo", 1)])
+def test_the_fleet_starts_every_cpu_worker(tmp_path: Path, pool: str, workers: int) -> None:
+    settings = load_settings(cpu_pool=pool, cpu_workers=workers, cpu_concurrency=2)
     options = FleetOptions(flower=False, beat=False)
     plan = plan_children(settings, options, broker="redis://x", data_dir=tmp_path, auth=None)
     workers = [child for child in plan if child.role == "worker"]
@@ -52,6 +53,7 @@ def test_the_fleet_starts_every_cpu_worker(tmp_path: Path) -> None:
     assert len({child.nodename for child in workers}) == 3
     assert len({child.log_path for child in workers}) == 3
     assert all("-c 1" in " ".join(child.argv) for child in workers[:2])
+    assert all(f"-P {pool}" in " ".join(child.argv) for child in workers[:2])
     # One persister for the CPU pool: the second CPU worker does not start its own.
     assert [child.extra_env.get(DISABLE_PERSISTER_ENV) for child in workers] == [None, "1", None]
 
