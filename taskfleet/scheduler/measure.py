@@ -19,6 +19,7 @@ from celery import Celery
 from taskfleet.routing.depth import queue_depths
 from taskfleet.routing.topology import DEFAULT_INBOX, Topology
 from taskfleet.scheduler.model import PoolSample, WorkerView
+from taskfleet.workers.profiles import is_solo
 
 POOLS: tuple[str, ...] = ("cpu", "io")
 #: Addressed inspect calls per command before a silent worker is left out of the tick.
@@ -44,8 +45,7 @@ class WorkerReport:
     @property
     def resizable(self) -> bool:
         """Whether remote control can resize its pool (not Celery's solo pool)."""
-        impl = str(self.stats.get("pool", {}).get("implementation", ""))
-        return "solo" not in impl
+        return not is_solo(self.stats.get("pool", {}).get("implementation", ""))
 
     @property
     def accepted(self) -> int:

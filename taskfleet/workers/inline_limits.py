@@ -28,6 +28,8 @@ from typing import Any
 from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery import signals
 
+from taskfleet.workers.profiles import is_solo
+
 log = logging.getLogger(__name__)
 
 #: CPU seconds past a job's hard limit before the kernel stops a job that ignores its alarms.
@@ -114,8 +116,7 @@ class InlineTimeLimits:
 
 def enforce_in_solo_worker(sender: Any = None, **_: Any) -> None:
     """``worker_init``: in a solo worker, enforce the app's time limits on every job."""
-    pool_cls = getattr(sender, "pool_cls", None)
-    if "solo" not in f"{getattr(pool_cls, '__module__', '')} {pool_cls}".lower():
+    if not is_solo(getattr(sender, "pool_cls", None)):
         return
     conf = sender.app.conf
     InlineTimeLimits(conf.task_soft_time_limit, conf.task_time_limit).install()

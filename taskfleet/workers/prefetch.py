@@ -21,8 +21,9 @@ from typing import Any
 
 from celery import bootsteps, signals
 
+from taskfleet.workers.profiles import is_solo
+
 log = logging.getLogger(__name__)
-SOLO_POOL_MODULE = "celery.concurrency.solo"
 
 
 class SparePrefetchStep(bootsteps.StartStopStep):  # type: ignore[misc]
@@ -34,18 +35,13 @@ class SparePrefetchStep(bootsteps.StartStopStep):  # type: ignore[misc]
         """Add the spare to the QoS the Tasks step just created (prefetch 0 = unlimited)."""
         from taskfleet.app import settings_of
 
-        spare = settings_of(c.app).spare_prefetch
-        if runs_inline(c.pool):
+        if is_solo(type(c.pool)):
             return
+        spare = settings_of(c.app).spare_prefetch
         if spare and c.qos is not None and c.initial_prefetch_count:
             c.qos.increment_eventually(spare)
             c.qos.update()
             log.debug("prefetch raised by %d spare to %s", spare, c.qos.value)
-
-
-def runs_inline(pool: Any) -> bool:
-    """Whether a worker's pool runs each job on the worker's own thread (Celery's solo pool)."""
-    return type(pool).__module__ == SOLO_POOL_MODULE
 
 
 def _install_step(sender: Any = None, **_: Any) -> None:

@@ -22,6 +22,15 @@ DISABLE_PERSISTER_ENV = "TASKFLEET_NO_PERSISTER"
 PoolKind = Literal["prefork", "solo", "gevent"]
 
 
+def is_solo(pool: object) -> bool:
+    """Whether ``pool`` (a pool name, class or implementation string) is Celery's solo pool.
+
+    A solo worker runs each job on its own main thread: no pool process, no time limits of
+    Celery's, no resizing.
+    """
+    return "solo" in f"{getattr(pool, '__module__', '')} {pool}".lower()
+
+
 @dataclass(frozen=True)
 class WorkerProfile:
     """Everything needed to start one worker of a pool."""
