@@ -11,9 +11,10 @@ An exception needs the interpreter, though: a job stuck in C code that never ret
 Python (measured: ``sum(range(3 * 10**8))`` let a 0.5 s alarm through only after 4.9 s) would
 overrun. The kernel is the backstop there: each job also lowers the process's soft
 ``RLIMIT_CPU`` to the CPU it has used plus the hard limit plus ``BACKSTOP_GRACE_S``, and a job
-that spins that long without yielding to Python is stopped by ``SIGXCPU`` with the worker. The
-supervisor starts a new worker, the job is delivered again, and past ``max_deliveries`` it is
-dead-lettered as a poison pill. A job blocked in C without using the CPU is not covered:
+that spins that long without yielding to Python is stopped by ``SIGXCPU`` with the worker. A
+process manager starts a new worker (``taskfleet up`` reports the death and stops, as for any
+dead worker); the job is delivered again, and past ``max_deliveries`` it is dead-lettered as
+a poison pill. A job blocked in C without using the CPU is not covered:
 work that may do so belongs on prefork workers.
 """
 
