@@ -10,6 +10,7 @@ from celery.exceptions import Ignore
 
 from taskfleet.routing.topology import DEFAULT_INBOX, Pool
 from taskfleet.tasks.middleware import NOT_HANDLED, Middleware, owned_options, registered
+from taskfleet.workers.inline_limits import job_code_returned
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -40,6 +41,14 @@ class TaskfleetTask(Task):  # type: ignore[misc]
         return self._active_middleware
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self._call_through_middleware(*args, **kwargs)
+        finally:
+            # A solo worker's time limit covers the job's own code and middleware, never
+            # the result write and ack Celery does after this returns (``inline_limits``).
+            job_code_returned()
+
+    def _call_through_middleware(self, *args: Any, **kwargs: Any) -> Any:
         delivery = self.request.delivery_info
         if delivery and delivery.get("routing_key") == DEFAULT_INBOX and not self.request.is_eager:
             self.apply_async(

@@ -7,6 +7,10 @@ Here one interval timer (``SIGALRM``) per job does the watching: at the soft lim
 ``SoftTimeLimitExceeded`` inside the job (as prefork does, so the job can clean up), at the
 hard limit ``TimeLimitExceeded``, which fails the job as prefork's kill does.
 
+The alarm is stopped as soon as the job's own code returns (``TaskfleetTask.__call__`` calls
+:func:`job_code_returned`), so it never lands in the result write or the ack that follow;
+for other tasks it runs until ``task_postrun``.
+
 An exception needs the interpreter, though: a job stuck in C code that never returns to
 Python (measured: ``sum(range(3 * 10**8))`` let a 0.5 s alarm through only after 4.9 s) would
 overrun. The kernel is the backstop there: each job also lowers the process's soft
@@ -36,6 +40,9 @@ log = logging.getLogger(__name__)
 #: CPU seconds past a job's hard limit before the kernel stops a job that ignores its alarms.
 BACKSTOP_GRACE_S = 5.0
 
+#: The limits this process enforces (a solo worker's), if any.
+_installed: InlineTimeLimits | None = None
+
 
 class InlineTimeLimits:
     """Arms a job's limits when it starts and disarms them when it ends (main thread only)."""
@@ -61,6 +68,8 @@ class InlineTimeLimits:
 
     def install(self) -> None:
         """Take ``SIGALRM`` and follow every job of this process."""
+        global _installed
+        _installed = self
         self.take_alarm()
         signals.task_prerun.connect(self.arm, weak=False)
         signals.task_postrun.connect(self.disarm, weak=False)
@@ -86,11 +95,15 @@ class InlineTimeLimits:
         if hard:
             self._limit_cpu(hard + self.backstop_grace)
 
-    def disarm(self, **_: Any) -> None:
-        """``task_postrun``: the job ended; stop the clock and lift the CPU backstop."""
+    def stop_alarm(self) -> None:
+        """Stop the clock (the job's code has returned); the CPU backstop stays until postrun."""
         if self._phase is not None:
             self._phase = None
             signal.setitimer(signal.ITIMER_REAL, 0)
+
+    def disarm(self, **_: Any) -> None:
+        """``task_postrun``: the job ended; stop the clock and lift the CPU backstop."""
+        self.stop_alarm()
         if self._hard:
             self._hard = None
             resource.setrlimit(resource.RLIMIT_CPU, self._cpu_limits)
@@ -113,6 +126,12 @@ class InlineTimeLimits:
             raise SoftTimeLimitExceeded()
         if phase == "hard":
             raise TimeLimitExceeded(self._hard)
+
+
+def job_code_returned() -> None:
+    """The running job's own code returned or raised: no alarm may interrupt what follows."""
+    if _installed is not None:
+        _installed.stop_alarm()
 
 
 def enforce_in_solo_worker(sender: Any = None, **_: Any) -> None:

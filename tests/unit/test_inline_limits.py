@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
+from taskfleet.workers import inline_limits
 from taskfleet.workers.inline_limits import InlineTimeLimits
 
 SOFT_S = 0.05
@@ -87,6 +88,7 @@ def test_message_and_task_limits_come_before_the_app_defaults() -> None:
 BACKSTOP_SCRIPT = """
 import sys
 from types import SimpleNamespace
+from taskfleet.workers import inline_limits
 from taskfleet.workers.inline_limits import InlineTimeLimits
 limits = InlineTimeLimits(None, 0.2, backstop_grace=0.0)
 limits.take_alarm()
@@ -117,3 +119,14 @@ def test_the_cpu_limit_is_put_back_after_each_job(limits: InlineTimeLimits) -> N
     limits.disarm()
     assert armed_soft != resource.RLIM_INFINITY
     assert resource.getrlimit(resource.RLIMIT_CPU) == before
+
+
+def test_no_alarm_once_the_job_code_returned(
+    limits: InlineTimeLimits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(inline_limits, "_installed", limits)
+    limits.arm(task=_task())
+    inline_limits.job_code_returned()  # what TaskfleetTask.__call__ does on its way out
+    assert _spin(HARD_S * 2) >= HARD_S * 2  # the result write and ack are never interrupted
+    assert resource.getrlimit(resource.RLIMIT_CPU)[0] != resource.RLIM_INFINITY  # backstop on
+    limits.disarm()
