@@ -89,7 +89,7 @@ def cpu_profiles(settings: Settings, concurrency: int | None = None) -> list[Wor
 
     A solo pool goes all the way: every process is a worker that fetches, runs and acks its
     own jobs, with no parent and no pipe between (measured here at 1,000 no-op jobs/s: p99
-    5-8 ms, against 12-250 ms for prefork, and 0.75 ms of worker CPU per job against 1.1).
+    2.5-8 ms, against 12-270 ms for prefork, and 0.75 ms of worker CPU per job against 1.1).
 
     Args:
         settings: The settings (``cpu_workers``, ``cpu_concurrency``).
