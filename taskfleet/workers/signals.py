@@ -57,11 +57,16 @@ def _settle_when_ready(**_: Any) -> None:
     settle_heap(settings_of(app).settle_heap)
 
 
-def _close_child_pools(**_: Any) -> None:
+def _land_result_writes() -> None:
+    """Wait for this process's pipelined result writes (pool process or solo worker)."""
     from taskfleet.app import app
 
     if isinstance(app.backend, TaskfleetResultBackend):
         app.backend.confirm_stores(close=True)
+
+
+def _close_child_pools(**_: Any) -> None:
+    _land_result_writes()
     close_resources()
 
 
@@ -80,13 +85,10 @@ def _start_persister(sender: Any = None, **_: Any) -> None:
     log.info("taskfleet: result persister started (pid %s)", _persister.pid)
 
 
-def _stop_persister(**_: Any) -> None:
-    """Worker shutdown: land the main process's own result writes (solo), stop the persister."""
+def _stop_main_process(**_: Any) -> None:
+    """Worker shutdown: land the process's own result writes (solo), stop the persister."""
     global _persister
-    from taskfleet.app import app
-
-    if isinstance(app.backend, TaskfleetResultBackend):
-        app.backend.confirm_stores(close=True)
+    _land_result_writes()
     if _persister is not None:
         _persister.terminate()
         try:
@@ -102,4 +104,4 @@ signals.worker_init.connect(_open_solo_pools, weak=False)
 signals.worker_process_shutdown.connect(_close_child_pools, weak=False)
 signals.worker_ready.connect(_start_persister, weak=False)
 signals.worker_ready.connect(_settle_when_ready, weak=False)
-signals.worker_shutdown.connect(_stop_persister, weak=False)
+signals.worker_shutdown.connect(_stop_main_process, weak=False)
