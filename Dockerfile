@@ -12,12 +12,19 @@ RUN groupadd --system --gid 10001 taskfleet \
     && useradd --system --uid 10001 --gid taskfleet --create-home \
         --home-dir /home/taskfleet --shell /usr/sbin/nologin taskfleet
 
-# Build and install the package from its pyproject (a regular, non-editable install),
-# then drop the sources so only the installed package is importable.
+# Install exactly the runtime dependencies uv.lock pins (hashes checked; no test or bench
+# extras), then the package itself (a regular, non-editable install); drop uv and the sources
+# so only the installed package is importable.
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY requirements-uv.txt pyproject.toml uv.lock README.md ./
 COPY taskfleet ./taskfleet
-RUN pip install . && rm -rf /src
+RUN pip install --require-hashes --no-deps -r requirements-uv.txt \
+    && uv export --locked --no-emit-project --no-header --format requirements-txt \
+        --output-file /tmp/runtime.txt \
+    && pip install --require-hashes --no-deps -r /tmp/runtime.txt \
+    && pip install --no-deps . \
+    && pip uninstall --yes uv \
+    && rm -rf /src /tmp/runtime.txt
 
 WORKDIR /home/taskfleet
 USER 10001:10001

@@ -1,27 +1,43 @@
 # taskfleet: `make demo` runs the 2,000-job demo on the embedded stack; `make test` runs the tests.
-# Both create .venv with everything needed on first use (Python 3.11+, no Docker, no services).
+# Both install exactly what uv.lock pins (hashes checked) into .venv on every run: a no-op
+# when nothing changed, and a clear failure when pyproject.toml and uv.lock disagree.
+# Needs Python 3.11+ only: no Docker, no services. uv itself comes from PyPI, pinned by hash.
 
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-stamp
+UV_HOME := .venv-uv
+UV := $(UV_HOME)/bin/uv
+# Extras installed by `make`: everything the tests, the linters and the benchmarks import.
+EXTRAS := --all-extras
 
-.PHONY: demo test lint bench up clean
+# uv: never download an interpreter, put the project in $(VENV).
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-$(STAMP): pyproject.toml
+.PHONY: demo test lint bench up install lock upgrade lock-tools clean
+
+$(UV): requirements-uv.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "taskfleet needs Python 3.11 or newer (set PYTHON=python3.11)")'
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
-	@touch $(STAMP)
+	$(PYTHON) -m venv $(UV_HOME)
+	$(UV_HOME)/bin/python -m pip install --quiet --require-hashes --no-deps -r requirements-uv.txt
+	@touch $(UV)
 
-demo: $(STAMP)
+# --locked: install the lock as it is, and refuse (instead of re-resolving) when
+# pyproject.toml asks for something uv.lock does not pin.
+install: $(UV)
+	@$(UV) sync --locked $(EXTRAS) --python $(PYTHON) --quiet || { \
+		echo >&2 "make: uv.lock does not match pyproject.toml (or could not be installed)."; \
+		echo >&2 "      After changing dependencies run 'make lock' and commit uv.lock with pyproject.toml."; \
+		exit 1; }
+
+demo: install
 	$(BIN)/taskfleet demo
 
-up: $(STAMP)
+up: install
 	$(BIN)/taskfleet up
 
-lint: $(STAMP)
+lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -29,8 +45,23 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest
 
-bench: $(STAMP)
+bench: install
 	$(BIN)/python -m bench
 
+# Re-resolve uv.lock after editing pyproject.toml, keeping every pin that still fits.
+lock: $(UV)
+	$(UV) lock --python $(PYTHON)
+
+# Move pins forward: `make upgrade PACKAGE=redis` for one package, `make upgrade` for all.
+upgrade: $(UV)
+	$(UV) lock --python $(PYTHON) $(if $(PACKAGE),--upgrade-package $(PACKAGE),--upgrade)
+
+# Re-pin uv itself: `make lock-tools UV_VERSION=x.y.z`.
+lock-tools: $(UV)
+	@test -n "$(UV_VERSION)" || { echo >&2 "usage: make lock-tools UV_VERSION=x.y.z"; exit 2; }
+	{ sed -n '1,2p' requirements-uv.txt; echo "uv==$(UV_VERSION)" | $(UV) pip compile \
+		--universal --generate-hashes --no-header --python-version 3.11 -; } > requirements-uv.new
+	mv requirements-uv.new requirements-uv.txt
+
 clean:
-	rm -rf $(VENV) .taskfleet .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(UV_HOME) .taskfleet .pytest_cache .mypy_cache .ruff_cache

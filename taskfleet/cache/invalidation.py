@@ -71,7 +71,7 @@ class InvalidationListener:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            pubsub = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
             try:
                 pubsub.subscribe(self.channel)
                 # Anything published while we were not subscribed is lost: start afresh.

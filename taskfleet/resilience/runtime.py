@@ -74,7 +74,7 @@ class EventFeed:
     def _follow(self) -> None:
         pause = FEED_RETRY_S
         while not self._stop.is_set():
-            pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]
+            pubsub = self._client.pubsub()
             try:
                 pubsub.subscribe(self._channel)
                 while not self._stop.is_set():

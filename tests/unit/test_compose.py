@@ -334,8 +334,11 @@ def test_dockerfile(settings: Settings) -> None:
     assert re.search(r"pip install (?:[^&;]* )?\.(?:\s|$)", runs), runs
     assert not re.search(r"\.\[[^\]]*\]", runs), "no extras (test, bench) in the image"
     copied = " ".join(args for keyword, args in instructions if keyword == "COPY")
-    for needed in ("pyproject.toml", "README.md", "taskfleet"):
+    for needed in ("pyproject.toml", "README.md", "taskfleet", "uv.lock", "requirements-uv.txt"):
         assert needed in copied, needed
+    # The image installs what the lock pins, hashes checked, not what the resolver finds today.
+    assert re.search(r"uv export --locked\b", runs), runs
+    assert runs.count("--require-hashes") == 2, runs
 
     env = " ".join(args for keyword, args in instructions if keyword == "ENV")
     assert re.search(r"\bPYTHONUNBUFFERED=1\b", env)
@@ -354,5 +357,15 @@ def test_dockerignore() -> None:
     assert {".venv", ".taskfleet", ".git", "tests", ".env"} <= patterns
     assert {".pytest_cache", ".mypy_cache", ".ruff_cache"} <= patterns
     assert patterns & {"__pycache__", "**/__pycache__"}
-    for needed in ("pyproject.toml", "README.md", "taskfleet", "*.md", "*.toml"):
+    for needed in (
+        "pyproject.toml",
+        "README.md",
+        "taskfleet",
+        "uv.lock",
+        "requirements-uv.txt",
+        "*.md",
+        "*.toml",
+        "*.lock",
+        "*.txt",
+    ):
         assert needed not in patterns, f"{needed} is needed to build the image"
