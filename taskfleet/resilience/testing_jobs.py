@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from typing import Any
 
 from tenacity import stop_after_attempt, wait_fixed
@@ -25,6 +26,11 @@ DIAG_BREAKER_CONFIG = BreakerConfig(
 )
 #: A retry wait longer than the in-process limit: the job is re-queued with a countdown.
 REQUEUE_WAIT_S = 1.2
+#: ``diag.gate``: its Redis key (the payload names only the part after this prefix), how
+#: often it looks, and the longest it may be held closed.
+GATE_PREFIX = "taskfleet:diag:gate:"
+GATE_POLL_S = 0.02
+MAX_GATE_WAIT_S = 120.0
 
 
 def _fallback(payload: Any = None) -> dict[str, Any]:
@@ -115,3 +121,34 @@ def suicide(payload: dict[str, Any]) -> None:
     """SIGKILL the worker process running it, every time (a poison pill)."""
     _count(payload)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def gate_key(name: str) -> str:
+    """The Redis key that opens the ``diag.gate`` jobs waiting on gate ``name``."""
+    return GATE_PREFIX + name
+
+
+@job(app, "diag.gate", "cpu")
+def gate(payload: dict[str, Any]) -> dict[str, Any]:
+    """Hold a CPU process until gate ``payload["gate"]`` opens (its key exists in Redis).
+
+    A backlog of gate jobs cannot drain before the test opens the gate, however fast the
+    machine: tests build queue depth with it instead of sizing it in CPU work. The job never
+    waits longer than ``payload["max_s"]`` (default and cap ``MAX_GATE_WAIT_S``).
+
+    Raises:
+        ValueError: ``gate`` is not a non-empty string or ``max_s`` is not a positive number.
+    """
+    name = payload.get("gate") if isinstance(payload, dict) else None
+    max_s = payload.get("max_s", MAX_GATE_WAIT_S) if isinstance(payload, dict) else None
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"gate must be a non-empty string, got {name!r}")
+    if not isinstance(max_s, int | float) or isinstance(max_s, bool) or max_s <= 0:
+        raise ValueError(f"max_s must be a positive number, got {max_s!r}")
+    key = gate_key(name)
+    client = runtime().redis
+    started = time.monotonic()
+    deadline = started + min(float(max_s), MAX_GATE_WAIT_S)
+    while not (opened := bool(client.exists(key))) and time.monotonic() < deadline:
+        time.sleep(GATE_POLL_S)
+    return {"opened": opened, "waited_s": round(time.monotonic() - started, 3)}

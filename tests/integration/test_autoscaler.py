@@ -16,21 +16,25 @@ import redis
 from celery import Celery
 from typer.testing import CliRunner
 
+import taskfleet.resilience.testing_jobs  # noqa: F401 - diag.gate, for the client
 from taskfleet.client import Client
 from taskfleet.config.autoscale import AutoscaleSettings, load_autoscale_settings
 from taskfleet.config.settings import DEFAULT_SPARE_PREFETCH
+from taskfleet.handles import JobHandle
+from taskfleet.resilience.testing_jobs import gate_key
 from taskfleet.routing.depth import redis_queue_depths
 from taskfleet.scheduler.actuate import resize_worker
 from taskfleet.scheduler.cli import scale_cli
 from taskfleet.scheduler.measure import inspect_workers
 from taskfleet.scheduler.model import WorkerView
-from taskfleet.scheduler.store import KEY_PREFIX, AutoscaleStore
+from taskfleet.scheduler.store import GATE_KEY, KEY_PREFIX, AutoscaleStore
 from taskfleet.scheduler.tick import run_tick
 from tests.support.waiting import wait_for
 from tests.support.workers import Fleet, running_fleet
 
-BURST_JOBS = 2000
-CHECKSUM_ROUNDS = 2000
+#: Jobs held at a gate: a backlog far above what MAX processes (4 jobs each) call for, that
+#: cannot drain before the test opens the gate, however fast the machine.
+BURST_JOBS = 40
 MIN, MAX = 1, 4
 INTERVAL_S = 1.0
 DOWN_COOLDOWN_S = 3.0
@@ -77,12 +81,58 @@ def app(scaled_fleet: Fleet, redis_client: redis.Redis) -> Iterator[Celery]:
     celery_app.close()
 
 
+class Gate:
+    """A backlog of ``diag.gate`` jobs held until :meth:`open` (always opened at teardown)."""
+
+    def __init__(self, app: Celery, client: redis.Redis) -> None:
+        self.name = uuid.uuid4().hex
+        self.client = client
+        self.producer = Client(app)
+        self.handles: list[JobHandle] = []
+
+    def hold(self, jobs: int) -> None:
+        """Enqueue ``jobs`` jobs that wait for this gate."""
+        self.handles += self.producer.enqueue_many(
+            [("diag.gate", {"gate": self.name, "i": i}) for i in range(jobs)]
+        )
+
+    def open(self) -> None:
+        """Let every held job finish."""
+        self.client.set(gate_key(self.name), 1, ex=600)
+
+    def finished(self) -> bool:
+        """Whether every held job has a final result."""
+        return all(h.ready() for h in self.handles)
+
+
+@pytest.fixture
+def gate(app: Celery, redis_client: redis.Redis) -> Iterator[Gate]:
+    """A gate for held jobs; opened and drained at teardown, so later tests start idle."""
+    held = Gate(app, redis_client)
+    try:
+        yield held
+    finally:
+        held.open()
+        wait_for(held.finished, 60, "the held jobs to finish")
+        held.producer.close()
+
+
 def _cpu_processes(app: Celery, fleet: Fleet) -> int:
     """Pool processes the worker really runs (from its own ``stats``)."""
     queue = fleet.env["TASKFLEET_CPU_QUEUE"]
     return sum(
         len(r.stats["pool"]["processes"]) for r in inspect_workers(app, 0.5) if queue in r.queues
     )
+
+
+def _active_jobs(app: Celery, fleet: Fleet) -> int:
+    """Jobs the CPU worker reports running (its own ``active`` list)."""
+    queue = fleet.env["TASKFLEET_CPU_QUEUE"]
+    hosts = [r.hostname for r in inspect_workers(app, 0.5) if queue in r.queues]
+    assert hosts, "the CPU worker did not answer"
+    replies = app.control.inspect(destination=hosts, timeout=0.5).active() or {}
+    assert set(replies) == set(hosts), replies
+    return sum(len(jobs) for jobs in replies.values())
 
 
 def _prefetch_and_processes(app: Celery, fleet: Fleet) -> tuple[int, int]:
@@ -109,21 +159,15 @@ def _decided_tick(app: Celery, settings: AutoscaleSettings, client: redis.Redis)
     )
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(180)
 def test_burst_grows_to_max_within_two_ticks_and_returns_to_min_after_cooldown(
-    app: Celery, scaled_fleet: Fleet, redis_client: redis.Redis
+    app: Celery, scaled_fleet: Fleet, redis_client: redis.Redis, gate: Gate
 ) -> None:
     settings = _settings()
     queue = scaled_fleet.env["TASKFLEET_CPU_QUEUE"]
     first = _decided_tick(app, settings, redis_client)
     assert first["pools"]["cpu"]["decision"]["target"] == MIN, first["pools"]
-    client = Client(app)
-    try:
-        client.enqueue_many(
-            [("cpu.checksum", {"rounds": CHECKSUM_ROUNDS, "i": i}) for i in range(BURST_JOBS)]
-        )
-    finally:
-        client.close()
+    gate.hold(BURST_JOBS)
     targets = []
     for _ in range(2):
         entry = _decided_tick(app, settings, redis_client)
@@ -135,7 +179,9 @@ def test_burst_grows_to_max_within_two_ticks_and_returns_to_min_after_cooldown(
             break
     assert targets[-1] == MAX, targets
     wait_for(lambda: _cpu_processes(app, scaled_fleet) == MAX, 15, f"{MAX} pool processes")
-    assert redis_queue_depths(redis_client, [queue])[queue] > 0, "burst drained too fast to observe"
+    # Every process holds a gated job and the worker one spare: the rest is still queued.
+    held = redis_queue_depths(redis_client, [queue])[queue]
+    assert held >= BURST_JOBS - MAX - DEFAULT_SPARE_PREFETCH, held
     # Growing keeps the spare: one reserved job per process plus one per worker.
     wait_for(
         lambda: _prefetch_and_processes(app, scaled_fleet) == (MAX + DEFAULT_SPARE_PREFETCH, MAX),
@@ -143,50 +189,71 @@ def test_burst_grows_to_max_within_two_ticks_and_returns_to_min_after_cooldown(
         "the prefetch count to follow the growth",
     )
 
-    wait_for(
-        lambda: redis_queue_depths(redis_client, [queue])[queue] == 0, 90, "the burst to drain"
-    )
-    drained_at = time.time()
-    last = wait_for(
-        lambda: (
-            (e := _decided_tick(app, settings, redis_client))["pools"]["cpu"]["decision"]["target"]
-            == MIN
-            and e
-        ),
-        30,
-        "concurrency back to the minimum",
-    )
-    assert last["pools"]["cpu"]["decision"]["action"] == "shrink"
+    gate.open()
+    wait_for(gate.finished, 60, "the burst to finish")
+    wait_for(lambda: _active_jobs(app, scaled_fleet) == 0, 15, "the worker to report no job")
     history = AutoscaleStore(redis_client, INTERVAL_S).history(100)
     grown_at = max(e["at"] for e in history if e["pools"]["cpu"]["decision"]["action"] == "grow")
-    assert last["at"] - grown_at >= DOWN_COOLDOWN_S  # not before the cooldown
-    assert last["at"] - drained_at < DOWN_COOLDOWN_S + 10 * INTERVAL_S
-    shrinks = [e["pools"]["cpu"]["result"] for e in history if e["pools"]["cpu"]["result"]]
-    assert shrinks
+    # Ticks inside the cooldown hold; the first decided tick after it shrinks straight to MIN
+    # (the queue is empty and nothing runs, and step_down allows the whole way in one step).
+    after = wait_for(
+        lambda: (
+            (e := _decided_tick(app, settings, redis_client))["at"] - grown_at >= DOWN_COOLDOWN_S
+            and e
+        ),
+        60,
+        "a decided tick after the cooldown",
+    )
+    cpu = after["pools"]["cpu"]
+    assert cpu["inputs"]["depth"] == 0, cpu["inputs"]
+    assert (cpu["decision"]["action"], cpu["decision"]["target"]) == ("shrink", MIN), cpu
+    held_ticks = [
+        e
+        for e in AutoscaleStore(redis_client, INTERVAL_S).history(100)
+        if grown_at < e["at"] < after["at"] and e["status"] == "decided"
+    ]
+    assert all(e["pools"]["cpu"]["decision"]["action"] != "shrink" for e in held_ticks)
+    assert cpu["result"], "the shrink was not applied"
     # The worker really runs MIN processes again (billiard reaps within its 5 s maintenance).
     wait_for(lambda: _cpu_processes(app, scaled_fleet) == MIN, 20, f"{MIN} pool process(es)")
 
 
 @pytest.mark.timeout(60)
 def test_two_beats_make_one_decision_per_tick(app: Celery, redis_client: redis.Redis) -> None:
+    """Two beats tick at the same instant, round after round: never two decisions at once.
+
+    A barrier starts both beats' ticks together each round, so in every round one of them
+    must find the lock held or the gate closed, however the machine schedules the threads.
+    """
     settings = _settings()
-    results: list[list[dict[str, Any]]] = [[], []]
-    stop = time.monotonic() + 5 * INTERVAL_S
+    rounds: list[list[dict[str, Any]]] = []
+    barrier = threading.Barrier(2, timeout=30)
+    wanted_decisions = 3
+    deadline = time.monotonic() + 40
 
-    def beat(index: int) -> None:
-        while time.monotonic() < stop:
-            results[index].append(run_tick(app, settings, redis_client))
-            time.sleep(INTERVAL_S / 4)
+    def beat(out: list[dict[str, Any]]) -> None:
+        barrier.wait()
+        out.append(run_tick(app, settings, redis_client))
 
-    threads = [threading.Thread(target=beat, args=(i,)) for i in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-    decided = sorted(e["at"] for r in results for e in r if e["status"] == "decided")
-    skipped = [e for r in results for e in r if e["status"] == "skipped"]
-    assert 3 <= len(decided) <= 7, decided
-    assert skipped, "the second beat never found the gate closed"
+    while (
+        sum(e["status"] == "decided" for r in rounds for e in r) < wanted_decisions
+        and time.monotonic() < deadline
+    ):
+        entries: list[dict[str, Any]] = []
+        threads = [threading.Thread(target=beat, args=(entries,)) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        rounds.append(entries)
+        # The next round starts once the gate has reopened (a condition, not a sleep).
+        wait_for(lambda: not redis_client.exists(GATE_KEY), 10 * INTERVAL_S, "the gate to reopen")
+    decided = sorted(e["at"] for r in rounds for e in r if e["status"] == "decided")
+    assert len(decided) >= wanted_decisions, rounds
+    for entries in rounds:
+        assert len(entries) == 2, entries
+        assert sum(e["status"] == "decided" for e in entries) <= 1, entries
+        assert any(e["status"] == "skipped" for e in entries), entries
     gaps = [b - a for a, b in itertools.pairwise(decided)]
     assert min(gaps) >= INTERVAL_S * 0.75, gaps
     logged = AutoscaleStore(redis_client, INTERVAL_S).history(100)
@@ -194,19 +261,16 @@ def test_two_beats_make_one_decision_per_tick(app: Celery, redis_client: redis.R
 
 
 def test_dry_run_logs_the_decision_and_leaves_the_worker_alone(
-    app: Celery, scaled_fleet: Fleet, redis_client: redis.Redis
+    app: Celery, scaled_fleet: Fleet, redis_client: redis.Redis, gate: Gate
 ) -> None:
-    client = Client(app)
-    try:
-        client.enqueue_many([("cpu.checksum", {"rounds": 10_000, "i": i}) for i in range(300)])
-    finally:
-        client.close()
+    gate.hold(BURST_JOBS)
     entry = _decided_tick(app, _settings(dry_run=True), redis_client)
     cpu = entry["pools"]["cpu"]
     assert entry["dry_run"]
     assert cpu["decision"]["action"] == "grow"
     assert cpu["result"] == {"dry_run": "not applied"}
     assert AutoscaleStore(redis_client, INTERVAL_S).prefork_sizes() == {}  # nothing resized
+    assert _cpu_processes(app, scaled_fleet) == MIN
     runner = CliRunner()
     out = runner.invoke(scale_cli, ["history", "--json", "--limit", "1"], env=scaled_fleet.env)
     assert out.exit_code == 0, out.output

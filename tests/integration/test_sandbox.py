@@ -19,6 +19,7 @@ from taskfleet.sandbox import SandboxExecutor, namespaces_available
 from taskfleet.sandbox.isolation import sandbox_processes
 from taskfleet.sandbox.limits import resolve_limits
 from taskfleet.workers.profiles import cpu_profile
+from tests.support.services import missing_service
 from tests.support.waiting import wait_for
 from tests.support.workers import Fleet
 
@@ -26,9 +27,12 @@ REPO = Path(__file__).resolve().parents[2]
 RESULT_TIMEOUT_S = 30.0
 CLEANUP_TIMEOUT_S = 5.0
 
-pytestmark = pytest.mark.skipif(
-    not namespaces_available(), reason="sandbox tests need user/PID/net/mount namespaces"
-)
+
+@pytest.fixture(scope="module", autouse=True)
+def _namespaces() -> None:
+    """Skip locally without user/PID/net/mount namespaces; fail when CI is set."""
+    if not namespaces_available():
+        missing_service("user/PID/net/mount namespaces for the sandbox", "not available")
 
 
 @pytest.fixture(scope="module")

@@ -23,11 +23,11 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
 
 
-def missing_service(what: str) -> None:
-    """Skip locally, fail under CI."""
+def missing_service(what: str, problem: str = "not reachable") -> None:
+    """Skip locally, fail under CI (the skip's reason names ``what`` and the ``problem``)."""
     if in_ci():
-        pytest.fail(f"{what} is required when CI is set", pytrace=False)
-    pytest.skip(f"{what} not reachable")
+        pytest.fail(f"{what} is required when CI is set ({problem})", pytrace=False)
+    pytest.skip(f"{what} {problem}")
 
 
 def reachable(url: str, timeout: float = 1.0) -> bool:
