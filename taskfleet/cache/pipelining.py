@@ -42,7 +42,16 @@ StoreNow = Callable[[list[str], list[Any]], None]
 class PipelinedScript:
     """Sends a Lua script's calls without waiting; confirms them later (see module doc)."""
 
-    def __init__(self, client: redis.Redis, script: str, store_now: StoreNow) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        script: str,
+        store_now: StoreNow,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """``clock``: what the idle check measures "since the last write" with (tests inject
+        one that stands still, so that check never runs on its own)."""
+        self.clock = clock
         self._sha: str = client.script_load(script)
         self._store_now = store_now
         self._writes = LateReplies(client.connection_pool)
@@ -64,7 +73,7 @@ class PipelinedScript:
                 self._store_now(keys, args)
                 return
             self._unconfirmed.append((keys, args))
-            self._last_send = time.monotonic()
+            self._last_send = self.clock()
             self._has_unconfirmed.set()
 
     def confirm(self) -> None:
@@ -99,7 +108,7 @@ class PipelinedScript:
             with self._lock:
                 if self._closed:
                     return
-                if self._unconfirmed and time.monotonic() - self._last_send >= IDLE_CONFIRM_S:
+                if self._unconfirmed and self.clock() - self._last_send >= IDLE_CONFIRM_S:
                     try:
                         self._confirm()
                     except Exception:  # keep checking: the next write may find Redis back

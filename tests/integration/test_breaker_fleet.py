@@ -16,6 +16,7 @@ from taskfleet.resilience.testing_jobs import (
     DIAG_BREAKER,
     DIAG_BREAKER_CONFIG,
     DIAG_GUARDED_BREAKER,
+    gate_key,
 )
 from tests.integration.test_dead_letters import resilience_env, start_fleet
 from tests.support.waiting import wait_for
@@ -57,13 +58,35 @@ def test_breaker_opens_once_for_the_fleet_defers_then_recovers(
     client = Client(fleet.app())
     down = f"t:dep:{uuid.uuid4().hex}"
     redis_client.set(down, 1)
+    gate = uuid.uuid4().hex
     handles = [client.enqueue("diag.dependency", {"down_key": down, "n": i}) for i in range(JOBS)]
-    wait_for(lambda: storage.snapshot(DIAG_BREAKER)["state"] == "open", JOB_TIMEOUT_S, "open")
-    wait_for(lambda: storage.snapshot(DIAG_BREAKER)["rejected"] >= 1, JOB_TIMEOUT_S, "a deferral")
-    hits = int(redis_client.get(f"{down}:hits") or 0)
-    # Both processes raced for the dependency; at most one extra call per process got in.
-    assert DIAG_BREAKER_CONFIG.fail_max <= hits <= DIAG_BREAKER_CONFIG.fail_max + CPU_PROCESSES - 1
-    redis_client.delete(down)  # the dependency recovers
+    # Behind them, one held job per process: the deferred jobs (re-queued behind these) cannot
+    # come back before the test has let the dependency recover, however slow the test is.
+    held = client.enqueue_many(
+        [("diag.gate", {"gate": gate, "i": i}) for i in range(CPU_PROCESSES)]
+    )
+    try:
+
+        def first_calls() -> int:
+            """Jobs whose first call is over: failed at the dependency, or deferred."""
+            snapshot = storage.snapshot(DIAG_BREAKER)
+            return int(snapshot["failures"]) + int(snapshot["rejected"])
+
+        wait_for(lambda: first_calls() >= JOBS, JOB_TIMEOUT_S, "every job's first call")
+        snapshot = storage.snapshot(DIAG_BREAKER)
+        assert snapshot["state"] == "open", snapshot
+        assert snapshot["rejected"] >= 1, snapshot  # deferred, not failed
+        # Every call that reached the dependency is over (none is still in flight).
+        hits = int(redis_client.get(f"{down}:hits") or 0)
+        assert hits == snapshot["failures"], snapshot
+        # Both processes raced for the dependency; at most one extra call per process got in.
+        assert (
+            DIAG_BREAKER_CONFIG.fail_max <= hits <= DIAG_BREAKER_CONFIG.fail_max + CPU_PROCESSES - 1
+        )
+        redis_client.delete(down)  # the dependency recovers
+    finally:
+        redis_client.set(gate_key(gate), 1, ex=600)  # the held jobs end, deferred ones run
+    assert all(h.result(JOB_TIMEOUT_S)["opened"] for h in held)
     outcomes = [_outcome(client, h.id, h.kind) for h in handles]
     snapshot = storage.snapshot(DIAG_BREAKER)
     assert snapshot["opened"] == 1

@@ -252,10 +252,15 @@ def test_lost_subscription_drops_l1(full: tuple[TieredCache, ResultPersister]) -
     assert cache.listener is not None
     cache.set("k", 1)
     assert len(cache.l1) == 1
-    resets = cache.listener.resets
+    listener, l1 = cache.listener, cache.l1
+    resets = listener.resets
     cache.l2.client.client_kill_filter(_type="pubsub")
-    wait_for(lambda: cache.listener.resets > resets, 10, "the listener to reset")  # type: ignore[union-attr]
-    assert cache.l1.get_text("k") is None
+    # The listener counts the reset, then drops L1 (in its own thread): wait for both.
+    wait_for(
+        lambda: listener.resets > resets and l1.get_text("k") is None,
+        10,
+        "the listener to reset and drop L1",
+    )
     wait_for(cache.listener.subscribed.is_set, 10, "resubscription")
     assert cache.get("k") == 1  # served again from L2
 

@@ -259,12 +259,16 @@ def test_webhook_failures_fail_the_job(app: Celery, hook: Hook, client: Client) 
 
 
 def test_webhook_response_read_is_bounded_and_times_out(hook: Hook) -> None:
-    settings = load_notify_settings(max_response_bytes=1024, timeout=0.5, connect_timeout=0.5)
-    answer = deliver({"ok": True}, hook.url("/big"), settings=settings)
+    # The bounded read must succeed however slowly the local server answers: a generous
+    # timeout. The timeout case needs a short one, against a server that holds its answer
+    # until the test ends (or SLOW_HANDLER_MAX_S): it times out on any machine.
+    bounded = load_notify_settings(max_response_bytes=1024, timeout=30, connect_timeout=30)
+    answer = deliver({"ok": True}, hook.url("/big"), settings=bounded)
     assert answer["truncated"] is True
     assert answer["response_bytes"] == 1024
+    short = load_notify_settings(max_response_bytes=1024, timeout=0.5, connect_timeout=30)
     with pytest.raises(WebhookDeliveryError, match="Timeout"):
-        deliver({"ok": True}, hook.url("/slow"), settings=settings)
+        deliver({"ok": True}, hook.url("/slow"), settings=short)
     too_big = load_notify_settings(max_request_bytes=1024)
     with pytest.raises(WebhookRefused, match="over 1024"):
         deliver({"pad": "x" * 2000}, hook.url("/done"), settings=too_big)

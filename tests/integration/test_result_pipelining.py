@@ -28,6 +28,17 @@ pytestmark = pytest.mark.usefixtures("clean_state")
 CONFIRMED_WITHIN_S = 5.0
 
 
+class StillClock:
+    """The idle check's clock: it stands still unless a test moves it, so a write stays
+    unconfirmed until the test says, however long the test takes between two lines."""
+
+    def __init__(self) -> None:
+        self.now = 0.0  # moved by exact steps: 0.0 + IDLE_CONFIRM_S is IDLE_CONFIRM_S
+
+    def __call__(self) -> float:
+        return self.now
+
+
 class Recorder:
     """``store_now`` that really stores (the backend's own script) and counts the calls."""
 
@@ -43,7 +54,8 @@ class Recorder:
 @pytest.fixture
 def writes(redis_client: redis.Redis) -> Iterator[dict[str, Any]]:
     recorder = Recorder(redis_client)
-    pipelined = pipelining.PipelinedScript(redis_client, STORE_RESULT_LUA, recorder)
+    clock = StillClock()
+    pipelined = pipelining.PipelinedScript(redis_client, STORE_RESULT_LUA, recorder, clock)
     keys: list[str] = []
 
     def send(status: str = states.SUCCESS) -> str:
@@ -52,7 +64,7 @@ def writes(redis_client: redis.Redis) -> Iterator[dict[str, Any]]:
         pipelined.send([key, PERSIST_STREAM], [json.dumps({"status": status}), 60])
         return key
 
-    yield {"pipelined": pipelined, "send": send, "recorder": recorder}
+    yield {"pipelined": pipelined, "send": send, "recorder": recorder, "clock": clock}
     pipelined.close()
 
 
@@ -76,6 +88,8 @@ def test_writes_land_and_are_confirmed_by_the_next_write(
 
 def test_an_idle_process_confirms_its_last_write_on_its_own(writes: dict[str, Any]) -> None:
     writes["send"]()
+    assert len(writes["pipelined"]._unconfirmed) == 1  # not idle yet: the clock stands still
+    writes["clock"].now += pipelining.IDLE_CONFIRM_S
     wait_for(
         lambda: writes["pipelined"]._unconfirmed == [],
         CONFIRMED_WITHIN_S,

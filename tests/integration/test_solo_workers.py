@@ -10,6 +10,7 @@ import hashlib
 import json
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -29,6 +30,7 @@ HARD_LIMIT_S = 2
 OVERRUN_MS = 20_000
 RESULT_TIMEOUT_S = 30.0
 ACK_TIMEOUT_S = 10.0
+INSPECT_DEADLINE_S = 30.0
 
 
 @pytest.fixture(scope="module")
@@ -83,9 +85,16 @@ def test_solo_workers_run_every_job_and_ack_it(
 
 def test_solo_workers_reserve_no_spare_job(solo_fleet: Fleet) -> None:
     pids = {proc.pid for proc in solo_fleet.procs.values()}
-    everyone = solo_fleet.app().control.inspect(timeout=2.0).stats() or {}
-    stats = {node: info for node, info in everyone.items() if info.get("pid") in pids}
-    assert len(stats) == WORKERS
+    app = solo_fleet.app()
+
+    def ours() -> dict[str, dict[str, Any]]:
+        """Our workers' stats, once every one of them answered one broadcast."""
+        everyone = app.control.inspect(timeout=2.0).stats() or {}
+        found = {node: info for node, info in everyone.items() if info.get("pid") in pids}
+        return found if len(found) == WORKERS else {}
+
+    # A reply that misses one broadcast's collection window is asked for again.
+    stats = wait_for(ours, INSPECT_DEADLINE_S, f"all {WORKERS} solo workers to answer stats")
     for node, info in stats.items():
         assert "solo" in info["pool"]["implementation"], node
         assert info["prefetch_count"] == 1, node

@@ -26,6 +26,8 @@ from tests.support.services import TEST_DATA_DIR
 from tests.support.waiting import wait_for
 
 WRITES = 200
+#: Deadline for pub/sub invalidations to reach a process's L1.
+INVALIDATION_DEADLINE_S = 10.0
 FAULT_STACK_DIR = TEST_DATA_DIR.with_name(TEST_DATA_DIR.name + "-faults")
 
 
@@ -65,14 +67,24 @@ def test_redis_down_l1_and_l3_serve_and_writes_fail_loudly(
     assert cache.l1 is not None
     assert cache.l2 is not None
     try:
+        # Subscribing drops L1 too (in the listener's thread): let that happen first.
+        wait_for(cache.listener.subscribed.is_set, 10, "subscription")  # type: ignore[union-attr]
         cache.set_many({"hot": 1, "cold": 2})
         assert ResultPersister(cache.l2.client, engine, stream=stream).drain() == 2
         cache.l1.delete(["cold"])  # only L3 can answer for it
+        assert len(cache.l1) == 1  # "hot": the drop below is what empties L1
         stack.stop()
         listener = cache.listener
         assert listener is not None
         # Messages may have been missed just before the break: the listener drops L1 ...
-        wait_for(lambda: not listener.subscribed.is_set(), 10, "the listener to notice")
+        # (in its own thread, just after it marks itself unsubscribed: wait for the drop too,
+        # or it could land between the reads below and undo their back-fill)
+        l1 = cache.l1
+        wait_for(
+            lambda: not listener.subscribed.is_set() and len(l1) == 0,
+            10,
+            "the listener to notice and drop L1",
+        )
         assert cache.get("cold") == 2  # ... L2 fails over to L3, which back-fills L1 ...
         assert cache.get("hot") == 1
         hits = cache.stats()["l1"]["hits"]
@@ -210,7 +222,11 @@ def test_two_processes_racing_on_one_key_agree_in_every_tier(
         in_l3 = json.loads(cache.l3.get_many(["contested"])["contested"])
         assert in_l2 == in_l3
         assert in_l2["i"] == WRITES - 1
-        wait_for(lambda: cache.get("contested") == in_l2, 2, "our L1 to agree with L2")
+        wait_for(
+            lambda: cache.get("contested") == in_l2,
+            INVALIDATION_DEADLINE_S,
+            "our L1 to agree with L2",
+        )
     finally:
         redis_client.delete(stream)
         cache.clear()

@@ -29,7 +29,7 @@ from tests.support.waiting import wait_for
 CONFIG = BreakerConfig(
     fail_max=3, failure_rate=0.5, window=10, min_calls=6, reset_timeout=5, half_open_calls=2
 )
-#: Longer than any test: only failures and fleet events may end it.
+#: The lease's length; its clock stands still, so only failures and fleet events end it.
 LONG_LEASE_S = 60.0
 
 
@@ -66,7 +66,7 @@ def storage(request: pytest.FixtureRequest) -> Iterator[BreakerStorage]:
 def make(storage: BreakerStorage, clock: Clock, **kw: object) -> CircuitBreaker:
     events: list[tuple[str, str]] = []
     if isinstance(storage, LeasedStorage):
-        kw = {"lease_s": LONG_LEASE_S, "feed": storage.feed} | kw
+        kw = {"lease_s": LONG_LEASE_S, "feed": storage.feed, "monotonic": Clock()} | kw
     breaker = CircuitBreaker(
         f"b-{uuid.uuid4().hex[:8]}",
         storage,

@@ -22,7 +22,8 @@ from tests.support.services import reachable
 from tests.support.waiting import wait_for
 
 CONFIG = BreakerConfig(fail_max=3, window=10, min_calls=100, reset_timeout=5, half_open_calls=2)
-#: Longer than any test: only failures, fleet events and lost subscriptions may end it.
+#: The lease's length; its clock stands still (``still``), so however long a test takes,
+#: only failures, fleet events and lost subscriptions may end it.
 LONG_LEASE_S = 60.0
 CALLS = 300
 #: Generous bound for a pub/sub message or a dropped connection to reach the feed.
@@ -92,7 +93,9 @@ def new_breaker(server: Server) -> Iterator[Callable[..., CircuitBreaker]]:
         feed = EventFeed(storage.client)
         feeds.append(feed)
         wait_for(lambda: feed.epoch(name) is not None, 10, "the event feed to subscribe")
-        options: dict[str, object] = {"lease_s": LONG_LEASE_S, "feed": feed} | kw
+        still = Clock()  # the lease's clock: a lease taken never runs out on its own
+        options: dict[str, object] = {"lease_s": LONG_LEASE_S, "feed": feed, "monotonic": still}
+        options |= kw
         return CircuitBreaker(name, storage, CONFIG, clock=clock or Clock(), **options)  # type: ignore[arg-type]
 
     yield new
