@@ -18,11 +18,13 @@ from taskfleet.resilience.runtime import declare_breaker, runtime
 from taskfleet.resilience.storage import BreakerConfig
 from taskfleet.tasks.base import job
 
-#: Breakers of the diagnostic jobs: small thresholds so a test sees them move quickly.
+#: Breakers of the diagnostic jobs: small thresholds so a test sees them open quickly, and a
+#: reset timeout far above the milliseconds a worker needs to take the jobs it already holds,
+#: so on a slow or loaded machine those jobs still meet the open breaker, not a half-open one.
 DIAG_BREAKER = "diag-dependency"
 DIAG_GUARDED_BREAKER = "diag-guarded"
 DIAG_BREAKER_CONFIG = BreakerConfig(
-    fail_max=3, failure_rate=0.5, window=10.0, min_calls=20, reset_timeout=1.5, half_open_calls=1
+    fail_max=3, failure_rate=0.5, window=10.0, min_calls=20, reset_timeout=10.0, half_open_calls=1
 )
 #: A retry wait longer than the in-process limit: the job is re-queued with a countdown.
 REQUEUE_WAIT_S = 1.2
