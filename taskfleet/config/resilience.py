@@ -9,7 +9,7 @@ from functools import lru_cache
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from taskfleet.config.settings import load_validated
@@ -28,6 +28,17 @@ DEFAULT_BREAKER_LEASE_S = 0.2
 MAX_BREAKER_LEASE_S = 5.0
 #: How long per-job bookkeeping (attempts, delivery counts) outlives the job.
 DEFAULT_BOOKKEEPING_TTL_S = 7 * 24 * 3600
+#: Whether workers on Redis tie deliveries to themselves and run heartbeat sidecars, so a
+#: dead worker's jobs are restored in seconds (false: after the visibility timeout only).
+DEFAULT_FAST_RECLAIM = True
+#: A worker's heartbeat sidecar refreshes its consumer's alive key this often (seconds)...
+DEFAULT_HEARTBEAT_INTERVAL_S = 2.0
+#: ...with this TTL: a consumer silent this long is dead and its deliveries are restored.
+DEFAULT_HEARTBEAT_TTL_S = 8.0
+#: How often (jittered) each worker's sidecar looks for dead consumers to restore.
+DEFAULT_RECLAIM_INTERVAL_S = 1.5
+#: The TTL must cover this many missed heartbeats (a loaded host delays a few).
+MIN_HEARTBEATS_PER_TTL = 2
 BREAKER_SCHEMES = frozenset({"memory", "redis", "rediss"})
 
 
@@ -50,6 +61,10 @@ class ResilienceSettings(BaseSettings):
     max_deliveries: int = Field(DEFAULT_MAX_DELIVERIES, ge=1, le=1000)
     inprocess_wait: float = Field(DEFAULT_INPROCESS_WAIT_S, ge=0, le=60)
     bookkeeping_ttl: int = Field(DEFAULT_BOOKKEEPING_TTL_S, ge=60)
+    fast_reclaim: bool = DEFAULT_FAST_RECLAIM
+    heartbeat_interval: float = Field(DEFAULT_HEARTBEAT_INTERVAL_S, gt=0, le=60)
+    heartbeat_ttl: float = Field(DEFAULT_HEARTBEAT_TTL_S, gt=0, le=600)
+    reclaim_interval: float = Field(DEFAULT_RECLAIM_INTERVAL_S, gt=0, le=600)
 
     @field_validator("breaker_storage_url")
     @classmethod
@@ -57,6 +72,17 @@ class ResilienceSettings(BaseSettings):
         if value is not None and urlsplit(value).scheme.lower() not in BREAKER_SCHEMES:
             raise ValueError(
                 f"{_env_name('breaker_storage_url')} must be memory://, redis:// or rediss://"
+            )
+        return value
+
+    @field_validator("heartbeat_ttl")
+    @classmethod
+    def _ttl_covers_heartbeats(cls, value: float, info: ValidationInfo) -> float:
+        interval = info.data.get("heartbeat_interval")
+        if interval is not None and value < MIN_HEARTBEATS_PER_TTL * interval:
+            raise ValueError(
+                f"must be at least {MIN_HEARTBEATS_PER_TTL} x "
+                f"{_env_name('heartbeat_interval')} (a live worker would look dead)"
             )
         return value
 

@@ -5,6 +5,11 @@ Register in this order (``MIDDLEWARE_CLASSES``): ``DeadLetterMiddleware``,
 then breaker admission); ``on_error`` in reverse (the breaker records the failure, the retry
 policy decides, and what is given up on is dead-lettered).
 
+A redelivered job (its worker died, or its message was restored) whose id already has a
+final result (SUCCESS, FAILURE, REVOKED, in Redis or Postgres) is acknowledged and not run
+again: ``DeadLetterMiddleware`` looks before counting the delivery. Only redelivered messages
+pay that lookup.
+
 Importing this module also connects the worker hook that dead-letters messages no task can
 handle (``taskfleet.resilience.consumer``).
 """
@@ -17,7 +22,7 @@ import logging
 import time
 from typing import Any, ClassVar
 
-from celery import Task
+from celery import Task, states
 from celery.exceptions import Ignore, Reject, Retry
 
 from taskfleet.resilience import consumer as _consumer  # noqa: F401 - connects the worker hook
@@ -116,6 +121,21 @@ def dead_letter_job(
     raise DeadLettered(reason, detail)
 
 
+def final_state(task: Task) -> str | None:
+    """The final state already stored for the running job's id, if any.
+
+    Read through the result backend (taskfleet's reads Redis, then Postgres). A lookup that
+    fails counts as no result: the job runs, as at-least-once delivery wants.
+    """
+    try:
+        meta = task.backend.get_task_meta(task.request.id, cache=False)
+    except Exception:
+        log.warning("job %s: could not look up its result; running it", task.request.id)
+        return None
+    state = meta.get("status") if isinstance(meta, dict) else None
+    return str(state) if state in states.READY_STATES else None
+
+
 def _invalid_arguments(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
     try:
         inspect.signature(task.run).bind(*args, **kwargs)
@@ -136,20 +156,36 @@ def install(app: Any) -> None:
 
 
 class DeadLetterMiddleware(Middleware):
-    """Dead-letters failed jobs and bounds poison pills (jobs that kill their worker).
+    """Dead-letters failed jobs, bounds poison pills (jobs that kill their worker), and
+    skips redelivered jobs that already finished.
 
     Runs for every job (``dead_letter=False`` opts a job out of dead-lettering failures).
-    On a successful first delivery it costs one dict lookup.
+    On a first delivery it costs one dict lookup.
     """
 
     options: ClassVar[frozenset[str]] = frozenset({"dead_letter"})
     always: ClassVar[bool] = True
 
     def before_call(self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """Count redeliveries; past ``max_deliveries`` dead-letter instead of running."""
+        """A redelivery: skip it if the job already finished; else count it, and past
+        ``max_deliveries`` dead-letter instead of running.
+
+        Raises:
+            Ignore: the job's result is already final (the worker acks the message).
+            DeadLettered: the job is a poison pill.
+        """
         delivery = task.request.delivery_info or {}
         if not delivery.get("redelivered"):
             return NOT_HANDLED
+        state = final_state(task)
+        if state is not None:
+            log.warning(
+                "job %s (%s) redelivered but already finished (%s): acknowledged, not run again",
+                task.request.id,
+                task.name,
+                state,
+            )
+            raise Ignore()
         rt = runtime()
         key = f"{DELIVERIES_PREFIX}{task.request.id}:{task.request.retries or 0}"
         pipe = rt.redis.pipeline(transaction=False)

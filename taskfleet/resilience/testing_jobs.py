@@ -1,15 +1,20 @@
 """Diagnostic jobs (``diag.*``) that fail on purpose: always, intermittently, or by killing
 their own worker process. Tests and operators use them to watch retries, breakers and dead
 letters work on a real fleet. Each counts its calls in Redis under ``payload["counter"]``.
+Two more hold a process on purpose: ``diag.gate`` until a test opens its gate, and
+``diag.record`` (``diag.record_io`` on the I/O pool), which logs every execution for the
+chaos harness (``bench/chaos``) to count lost and duplicated jobs.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
 from typing import Any
 
+import redis
 from tenacity import stop_after_attempt, wait_fixed
 
 from taskfleet.app import app
@@ -154,3 +159,113 @@ def gate(payload: dict[str, Any]) -> dict[str, Any]:
     while not (opened := bool(client.exists(key))) and time.monotonic() < deadline:
         time.sleep(GATE_POLL_S)
     return {"opened": opened, "waited_s": round(time.monotonic() - started, 3)}
+
+
+#: ``diag.record``: its Redis keys (the payload names only the part after this prefix), how
+#: often a held job looks for its release key, the longest it may hold, how long it keeps
+#: trying to append to its log while Redis is unreachable, and how long a log is kept.
+RECORD_PREFIX = "taskfleet:diag:record:"
+RECORD_RELEASE_SUFFIX = ":release"
+RECORD_POLL_S = 0.02
+MAX_RECORD_HOLD_MS = 60_000
+RECORD_APPEND_RETRY_S = 60.0
+RECORD_APPEND_BACKOFF_S = 0.1
+RECORD_LOG_TTL_S = 24 * 3600
+
+
+def record_log_key(name: str) -> str:
+    """The Redis list holding the execution log ``name`` of the ``diag.record`` jobs."""
+    return RECORD_PREFIX + name
+
+
+def record_release_key(name: str) -> str:
+    """The Redis key that ends the holds of the ``diag.record`` jobs logging to ``name``."""
+    return RECORD_PREFIX + name + RECORD_RELEASE_SUFFIX
+
+
+def _record_append(key: str, entry: dict[str, Any]) -> None:
+    """RPUSH ``entry`` (JSON) to ``key``, retrying while Redis is unreachable (bounded).
+
+    The log is the measuring instrument of chaos runs that restart Redis: an execution must
+    not go unrecorded because its first append met the restart.
+
+    Raises:
+        redis.RedisError: Redis stayed unreachable for ``RECORD_APPEND_RETRY_S``.
+    """
+    client = runtime().redis
+    deadline = time.monotonic() + RECORD_APPEND_RETRY_S
+    while True:
+        try:
+            pipe = client.pipeline(transaction=False)
+            pipe.rpush(key, json.dumps(entry, separators=(",", ":")))
+            pipe.expire(key, RECORD_LOG_TTL_S)
+            pipe.execute()
+            return
+        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(RECORD_APPEND_BACKOFF_S)
+
+
+def _released(key: str) -> bool:
+    """Whether the release key exists; an unreachable Redis releases nothing (keep holding)."""
+    try:
+        return bool(runtime().redis.exists(key))
+    except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
+        return False
+
+
+def _record(task: Any, payload: dict[str, Any]) -> dict[str, Any]:
+    """Log one execution of ``task``, hold for ``payload["ms"]``, log its end.
+
+    Raises:
+        ValueError: ``log`` is not a non-empty string or ``ms`` is not a number in range.
+    """
+    name = payload.get("log") if isinstance(payload, dict) else None
+    ms = payload.get("ms", 0) if isinstance(payload, dict) else None
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"log must be a non-empty string, got {name!r}")
+    if not isinstance(ms, int | float) or isinstance(ms, bool) or not 0 <= ms <= MAX_RECORD_HOLD_MS:
+        raise ValueError(f"ms must be a number in 0..{MAX_RECORD_HOLD_MS}, got {ms!r}")
+    request = task.request
+    entry: dict[str, Any] = {
+        "id": request.id,
+        "pid": os.getpid(),
+        "attempt": int(request.retries or 0) + 1,
+        "redelivered": bool((request.delivery_info or {}).get("redelivered")),
+    }
+    key = record_log_key(name)
+    _record_append(key, {**entry, "phase": "start", "at": time.time()})
+    if ms:
+        release = record_release_key(name)
+        deadline = time.monotonic() + ms / 1000
+        while time.monotonic() < deadline and not _released(release):
+            time.sleep(min(RECORD_POLL_S, max(0.0, deadline - time.monotonic())))
+    _record_append(key, {**entry, "phase": "done", "at": time.time()})
+    return {"pid": entry["pid"], "attempt": entry["attempt"]}
+
+
+@job(app, "diag.record", "cpu", bind=True)
+def record(self: Any, payload: dict[str, Any]) -> dict[str, Any]:
+    """Append this execution to the log ``payload["log"]``, hold ``payload["ms"]``, return.
+
+    Every execution appends ``{"id", "pid", "attempt", "redelivered", "phase": "start",
+    "at"}`` to the Redis list ``RECORD_PREFIX + log`` before holding, and the same with
+    ``"phase": "done"`` after, so a chaos run counts executions (starts) and completions per
+    job id. The hold sleeps in steps of ``RECORD_POLL_S``, so a kill lands mid-execution,
+    and ends early once ``record_release_key(log)`` exists.
+
+    Raises:
+        ValueError: ``log`` is not a non-empty string or ``ms`` is out of range.
+    """
+    return _record(self, payload)
+
+
+@job(app, "diag.record_io", "io", bind=True)
+def record_io(self: Any, payload: dict[str, Any]) -> dict[str, Any]:
+    """``diag.record`` on the I/O (gevent) pool: the same log entries, hold and result.
+
+    Raises:
+        ValueError: ``log`` is not a non-empty string or ``ms`` is out of range.
+    """
+    return _record(self, payload)

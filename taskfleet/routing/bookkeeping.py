@@ -23,6 +23,11 @@ kept: they are sent again, synchronously, when the connection drops, when a job 
 and when the channel closes, and they are idempotent (ZADD/HSET of the same record, ZREM/HDEL
 of a tag). A crash that loses a pending removal leaves the entry for kombu's restore: the
 job runs again, which the at-least-once contract and keyed results absorb.
+
+In a worker, every record also names its consumer: ``HSET taskfleet:owner:<id>:tags <tag>
+<stamp>`` rides in the same write as the ``ZADD``/``HSET`` (and its removal with the
+``ZREM``/``HDEL``), so a dead worker's deliveries are found and restored within seconds
+(``taskfleet.routing.owners``, ``taskfleet.routing.reclaim``) at no extra round trip.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.json import dumps
 
+from taskfleet.routing import deferred_restore, owners
 from taskfleet.workers.late_replies import Command, LateReplies, packed
 
 log = logging.getLogger(__name__)
@@ -93,6 +99,21 @@ def _record(fields: list[Any]) -> bytes | str:
         return str(dumps(fields))
 
 
+#: Set in workers that run each job inline, inside its delivery (solo pool).
+_jobs_run_inline = False
+
+
+def run_jobs_inline(inline: bool = True) -> None:
+    """This process runs each job inside its delivery (a solo worker): send every record
+    as soon as it is made, since the next BRPOP it would ride on comes after the job.
+
+    Without it a solo worker's running job had no unacked record at all (its ack dropped
+    the record before it was ever sent), and a worker dying mid-job lost the job.
+    """
+    global _jobs_run_inline
+    _jobs_run_inline = inline
+
+
 def known_to_skip_replies(connection: Any) -> bool:
     """Whether ``connection`` was probed and its server skips replies (never probes)."""
     flag: object = getattr(connection, _SKIP_FLAG, None)
@@ -109,6 +130,11 @@ class BatchedQoS(kombu_redis.QoS):  # type: ignore[misc]
         self._unconfirmed_records: dict[Any, list[Command]] = {}
         self._unconfirmed_removals: list[Any] = []
         self._writer: LateReplies | None = None
+        owner = owners.current()
+        #: The hash tying this worker's deliveries to it (None: no owner, stock bookkeeping).
+        self._owner_tags: str | None = None if owner is None else owner.tags_key
+        if deferred_restore.pending():
+            self._disown(deferred_restore.restore_deferred(self))
 
     @property
     def batching(self) -> bool:
@@ -118,8 +144,9 @@ class BatchedQoS(kombu_redis.QoS):  # type: ignore[misc]
     def append(self, message: Any, delivery_tag: Any) -> None:
         """Record a delivery as unacked: with the next BRPOP when one is about to be sent."""
         delivery = message.delivery_info
+        stamp = time()
         record: list[Command] = [
-            ("ZADD", self.unacked_index_key, time(), delivery_tag),
+            ("ZADD", self.unacked_index_key, stamp, delivery_tag),
             (
                 "HSET",
                 self.unacked_key,
@@ -127,18 +154,27 @@ class BatchedQoS(kombu_redis.QoS):  # type: ignore[misc]
                 _record([message._raw, delivery["exchange"], delivery["routing_key"]]),
             ),
         ]
+        if self._owner_tags is not None:
+            record.append(("HSET", self._owner_tags, delivery_tag, stamp))
         if not self.batching:
             self._execute([*self._take_removals(), *record])
-        elif getattr(self.channel, "delivering", False):
+        elif getattr(self.channel, "delivering", False) and not _jobs_run_inline:
             self._unsent_records[delivery_tag] = record
+        elif getattr(self.channel, "delivering", False):
+            # A solo worker runs the job before its next BRPOP: the record goes first, alone.
+            if self.channel.send_on_fetch_connection(record):
+                self._unconfirmed_records[delivery_tag] = record
+            else:
+                self._send_on_writer(record)
         else:
             self._send_on_writer([*self._take_removals(), *record])
         virtual.QoS.append(self, message, delivery_tag)
 
     def ack(self, delivery_tag: Any) -> None:
         """Acknowledge now; remove from the unacked index with a later write."""
-        if not self.batching:
-            super().ack(delivery_tag)
+        if not self.batching:  # stock kombu's synchronous removal, with the owner's entry
+            self._execute(self._removals([delivery_tag]))
+            virtual.QoS.ack(self, delivery_tag)
             return
         # A record not sent yet (queued again after a dropped connection) is never sent now:
         # on another connection than this removal, it could land after it.
@@ -200,12 +236,39 @@ class BatchedQoS(kombu_redis.QoS):  # type: ignore[misc]
         """Land every earlier write first: the record must exist before it is restored."""
         self._settle()
         super().reject(delivery_tag, requeue=requeue)
+        self._disown([delivery_tag])
 
     def restore_unacked(self, client: Any = None) -> None:
-        """Land every write, so a clean shutdown never re-runs a finished job."""
-        self._settle()
-        self._release_writer()
-        super().restore_unacked(client)
+        """Land every write, so a clean shutdown never re-runs a finished job.
+
+        With Redis unreachable (the usual reason a channel closes with deliveries held), what
+        is not restored is kept for the process's next channel (:mod:`.deferred_restore`).
+        """
+        held = deferred_restore.held(self._delivered)
+        try:
+            self._settle()
+            self._release_writer()
+            with self.channel.conn_or_acquire(client) as conn:
+                for tag in list(self._delivered):
+                    self.restore_by_tag(tag, client=conn)
+                    del held[tag]
+        except deferred_restore.UNREACHABLE as exc:
+            deferred_restore.defer(self.unacked_key, held, exc)
+        else:
+            self._disown(list(self._delivered))
+        self._delivered.clear()
+
+    def _disown(self, tags: list[Any]) -> None:
+        """Drop deliveries kombu restored or removed from the owner's hash (best effort: a
+        stale entry is skipped by the reclaimer, whose checks it fails)."""
+        if self._owner_tags is None or not tags:
+            return
+        try:
+            self._execute([("HDEL", self._owner_tags, *tags)])
+        except redis.RedisError as exc:
+            log.warning(
+                "could not drop %d restored deliveries from their owner: %s", len(tags), exc
+            )
 
     def _settle(self) -> None:
         """Send, and wait for, every write that has not been confirmed yet."""
@@ -235,7 +298,13 @@ class BatchedQoS(kombu_redis.QoS):  # type: ignore[misc]
     def _removals(self, tags: list[Any]) -> list[Command]:
         if not tags:
             return []
-        return [("ZREM", self.unacked_index_key, *tags), ("HDEL", self.unacked_key, *tags)]
+        removals: list[Command] = [
+            ("ZREM", self.unacked_index_key, *tags),
+            ("HDEL", self.unacked_key, *tags),
+        ]
+        if self._owner_tags is not None:
+            removals.append(("HDEL", self._owner_tags, *tags))
+        return removals
 
     def _execute(self, commands: list[Command]) -> None:
         # No MULTI/EXEC (kombu's default): no reader needs these writes to land together.

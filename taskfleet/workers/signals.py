@@ -1,4 +1,5 @@
-"""Worker lifecycle hooks: per-process pools, and the result persister in the main process."""
+"""Worker lifecycle hooks: per-process pools, and the result persister and heartbeat sidecar
+in the main process."""
 
 from __future__ import annotations
 
@@ -11,13 +12,16 @@ from typing import Any
 from celery import signals
 
 from taskfleet.cache.backend import TaskfleetResultBackend
+from taskfleet.routing.bookkeeping import run_jobs_inline
 from taskfleet.workers.capacity import is_green, size_for_green_worker
 from taskfleet.workers.heap import settle_heap
-from taskfleet.workers.profiles import DISABLE_PERSISTER_ENV
+from taskfleet.workers.heartbeat import start_sidecar
+from taskfleet.workers.profiles import DISABLE_PERSISTER_ENV, is_solo
 from taskfleet.workers.resources import close_resources, open_resources
 
 log = logging.getLogger(__name__)
 _persister: subprocess.Popen[bytes] | None = None
+_heartbeat: subprocess.Popen[bytes] | None = None
 PERSISTER_STOP_TIMEOUT_S = 15.0
 
 
@@ -48,6 +52,34 @@ def _open_solo_pools(sender: Any = None, **_: Any) -> None:
     if pool_cls is not None and "prefork" not in str(getattr(pool_cls, "__module__", pool_cls)):
         open_resources(settings)
     settle_heap(settings.settle_heap)
+
+
+def _record_before_inline_jobs(sender: Any = None, **_: Any) -> None:
+    """A solo worker runs each job inside its delivery: records must not wait for a BRPOP."""
+    if is_solo(getattr(sender, "pool_cls", None)):
+        run_jobs_inline()
+
+
+def _start_heartbeat(sender: Any = None, **_: Any) -> None:
+    """On a Redis broker, start the sidecar that vouches for this worker's deliveries.
+
+    Before the consumer starts: every delivery it records is tied to the worker from the
+    first one, so a dead worker's jobs are restored in seconds (``workers/heartbeat.py``).
+    The sidecar leaves by itself when this process exits.
+    """
+    global _heartbeat
+    from taskfleet.app import settings_of
+    from taskfleet.config.resilience import get_resilience_settings
+
+    app = getattr(sender, "app", None)
+    if app is None or not settings_of(app).broker_is_redis:
+        return
+    knobs = get_resilience_settings()
+    if not knobs.fast_reclaim:
+        return
+    _heartbeat = start_sidecar(
+        app, knobs.heartbeat_interval, knobs.heartbeat_ttl, knobs.reclaim_interval
+    )
 
 
 def _settle_when_ready(**_: Any) -> None:
@@ -101,6 +133,8 @@ def _stop_main_process(**_: Any) -> None:
 
 signals.worker_process_init.connect(_open_child_pools, weak=False)
 signals.worker_init.connect(_open_solo_pools, weak=False)
+signals.worker_init.connect(_record_before_inline_jobs, weak=False)
+signals.worker_init.connect(_start_heartbeat, weak=False)
 signals.worker_process_shutdown.connect(_close_child_pools, weak=False)
 signals.worker_ready.connect(_start_persister, weak=False)
 signals.worker_ready.connect(_settle_when_ready, weak=False)

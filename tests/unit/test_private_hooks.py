@@ -52,6 +52,8 @@ CONSUMER = "taskfleet/resilience/consumer.py"
 RUNTIME = "taskfleet/resilience/runtime.py"
 LAUNCHER = "taskfleet/sandbox/launcher.py"
 BASE_TASK = "taskfleet/tasks/base.py"
+RECLAIM = "taskfleet/routing/reclaim.py"
+DEFERRED_RESTORE = "taskfleet/routing/deferred_restore.py"
 
 #: The switches back to stock code, quoted in the rows below.
 NO_TRANSPORT_SWITCH = (
@@ -227,6 +229,42 @@ HOOKS: list[Hook] = [
         BOOKKEEPING,
         "the unacked hash value [message._raw, exchange, routing_key], as kombu writes it "
         "and restores it; " + NO_TRANSPORT_SWITCH,
+        where="instance",
+    ),
+    Hook(
+        "kombu.transport.redis.Channel",
+        "_do_restore_message",
+        "method",
+        RECLAIM,
+        "a dead consumer's deliveries are restored exactly as kombu's restore_by_tag would "
+        "(redelivered marks, exchange lookup, priority sub-list, push side), its pushes "
+        "recorded and moved by one Lua call; no switch back (the visibility timeout stays)",
+        call=(4, ("leftmost",)),
+    ),
+    Hook(
+        "kombu.transport.redis.Channel",
+        "_create_client",
+        "method",
+        DEFERRED_RESTORE,
+        "restore_deferred: the new channel's client restores what a channel closed while "
+        "Redis was down could not",
+        call=(0, ()),
+    ),
+    Hook(
+        "kombu.transport.redis.Channel",
+        "_do_restore_message",
+        "method",
+        DEFERRED_RESTORE,
+        "a delivery whose unacked record never landed is put back from the message the "
+        "worker held, exactly as kombu's restore would",
+        call=(4, ()),
+    ),
+    Hook(
+        "kombu.transport.redis.Channel.Message",
+        "_raw",
+        "attribute",
+        DEFERRED_RESTORE,
+        "held(): the payload of each delivery a closing channel could not restore",
         where="instance",
     ),
     # --- redis-py: raw connections (transport.py, workers/late_replies.py) ---
@@ -448,6 +486,8 @@ OWN: list[Own] = [
         "_unconfirmed_records",
         "_unconfirmed_removals",
         "_writer",
+        "_owner_tags",
+        "_disown",
         "_settle",
         "_take_records",
         "_still_delivered",
