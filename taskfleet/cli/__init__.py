@@ -1,6 +1,8 @@
 """The ``taskfleet`` command line.
 
-* ``taskfleet up`` -- run a local fleet (CPU worker, I/O worker, beat, Flower) until Ctrl-C.
+* ``taskfleet up`` -- run a local fleet (CPU worker, I/O worker, beat, Flower) until Ctrl-C,
+  restarting what dies.
+* ``taskfleet ps`` -- what ``up`` runs: pids, restarts, last exits.
 * ``taskfleet demo`` -- run a fleet, push a mixed workload through it, print what happened.
 * ``taskfleet submit KIND [PAYLOAD_JSON]`` -- enqueue one job, optionally wait for it.
 * ``taskfleet status JOB_ID`` -- a job's state, result or error.
@@ -8,10 +10,10 @@
 
 Exit codes: 0 success; 1 a job failed, a fleet process died or a check failed; 2 invalid
 input or configuration; 3 not finished in time (``submit --wait``) or services not running
-(``services status``); 130 interrupted.
+(``services status``, ``ps``); 130 interrupted.
 
 Modules: :mod:`~taskfleet.cli.app` (the Typer apps), :mod:`~taskfleet.cli.fleet_commands`
-(up, demo), :mod:`~taskfleet.cli.jobs` (submit, status), :mod:`~taskfleet.cli.services`,
+(up, ps, demo), :mod:`~taskfleet.cli.jobs` (submit, status), :mod:`~taskfleet.cli.services`,
 :mod:`~taskfleet.cli.output` and :mod:`~taskfleet.cli.demo_output` (what gets printed).
 """
 

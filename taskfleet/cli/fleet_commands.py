@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -10,9 +12,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from taskfleet.cli.app import cli
 from taskfleet.cli.demo_output import DemoProgress, priority_table, summary, verdict
+from taskfleet.cli.fleet_status import print_event, status_table
 from taskfleet.cli.output import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
+    EXIT_NOT_RUNNING,
     EXIT_OK,
     console,
     err_console,
@@ -23,14 +27,19 @@ from taskfleet.cli.output import (
     settings,
 )
 from taskfleet.demo import DEFAULT_DEMO_JOBS, DEFAULT_DEMO_TIMEOUT_S, run_demo
+from taskfleet.devstack.logfiles import tail
 from taskfleet.fleet import (
     DEFAULT_FLOWER_PORT,
     DEFAULT_READY_TIMEOUT_S,
     DEFAULT_STOP_TIMEOUT_S,
+    GIVE_UP_CRASHES,
+    GIVE_UP_WINDOW_S,
     ChildDied,
     Fleet,
     FleetError,
     FleetOptions,
+    GaveUp,
+    read_status,
     signals_raise_interrupt,
 )
 
@@ -61,6 +70,12 @@ def _report_failure(exc: FleetError) -> int:
     """Say why the fleet failed (a dead child with its log tail); the exit code to use."""
     if isinstance(exc, ChildDied):
         report_death(exc)
+    elif isinstance(exc, GaveUp):
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
+        last = tail(exc.log_path)
+        if last:
+            err_console.print(f"[dim]--- last lines of {escape(str(exc.log_path))} ---[/]")
+            err_console.print(last, markup=False)
     else:
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
     return EXIT_FAILED
@@ -145,15 +160,52 @@ def up(
         with signals_raise_interrupt():
             try:
                 _start_and_wait(fleet, ready_timeout)
-                console.print("Press Ctrl-C to stop.")
-                fleet.supervise()
+                console.print(
+                    "Press Ctrl-C to stop. A child that dies is restarted "
+                    f"(gives up after {GIVE_UP_CRASHES} crashes within {GIVE_UP_WINDOW_S:.0f}s); "
+                    "'taskfleet ps' shows restarts."
+                )
+                fleet.supervise(on_event=print_event)
             except KeyboardInterrupt:
                 console.print("stopping (Ctrl-C again to kill at once)...")
-            except FleetError as exc:  # ChildDied included
+            except FleetError as exc:  # GaveUp included
                 code = _report_failure(exc)
             finally:
                 _stop_fleet(fleet, stop_timeout)
     raise typer.Exit(code)
+
+
+@cli.command()
+def ps(
+    json_output: Annotated[bool, typer.Option("--json", help="Print the raw status.")] = False,
+) -> None:
+    """What 'taskfleet up' in this data folder runs: pids, restarts, last exits, latest events.
+
+    Reads <data dir>/fleet-status.json, which the supervisor rewrites on every death,
+    restart and recovery. Exits 3 when no 'taskfleet up' runs here.
+    """
+    with friendly_errors():
+        data_dir = Path(settings().data_dir).resolve()
+    doc = read_status(data_dir)
+    if doc is None:
+        err_console.print(f"no 'taskfleet up' status in {data_dir}")
+        raise typer.Exit(EXIT_NOT_RUNNING)
+    if json_output:
+        console.print_json(json.dumps(doc))
+    else:
+        running = doc.get("supervisor_running")
+        console.print(
+            f"supervisor pid {doc.get('supervisor_pid')} "
+            f"{'running' if running else 'NOT running (last status shown)'}, "
+            f"updated {doc.get('updated_at')}"
+        )
+        console.print(status_table(doc))
+        for event in doc.get("events") or []:
+            console.print(
+                f"{event.get('at')}  {escape(str(event.get('name')))} {event.get('kind')}: "
+                f"{escape(str(event.get('detail')))}"
+            )
+    raise typer.Exit(EXIT_OK if doc.get("supervisor_running") else EXIT_NOT_RUNNING)
 
 
 @cli.command()

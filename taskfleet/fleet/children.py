@@ -16,6 +16,10 @@ class FleetError(RuntimeError):
     """The fleet could not start, or stopped being healthy."""
 
 
+class RestartFailed(FleetError):
+    """A dead child could not be started again (the supervisor counts it as a crash)."""
+
+
 @dataclass(frozen=True)
 class FleetOptions:
     """What a :class:`~taskfleet.fleet.Fleet` runs.

@@ -10,13 +10,15 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import signal
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 from taskfleet.devstack import processes as _shared
 from taskfleet.devstack.polling import wait_until
 from taskfleet.devstack.processes import group_members, signal_group
-from taskfleet.fleet.children import Child
+from taskfleet.fleet.children import Child, RestartFailed
 
 PING_TIMEOUT_S = 0.5
 """Seconds one readiness ping (or port probe) waits for replies."""
@@ -37,6 +39,39 @@ def die_with_parent() -> None:  # pragma: no cover - runs in the forked child
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+
+
+def launch_child(child: Child, env: dict[str, str], *, append: bool = False) -> None:
+    """Start ``child`` in its own session, its output in its log; sets ``child.popen``.
+
+    Call from the main thread: on Linux the child is tied to the lifetime of the thread
+    that started it (SIGTERM when it dies).
+
+    Args:
+        child: The child.
+        env: Its full environment.
+        append: Append to its log with a marker line (a restart) instead of truncating.
+
+    Raises:
+        RestartFailed: It could not be launched.
+    """
+    preexec = die_with_parent if sys.platform.startswith("linux") else None
+    with child.log_path.open("ab" if append else "wb") as log:
+        if append:
+            log.write(f"--- {time.strftime('%FT%T%z')} restarted by taskfleet up\n".encode())
+            log.flush()
+        try:
+            child.popen = subprocess.Popen(
+                child.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                preexec_fn=preexec,
+            )
+        except OSError as exc:
+            raise RestartFailed(f"could not start {child.name}: {exc}") from exc
 
 
 def celery_argv(argv: list[str]) -> list[str]:

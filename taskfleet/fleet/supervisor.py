@@ -1,11 +1,10 @@
-"""The supervisor: starts the fleet's children, watches them, stops them cleanly."""
+"""The supervisor: starts the fleet's children, keeps them running, stops them cleanly."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -23,10 +22,15 @@ from taskfleet.fleet.plan import LOG_DIR_NAME, plan_children
 from taskfleet.fleet.processes import (
     KILL_TIMEOUT_S,
     PING_TIMEOUT_S,
-    die_with_parent,
+    launch_child,
     port_open,
     stop_children,
+    sweep_groups,
 )
+from taskfleet.fleet.restarts import RestartPolicy
+from taskfleet.fleet.status import StatusFile
+from taskfleet.fleet.supervision import Event, Supervisor, Watched
+from taskfleet.fleet.watches import ChildWatch, Pinger, ServiceWatch
 
 DEFAULT_READY_TIMEOUT_S = 90.0
 """Seconds to wait for every worker to answer a ping (and Flower to listen)."""
@@ -37,6 +41,9 @@ DEFAULT_STOP_TIMEOUT_S = 30.0
 SUPERVISE_INTERVAL_S = 0.25
 """Pause between two liveness checks of the children while the fleet runs."""
 
+RESTART_SWEEP_TIMEOUT_S = 2.0
+"""Seconds what a dead child left in its group gets after SIGTERM before SIGKILL."""
+
 
 class Fleet:
     """A CPU worker, an I/O worker, beat and Flower run as supervised children.
@@ -46,6 +53,7 @@ class Fleet:
         with Fleet(settings, FleetOptions(flower=False)) as fleet:
             fleet.wait_ready()
             ...                       # fleet.check() raises ChildDied if one exited
+            fleet.supervise()         # or: restart what dies, until an interrupt or GaveUp
 
     Args:
         settings: Validated settings; children see exactly these (see
@@ -65,6 +73,7 @@ class Fleet:
         self.stack_stopped = False
         self.auth: FlowerAuth | None = None
         self._control_app: Celery | None = None
+        self.supervisor: Supervisor | None = None
 
     def __enter__(self) -> Fleet:
         """Start the fleet."""
@@ -137,26 +146,27 @@ class Fleet:
             data_dir=self.data_dir,
             auth=self.auth,
         )
-        preexec = die_with_parent if sys.platform.startswith("linux") else None
         try:
             for child in plan:
-                with child.log_path.open("wb") as log:
-                    try:
-                        child.popen = subprocess.Popen(
-                            child.argv,
-                            stdin=subprocess.DEVNULL,
-                            stdout=log,
-                            stderr=subprocess.STDOUT,
-                            env=child_env(self.settings, urls, child.extra_env),
-                            start_new_session=True,
-                            preexec_fn=preexec,
-                        )
-                    except OSError as exc:
-                        raise FleetError(f"could not start {child.name}: {exc}") from exc
+                self._launch(child, urls)
                 self.children.append(child)
         except BaseException:
             self.stop()
             raise
+
+    def _launch(self, child: Child, urls: ServiceURLs, *, append: bool = False) -> None:
+        launch_child(child, child_env(self.settings, urls, child.extra_env), append=append)
+
+    def relaunch(self, child: Child) -> None:
+        """Start a dead child again, after clearing what it left in its process group.
+
+        Raises:
+            RestartFailed: It could not be launched.
+        """
+        if child.pid is not None:
+            child.returncode()  # reap it
+            sweep_groups([child.pid], RESTART_SWEEP_TIMEOUT_S)
+        self._launch(child, self.resolve(), append=True)
 
     # ------------------------------------------------------------------ health
 
@@ -211,15 +221,49 @@ class Fleet:
             if not pending:
                 deadline.pause()
 
-    def supervise(self, interval: float = SUPERVISE_INTERVAL_S) -> None:
-        """Block while every child runs.
+    def watches(self) -> list[Watched]:
+        """What :meth:`supervise` keeps running: the embedded servers this fleet started
+        (first: workers restart only once the broker is back), then every child."""
+        urls = self.resolve()
+        items: list[Watched] = []
+        if self.started_stack:
+            stack = EmbeddedStack(self.data_dir)
+            items.append(ServiceWatch(stack, "redis", urls.redis_url))
+            items.append(ServiceWatch(stack, "postgres", urls.database_url))
+        pinger = Pinger(self.control_app)
+        port = self.options.flower_port
+        items.extend(ChildWatch(c, self.relaunch, pinger.answered, port) for c in self.children)
+        return items
+
+    def supervise(
+        self,
+        interval: float = SUPERVISE_INTERVAL_S,
+        *,
+        policy: RestartPolicy | None = None,
+        on_event: Callable[[Event], None] | None = None,
+    ) -> None:
+        """Keep every child (and the embedded servers this fleet started) running; block.
+
+        A child that dies is restarted after an exponential backoff; every death, restart
+        and recovery is passed to ``on_event`` and saved in ``<data dir>/fleet-status.json``.
+        Returns only by an exception (KeyboardInterrupt for SIGTERM and Ctrl-C).
 
         Raises:
-            ChildDied: As soon as one exits.
+            GaveUp: A child crashed too often in a short window (see :mod:`.restarts`).
+            FleetError: An embedded server came back on another port.
         """
-        while True:
-            self.check()
-            time.sleep(interval)
+        status = StatusFile(self.data_dir)
+        notify = on_event or (lambda _event: None)
+
+        def record(event: Event) -> None:
+            status.add(event)
+            status.write(supervisor.status())
+            notify(event)
+
+        supervisor = self.supervisor = Supervisor(self.watches(), policy, record)
+        supervisor.tick()  # learn the servers' pids before the first status
+        status.write(supervisor.status())
+        supervisor.run(interval)
 
     # ------------------------------------------------------------------ stopping
 

@@ -1,0 +1,362 @@
+"""``taskfleet up`` keeps its fleet running: real processes, a fresh embedded stack per fleet.
+
+``taskfleet up`` runs as a subprocess, exactly as an operator runs it, in its own data
+folder (its own embedded Redis and PostgreSQL) with Flower on a free port. The tests kill
+its children the way the issue did (SIGKILL of a worker's whole process tree, SIGKILL of
+the embedded Redis) and wait, with deadlines, for the fleet to be whole again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil  # type: ignore[import-untyped]
+import pytest
+import redis
+from celery import Celery
+from kombu.exceptions import OperationalError
+
+from taskfleet.app import create_app
+from taskfleet.client import Client
+from taskfleet.config import load_settings
+from taskfleet.devstack import EmbeddedStack
+from taskfleet.fleet import GIVE_UP_CRASHES, read_status
+from taskfleet.resilience.testing_jobs import gate_key
+from taskfleet.routing.depth import redis_priority_keys
+from tests.support.waiting import wait_for
+
+CLI = [sys.executable, "-m", "taskfleet.cli"]
+#: Starting a fresh embedded stack (initdb) and the workers.
+UP_READY_TIMEOUT_S = 120
+#: What the issue asks: back to full strength within this long after a child's death.
+#: Generous bounds for the things that are not under test.
+RECOVERY_TIMEOUT_S = 60
+JOB_TIMEOUT_S = 90
+#: Long enough for GIVE_UP_CRASHES restarts with their backoff (0.5+1+2+4 s) and starts.
+GIVE_UP_TIMEOUT_S = 120
+STOP_TIMEOUT_S = 60
+PING_TIMEOUT_S = 0.5
+JOBS_ACROSS_REDIS_KILL = 50
+CPU_QUEUE = "cpu"
+#: What a control call raises while its broker connection is stale or down.
+BROKER_ERRORS = (redis.ConnectionError, OperationalError)
+#: A small fleet; the stack is kept on exit so a test can read results after a SIGTERM.
+UP_ARGS = ["--cpu-concurrency", "1", "--io-concurrency", "4", "--stop-timeout", "20"]
+UP_ARGS += ["--keep-services"]
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Up:
+    """A running ``taskfleet up`` and what the tests need to reach its fleet."""
+
+    proc: subprocess.Popen[str]
+    data_dir: Path
+    output: Path
+    flower_port: int
+    app: Celery
+    redis_url: str
+
+    def text(self) -> str:
+        """Everything it printed so far."""
+        return self.output.read_text(errors="replace")
+
+    def children(self) -> dict[str, dict[str, Any]]:
+        """The supervisor's status of each child."""
+        doc = read_status(self.data_dir)
+        return dict(doc["children"]) if doc else {}
+
+    def pid(self, name: str) -> int:
+        """The current pid of child ``name``."""
+        return int(self.children()[name]["pid"])
+
+    def cpu_answers(self) -> bool:
+        """Whether a CPU worker answers a ping now."""
+        return bool(self.cpu_node())
+
+    def cpu_node(self) -> str:
+        """The node name of the CPU worker answering a ping now (``""`` if none)."""
+        with contextlib.suppress(*BROKER_ERRORS):
+            for reply in self.app.control.ping(timeout=PING_TIMEOUT_S) or []:
+                for name in reply:
+                    if name.startswith("cpu-"):
+                        return str(name)
+        return ""
+
+
+def start_up(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Up:
+    """Start ``taskfleet up`` in a fresh data folder; return once its supervisor watches."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKFLEET_")}
+    data_dir = tmp / "data"
+    port = free_port()
+    env.update(
+        TASKFLEET_DATA_DIR=str(data_dir),
+        TASKFLEET_SOFT_TIME_LIMIT="20",
+        TASKFLEET_HARD_TIME_LIMIT="30",
+        TASKFLEET_VISIBILITY_TIMEOUT="40",  # a job lost in a crash comes back soon
+        COLUMNS="200",
+        NO_COLOR="1",
+    )
+    output = tmp / "up.out"
+    with output.open("w") as out:
+        proc = subprocess.Popen(
+            [*CLI, "up", *UP_ARGS, "--flower-port", str(port)],
+            cwd=tmp,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    try:
+        wait_for(
+            lambda: proc.poll() is not None or read_status(data_dir),
+            UP_READY_TIMEOUT_S,
+            "taskfleet up to supervise",
+        )
+        assert proc.poll() is None, output.read_text()
+    except BaseException:
+        stop_up(proc)
+        raise
+    urls = EmbeddedStack(data_dir).status()
+    redis_url = str(urls["redis"]["url"])  # type: ignore[index]
+    database_url = str(urls["postgres"]["url"])  # type: ignore[index]
+    for name in [n for n in os.environ if n.startswith("TASKFLEET_")]:
+        monkeypatch.delenv(name)
+    settings = load_settings(
+        data_dir=str(data_dir),
+        broker_url=redis_url,
+        redis_url=redis_url,
+        database_url=database_url,
+        embedded=False,
+        _env_file=None,
+    )
+    return Up(proc, data_dir, output, port, create_app(settings), redis_url)
+
+
+def stop_up(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM ``taskfleet up`` (a warm shutdown) and wait; kill its tree if it hangs."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            kill_tree(proc.pid)
+            proc.wait()
+
+
+def queued_ids(store: redis.Redis) -> set[str]:
+    """Ids of the jobs waiting in the CPU queue's Redis lists."""
+    ids = set()
+    for key in redis_priority_keys(CPU_QUEUE):
+        for raw in store.lrange(key, 0, -1):
+            ids.add(str(json.loads(raw)["headers"]["id"]))
+    return ids
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and all its descendants at once."""
+    try:
+        root = psutil.Process(pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for proc in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (zombies do not)."""
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+
+
+@contextlib.contextmanager
+def running_up(tmp: Path) -> Iterator[Up]:
+    """A ``taskfleet up`` (workers, beat, Flower, embedded stack), stopped and destroyed after."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        running = start_up(tmp, monkeypatch)
+        try:
+            yield running
+        finally:
+            stop_up(running.proc)
+            running.app.close()
+            logs = running.data_dir / "logs"
+            if logs.is_dir():  # kept next to up.out for a failure's post-mortem
+                shutil.copytree(logs, tmp / "logs", dirs_exist_ok=True)
+            EmbeddedStack(running.data_dir).destroy()
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
+    """One ``taskfleet up`` for the module's tests (the last one stops it with SIGTERM)."""
+    with running_up(tmp_path_factory.mktemp("up")) as running:
+        yield running
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_sigkill_of_a_worker_tree_restarts_it_within_seconds(up: Up) -> None:
+    before = up.children()
+    stack = EmbeddedStack(up.data_dir).status()
+    services = {name: stack[name]["pid"] for name in ("redis", "postgres")}  # type: ignore[index]
+    victim = int(before["cpu-worker"]["pid"])
+    assert len(psutil.Process(victim).children(recursive=True)) >= 1  # pool, persister
+
+    killed_at = time.monotonic()
+    kill_tree(victim)
+    wait_for(lambda: up.pid("cpu-worker") != victim, RECOVERY_TIMEOUT_S, "a new cpu-worker")
+    wait_for(up.cpu_answers, RECOVERY_TIMEOUT_S, "the restarted cpu-worker to answer a ping")
+    took = time.monotonic() - killed_at
+    print(f"\nSIGKILL of the cpu-worker tree -> restarted worker answers ping: {took:.2f}s")
+
+    # The 10 s target is measured by the chaos harness (bench/chaos), not asserted here: the
+    # deadlines above only tell a restart from none (RECOVERY_TIMEOUT_S).
+    after = up.children()
+    for name in ("io-worker", "beat", "flower"):
+        assert after[name]["pid"] == before[name]["pid"], name
+        assert alive(int(after[name]["pid"])), name
+    stack = EmbeddedStack(up.data_dir).status()
+    assert {n: stack[n]["pid"] for n in services} == services  # type: ignore[index]
+    assert after["cpu-worker"]["restarts"] == 1
+    assert after["cpu-worker"]["last_exit"] == "killed by SIGKILL (9)"
+    assert not psutil.pid_exists(victim) or not alive(victim)
+    client = Client(up.app)
+    assert client.enqueue("cpu.checksum", {"rounds": 2}).result(timeout=JOB_TIMEOUT_S)
+    wait_for(lambda: "cpu-worker back" in up.text(), RECOVERY_TIMEOUT_S, "the recovery line")
+    assert f"cpu-worker (pid {victim}) died: killed by SIGKILL (9)" in up.text()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_worker_killed_by_sigxcpu_is_restarted_like_any_other(up: Up) -> None:
+    victim = up.pid("cpu-worker")
+    restarts = int(up.children()["cpu-worker"]["restarts"])
+
+    os.kill(victim, signal.SIGXCPU)  # what RLIMIT_CPU sends a solo worker stuck in C code
+
+    wait_for(lambda: up.pid("cpu-worker") != victim, RECOVERY_TIMEOUT_S, "a new cpu-worker")
+    wait_for(up.cpu_answers, RECOVERY_TIMEOUT_S, "the restarted cpu-worker to answer a ping")
+    status = up.children()["cpu-worker"]
+    assert status["restarts"] == restarts + 1
+    assert "SIGXCPU" in status["last_exit"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_sigkill_of_the_embedded_redis_restarts_it_from_its_aof(up: Up) -> None:
+    # The CPU worker stops consuming, so the jobs sit in Redis (not in a worker) when it dies:
+    # they can only run afterwards if the restarted Redis replayed them from its AOF.
+    node = up.cpu_node()
+    up.app.control.cancel_consumer(CPU_QUEUE, destination=[node], reply=True)
+    client = Client(up.app)
+    store = redis.Redis.from_url(up.redis_url)
+    handles = client.enqueue_many(
+        [("cpu.checksum", {"rounds": 1 + i % 7}) for i in range(JOBS_ACROSS_REDIS_KILL)]
+    )
+    # A few jobs may already be in the worker (fetches in flight when its consumer stopped);
+    # the rest sit in Redis, and those are the ones that must survive the kill.
+    waiting = queued_ids(store)
+    assert len(waiting) >= len(handles) // 2, len(waiting)
+    old = EmbeddedStack(up.data_dir).status()["redis"]["pid"]  # type: ignore[index]
+
+    killed_at = time.monotonic()
+    os.kill(int(old), signal.SIGKILL)
+
+    def restarted() -> bool:
+        entry = EmbeddedStack(up.data_dir).status()["redis"]
+        return bool(entry["running"] and entry["pid"] != old)  # type: ignore[index]
+
+    wait_for(restarted, RECOVERY_TIMEOUT_S, "the embedded redis to be restarted")
+    took_redis = time.monotonic() - killed_at
+    wait_for(up.cpu_answers, RECOVERY_TIMEOUT_S, "the cpu worker to answer a ping")
+    took = time.monotonic() - killed_at
+    print(f"\nSIGKILL of redis -> redis serves: {took_redis:.2f}s, cpu-worker answers: {took:.2f}s")
+
+    # A worker re-declares its queues when it reconnects; ask anyway, in case it did not.
+    with contextlib.suppress(*BROKER_ERRORS):
+        up.app.control.add_consumer(CPU_QUEUE, destination=[node])
+    for handle in handles:
+        if handle.id in waiting:
+            assert handle.result(timeout=JOB_TIMEOUT_S)["rounds"] >= 1
+    wait_for(lambda: "redis back" in up.text(), RECOVERY_TIMEOUT_S, "the redis recovery line")
+    assert up.children()["redis"]["restarts"] == 1
+    assert up.proc.poll() is None
+    store.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_sigterm_is_still_a_warm_shutdown_that_finishes_running_jobs(up: Up) -> None:
+    client = Client(up.app)
+    gate = f"warm-{os.getpid()}"
+    handle = client.enqueue("diag.gate", {"gate": gate, "max_s": 60})
+
+    def running() -> bool:
+        active: dict[str, Any] = {}
+        with contextlib.suppress(*BROKER_ERRORS):
+            active = up.app.control.inspect(timeout=PING_TIMEOUT_S).active() or {}
+        return any(task["id"] == handle.id for tasks in active.values() for task in tasks)
+
+    wait_for(running, RECOVERY_TIMEOUT_S, "the gate job to run")
+    up.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: "stopping" in up.text(), RECOVERY_TIMEOUT_S, "up to start stopping")
+    redis.Redis.from_url(up.redis_url).set(gate_key(gate), 1)  # the running job may end now
+    code = up.proc.wait(STOP_TIMEOUT_S)
+
+    text = up.text()
+    assert code == 0, text
+    assert "warning: killed" not in text  # every child exited on SIGTERM in time
+    assert "stopped 4 processes" in text
+    assert handle.result(timeout=JOB_TIMEOUT_S)["opened"] is True  # --keep-services
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_child_crashing_in_a_tight_loop_makes_up_give_up_naming_it(tmp_path: Path) -> None:
+    with running_up(tmp_path) as up:
+        victim = up.pid("flower")
+        os.kill(victim, signal.SIGKILL)
+        with socket.socket() as squatter:  # every restarted Flower finds its port taken
+            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+
+            def bound() -> bool:
+                try:
+                    squatter.bind(("127.0.0.1", up.flower_port))
+                except OSError:
+                    return False
+                return True
+
+            wait_for(bound, RECOVERY_TIMEOUT_S, "Flower's port to be free")
+            squatter.listen()
+            code = up.proc.wait(GIVE_UP_TIMEOUT_S)
+
+        text = up.text()
+        assert code == 1, text
+        assert f"giving up on flower: it crashed {GIVE_UP_CRASHES} times within 60s" in text
+        assert "last exit status" in text
+        assert "--- last lines of" in text
+        assert "stopped 4 processes" in text  # everything else was stopped
+        status = read_status(up.data_dir)
+        assert status is not None
+        assert status["supervisor_running"] is False
