@@ -4,14 +4,16 @@ Writes normally arrive through the Redis write-behind stream (``taskfleet.cache.
 applies them in batches with :func:`apply_ops`); a cache without Redis writes directly.
 Each row keeps the version of its last write, ``(ms, seq)`` of the stream entry, and an
 upsert only replaces an older version, so batches applied out of order still leave the
-last write in place. Deletes are tombstones (NULL value) for the same reason.
+last write in place. Deletes are tombstones (NULL value) for the same reason. A value that
+jsonb refuses (``\u0000`` in a string, ``NaN``) is kept as text in ``value_text``
+(``CacheOp.as_text``); reads return whichever column is set.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy import Engine, text
 
@@ -28,13 +30,15 @@ Version = tuple[int, int]
 UPSERT_SQL = text(
     """
     INSERT INTO taskfleet_cache AS c
-        (key, value, version_ms, version_seq, updated_at, expires_at)
-    SELECT k, CAST(v AS jsonb), ms, seq, now(),
+        (key, value, value_text, version_ms, version_seq, updated_at, expires_at)
+    SELECT k, CAST(v AS jsonb), t, ms, seq, now(),
            CASE WHEN e > 0 THEN now() + make_interval(secs => e) END
-    FROM unnest(CAST(:keys AS text[]), CAST(:vals AS text[]), CAST(:ms AS bigint[]),
-                CAST(:seq AS bigint[]), CAST(:exp AS float8[])) AS u(k, v, ms, seq, e)
+    FROM unnest(CAST(:keys AS text[]), CAST(:vals AS text[]), CAST(:texts AS text[]),
+                CAST(:ms AS bigint[]), CAST(:seq AS bigint[]), CAST(:exp AS float8[]))
+         AS u(k, v, t, ms, seq, e)
     ON CONFLICT (key) DO UPDATE SET
-        value = excluded.value, version_ms = excluded.version_ms,
+        value = excluded.value, value_text = excluded.value_text,
+        version_ms = excluded.version_ms,
         version_seq = excluded.version_seq, updated_at = excluded.updated_at,
         expires_at = excluded.expires_at
     WHERE (excluded.version_ms, excluded.version_seq) >= (c.version_ms, c.version_seq)
@@ -42,16 +46,16 @@ UPSERT_SQL = text(
 )
 DELETE_PATTERN_SQL = text(
     """
-    UPDATE taskfleet_cache SET value = NULL, version_ms = :ms, version_seq = :seq,
-        updated_at = now()
-    WHERE key ~ :regex AND value IS NOT NULL
+    UPDATE taskfleet_cache SET value = NULL, value_text = NULL, version_ms = :ms,
+        version_seq = :seq, updated_at = now()
+    WHERE key ~ :regex AND (value IS NOT NULL OR value_text IS NOT NULL)
       AND (version_ms, version_seq) <= (:ms, :seq)
     """
 )
 SELECT_SQL = text(
     """
-    SELECT key, CAST(value AS text) AS value FROM taskfleet_cache
-    WHERE key = ANY(CAST(:keys AS text[])) AND value IS NOT NULL
+    SELECT key, COALESCE(CAST(value AS text), value_text) AS value FROM taskfleet_cache
+    WHERE key = ANY(CAST(:keys AS text[])) AND (value IS NOT NULL OR value_text IS NOT NULL)
       AND (expires_at IS NULL OR expires_at > now())
     """
 )
@@ -59,20 +63,29 @@ PURGE_SQL = text(
     """
     DELETE FROM taskfleet_cache
     WHERE expires_at <= now()
-       OR (value IS NULL AND updated_at < now() - make_interval(secs => :retention))
+       OR (value IS NULL AND value_text IS NULL
+           AND updated_at < now() - make_interval(secs => :retention))
     """
 )
 
 
 @dataclass(frozen=True)
 class CacheOp:
-    """One write to apply: ``set`` (value text), ``del`` (tombstone) or ``delpat`` (glob)."""
+    """One write to apply: ``set`` (value text), ``del`` (tombstone) or ``delpat`` (glob).
+
+    ``as_text``: store the value in ``value_text`` (JSON that jsonb refuses).
+    """
 
     op: str
     key: str
     value: str | None
     expires_in: float
     version: Version
+    as_text: bool = False
+
+    def in_text(self) -> CacheOp:
+        """The same op, storing its value as text."""
+        return replace(self, as_text=True)
 
 
 def apply_ops(engine: Engine, ops: Sequence[CacheOp]) -> int:
@@ -89,7 +102,8 @@ def apply_ops(engine: Engine, ops: Sequence[CacheOp]) -> int:
                     UPSERT_SQL,
                     {
                         "keys": [r.key for r in rows],
-                        "vals": [r.value if r.op == "set" else None for r in rows],
+                        "vals": [_value(r, text=False) for r in rows],
+                        "texts": [_value(r, text=True) for r in rows],
                         "ms": [r.version[0] for r in rows],
                         "seq": [r.version[1] for r in rows],
                         "exp": [float(r.expires_in) for r in rows],
@@ -108,6 +122,10 @@ def apply_ops(engine: Engine, ops: Sequence[CacheOp]) -> int:
                 run[op.key] = op  # the later op on a key in one run wins
         flush()
     return len(ops)
+
+
+def _value(op: CacheOp, *, text: bool) -> str | None:
+    return op.value if op.op == "set" and op.as_text == text else None
 
 
 def purge_expired(engine: Engine, retention_s: float = TOMBSTONE_RETENTION_S) -> int:
@@ -179,8 +197,8 @@ class PostgresTier:
             return int(
                 conn.execute(
                     text(
-                        "SELECT count(*) FROM taskfleet_cache WHERE value IS NOT NULL "
-                        "AND (expires_at IS NULL OR expires_at > now())"
+                        "SELECT count(*) FROM taskfleet_cache WHERE (value IS NOT NULL "
+                        "OR value_text IS NOT NULL) AND (expires_at IS NULL OR expires_at > now())"
                     )
                 ).scalar_one()
             )

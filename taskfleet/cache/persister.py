@@ -11,24 +11,48 @@ The same stream is the write-behind buffer of the generic cache's L3: its entrie
 in stream order with the entry id as row version, and are acknowledged in the same way.
 Entries without ``table`` are results. A batch is flushed when ``batch_size`` entries are
 waiting or after ``block_ms``, and once more on shutdown.
+
+A row Postgres refuses never blocks the stream (:mod:`taskfleet.cache.landing`): the batch is
+bisected so the other rows land in the same cycle, JSON that jsonb refuses is stored as
+text, and what cannot be stored at all is quarantined (:mod:`taskfleet.cache.quarantine`),
+logged once and acknowledged. Errors that are not about a row (Postgres down, restarting)
+are retried with exponential backoff (tenacity) and lose nothing; meanwhile the stream's
+length and age are logged and it is held under its cap (:mod:`taskfleet.cache.backlog`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
 import redis
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_when_event_set,
+    wait_exponential_jitter,
+)
 
-from taskfleet.cache.l3 import CacheOp, apply_ops, purge_expired
-from taskfleet.cache.store import ResultRow, ensure_schema, upsert_results
+from taskfleet.cache.backlog import BacklogGuard, StreamHealth, stream_health
+from taskfleet.cache.batch import StreamEntry, write_batch
+from taskfleet.cache.l3 import purge_expired
+from taskfleet.cache.quarantine import QUARANTINE_KEY, Quarantine
+from taskfleet.cache.store import ensure_schema
+from taskfleet.config.cache import (
+    DEFAULT_PERSIST_MAX_BYTES,
+    DEFAULT_PERSIST_MAX_RETRY_DELAY_S,
+    DEFAULT_PERSIST_STREAM_MAXLEN,
+)
 
 PERSIST_STREAM = "taskfleet:results:persist"
 PERSIST_GROUP = "taskfleet-persisters"
@@ -40,32 +64,14 @@ DEFAULT_CLAIM_INTERVAL_S = 10.0
 DEFAULT_LINGER_S = 0.05
 PARENT_CHECK_INTERVAL_S = 0.5
 DEFAULT_PURGE_INTERVAL_S = 300.0
-CACHE_TABLE = b"cache"
+#: Errors the persister retries (with backoff) rather than dying on.
+RETRIED_ERRORS = (redis.RedisError, SQLAlchemyError, OSError)
+#: Recent retry delays kept for inspection (tests, debugging).
+RETRY_DELAYS_KEPT = 32
+#: While retrying, a warning on attempts 1, 2, 4, 8... and at least this often.
+RETRY_LOG_INTERVAL_S = 300.0
 
 log = logging.getLogger(__name__)
-StreamEntry = tuple[bytes, dict[bytes, bytes]]
-
-
-def _decode(entry: StreamEntry) -> ResultRow | CacheOp | None:
-    entry_id, fields = entry
-    try:
-        if fields.get(b"table") == CACHE_TABLE:
-            ms, _, seq = entry_id.decode().partition("-")
-            raw = fields.get(b"value")
-            return CacheOp(
-                op=fields[b"op"].decode(),
-                key=fields[b"key"].decode(),
-                value=raw.decode() if raw is not None else None,
-                expires_in=float(fields.get(b"expires") or 0),
-                version=(int(ms), int(seq or 0)),
-            )
-        key = fields[b"key"].decode()
-        value = fields[b"value"].decode()
-        expires = float(fields[b"expires"]) if fields.get(b"expires") else None
-    except (KeyError, ValueError, UnicodeDecodeError):
-        log.error("dropping malformed persistence entry %r", entry[0])
-        return None
-    return ResultRow(key=key, value=value, expires_in=expires)
 
 
 class ResultPersister:
@@ -85,7 +91,30 @@ class ResultPersister:
         purge_interval_s: float = DEFAULT_PURGE_INTERVAL_S,
         claim_interval_s: float = DEFAULT_CLAIM_INTERVAL_S,
         linger_s: float = DEFAULT_LINGER_S,
+        max_bytes: int = DEFAULT_PERSIST_MAX_BYTES,
+        stream_maxlen: int = DEFAULT_PERSIST_STREAM_MAXLEN,
+        max_retry_delay_s: float = DEFAULT_PERSIST_MAX_RETRY_DELAY_S,
+        quarantine_key: str = QUARANTINE_KEY,
     ) -> None:
+        """Consume ``stream`` with ``client`` into ``engine``.
+
+        Args:
+            client: Redis holding the stream (and the quarantine).
+            engine: Postgres.
+            consumer: this consumer's name in the group (default host:pid).
+            batch_size: entries per batch.
+            block_ms: how long a read waits for new entries.
+            claim_idle_ms: idle time after which another consumer's entries are claimed.
+            retry_delay_s: first wait after an error; doubles up to ``max_retry_delay_s``.
+            stream: the persistence stream.
+            purge_interval_s: how often expired rows are purged.
+            claim_interval_s: how often orphaned entries are looked for.
+            linger_s: pause after a short batch, so the next one builds up.
+            max_bytes: larger results are quarantined (``TASKFLEET_CACHE_PERSIST_MAX_BYTES``).
+            stream_maxlen: the stream's cap (``TASKFLEET_CACHE_PERSIST_STREAM_MAXLEN``).
+            max_retry_delay_s: the longest wait between retries.
+            quarantine_key: the Redis hash of quarantined entries.
+        """
         self.stream = stream
         self.purge_interval_s = purge_interval_s
         self._last_purge = time.monotonic()
@@ -98,7 +127,16 @@ class ResultPersister:
         self.retry_delay_s = retry_delay_s
         self.claim_interval_s = claim_interval_s
         self.linger_s = linger_s
+        self.max_bytes = max_bytes
+        self.stream_maxlen = stream_maxlen
+        self.max_retry_delay_s = max_retry_delay_s
+        self.quarantine = Quarantine(client, quarantine_key)
         self.written = 0
+        self.quarantined = 0
+        self.stored_as_text = 0
+        self.retry_delays: deque[float] = deque(maxlen=RETRY_DELAYS_KEPT)
+        self._last_retry_log = float("-inf")
+        self._guard = BacklogGuard(client, stream, PERSIST_GROUP, stream_maxlen, self.quarantine)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._schema_ready = False
@@ -120,17 +158,15 @@ class ResultPersister:
         if not self._schema_ready:
             ensure_schema(self.engine)
             self._schema_ready = True
-        decoded = [row for row in map(_decode, entries) if row is not None]
-        rows = [r for r in decoded if isinstance(r, ResultRow)]
-        ops = [r for r in decoded if isinstance(r, CacheOp)]
-        upsert_results(self.engine, rows)
-        apply_ops(self.engine, ops)
+        outcome = write_batch(self.engine, entries, self.max_bytes, self.quarantine)
         ids = [entry_id for entry_id, _ in entries]
         pipe = self.client.pipeline(transaction=False)
         pipe.xack(self.stream, PERSIST_GROUP, *ids)
         pipe.xdel(self.stream, *ids)
         pipe.execute()
-        self.written += len(decoded)
+        self.written += outcome.written
+        self.stored_as_text += outcome.as_text
+        self.quarantined += outcome.quarantined
         return len(entries)
 
     def _read(self, start: str, block_ms: int | None) -> list[StreamEntry]:
@@ -189,22 +225,75 @@ class ResultPersister:
         """Entries not yet written to Postgres."""
         return int(self.client.xlen(self.stream))
 
+    def health(self) -> StreamHealth:
+        """The stream's length, pending entries and their ages (see ``taskfleet.cache.backlog``)."""
+        return stream_health(self.client, self.stream, PERSIST_GROUP, self.stream_maxlen)
+
+    def check_backlog(self, *, force: bool = False) -> StreamHealth | None:
+        """Warn near the stream's cap, quarantine what is over it (see ``BacklogGuard``)."""
+        health, moved = self._guard.check(force=force)
+        self.quarantined += moved
+        return health
+
+    def _cycle(self) -> None:
+        if self.step(block_ms=self.block_ms) < self.batch_size:
+            # Let a batch build up rather than paying a round of commands and a
+            # transaction for a handful of rows.
+            self._stop.wait(self.linger_s)
+        if time.monotonic() - self._last_purge >= self.purge_interval_s:
+            self._last_purge = time.monotonic()
+            purge_expired(self.engine)
+        self.check_backlog()
+
+    def _before_retry(self, state: RetryCallState) -> None:
+        self._schema_ready = False
+        self._group_ready = False
+        self._pending_clean = False
+        delay = state.upcoming_sleep
+        self.retry_delays.append(delay)
+        attempt = state.attempt_number
+        now = time.monotonic()
+        if attempt & (attempt - 1) == 0 or now - self._last_retry_log >= RETRY_LOG_INTERVAL_S:
+            self._last_retry_log = now
+            exc = state.outcome.exception() if state.outcome else None
+            problem = (str(exc).strip().splitlines() or ["?"])[0]
+            try:
+                backlog = self.check_backlog(force=True)
+            except RETRIED_ERRORS:
+                backlog = None
+            log.warning(
+                "result persister: %s: %s; retry %d in %.1fs%s",
+                type(exc).__name__,
+                problem,
+                attempt,
+                delay,
+                f" ({backlog.describe()})" if backlog else "",
+            )
+        else:
+            with contextlib.suppress(*RETRIED_ERRORS):
+                self.check_backlog()
+
+    def _sleep(self, seconds: float) -> None:
+        self._stop.wait(seconds)
+
     def _run(self) -> None:
+        retrying = Retrying(
+            retry=retry_if_exception_type(RETRIED_ERRORS),
+            wait=wait_exponential_jitter(
+                multiplier=self.retry_delay_s,
+                max=self.max_retry_delay_s,
+                jitter=self.retry_delay_s / 2,
+            ),
+            stop=stop_when_event_set(self._stop),
+            sleep=self._sleep,
+            before_sleep=self._before_retry,
+            reraise=True,
+        )
         while not self._stop.is_set():
             try:
-                if self.step(block_ms=self.block_ms) < self.batch_size:
-                    # Let a batch build up rather than paying a round of commands and a
-                    # transaction for a handful of rows.
-                    self._stop.wait(self.linger_s)
-                if time.monotonic() - self._last_purge >= self.purge_interval_s:
-                    self._last_purge = time.monotonic()
-                    purge_expired(self.engine)
-            except (redis.RedisError, SQLAlchemyError, OSError) as exc:
-                log.warning("result persister: %s; retrying in %.1fs", exc, self.retry_delay_s)
-                self._schema_ready = False
-                self._group_ready = False
-                self._pending_clean = False
-                self._stop.wait(self.retry_delay_s)
+                retrying(self._cycle)
+            except RETRIED_ERRORS:  # stopped while retrying: stop() makes a last attempt
+                return
 
     def start(self) -> None:
         """Run in a daemon thread until :meth:`stop`."""
@@ -233,12 +322,20 @@ def run_forever(parent_pid: int | None = None) -> None:
     import signal
 
     from taskfleet.app import app, settings_of
+    from taskfleet.config.cache import load_cache_settings
     from taskfleet.workers.heap import settle_heap
     from taskfleet.workers.resources import open_resources
 
     settings = settings_of(app)
+    cache_settings = load_cache_settings()
     resources = open_resources(settings)
-    persister = ResultPersister(resources.redis, resources.engine)
+    persister = ResultPersister(
+        resources.redis,
+        resources.engine,
+        max_bytes=cache_settings.persist_max_bytes,
+        stream_maxlen=cache_settings.persist_stream_maxlen,
+        max_retry_delay_s=cache_settings.persist_max_retry_delay,
+    )
     settle_heap(settings.settle_heap)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

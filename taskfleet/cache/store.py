@@ -3,6 +3,10 @@
 ``taskfleet_results`` holds Celery results; ``taskfleet_cache`` is the cache's L3 (see
 ``taskfleet.cache.l3``), where a NULL value is a tombstone and every row carries the version
 (stream entry id) of the write that produced it, so the last write wins in every tier.
+
+Both tables keep a value in ``value`` (jsonb) or, when jsonb refuses JSON that is valid
+(``\u0000`` in a string, a lone surrogate, ``NaN``), as its text in ``value_text``; reads
+parse whichever is set, so such a result reads back equal.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     create_engine,
     func,
     select,
@@ -38,7 +43,8 @@ results_table = Table(
     Column("key", String, primary_key=True),
     Column("task_id", String, nullable=True),
     Column("status", String, nullable=True),
-    Column("value", JSONB, nullable=False),
+    Column("value", JSONB, nullable=True),
+    Column("value_text", Text, nullable=True),
     Column("created_at", DateTime(timezone=True), server_default=func.now(), nullable=False),
     Column("updated_at", DateTime(timezone=True), server_default=func.now(), nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=True),
@@ -50,6 +56,7 @@ cache_table = Table(
     metadata,
     Column("key", String, primary_key=True),
     Column("value", JSONB, nullable=True),
+    Column("value_text", Text, nullable=True),
     Column("version_ms", BigInteger, nullable=False, server_default="0"),
     Column("version_seq", BigInteger, nullable=False, server_default="0"),
     Column("created_at", DateTime(timezone=True), server_default=func.now(), nullable=False),
@@ -83,11 +90,33 @@ def make_engine(url: str, pool_size: int = 5) -> Engine:
     )
 
 
+#: Columns added since the tables were first created: ``ensure_schema`` adds them to old ones.
+TEXT_COLUMNS_SQL = text(
+    """
+    SELECT table_name, column_name, is_nullable FROM information_schema.columns
+    WHERE table_schema = current_schema() AND column_name IN ('value', 'value_text')
+      AND table_name IN ('taskfleet_results', 'taskfleet_cache')
+    """
+)
+
+
 def ensure_schema(engine: Engine) -> None:
-    """Create the results and cache tables if missing; safe to call from many processes at once."""
+    """Create the results and cache tables if missing; safe to call from many processes at once.
+
+    Tables created by an older version get ``value_text`` and a nullable ``value`` (idempotent;
+    the ALTERs run only when something is missing, so a current schema takes no table lock).
+    """
     with engine.begin() as conn:
         conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": SCHEMA_LOCK_ID})
         metadata.create_all(conn, checkfirst=True)
+        columns = {
+            (r.table_name, r.column_name): r.is_nullable for r in conn.execute(TEXT_COLUMNS_SQL)
+        }
+        for table in ("taskfleet_results", "taskfleet_cache"):
+            if (table, "value_text") not in columns:
+                conn.execute(text(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS value_text text"))
+            if columns.get((table, "value")) == "NO":
+                conn.execute(text(f"ALTER TABLE {table} ALTER COLUMN value DROP NOT NULL"))
 
 
 #: One statement per row, sent with executemany (psycopg pipelines it). The JSON text goes
@@ -100,11 +129,35 @@ UPSERT_SQL = text(
     FROM (SELECT CAST(:value AS jsonb) AS v) AS src
     ON CONFLICT (key) DO UPDATE SET
         task_id = excluded.task_id, status = excluded.status, value = excluded.value,
-        updated_at = excluded.updated_at, expires_at = excluded.expires_at
+        value_text = NULL, updated_at = excluded.updated_at, expires_at = excluded.expires_at
     WHERE r.status IS NULL OR r.status NOT IN {FINAL_STATES!r}
        OR excluded.status IN {FINAL_STATES!r}
     """  # noqa: S608 - FINAL_STATES is a constant tuple, not input
 )
+#: The same upsert for JSON that jsonb refuses: the text is kept as is, and id and status
+#: (which Postgres cannot read from it) come from the writer.
+TEXT_UPSERT_SQL = text(
+    f"""
+    INSERT INTO taskfleet_results AS r
+        (key, task_id, status, value, value_text, updated_at, expires_at)
+    VALUES (:key, :task_id, :status, NULL, :value, now(),
+            CASE WHEN :expires > 0 THEN now() + make_interval(secs => :expires) END)
+    ON CONFLICT (key) DO UPDATE SET
+        task_id = excluded.task_id, status = excluded.status, value = NULL,
+        value_text = excluded.value_text, updated_at = excluded.updated_at,
+        expires_at = excluded.expires_at
+    WHERE r.status IS NULL OR r.status NOT IN {FINAL_STATES!r}
+       OR excluded.status IN {FINAL_STATES!r}
+    """  # noqa: S608 - FINAL_STATES is a constant tuple, not input
+)
+
+
+def latest_per_key(rows: Iterable[ResultRow]) -> list[ResultRow]:
+    """The last row of each key, in first-seen key order (the batch's upsert semantics)."""
+    latest: dict[str, ResultRow] = {}
+    for row in rows:
+        latest[row.key] = row
+    return list(latest.values())
 
 
 def upsert_results(engine: Engine, rows: Iterable[ResultRow]) -> int:
@@ -113,26 +166,47 @@ def upsert_results(engine: Engine, rows: Iterable[ResultRow]) -> int:
     A final state (SUCCESS, FAILURE, REVOKED) is never overwritten by a non-final one, so a
     late duplicate delivery cannot turn a finished job back into PENDING or RETRY.
     """
-    latest: dict[str, ResultRow] = {}
-    for row in rows:
-        latest[row.key] = row
+    latest = latest_per_key(rows)
     if not latest:
         return 0
-    params = [
-        {"key": r.key, "value": r.value, "expires": float(r.expires_in or 0)}
-        for r in latest.values()
-    ]
+    params = [{"key": r.key, "value": r.value, "expires": float(r.expires_in or 0)} for r in latest]
     with engine.begin() as conn:
         conn.execute(UPSERT_SQL, params)
     return len(params)
 
 
+def upsert_result_text(engine: Engine, row: ResultRow) -> None:
+    """Upsert one result as text (JSON that jsonb refuses), with the same final-state rule.
+
+    Raises:
+        ValueError: the value is not JSON (nothing could read it back).
+    """
+    meta = json.loads(row.value)
+    if not isinstance(meta, dict):
+        raise ValueError("a result must be a JSON object")
+    task_id, status = meta.get("task_id"), meta.get("status")
+    params = {
+        "key": row.key,
+        "value": row.value,
+        "task_id": None if task_id is None else str(task_id),
+        "status": None if status is None else str(status),
+        "expires": float(row.expires_in or 0),
+    }
+    with engine.begin() as conn:
+        conn.execute(TEXT_UPSERT_SQL, params)
+
+
 def fetch_result(engine: Engine, key: str) -> dict[str, Any] | None:
-    """The stored meta for ``key``, or None."""
+    """The stored meta for ``key`` (from ``value`` or, if kept as text, ``value_text``)."""
     with engine.connect() as conn:
-        value = conn.execute(
-            select(results_table.c.value).where(results_table.c.key == key)
-        ).scalar_one_or_none()
-    if value is None:
+        found = conn.execute(
+            select(results_table.c.value, results_table.c.value_text).where(
+                results_table.c.key == key
+            )
+        ).first()
+    if found is None:
         return None
+    value, value_text = found
+    if value is None:
+        return None if value_text is None else json.loads(value_text)
     return value if isinstance(value, dict) else json.loads(value)

@@ -20,6 +20,13 @@ DEFAULT_NAMESPACE = "taskfleet:cache"
 DEFAULT_FLUSH_BATCH = 500
 DEFAULT_FLUSH_INTERVAL_MS = 100
 DEFAULT_PURGE_INTERVAL_S = 300.0
+#: Results and cache writes larger than this are quarantined, not sent to Postgres (jsonb
+#: itself stops near 256 MiB; a row this large would stall every batch behind it).
+DEFAULT_PERSIST_MAX_BYTES = 16 * 1024 * 1024
+#: Cap of the persistence stream: a normal backlog is under a few thousand entries; this
+#: holds about 15 minutes of results at 1,000 jobs/s while Postgres is down.
+DEFAULT_PERSIST_STREAM_MAXLEN = 1_000_000
+DEFAULT_PERSIST_MAX_RETRY_DELAY_S = 30.0
 
 L1Policy = Literal["lru", "lfu", "fifo", "ttl"]
 
@@ -49,6 +56,25 @@ class CacheSettings(BaseSettings):
     flush_batch: int = Field(DEFAULT_FLUSH_BATCH, ge=1, le=100_000)
     flush_interval_ms: int = Field(DEFAULT_FLUSH_INTERVAL_MS, ge=1, le=60_000)
     purge_interval: float = Field(DEFAULT_PURGE_INTERVAL_S, gt=0)
+    persist_max_bytes: int = Field(
+        DEFAULT_PERSIST_MAX_BYTES,
+        ge=1024,
+        le=256 * 1024 * 1024,
+        description="Largest result (JSON bytes) the persister writes to Postgres; larger "
+        "ones are quarantined",
+    )
+    persist_stream_maxlen: int = Field(
+        DEFAULT_PERSIST_STREAM_MAXLEN,
+        ge=10,
+        description="Entries the persistence stream may hold; beyond, the oldest go to the "
+        "quarantine (nothing is dropped)",
+    )
+    persist_max_retry_delay: float = Field(
+        DEFAULT_PERSIST_MAX_RETRY_DELAY_S,
+        gt=0,
+        le=3600,
+        description="Longest wait between the persister's retries while Postgres is down",
+    )
 
     @model_validator(mode="after")
     def _coherent(self) -> CacheSettings:
