@@ -3,20 +3,29 @@
 ``enqueue`` and ``enqueue_many`` publish the exact messages Celery would (protocol v2, JSON),
 so any Celery worker understands them and any Celery client reads their results. On Redis a
 batch is one pipeline of multi-value LPUSHes (one per priority sub-list and ``BATCH_CHUNK``
-jobs), its envelopes rendered from templates; on RabbitMQ one transaction per chunk.
+jobs), its envelopes rendered from templates; on RabbitMQ one transaction per chunk
+(:mod:`taskfleet.amqp_publisher`). Idempotency keys are claimed so that a crash never leaves
+a key on a job that was not sent (:mod:`taskfleet.claims`).
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import redis
 from celery import Celery
-from kombu import Connection, Producer
 
+from taskfleet.amqp_publisher import KEY_HEADER, AmqpPublisher
 from taskfleet.async_client import AsyncClient
+from taskfleet.claims import (
+    CLAIM_WINDOW_S,
+    IDEMPOTENCY_PREFIX,
+    PUSH_CHUNK,
+    ClaimPending,
+    PendingClaims,
+    RedisPublisher,
+)
 from taskfleet.config import resolve_services
 from taskfleet.handles import (
     DEFAULT_RESULT_TIMEOUT_S,
@@ -37,12 +46,20 @@ from taskfleet.routing.wire import (
     new_job_ids,
 )
 
-BATCH_CHUNK = 1000
-IDEMPOTENCY_PREFIX = "taskfleet:idem:"
+#: Jobs per LPUSH command (Redis) or AMQP transaction.
+BATCH_CHUNK = PUSH_CHUNK
 
 
 class Client:
-    """Publishes jobs to a taskfleet fleet. Thread-safe; reuse one per process."""
+    """Publishes jobs to a taskfleet fleet. Thread-safe; reuse one per process.
+
+    Idempotency keys are claimed so that a producer crash never strands a key on a job that
+    was not sent (:mod:`taskfleet.claims`): on Redis, claim and publish are one script; on
+    RabbitMQ, a claim lives ``claim_window_s`` seconds until the publish confirms it.
+    """
+
+    #: Seconds a RabbitMQ claim lives unconfirmed (how long a crashed call blocks a retry).
+    claim_window_s: float = CLAIM_WINDOW_S
 
     def __init__(self, app: Celery | None = None) -> None:
         if app is None:
@@ -61,8 +78,17 @@ class Client:
         self._broker_redis = (
             redis.Redis.from_url(self._urls.broker_url) if self.settings.broker_is_redis else None
         )
-        self._amqp_lock = threading.Lock()
-        self._amqp: Connection | None = None
+        ttl = self.settings.result_expires
+        self._redis_publisher = (
+            RedisPublisher(self._broker_redis, ttl) if self._broker_redis is not None else None
+        )
+        self._amqp_publisher = (
+            None
+            if self._broker_redis is not None
+            else AmqpPublisher(
+                self._urls.broker_url, self.topology, PendingClaims(self._redis, ttl)
+            )
+        )
 
     # -- building -------------------------------------------------------------------------
     def _queue_of(self, kind: str) -> str:
@@ -124,79 +150,26 @@ class Client:
             )
         return body
 
-    # -- idempotency ----------------------------------------------------------------------
-    def _claim(self, messages: Sequence[TaskMessage]) -> list[bool]:
-        """SET NX one marker per keyed job; False for a job already enqueued before."""
-        return self._claim_jobs(
-            [(m.job_id, m.kind, "taskfleet_idempotency_key" in m.headers) for m in messages]
-        )
-
-    def _claim_jobs(self, jobs: Sequence[tuple[str, str, bool]]) -> list[bool]:
-        """SET NX one marker per (job id, kind, keyed) whose keyed is true; per job, whether it
-        is new (unkeyed jobs always are; of the same key twice, only the first)."""
-        keyed = [(at, job_id, kind) for at, (job_id, kind, is_keyed) in enumerate(jobs) if is_keyed]
-        fresh = [True] * len(jobs)
-        if not keyed:
-            return fresh
-        pipe = self._redis.pipeline(transaction=False)
-        for _, job_id, kind in keyed:
-            pipe.set(IDEMPOTENCY_PREFIX + job_id, kind, nx=True, ex=self.settings.result_expires)
-        for (at, _, _), new in zip(keyed, pipe.execute(), strict=True):
-            fresh[at] = bool(new)
-        return fresh
-
     # -- publishing -----------------------------------------------------------------------
-    def _publish_redis(self, messages: Sequence[TaskMessage]) -> None:
-        assert self._broker_redis is not None
-        for start in range(0, len(messages), BATCH_CHUNK):
-            pipe = self._broker_redis.pipeline(transaction=False)
-            for m in messages[start : start + BATCH_CHUNK]:
-                pipe.lpush(redis_priority_key(m.queue, m.priority), m.redis_envelope())
-            pipe.execute()
-
-    def _publish_amqp(self, messages: Sequence[TaskMessage]) -> None:
-        with self._amqp_lock:
-            if self._amqp is None:
-                self._amqp = Connection(self._urls.broker_url, transport_options={})
-            conn = self._amqp.clone()
-        with conn:
-            channel = conn.channel()
-            for queue in self.topology.all_queues():
-                queue(channel).declare()
-            producer = Producer(channel)
-            for start in range(0, len(messages), BATCH_CHUNK):
-                channel.tx_select()
-                for m in messages[start : start + BATCH_CHUNK]:
-                    producer.publish(
-                        m.body,
-                        exchange=m.queue,
-                        routing_key=m.queue,
-                        content_type="application/json",
-                        content_encoding="utf-8",
-                        headers=m.headers,
-                        priority=m.priority,
-                        delivery_mode=2,
-                        correlation_id=m.job_id,
-                        reply_to="",
-                        retry=False,
-                    )
-                channel.tx_commit()  # one round trip: the broker holds the whole chunk
+    def _before_publish(self, job_ids: Sequence[str]) -> None:
+        """Runs after the claims are taken and before the jobs are published (RabbitMQ),
+        or just before the claim-and-push (Redis). Does nothing: a seam for crash tests."""
 
     def _send(self, messages: Sequence[TaskMessage]) -> list[JobHandle]:
-        fresh = self._claim(messages)
-        to_send = [m for m, new in zip(messages, fresh, strict=True) if new]
-        if to_send:
-            try:
-                if self._broker_redis is not None:
-                    self._publish_redis(to_send)
-                else:
-                    self._publish_amqp(to_send)
-            except BaseException:
-                # Not published: free the idempotency claims so a retry really sends the jobs.
-                keyed = [m.job_id for m in to_send if "taskfleet_idempotency_key" in m.headers]
-                if keyed:
-                    self._redis.delete(*(IDEMPOTENCY_PREFIX + job_id for job_id in keyed))
-                raise
+        if self._redis_publisher is not None:
+            keyed = [m.job_id if KEY_HEADER in m.headers else None for m in messages]
+            lists = [redis_priority_key(m.queue, m.priority) for m in messages]
+            envelopes = [m.redis_envelope() for m in messages]
+            self._before_publish([m.job_id for m in messages])
+            if any(job_id is not None for job_id in keyed):
+                kinds = [m.kind for m in messages]
+                fresh = self._redis_publisher.claim_and_push(lists, envelopes, keyed, kinds)
+            else:
+                self._redis_publisher.push(lists, envelopes)
+                fresh = [True] * len(messages)
+        else:
+            assert self._amqp_publisher is not None
+            fresh = self._amqp_publisher.send(messages, self.claim_window_s, self._before_publish)
         return [
             JobHandle(m.job_id, m.kind, self.app, deduplicated=not new)
             for m, new in zip(messages, fresh, strict=True)
@@ -217,12 +190,16 @@ class Client:
             kind: A job kind, e.g. ``"cpu.checksum"``.
             payload: The job's single argument; must be JSON-serialisable.
             priority: 0..9 (9 most urgent) or low/normal/high/critical; default normal.
-            idempotency_key: Jobs with the same kind and key are the same job: only the
-                first is published, later calls return a handle to it (``deduplicated``).
+            idempotency_key: Jobs with the same kind and key are the same job (its id is
+                derived from the key): only the first is published, later calls return a
+                handle to it (``deduplicated``). A call made while another is still
+                publishing that job waits for it (RabbitMQ); if that call crashed, this one
+                publishes the job once its claim expires (``claim_window_s``).
             client_id: Who sent it, carried in the message headers.
 
         Raises:
             UnknownJobKind, PayloadError, PriorityError: nothing was published.
+            ClaimPending: another call's claim on the key neither resolved nor expired.
         """
         message = self._message(kind, payload, priority, idempotency_key, client_id)
         return self._send([message])[0]
@@ -259,7 +236,7 @@ class Client:
     ) -> list[JobHandle]:
         """The same messages as ``_message`` + ``redis_envelope``, built from one
         :class:`EnvelopeTemplate` per (kind, priority, keyed) and sent as one multi-value
-        LPUSH per priority sub-list and chunk (see :meth:`_push`)."""
+        LPUSH per priority sub-list and chunk (see :meth:`RedisPublisher.push`)."""
         default_level = parse_priority(priority)
         headers = {} if client_id is None else {"taskfleet_client_id": client_id}
         templates: dict[tuple[str, int, bool], tuple[EnvelopeTemplate, str]] = {}
@@ -289,43 +266,19 @@ class Client:
             kinds.append(kind)
             keys.append(key)
             lists.append(list_key)
-        fresh = self._claim_jobs(
-            [
-                (job_id, kind, key is not None)
-                for job_id, kind, key in zip(job_ids, kinds, keys, strict=True)
-            ]
-        )
-        try:
-            self._push([(k, e) for k, e, new in zip(lists, envelopes, fresh, strict=True) if new])
-        except BaseException:
-            # Not published: free the idempotency claims so a retry really sends the jobs.
-            claimed = [
-                IDEMPOTENCY_PREFIX + job_id
-                for job_id, key, new in zip(job_ids, keys, fresh, strict=True)
-                if new and key is not None
-            ]
-            if claimed:
-                self._redis.delete(*claimed)
-            raise
+        self._before_publish(job_ids)
+        assert self._redis_publisher is not None
+        if any(key is not None for key in keys):
+            keyed = [j if k is not None else None for j, k in zip(job_ids, keys, strict=True)]
+            fresh = self._redis_publisher.claim_and_push(lists, envelopes, keyed, kinds)
+        else:
+            self._redis_publisher.push(lists, envelopes)
+            fresh = [True] * len(job_ids)
         app = self.app
         return [
             JobHandle(job_id, kind, app, deduplicated=not new)
             for job_id, kind, new in zip(job_ids, kinds, fresh, strict=True)
         ]
-
-    def _push(self, envelopes: Sequence[tuple[str, bytes]]) -> None:
-        """LPUSH (list key, envelope) pairs: one command per list and ``BATCH_CHUNK`` values,
-        all in one pipeline. ``LPUSH key a b c`` pushes a, then b, then c, exactly as three
-        single LPUSHes would, so every list keeps the batch's order (FIFO for consumers)."""
-        assert self._broker_redis is not None
-        by_list: dict[str, list[bytes]] = {}
-        for list_key, envelope in envelopes:
-            by_list.setdefault(list_key, []).append(envelope)
-        pipe = self._broker_redis.pipeline(transaction=False)
-        for list_key, values in by_list.items():
-            for start in range(0, len(values), BATCH_CHUNK):
-                pipe.lpush(list_key, *values[start : start + BATCH_CHUNK])
-        pipe.execute()
 
     def handle(self, job_id: str, kind: str = "") -> JobHandle:
         """A handle for a job published earlier (by id)."""
@@ -336,13 +289,15 @@ class Client:
         self._redis.close()
         if self._broker_redis is not None:
             self._broker_redis.close()
-        if self._amqp is not None:
-            self._amqp.release()
+        if self._amqp_publisher is not None:
+            self._amqp_publisher.close()
 
 
 __all__ = [
     "DEFAULT_RESULT_TIMEOUT_S",
+    "IDEMPOTENCY_PREFIX",
     "AsyncClient",
+    "ClaimPending",
     "Client",
     "JobFailed",
     "JobHandle",

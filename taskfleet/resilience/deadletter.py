@@ -8,7 +8,9 @@ the metadata (reason, exception type and message, traceback, attempts, timestamp
   push idempotent: a job dead-lettered twice (redelivered after a crash) is stored once.
 * RabbitMQ: the message itself reaches ``<queue>.dlq`` through the broker's dead-letter
   exchange (the worker rejects it without requeue); the same metadata is stored in a Redis
-  hash keyed by job id and joined back when listing.
+  hash keyed by job id and joined back when listing. Messages the broker dead-letters on its
+  own (TTL, length limit, another client's reject) have no metadata: they are read from the
+  queue itself (``resilience/broker_dlq.py``) and listed with ``origin="broker"``.
 """
 
 from __future__ import annotations
@@ -31,7 +33,14 @@ Reason = Literal[
     "malformed",
     "content_disallowed",
     "oversize",
+    # Dead-lettered by RabbitMQ itself (``x-death`` reason), not by a taskfleet worker:
+    "expired",
+    "rejected",
+    "maxlen",
+    "delivery_limit",
 ]
+#: Who dead-lettered a job: a taskfleet worker (with metadata), or the broker on its own.
+Origin = Literal["taskfleet", "broker"]
 INDEX_PREFIX = "taskfleet:dlq:index:"
 META_PREFIX = "taskfleet:dlq:meta:"
 MAX_TRACEBACK_CHARS = 8000
@@ -62,6 +71,7 @@ class DeadLetter:
     first_attempt_at: float | None = None
     replay_of: str | None = None
     message: dict[str, Any] = field(default_factory=dict)
+    origin: Origin = "taskfleet"
 
     @classmethod
     def from_exception(
