@@ -128,8 +128,10 @@ def clean_state(redis_client: redis.Redis, engine, redis_env: dict[str, str]) ->
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Integration and reliability tests get a longer default timeout."""
+    """Integration and reliability tests get a longer default timeout; tests that restart a
+    shared service (``disruptive``) run last, so no session-wide fleet meets the restart."""
     for item in items:
         path = Path(str(item.fspath))
         if "integration" in path.parts or "reliability" in path.parts:
             item.add_marker(pytest.mark.timeout(240), append=False)
+    items.sort(key=lambda item: item.get_closest_marker("disruptive") is not None)

@@ -1,0 +1,60 @@
+"""The chaos harness's scenarios (``bench/chaos``), smaller, as tests.
+
+Each runs the very scenario function ``python -m bench.chaos`` runs, on its own Redis and
+Postgres, and asserts what the harness reports: nothing lost, no execution twice beyond the
+jobs the fault cut short, no dead letter, and, for the kill scenarios, the killed worker's
+jobs done within ``SIZE.recover_s`` (15 s) of the kill: a ``wait_for`` deadline inside the
+scenario, which fails the test with what it waited for.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from bench.chaos.report import Row
+from bench.chaos.run import SIZES
+from bench.chaos.scenarios import SCENARIOS
+from bench.chaos.scenarios_services import amqp_reachable, amqp_url
+from tests.support.services import in_ci, missing_service
+from tests.support.waiting import wait_for
+
+SIZE = SIZES["test"]
+RABBITMQ = "restart-rabbitmq"
+#: Restarting RabbitMQ bounces every client of the node: only where it is ours to restart.
+RABBITMQ_RESTART_ENV = "TASKFLEET_CHAOS_RESTART_RABBITMQ"
+SCENARIO_TIMEOUT_S = 120
+
+
+def assert_clean(row: Row) -> None:
+    """The harness's pass criteria, one assertion each so a failure names the figure."""
+    figures = dict(zip(("sent", "ok", "lost", "duplicated", "dead"), row.cells()[1:6], strict=True))
+    assert row.sent > 0, figures
+    assert row.lost == 0, f"{row.lost} lost: {row.notes} {figures}"
+    assert row.duplicated <= row.mid_execution, (
+        f"{row.duplicated} executions beyond the first, {row.mid_execution} jobs mid-execution"
+    )
+    assert row.dead_lettered == 0, figures
+    assert not row.problems, row.outcome
+
+
+@pytest.mark.timeout(SCENARIO_TIMEOUT_S)
+@pytest.mark.parametrize("scenario", [name for name in SCENARIOS if name != RABBITMQ])
+def test_scenario(scenario: str) -> None:
+    row = SCENARIOS[scenario](SIZE, wait_for)
+    if row.skipped:  # the partition needs root and `ip netns`
+        missing_service(f"what {scenario} needs", row.skipped)
+    assert_clean(row)
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.disruptive
+@pytest.mark.timeout(SCENARIO_TIMEOUT_S)
+def test_rabbitmq_restart() -> None:
+    url = amqp_url()
+    if not amqp_reachable(url):
+        missing_service(f"RabbitMQ at {url}")
+    if not (in_ci() or os.environ.get(RABBITMQ_RESTART_ENV)):
+        missing_service("a RabbitMQ node this test may restart", f"{RABBITMQ_RESTART_ENV} unset")
+    assert_clean(SCENARIOS[RABBITMQ](SIZE, wait_for))
