@@ -78,7 +78,9 @@ class Size:
 SIZES = {
     "full": Size(60, 300, 2.0, 2, 10, 30.0, 15.0, 3.0, 30.0, 30.0),
     "quick": Size(16, 200, 3.0, 2, 10, 15.0, 2.0, 2.0, 4.0, 3.0),
-    "test": Size(16, 200, 3.0, 2, 10, 15.0, 2.0, 2.0, 4.0, 3.0),
+    # The tests' deadlines only tell fast recovery from the visibility timeout (an hour) on
+    # any machine; the 15 s target is measured by the harness's own runs (RELIABILITY.md).
+    "test": Size(16, 200, 3.0, 2, 10, 45.0, 5.0, 2.0, 4.0, 3.0),
 }
 
 
