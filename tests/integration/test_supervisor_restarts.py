@@ -230,8 +230,8 @@ def test_sigkill_of_a_worker_tree_restarts_it_within_seconds(up: Up) -> None:
     took = time.monotonic() - killed_at
     print(f"\nSIGKILL of the cpu-worker tree -> restarted worker answers ping: {took:.2f}s")
 
-    # The 10 s target is measured by the chaos harness (bench/chaos), not asserted here: the
-    # deadlines above only tell a restart from none (RECOVERY_TIMEOUT_S).
+    # The 10 s target is reported (the line above; 5-8 s here), not asserted: the deadlines
+    # above only tell a restart from none, on any machine (RECOVERY_TIMEOUT_S).
     after = up.children()
     for name in ("io-worker", "beat", "flower"):
         assert after[name]["pid"] == before[name]["pid"], name
