@@ -34,7 +34,7 @@ from taskfleet.config import load_settings
 from taskfleet.config.cache import load_cache_settings
 from taskfleet.devstack import EmbeddedStack, StackURLs
 from taskfleet.sandbox import namespaces_available
-from tests.support.services import TEST_DATA_DIR, missing_service
+from tests.support.services import TEST_DATA_DIR, missing_service, private_stack
 from tests.support.waiting import wait_for
 from tests.support.workers import Fleet
 
@@ -47,14 +47,8 @@ LAND_TIMEOUT_S = 60.0
 @pytest.fixture(scope="module")
 def outage_stack() -> Iterator[tuple[EmbeddedStack, StackURLs]]:
     """A private Redis + Postgres pair whose Postgres tests stop and restart (same port)."""
-    stack = EmbeddedStack(OUTAGE_STACK_DIR)
-    started_here = not stack.is_running()
-    urls = stack.ensure_running()
-    yield stack, urls
-    if started_here:
-        stack.stop()
-    else:
-        stack.ensure_running()
+    with private_stack(OUTAGE_STACK_DIR) as stack_and_urls:
+        yield stack_and_urls
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from taskfleet.cache.store import make_engine
 from taskfleet.cache.tiers import CacheUnavailable
 from taskfleet.config.cache import load_cache_settings
 from taskfleet.devstack import EmbeddedStack, StackURLs
-from tests.support.services import TEST_DATA_DIR
+from tests.support.services import TEST_DATA_DIR, private_stack
 from tests.support.waiting import wait_for
 
 WRITES = 200
@@ -33,18 +33,9 @@ FAULT_STACK_DIR = TEST_DATA_DIR.with_name(TEST_DATA_DIR.name + "-faults")
 
 @pytest.fixture(scope="module")
 def fault_stack() -> Iterator[tuple[EmbeddedStack, StackURLs]]:
-    """A private Redis + Postgres pair that tests may stop and restart (same ports).
-
-    Stopped afterwards if this module started it, else left running as it was found.
-    """
-    stack = EmbeddedStack(FAULT_STACK_DIR)
-    started_here = not stack.is_running()
-    urls = stack.ensure_running()
-    yield stack, urls
-    if started_here:
-        stack.stop()
-    else:
-        stack.ensure_running()
+    """A private Redis + Postgres pair that tests may stop and restart (same ports)."""
+    with private_stack(FAULT_STACK_DIR) as stack_and_urls:
+        yield stack_and_urls
 
 
 def _names() -> tuple[str, str]:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
-from taskfleet.devstack import EmbeddedStack
+from taskfleet.devstack import EmbeddedStack, StackURLs
 
 REPO = Path(__file__).resolve().parents[2]
 #: Embedded services for tests; set TASKFLEET_TEST_STACK_DIR to give a parallel run its own.
@@ -87,3 +89,19 @@ def delete_amqp_queues(env: dict[str, str]) -> None:
                     channel.queue_delete(name)
                 except conn.channel_errors:
                     channel = conn.channel()
+
+
+@contextmanager
+def private_stack(data_dir: Path) -> Iterator[tuple[EmbeddedStack, StackURLs]]:
+    """An embedded Redis + Postgres pair of its own, that tests may stop and restart.
+
+    Stopped afterwards if this call started it, else left running as it was found.
+    """
+    stack = EmbeddedStack(data_dir)
+    started_here = not stack.is_running()
+    urls = stack.ensure_running()
+    yield stack, urls
+    if started_here:
+        stack.stop()
+    else:
+        stack.ensure_running()
