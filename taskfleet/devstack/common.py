@@ -136,13 +136,22 @@ class Probe:
 # --------------------------------------------------------------------------- start-up steps
 
 
-def choose_port(preferred: int | None, exclude: set[int]) -> int:
-    """Return ``preferred`` if it is free, else a new free port outside ``exclude``.
+PREFERRED_PORT_WAIT_S = 5.0
+"""Seconds a restart waits for its remembered port to come free (a server just killed may
+still hold it for a moment), before it takes another one: clients keep their URLs."""
+
+
+def choose_port(preferred: int | None, exclude: set[int], wait_s: float = 0.0) -> int:
+    """Return ``preferred`` if it is free (within ``wait_s``), else a free port outside ``exclude``.
 
     Raises:
         DevStackError: No free port was found.
     """
-    if preferred and preferred not in exclude and port_free(LISTEN_HOST, preferred):
+    if (
+        preferred
+        and preferred not in exclude
+        and wait_until(lambda: port_free(LISTEN_HOST, preferred), wait_s, backoff=True)
+    ):
         return preferred
     low, high = PORT_RANGE
     for _ in range(100):

@@ -17,6 +17,7 @@ from taskfleet.devstack.common import (
     LISTEN_HOST,
     PG_DIR_NAME,
     POSTGRES_USER,
+    PREFERRED_PORT_WAIT_S,
     PROBE_TIMEOUT,
     START_ATTEMPTS,
     START_TIMEOUT,
@@ -174,7 +175,7 @@ class PostgresServer:
             (self.pg_dir / "postmaster.pid").unlink()
 
         for _attempt in range(START_ATTEMPTS):
-            port = choose_port(preferred, exclude)
+            port = choose_port(preferred, exclude, PREFERRED_PORT_WAIT_S)
             offset = file_size(self.log)
             args = [
                 "pg_ctl",

@@ -14,6 +14,7 @@ from typing import Literal
 from taskfleet.devstack.common import (
     KILL_TIMEOUT,
     LISTEN_HOST,
+    PREFERRED_PORT_WAIT_S,
     PROBE_TIMEOUT,
     REDIS_DB,
     START_ATTEMPTS,
@@ -143,7 +144,7 @@ class RedisServer:
             self.pidfile.unlink()  # stale: the server is not running
 
         for _attempt in range(START_ATTEMPTS):
-            port = choose_port(preferred, exclude)
+            port = choose_port(preferred, exclude, PREFERRED_PORT_WAIT_S)
             offset = file_size(self.log)
             cmd = [
                 str(exe),
