@@ -7,7 +7,6 @@ CLI runs as a real subprocess, exactly as an operator runs it.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -26,6 +25,7 @@ import redis
 from taskfleet.config import load_settings
 from taskfleet.devstack import EmbeddedStack
 from taskfleet.fleet import Fleet, FleetOptions
+from tests.support.workers import kill_tree
 
 CLI = [sys.executable, "-m", "taskfleet.cli"]
 CLI_TIMEOUT_S = 60
@@ -115,18 +115,6 @@ def stacks_of_tree(pid: int) -> str:
         except (psutil.Error, subprocess.TimeoutExpired) as exc:
             dumps.append(f"--- {proc.pid}: {exc!r}")
     return "\n".join(dumps)
-
-
-def kill_tree(pid: int) -> None:
-    """SIGKILL ``pid`` and every process it started."""
-    try:
-        root = psutil.Process(pid)
-        tree = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return
-    for proc in tree:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.kill()
 
 
 def expected_checksum(payload: dict[str, Any]) -> str:

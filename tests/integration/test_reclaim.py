@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 import redis
 from celery import states
@@ -41,7 +40,7 @@ from taskfleet.workers.profiles import cpu_profile, io_profile
 from tests.integration.test_dead_letters import resilience_env
 from tests.support.transport import private_transport
 from tests.support.waiting import wait_for
-from tests.support.workers import Fleet
+from tests.support.workers import Fleet, kill_tree
 
 VISIBILITY_S = 3600
 HEARTBEAT_INTERVAL_S = 0.5
@@ -112,16 +111,6 @@ def _held(client: redis.Redis, owner: str) -> int:
     return int(client.hlen(owners.tags_key(owner)))
 
 
-def _kill_tree(pid: int) -> None:
-    """SIGKILL a worker and every descendant (pool processes, heartbeat sidecar) at once."""
-    root = psutil.Process(pid)
-    tree = [root, *root.children(recursive=True)]
-    for proc in tree:  # frozen first: none sees another die and acts on it
-        proc.send_signal(signal.SIGSTOP)
-    for proc in tree:
-        proc.kill()
-
-
 def _unacked_of(client: redis.Redis, queue: str) -> list[bytes]:
     return [r for r in client.hvals("unacked") if queue.encode() in r]
 
@@ -149,7 +138,7 @@ def test_a_killed_prefork_workers_jobs_run_again_within_seconds(
             "two jobs running and a spare reserved on the first worker",
         )
         running = set(_starts(redis_client, log))
-        _kill_tree(first)  # its sidecar too: only the heartbeat's expiry tells the fleet
+        kill_tree(first)  # its sidecar too: only the heartbeat's expiry tells the fleet
         killed_at = time.monotonic()
         _start(fleets, env, tmp_path, "second", PREFORK_PROCESSES)
         redis_client.set(record_release_key(log), 1)
@@ -233,7 +222,7 @@ def test_a_dead_solo_workers_job_runs_again_within_seconds(
         if death == "sigxcpu":  # what RLIMIT_CPU's backstop sends; the sidecar survives it
             os.kill(solo, signal.SIGXCPU)
         else:
-            _kill_tree(solo)
+            kill_tree(solo)
         wait_for(
             lambda: _starts(redis_client, log)[handle.id] == 2,
             RECOVERY_DEADLINE_S,
@@ -265,7 +254,7 @@ def test_a_killed_green_workers_jobs_run_again_within_seconds(
             SETTLE_S,
             "every job running on the green worker",
         )
-        _kill_tree(green)
+        kill_tree(green)
         _start(fleets, env, tmp_path, "other", GREENLETS, pool="io")
         redis_client.set(record_release_key(log), 1)
         assert all(h.result(RECOVERY_DEADLINE_S)["attempt"] == 1 for h in handles)

@@ -36,6 +36,7 @@ from taskfleet.fleet import GIVE_UP_CRASHES, read_status
 from taskfleet.resilience.testing_jobs import gate_key
 from taskfleet.routing.depth import redis_priority_keys
 from tests.support.waiting import wait_for
+from tests.support.workers import kill_tree
 
 CLI = [sys.executable, "-m", "taskfleet.cli"]
 #: Starting a fresh embedded stack (initdb) and the workers.
@@ -168,18 +169,6 @@ def queued_ids(store: redis.Redis) -> set[str]:
         for raw in store.lrange(key, 0, -1):
             ids.add(str(json.loads(raw)["headers"]["id"]))
     return ids
-
-
-def kill_tree(pid: int) -> None:
-    """SIGKILL ``pid`` and all its descendants at once."""
-    try:
-        root = psutil.Process(pid)
-        tree = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return
-    for proc in tree:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.kill()
 
 
 def alive(pid: int) -> bool:

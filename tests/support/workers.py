@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 from celery import Celery
 
 from taskfleet.app import create_app
@@ -19,6 +21,23 @@ from taskfleet.config import load_settings
 from taskfleet.workers.profiles import WorkerProfile, cpu_profile, io_profile
 
 from .waiting import wait_for
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and every descendant at once (pool processes, persister, sidecar).
+
+    All are stopped (SIGSTOP) first, so none sees another die and acts on it.
+    """
+    try:
+        root = psutil.Process(pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for sig in (signal.SIGSTOP, signal.SIGKILL):
+        for proc in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.send_signal(sig)
+
 
 WORKER_START_TIMEOUT_S = 60.0
 WORKER_STOP_TIMEOUT_S = 20.0
