@@ -93,6 +93,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         config["broker_transport_options"] |= {
             "priority_steps": ALL_PRIORITY_STEPS,
             "queue_order_strategy": "priority",
+            "atomic_fetch": settings.atomic_fetch,
         }
     else:
         config["broker_transport_options"] = {"confirm_publish": True}

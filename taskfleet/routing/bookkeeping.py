@@ -137,12 +137,20 @@ class BatchedQoS(kombu_redis.QoS):  # type: ignore[misc]
             self._disown(deferred_restore.restore_deferred(self))
 
     @property
+    def owner_tags_key(self) -> str | None:
+        """The hash tying this worker's deliveries to it (None: no owner)."""
+        return self._owner_tags
+
+    @property
     def batching(self) -> bool:
         """True once an event loop drives the transport (its timer then flushes acks)."""
         return bool(getattr(self.channel.connection, "batch_acks", False))
 
     def append(self, message: Any, delivery_tag: Any) -> None:
         """Record a delivery as unacked: with the next BRPOP when one is about to be sent."""
+        if getattr(self.channel, "delivery_recorded", False):  # the fetch script did it
+            virtual.QoS.append(self, message, delivery_tag)
+            return
         delivery = message.delivery_info
         stamp = time()
         record: list[Command] = [

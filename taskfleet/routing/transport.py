@@ -15,15 +15,27 @@ Three changes to stock kombu, each a subclass hook rather than a hand-written tr
   the removals are batched behind it (:mod:`taskfleet.routing.bookkeeping`), so a job costs
   the parent one write to Redis. Only consumers driven by the event loop (prefork, solo) do
   this; the gevent pool's loop keeps stock kombu's synchronous writes.
+* **Pop and record in one step** (``atomic_fetch``, on by default): the BRPOP goes out as a
+  Lua call that records the delivery before it pops it, so no job is ever held only in
+  flight (:mod:`taskfleet.routing.atomic_fetch`). ``TASKFLEET_ATOMIC_FETCH=false`` goes
+  back to BRPOP.
 """
 
 from __future__ import annotations
 
+import logging
 from bisect import bisect
 from typing import Any
 
+import redis
 from kombu.transport import redis as kombu_redis
+from kombu.transport.virtual import Empty
 
+from taskfleet.routing.atomic_fetch import (
+    FETCH_LUA,
+    SUSPEND_AFTER_REFUSAL_S,
+    AtomicFetch,
+)
 from taskfleet.routing.bookkeeping import (
     ACK_BATCH_MAX,
     ACK_FLUSH_INTERVAL_S,
@@ -32,6 +44,7 @@ from taskfleet.routing.bookkeeping import (
     skips_replies,
     without_replies,
 )
+from taskfleet.routing.fetch_channel import WAIT, FetchScriptChannel
 from taskfleet.routing.priority import MAX_PRIORITY, MIN_PRIORITY
 from taskfleet.workers.late_replies import Command
 
@@ -41,6 +54,9 @@ ALL_PRIORITY_STEPS = list(range(MIN_PRIORITY, MAX_PRIORITY + 1))
 TRANSPORT_PATH = "taskfleet.routing.transport:Transport"
 #: Attribute of a fetch connection holding the bytes to send in front of its next command.
 PREFIX_ATTR = "fetch_prefix"
+#: Attribute of a fetch connection holding the :class:`AtomicFetch` its next BRPOP becomes.
+FETCH_ATTR = "fetch_script"
+log = logging.getLogger(__name__)
 
 
 class _PrefixedSends:
@@ -54,12 +70,13 @@ class _PrefixedSends:
 
     def send_command(self, *args: Any, **kwargs: Any) -> None:
         prefix: bytes = self.__dict__.pop(PREFIX_ATTR, b"")
+        fetch: AtomicFetch | None = self.__dict__.pop(FETCH_ATTR, None)
         if not args or args[0] != "BRPOP":
             if prefix:
                 self.send_packed_command([prefix], check_health=False)  # type: ignore[attr-defined]
             super().send_command(*args, **kwargs)  # type: ignore[misc]
             return
-        command = _packed_fetches.get(args)
+        command = _packed_fetches.get(args) if fetch is None else fetch.packed_call(self, args)
         if command is None:
             if len(_packed_fetches) >= PACKED_FETCHES_MAX:
                 _packed_fetches.clear()
@@ -80,7 +97,7 @@ def _with_prefixed_sends(connection_class: type) -> type:
     return type(f"Prefixed{connection_class.__name__}", (_PrefixedSends, connection_class), {})
 
 
-class Channel(kombu_redis.Channel):  # type: ignore[misc]
+class Channel(FetchScriptChannel, kombu_redis.Channel):  # type: ignore[misc]
     """A Redis channel: most urgent sub-list first, one reused client, merged bookkeeping."""
 
     QoS = BatchedQoS
@@ -126,29 +143,57 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         return params
 
     def _brpop_start(self, timeout: Any = None) -> None:
-        """Stock BRPOP, sent in one write with the bookkeeping that waits for it."""
+        """Stock BRPOP (or the fetch script), sent in one write with the bookkeeping that
+        waits for it; nothing while an idle channel waits for a change notification."""
         qos, connection = self._our_qos(), self.client.connection
-        if qos is None or not qos.has_fetch_prefix() or not skips_replies(connection):
+        fetch = self._atomic(connection)
+        if fetch is not None and fetch.waiting():
+            return
+        commands = [] if fetch is None else fetch.switches(connection._sock, self._prefixes)
+        if qos is not None and qos.has_fetch_prefix() and skips_replies(connection):
+            commands += qos.take_fetch_prefix()
+        if not commands and fetch is None:
             super()._brpop_start(timeout)
             return
-        setattr(connection, PREFIX_ATTR, without_replies(qos.take_fetch_prefix()))
+        if commands:
+            setattr(connection, PREFIX_ATTR, without_replies(commands))
+        if fetch is not None:
+            setattr(connection, FETCH_ATTR, fetch)
         try:
             super()._brpop_start(timeout)
         finally:
             unsent = connection.__dict__.pop(PREFIX_ATTR, None)
+            self._fetch_sent = fetch is not None and FETCH_ATTR not in connection.__dict__
+            connection.__dict__.pop(FETCH_ATTR, None)
         if unsent:  # kombu sent no BRPOP (no active queue): the writes go alone
             connection.send_packed_command([unsent])
 
     def _brpop_read(self, **options: Any) -> Any:
         """Stock read; the reply confirms every write sent before the BRPOP."""
         self.delivering = True
+        fetch, sent, self._fetch_sent = self._fetch, self._fetch_sent, False
         try:
-            return super()._brpop_read(**options)
-        finally:
-            self.delivering = False
-            qos = self._our_qos()
-            if qos is not None:
-                qos.fetch_answered()
+            found = super()._brpop_read(**options)
+        except Empty:
+            if sent and fetch is not None:
+                fetch.answered(False)
+            raise
+        except redis.exceptions.NoScriptError:  # Redis restarted and lost its script cache
+            self.client.script_load(FETCH_LUA)
+            raise Empty() from None
+        except redis.ResponseError as exc:
+            if not sent:
+                raise
+            log.warning(
+                "Redis refused the fetch script (%s): BRPOP for %.0f s",
+                exc,
+                SUSPEND_AFTER_REFUSAL_S,
+            )
+            self._drop_fetch(refused=True)
+            raise Empty() from None
+        if sent and fetch is not None:
+            fetch.answered(True)
+        return found
 
     def _on_connection_disconnect(self, connection: Any) -> None:
         """Stock handling; writes not yet confirmed by a dropped fetch are queued again."""
@@ -192,6 +237,14 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
 
 class Poller(kombu_redis.MultiChannelPoller):  # type: ignore[misc]
     """kombu's poller; after each loop iteration's BRPOPs, records left behind are sent."""
+
+    def on_readable(self, fileno: int) -> Any:
+        """Stock; change notifications are read even by a channel that cannot consume now
+        (left unread, a readable socket would spin the loop)."""
+        chan_type = self._fd_to_chan.get(fileno)
+        if chan_type is not None and chan_type[1] == WAIT:
+            return chan_type[0].handlers[WAIT]()
+        return super().on_readable(fileno)
 
     def on_poll_start(self) -> None:
         """Stock: (re)issue BRPOPs. Then send the records a full channel kept from riding."""

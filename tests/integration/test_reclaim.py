@@ -424,14 +424,16 @@ def test_a_live_owners_deliveries_are_never_restored(
             redis_client.zrem(reclaimer.registry, owner)
 
 
+@pytest.mark.parametrize("atomic", [True, False], ids=["script", "brpop"])
 @pytest.mark.parametrize("inline", [False, True], ids=["prefork", "solo"])
 def test_the_owner_entry_rides_with_the_record_and_leaves_with_the_ack(
-    inline: bool, services: dict[str, str], redis_client: redis.Redis
+    inline: bool, atomic: bool, services: dict[str, str], redis_client: redis.Redis
 ) -> None:
     owner = owners.claim(owners.new_owner_id())
     bookkeeping.run_jobs_inline(inline)
+    url = services["TASKFLEET_REDIS_URL"]
     try:
-        with private_transport(services["TASKFLEET_REDIS_URL"], redis_client, "own") as wired:
+        with private_transport(url, redis_client, "own", atomic_fetch=atomic) as wired:
             conn = wired["conn"]
             conn.transport.batch_acks = True  # what register_with_event_loop sets
             received: list[Any] = []
@@ -449,7 +451,9 @@ def test_the_owner_entry_rides_with_the_record_and_leaves_with_the_ack(
 
             wired["publish"](1)
             wait_for(lambda: poll() and received, SETTLE_S, "the delivery")
-            if not inline:  # the record waits for the next BRPOP, the owner entry with it
+            if atomic:  # the fetch script wrote the record before it popped the message
+                assert _held(redis_client, owner.id) == 1
+            elif not inline:  # the record waits for the next BRPOP, the owner entry with it
                 assert _held(redis_client, owner.id) == 0
                 poll()
             wait_for(lambda: _held(redis_client, owner.id) == 1, SETTLE_S, "the owner entry")

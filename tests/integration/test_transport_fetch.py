@@ -1,9 +1,11 @@
-"""taskfleet's Redis transport on a real Redis: bookkeeping that rides with the next BRPOP.
+"""taskfleet's Redis transport on a real Redis: when each unacked record and removal lands.
 
-A consumer driven by an event loop records each delivery in kombu's ``unacked`` hash in the
-same write as its next BRPOP, and removes acked deliveries in that write too. These tests
-drive the BRPOP path (``drain_events``: one poll per call, as one loop iteration) and read
-the hash to see exactly when each write lands.
+With ``atomic_fetch`` (the default) the fetch script records a delivery before it pops it;
+without it (``TASKFLEET_ATOMIC_FETCH=false``), a consumer driven by an event loop records
+each delivery in the same write as its next BRPOP. Either way removals ride with the next
+fetch. These tests drive the fetch path (``drain_events``: one poll per call, as one loop
+iteration) and read the hash to see exactly when each write lands; the tests of records
+riding with a BRPOP run without the script, the others in both modes.
 """
 
 from __future__ import annotations
@@ -24,10 +26,10 @@ LANDS_WITHIN_S = 5.0
 IDLE_POLL_S = 0.05
 
 
-@pytest.fixture
-def fetch(services: dict[str, str], redis_client: redis.Redis) -> Iterator[dict[str, Any]]:
+@contextlib.contextmanager
+def _consumer(url: str, client: redis.Redis, atomic: bool) -> Iterator[dict[str, Any]]:
     """A consumer on our transport, batching as under an event loop, with its own keys."""
-    with private_transport(services["TASKFLEET_REDIS_URL"], redis_client, "fetch") as wired:
+    with private_transport(url, client, "fetch", atomic_fetch=atomic) as wired:
         conn = wired["conn"]
         conn.transport.batch_acks = True  # what register_with_event_loop sets
         received: list[Any] = []
@@ -44,6 +46,22 @@ def fetch(services: dict[str, str], redis_client: redis.Redis) -> Iterator[dict[
         yield {**wired, "received": received, "poll": poll}
 
 
+@pytest.fixture(params=[True, False], ids=["script", "brpop"])
+def fetch(
+    request: pytest.FixtureRequest, services: dict[str, str], redis_client: redis.Redis
+) -> Iterator[dict[str, Any]]:
+    """A consumer, with the fetch script and without it."""
+    with _consumer(services["TASKFLEET_REDIS_URL"], redis_client, request.param) as wired:
+        yield wired
+
+
+@pytest.fixture
+def brpop_fetch(services: dict[str, str], redis_client: redis.Redis) -> Iterator[dict[str, Any]]:
+    """A consumer without the fetch script: records ride with the next BRPOP."""
+    with _consumer(services["TASKFLEET_REDIS_URL"], redis_client, False) as wired:
+        yield wired
+
+
 def _deliver(f: dict[str, Any], count: int) -> list[Any]:
     wait_for(lambda: (f["poll"](), len(f["received"]) >= count)[1], LANDS_WITHIN_S, "deliveries")
     return list(f["received"])
@@ -53,14 +71,16 @@ def _settles(read: Any, expected: int, what: str) -> None:
     wait_for(lambda: read() == expected, LANDS_WITHIN_S, what)
 
 
-def test_the_record_rides_with_the_next_fetch_on_one_connection(fetch: dict[str, Any]) -> None:
-    fetch["publish"](1)
-    _deliver(fetch, 1)
-    qos = fetch["channel"].qos
-    assert fetch["unacked"]() == 0  # queued, not written: the next BRPOP carries it
-    fetch["poll"]()
-    _settles(fetch["unacked"], 1, "the record to land with the next BRPOP")
-    assert fetch["indexed"]() == 1
+def test_the_record_rides_with_the_next_fetch_on_one_connection(
+    brpop_fetch: dict[str, Any],
+) -> None:
+    brpop_fetch["publish"](1)
+    _deliver(brpop_fetch, 1)
+    qos = brpop_fetch["channel"].qos
+    assert brpop_fetch["unacked"]() == 0  # queued, not written: the next BRPOP carries it
+    brpop_fetch["poll"]()
+    _settles(brpop_fetch["unacked"], 1, "the record to land with the next BRPOP")
+    assert brpop_fetch["indexed"]() == 1
     assert qos._writer is None  # no second connection, no separate round trip
 
 
@@ -81,31 +101,31 @@ def test_a_removal_rides_after_its_record_and_the_hash_ends_exact(fetch: dict[st
 
 
 def test_a_server_without_reply_skipping_gets_records_on_a_second_connection(
-    fetch: dict[str, Any],
+    brpop_fetch: dict[str, Any],
 ) -> None:
-    fetch["poll"]()  # connects the fetch connection
-    fetch["channel"].client.connection._taskfleet_skips_replies = False
-    fetch["publish"](1)
-    first = _deliver(fetch, 1)[0]
-    fetch["poll"]()
-    _settles(fetch["unacked"], 1, "the record, sent on the writer connection")
-    assert fetch["channel"].qos._writer is not None
+    brpop_fetch["poll"]()  # connects the fetch connection
+    brpop_fetch["channel"].client.connection._taskfleet_skips_replies = False
+    brpop_fetch["publish"](1)
+    first = _deliver(brpop_fetch, 1)[0]
+    brpop_fetch["poll"]()
+    _settles(brpop_fetch["unacked"], 1, "the record, sent on the writer connection")
+    assert brpop_fetch["channel"].qos._writer is not None
     first.ack()
-    fetch["channel"].flush_bookkeeping()
-    _settles(fetch["unacked"], 0, "the removal, on the writer connection too")
+    brpop_fetch["channel"].flush_bookkeeping()
+    _settles(brpop_fetch["unacked"], 0, "the removal, on the writer connection too")
 
 
 def test_a_dropped_fetch_connection_sends_its_unconfirmed_record_again(
-    fetch: dict[str, Any], redis_client: redis.Redis
+    brpop_fetch: dict[str, Any], redis_client: redis.Redis
 ) -> None:
-    fetch["publish"](1)
-    _deliver(fetch, 1)
-    fetch["poll"]()  # the record went out with a BRPOP that is still waiting
-    _settles(fetch["unacked"], 1, "the record")
+    brpop_fetch["publish"](1)
+    _deliver(brpop_fetch, 1)
+    brpop_fetch["poll"]()  # the record went out with a BRPOP that is still waiting
+    _settles(brpop_fetch["unacked"], 1, "the record")
     redis_client.delete(*redis_client.keys("test-unacked-*"), *redis_client.keys("test-uidx-*"))
-    fetch["channel"].client.connection.disconnect()  # as kombu does on a broken link
-    fetch["poll"]()  # reconnects; the unconfirmed record rides again (idempotent)
-    _settles(fetch["unacked"], 1, "the record written again after the drop")
+    brpop_fetch["channel"].client.connection.disconnect()  # as kombu does on a broken link
+    brpop_fetch["poll"]()  # reconnects; the unconfirmed record rides again (idempotent)
+    _settles(brpop_fetch["unacked"], 1, "the record written again after the drop")
 
 
 def test_close_lands_everything_and_restores_only_the_unfinished(fetch: dict[str, Any]) -> None:

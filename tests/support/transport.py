@@ -14,14 +14,18 @@ from taskfleet.routing.transport import TRANSPORT_PATH
 
 
 @contextlib.contextmanager
-def private_transport(redis_url: str, client: redis.Redis, prefix: str) -> Iterator[dict[str, Any]]:
+def private_transport(
+    redis_url: str, client: redis.Redis, prefix: str, atomic_fetch: bool = True
+) -> Iterator[dict[str, Any]]:
     """Yield the connection, a channel, a declared queue and readers of the unacked keys.
 
+    ``atomic_fetch`` is the transport option (false: kombu's BRPOP, then a separate record).
     Everything it created in Redis is deleted afterwards.
     """
     suffix = uuid.uuid4().hex[:8]
     keys = {"unacked_key": f"test-unacked-{suffix}", "unacked_index_key": f"test-uidx-{suffix}"}
-    conn = Connection(redis_url, transport=TRANSPORT_PATH, transport_options=keys)
+    options = {**keys, "atomic_fetch": atomic_fetch}
+    conn = Connection(redis_url, transport=TRANSPORT_PATH, transport_options=options)
     name = f"{prefix}-{suffix}"
     queue = Queue(name, Exchange(name, "direct"), name)
     channel = conn.channel()

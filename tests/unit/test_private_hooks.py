@@ -54,6 +54,7 @@ LAUNCHER = "taskfleet/sandbox/launcher.py"
 BASE_TASK = "taskfleet/tasks/base.py"
 RECLAIM = "taskfleet/routing/reclaim.py"
 DEFERRED_RESTORE = "taskfleet/routing/deferred_restore.py"
+FETCH_CHANNEL = "taskfleet/routing/fetch_channel.py"
 
 #: The switches back to stock code, quoted in the rows below.
 NO_TRANSPORT_SWITCH = (
@@ -61,6 +62,7 @@ NO_TRANSPORT_SWITCH = (
     "(taskfleet.app sets broker_transport); only event-loop consumers (prefork, solo) batch"
 )
 PIPELINE_SWITCH = "TASKFLEET_PIPELINE_RESULT_WRITES=false goes back to synchronous result writes"
+ATOMIC_FETCH_SWITCH = "TASKFLEET_ATOMIC_FETCH=false goes back to kombu's BRPOP"
 NO_RESIZE_SWITCH = (
     "no switch back: the autoscaler always sends taskfleet_pool_grow/taskfleet_pool_shrink"
 )
@@ -265,6 +267,66 @@ HOOKS: list[Hook] = [
         "attribute",
         DEFERRED_RESTORE,
         "held(): the payload of each delivery a closing channel could not restore",
+        where="instance",
+    ),
+    # --- kombu: atomic fetch (routing/fetch_channel.py) ---
+    Hook(
+        "kombu.transport.redis.Channel",
+        "_poll_error",
+        "override",
+        FETCH_CHANNEL,
+        "an error event on the change notifications' connection drops it (kombu would "
+        "read a reply from the fetch connection); " + ATOMIC_FETCH_SWITCH,
+        subclass="taskfleet.routing.fetch_channel:FetchScriptChannel",
+    ),
+    Hook(
+        "kombu.transport.redis.MultiChannelPoller",
+        "_register",
+        "method",
+        FETCH_CHANNEL,
+        "the change notifications' connection is polled like kombu's own (event type WAIT); "
+        + ATOMIC_FETCH_SWITCH,
+        call=(3, ()),
+    ),
+    Hook(
+        "kombu.transport.redis.MultiChannelPoller",
+        "_chan_to_sock",
+        "attribute",
+        FETCH_CHANNEL,
+        "_drop_fetch removes the WAIT registration kombu's _register made",
+        where="instance",
+    ),
+    Hook(
+        "kombu.transport.redis.MultiChannelPoller",
+        "_fd_to_chan",
+        "attribute",
+        FETCH_CHANNEL,
+        "_drop_fetch removes the WAIT registration kombu's _register made",
+        where="instance",
+    ),
+    Hook(
+        "kombu.transport.redis.MultiChannelPoller",
+        "_fd_to_chan",
+        "attribute",
+        TRANSPORT,
+        "Poller.on_readable hands WAIT events to their channel even when it cannot consume",
+        where="instance",
+    ),
+    Hook(
+        "kombu.transport.redis.MultiChannelPoller",
+        "_unregister_from_poll",
+        "method",
+        FETCH_CHANNEL,
+        "stops polling the notifications' fd (the event loop's remove_reader under a hub)",
+        call=(1, ()),
+    ),
+    Hook(
+        "redis.connection.Connection",
+        "_sock",
+        "attribute",
+        FETCH_CHANNEL,
+        "None while disconnected (set up on a connected fetch link); its identity tells "
+        "a reconnect, which the server's tracking state does not survive",
         where="instance",
     ),
     # --- redis-py: raw connections (transport.py, workers/late_replies.py) ---
@@ -474,6 +536,29 @@ OWN: list[Own] = [
         "delivering",
         "send_on_fetch_connection",
         "flush_bookkeeping",
+    ),
+    *_own(
+        FETCH_CHANNEL,
+        "kombu.transport.redis.Channel",
+        "_fetch",
+        "_fetch_sent",
+        "_fetch_refused_until",
+        "_fetched",
+        "_atomic",
+        "_prefixes",
+        "_on_change",
+        "_drop_fetch",
+        "atomic_fetch",
+        "delivery_recorded",
+    ),
+    *_own(
+        TRANSPORT,
+        "kombu.transport.redis.Channel",
+        "_atomic",
+        "_drop_fetch",
+        "_fetch",
+        "_fetch_sent",
+        "_prefixes",
     ),
     *_own(TRANSPORT, "kombu.transport.redis.Transport", "_flush_acks", "batch_acks"),
     *_own(TRANSPORT, "redis.connection.Connection", "fetch_prefix"),

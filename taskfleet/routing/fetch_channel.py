@@ -1,0 +1,141 @@
+"""The channel side of atomic fetch: set up the script and its waiter, and wake on changes.
+
+:mod:`taskfleet.routing.atomic_fetch` holds the script and its state machine; this mixin
+(the base of ``taskfleet.routing.transport.Channel``) sets them up on a channel's first
+fetch, registers the change notifications' connection with kombu's poller (event type
+:data:`WAIT`, beside kombu's BRPOP and LISTEN), and tears it down. The transport's
+``_brpop_start`` and ``_brpop_read`` send the script and account for its replies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from time import monotonic
+from typing import Any
+
+import redis
+from kombu.exceptions import ChannelError
+from kombu.transport import redis as kombu_redis
+
+from taskfleet.routing.atomic_fetch import (
+    FETCH_LUA,
+    SUSPEND_AFTER_REFUSAL_S,
+    AtomicFetch,
+    ChangeWaiter,
+    tracked_prefixes,
+)
+from taskfleet.routing.bookkeeping import skips_replies
+
+log = logging.getLogger(__name__)
+
+#: The poller's event type of a channel's change notifications (beside BRPOP and LISTEN).
+WAIT = "WAIT"
+
+
+class _WaiterClient:
+    """What kombu's poller registers: an object with a ``connection``."""
+
+    def __init__(self, waiter: ChangeWaiter) -> None:
+        self.connection = waiter.connection
+
+
+class FetchScriptChannel(kombu_redis.Channel):  # type: ignore[misc]
+    """kombu's Redis channel, able to fetch with the script (see the module doc)."""
+
+    from_transport_options = (*kombu_redis.Channel.from_transport_options, "atomic_fetch")
+    #: Pop and record in one Lua call (transport option ``atomic_fetch``).
+    atomic_fetch = True
+    #: True while delivering a message the fetch script has recorded as unacked itself.
+    delivery_recorded = False
+    _fetch: AtomicFetch | None = None
+    #: The fetch in flight is the script's (its reply is accounted to ``_fetch``).
+    _fetch_sent = False
+    _fetch_refused_until = 0.0
+    handlers: dict[str, Any]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.handlers = {**self.handlers, WAIT: self._on_change}
+
+    def _fetched(self, response: Any, **_: Any) -> Any:
+        """The BRPOP reply callback of the fetch client: the script's third element says
+        whether it recorded the delivery."""
+        self.delivery_recorded = bool(response and len(response) == 3 and response[2])
+        return (response[0], response[1]) if response else None
+
+    def _atomic(self, connection: Any) -> AtomicFetch | None:
+        """The channel's fetch script, set up on first use (None: plain BRPOP)."""
+        if self._fetch is not None or not self.atomic_fetch:
+            return self._fetch
+        if monotonic() < self._fetch_refused_until or connection._sock is None:
+            return None
+        qos = self.qos
+        try:
+            if not skips_replies(connection):
+                raise ChannelError("Redis has no CLIENT REPLY SKIP")
+            sha = str(self.client.script_load(FETCH_LUA))
+            waiter = ChangeWaiter(self.async_pool)
+            track = ("CLIENT", "TRACKING", "ON", "REDIRECT", waiter.client_id, "BCAST", "NOLOOP")
+            self.client.execute_command(*track)  # probed: refused here, not silently later
+            self.client.execute_command("CLIENT", "TRACKING", "OFF")
+        except (redis.ResponseError, ChannelError) as exc:
+            log.warning("atomic fetch unavailable (%s): BRPOP, then a separate record", exc)
+            self.atomic_fetch = False
+            return None
+        prefix = self.global_keyprefix or ""
+        owner_tags = getattr(qos, "owner_tags_key", None)
+        keys = (
+            prefix + self.unacked_key,
+            prefix + self.unacked_index_key,
+            prefix + (owner_tags or ""),
+        )
+        self.client.set_response_callback("BRPOP", self._fetched)
+        self.connection.cycle._register(self, _WaiterClient(waiter), WAIT)
+        self._fetch = AtomicFetch(sha, keys, owner_tags is not None, waiter)
+        return self._fetch
+
+    def _prefixes(self) -> list[str]:
+        prefix = self.global_keyprefix or ""
+        return tracked_prefixes([prefix + queue for queue in self.active_queues])
+
+    def _on_change(self) -> None:
+        """Read the change notifications that arrived; an idle channel fetches again."""
+        fetch = self._fetch
+        if fetch is None:
+            return
+        try:
+            fetch.waiter.drain()
+        except (*self.connection_errors, OSError):
+            self._drop_fetch()  # set up again, with a new waiter, on the next fetch
+        fetch.woken()
+
+    def _poll_error(self, type: Any, **options: Any) -> Any:
+        """Stock handling; an error on the notification connection drops it."""
+        if type == WAIT:
+            self._drop_fetch()
+            return None
+        return super()._poll_error(type, **options)
+
+    def _drop_fetch(self, refused: bool = False) -> None:
+        """Stop using the fetch script's waiter (and, after a refusal, the script a while)."""
+        fetch, self._fetch = self._fetch, None
+        if refused:
+            self._fetch_refused_until = monotonic() + SUSPEND_AFTER_REFUSAL_S
+        if fetch is None:
+            return
+        cycle = self.connection.cycle
+        for key in [k for k in cycle._chan_to_sock if k[0] is self and k[2] == WAIT]:
+            sock = cycle._chan_to_sock.pop(key)
+            with contextlib.suppress(Exception):
+                fd = sock.fileno()
+                if cycle._fd_to_chan.get(fd) == (self, WAIT):
+                    del cycle._fd_to_chan[fd]
+                cycle._unregister_from_poll(fd)
+        with contextlib.suppress(Exception):
+            fetch.waiter.close()
+
+    def close(self) -> None:
+        """Stock close, and the notification connection with it."""
+        self._drop_fetch()
+        super().close()

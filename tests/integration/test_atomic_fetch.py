@@ -1,0 +1,121 @@
+"""The fetch script on a real Redis: no delivery is ever held only in flight.
+
+kombu's BRPOP pops a message and the worker records it later; a worker that dies in between
+takes the only copy with it. The fetch script records first and pops second, in one step,
+so a worker gone right after its fetch leaves a record that the reclaimer restores. These
+tests cut a consumer off after its fetch was sent and before it read the reply, in both
+modes, and check where the message is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from kombu import Connection
+
+from taskfleet.routing import owners
+from taskfleet.routing.reclaim import Reclaimer
+from taskfleet.routing.transport import TRANSPORT_PATH
+from tests.support.transport import private_transport
+from tests.support.waiting import wait_for
+
+DEADLINE_S = 10.0
+IDLE_POLL_S = 0.05
+#: Idle polls that must send no fetch while the channel waits for a notification.
+IDLE_POLLS = 10
+
+
+@contextlib.contextmanager
+def _consumer(url: str, client: redis.Redis, atomic: bool) -> Iterator[dict[str, Any]]:
+    """A consumer owned by a fresh owner, on a private queue and unacked hash."""
+    owner = owners.claim(owners.new_owner_id())
+    try:
+        with private_transport(url, client, "atomic", atomic_fetch=atomic) as wired:
+            conn = wired["conn"]
+            received: list[Any] = []
+            consumer = conn.Consumer(
+                wired["queue"],
+                channel=wired["channel"],
+                callbacks=[lambda _b, m: received.append(m)],
+            )
+            consumer.consume()
+
+            def poll() -> bool:
+                with contextlib.suppress(TimeoutError):
+                    conn.drain_events(timeout=IDLE_POLL_S)
+                return True
+
+            yield {**wired, "owner": owner, "received": received, "poll": poll}
+    finally:
+        owners.release()
+        client.delete(owner.tags_key)
+
+
+@pytest.mark.parametrize("atomic", [True, False], ids=["script", "brpop"])
+def test_a_consumer_cut_off_after_its_fetch_leaves_the_delivery_restorable(
+    atomic: bool, services: dict[str, str], redis_client: redis.Redis
+) -> None:
+    url = services["TASKFLEET_REDIS_URL"]
+    with _consumer(url, redis_client, atomic) as wired:
+        channel = wired["channel"]
+        wired["publish"](1)
+        wired["conn"].transport.cycle.on_poll_start()  # sends the fetch; nobody reads it
+        wait_for(lambda: wired["depth"]() == 0, DEADLINE_S, "Redis to pop the message")
+        channel.client.connection.disconnect()  # the worker is gone with the reply unread
+        if not atomic:  # kombu's window: the popped message is recorded nowhere
+            assert wired["unacked"]() == 0
+            assert redis_client.hlen(wired["owner"].tags_key) == 0
+            return
+        assert wired["unacked"]() == 1
+        assert wired["indexed"]() == 1
+        [(tag, stamp)] = redis_client.hgetall(wired["owner"].tags_key).items()
+        assert redis_client.zscore(channel.unacked_index_key, tag) == float(stamp)
+        options = {
+            "unacked_key": channel.unacked_key,
+            "unacked_index_key": channel.unacked_index_key,
+        }
+        restorer = Connection(url, transport=TRANSPORT_PATH, transport_options=options)
+        try:
+            wired["queue"](restorer.channel()).declare()
+            assert Reclaimer(restorer.channel()).reclaim(wired["owner"].id) == 1
+        finally:
+            restorer.release()
+        assert wired["depth"]() == 1
+        assert wired["unacked"]() == 0
+
+
+def test_an_idle_consumer_sends_nothing_until_a_publish_wakes_it(
+    services: dict[str, str], redis_client: redis.Redis
+) -> None:
+    with _consumer(services["TASKFLEET_REDIS_URL"], redis_client, True) as wired:
+        channel = wired["channel"]
+        poll = wired["poll"]
+        wait_for(lambda: poll() and channel._fetch and channel._fetch.waiting(), DEADLINE_S, "idle")
+        fetch = channel._fetch
+        fetch.clock = lambda: fetch.waiting_since  # only a notification can end the wait now
+        sent: list[Any] = []
+        packed_call = fetch.packed_call
+        fetch.packed_call = lambda *a: sent.append(a) or packed_call(*a)  # type: ignore[method-assign]
+        for _ in range(IDLE_POLLS):
+            poll()
+        assert sent == []
+        wired["publish"](1)
+        wait_for(lambda: poll() and wired["received"], DEADLINE_S, "the delivery")
+        assert wired["unacked"]() == 1  # recorded by the script
+        wired["received"][0].ack()
+
+
+def test_a_script_redis_forgot_is_loaded_again(
+    services: dict[str, str], redis_client: redis.Redis
+) -> None:
+    with _consumer(services["TASKFLEET_REDIS_URL"], redis_client, True) as wired:
+        wired["publish"](1)
+        wait_for(lambda: wired["poll"]() and wired["received"], DEADLINE_S, "the first delivery")
+        redis_client.script_flush()  # as after a Redis restart without the script cache
+        wired["publish"](1)
+        wait_for(lambda: wired["poll"]() and len(wired["received"]) == 2, DEADLINE_S, "the second")
+        assert wired["unacked"]() == 2
