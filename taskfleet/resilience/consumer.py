@@ -26,6 +26,7 @@ from taskfleet.resilience.deadletter import (
     store_amqp_metadata,
     store_redis,
 )
+from taskfleet.routing import ownership
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,7 @@ class DeadLetterConsumerStep(bootsteps.StartStopStep):  # type: ignore[misc]
                     dead_letter_message(message, "oversize", error)
                     _reject(message)
                     return None
+                ownership.stamp(message)
                 return handler(message)
 
             return on_task_received

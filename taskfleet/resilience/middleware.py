@@ -35,6 +35,7 @@ from taskfleet.resilience.deadletter import (
 )
 from taskfleet.resilience.retry import RetryPolicy
 from taskfleet.resilience.runtime import ATTEMPTS_PREFIX, DELIVERIES_PREFIX, runtime
+from taskfleet.routing import ownership
 from taskfleet.routing.wire import TaskMessage
 from taskfleet.tasks.middleware import NOT_HANDLED, Middleware, task_option
 
@@ -121,6 +122,17 @@ def dead_letter_job(
     raise DeadLettered(reason, detail)
 
 
+def _handed_over(task: Task) -> bool:
+    """Whether a job that waited a heartbeat or more was handed to another worker since."""
+    if getattr(task.request, ownership.FETCHED_AT_HEADER, None) is None:
+        return False
+    rt = runtime()
+    knobs = rt.resilience
+    return knobs.fast_reclaim and ownership.handed_over(
+        task.request, rt.redis, knobs.heartbeat_interval
+    )
+
+
 def final_state(task: Task) -> str | None:
     """The final state already stored for the running job's id, if any.
 
@@ -174,6 +186,14 @@ class DeadLetterMiddleware(Middleware):
             Ignore: the job's result is already final (the worker acks the message).
             DeadLettered: the job is a poison pill.
         """
+        if _handed_over(task):
+            log.warning(
+                "job %s (%s) waited in this worker while it was cut off from Redis, and its "
+                "delivery went to another worker: acknowledged here, not run",
+                task.request.id,
+                task.name,
+            )
+            raise Ignore()
         delivery = task.request.delivery_info or {}
         if not delivery.get("redelivered"):
             return NOT_HANDLED

@@ -60,6 +60,19 @@ _SKIP_FLAG = "_taskfleet_skips_replies"
 
 _SKIP_BYTES = packed([SKIP_NEXT_REPLY])
 
+#: An owner's removal of acked deliveries. A tag the owner no longer holds was restored by
+#: a reclaimer (the owner looked dead) and may be another consumer's now: its record stays.
+#: EVAL, not EVALSHA: removals mostly go with replies skipped, where a NOSCRIPT would be
+#: silent, and Redis caches the compiled script by its digest anyway.
+REMOVE_HELD_LUA = """
+for i = 1, #ARGV do
+  if redis.call('HDEL', KEYS[3], ARGV[i]) == 1 then
+    redis.call('ZREM', KEYS[2], ARGV[i])
+    redis.call('HDEL', KEYS[1], ARGV[i])
+  end
+end
+"""
+
 
 def without_replies(commands: Iterable[Command]) -> bytes:
     """``commands`` in the Redis protocol, each preceded by ``CLIENT REPLY SKIP``."""
@@ -251,7 +264,11 @@ class BatchedQoS(kombu_redis.QoS):  # type: ignore[misc]
 
         With Redis unreachable (the usual reason a channel closes with deliveries held), what
         is not restored is kept for the process's next channel (:mod:`.deferred_restore`).
+        Acked deliveries are forgotten first (kombu keeps them in ``_delivered`` until its
+        next flush): restoring one by its tag would take the record of whoever holds that
+        tag now, after a reclaimer handed it over, and run the job again.
         """
+        self._flush()
         held = deferred_restore.held(self._delivered)
         try:
             self._settle()
@@ -297,7 +314,12 @@ class BatchedQoS(kombu_redis.QoS):  # type: ignore[misc]
 
     def _still_delivered(self) -> dict[Any, list[Command]]:
         """Unconfirmed records of jobs not acked since (an acked job's record stays gone)."""
-        return {t: r for t, r in self._unconfirmed_records.items() if t in self._delivered}
+        acked = self._dirty  # acked, still in _delivered until kombu's next flush
+        return {
+            t: r
+            for t, r in self._unconfirmed_records.items()
+            if t in self._delivered and t not in acked
+        }
 
     def _take_removals(self) -> list[Command]:
         tags, self._pending_acks = self._pending_acks, []
@@ -306,13 +328,10 @@ class BatchedQoS(kombu_redis.QoS):  # type: ignore[misc]
     def _removals(self, tags: list[Any]) -> list[Command]:
         if not tags:
             return []
-        removals: list[Command] = [
-            ("ZREM", self.unacked_index_key, *tags),
-            ("HDEL", self.unacked_key, *tags),
-        ]
-        if self._owner_tags is not None:
-            removals.append(("HDEL", self._owner_tags, *tags))
-        return removals
+        if self._owner_tags is not None:  # only what the owner still holds
+            keys = (self.unacked_key, self.unacked_index_key, self._owner_tags)
+            return [("EVAL", REMOVE_HELD_LUA, len(keys), *keys, *tags)]
+        return [("ZREM", self.unacked_index_key, *tags), ("HDEL", self.unacked_key, *tags)]
 
     def _execute(self, commands: list[Command]) -> None:
         # No MULTI/EXEC (kombu's default): no reader needs these writes to land together.

@@ -225,6 +225,24 @@ HOOKS: list[Hook] = [
         where="instance",
     ),
     Hook(
+        "kombu.transport.redis.QoS",
+        "_dirty",
+        "attribute",
+        BOOKKEEPING,
+        "acked tags kombu keeps in _delivered until its next flush: _still_delivered "
+        "never sends their records again",
+        where="instance",
+    ),
+    Hook(
+        "kombu.transport.redis.QoS",
+        "_flush",
+        "method",
+        BOOKKEEPING,
+        "restore_unacked forgets acked deliveries before restoring by tag (a tag handed "
+        "over by a reclaimer is another consumer's record now)",
+        call=(0, ()),
+    ),
+    Hook(
         "kombu.transport.redis.Channel.Message",
         "_raw",
         "attribute",
