@@ -46,8 +46,7 @@ def fleet(redis_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -
     running = Fleet(env, tmp_path_factory.mktemp("contract-fleet"))
     settings = load_settings(**running.settings_overrides)
     try:
-        running.start(cpu_profile(settings, 2), "cpu")
-        running.start(io_profile(settings, 10), "io")
+        running.start_all([(cpu_profile(settings, 2), "cpu"), (io_profile(settings, 10), "io")])
         yield running
     finally:
         running.stop()

@@ -49,8 +49,7 @@ def solo_fleet(
     running = Fleet(env, tmp_path_factory.mktemp("solo-fleet"))
     settings = load_settings(**running.settings_overrides)
     try:
-        for profile in cpu_profiles(settings, WORKERS):
-            running.start(profile, profile.name)
+        running.start_all([(p, p.name) for p in cpu_profiles(settings, WORKERS)])
         yield running
     finally:
         running.stop()

@@ -8,9 +8,10 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import psutil
@@ -41,6 +42,7 @@ def kill_tree(pid: int) -> None:
 
 WORKER_START_TIMEOUT_S = 60.0
 WORKER_STOP_TIMEOUT_S = 20.0
+PING_TIMEOUT_S = 0.5
 
 
 @dataclass
@@ -66,6 +68,24 @@ class Fleet:
 
     def start(self, profile: WorkerProfile, name: str) -> None:
         """Start one worker and wait until it answers a ping."""
+        self.start_all([(profile, name)])
+
+    def start_all(self, workers: Sequence[tuple[WorkerProfile, str]]) -> None:
+        """Start several workers at once, then wait until every one answers a ping.
+
+        Their start-ups (imports, pool processes, sidecars) overlap instead of queueing.
+        """
+        nodes = {name: self._spawn(profile, name) for profile, name in workers}
+        app = self.app()
+        for name, node in nodes.items():
+            wait_for(
+                partial(self._answers, app, name, node),
+                WORKER_START_TIMEOUT_S,
+                f"worker {node} to answer ping (log: {self.log_dir / f'{name}.log'})",
+            )
+
+    def _spawn(self, profile: WorkerProfile, name: str) -> str:
+        """Start one worker process (not waiting for it); its node name."""
         hostname = f"{name}-{uuid.uuid4().hex[:6]}@%h"
         argv = [
             sys.executable,
@@ -76,13 +96,11 @@ class Fleet:
         log = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
         env = {**os.environ, **self.env}
         self.procs[name] = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
-        app = self.app()
-        node = hostname.replace("%h", os.uname().nodename)
-        wait_for(
-            lambda: self._alive(name) and app.control.ping([node], timeout=0.5),
-            WORKER_START_TIMEOUT_S,
-            f"worker {node} to answer ping (log: {self.log_dir / f'{name}.log'})",
-        )
+        return hostname.replace("%h", os.uname().nodename)
+
+    def _answers(self, app: Celery, name: str, node: str) -> bool:
+        """Whether worker ``name`` (node ``node``) runs and answers a ping."""
+        return self._alive(name) and bool(app.control.ping([node], timeout=PING_TIMEOUT_S))
 
     def _alive(self, name: str) -> bool:
         proc = self.procs[name]
@@ -117,11 +135,9 @@ def running_fleet(
     """CPU and/or I/O workers for the duration of the block."""
     fleet = Fleet(env, log_dir)
     settings = load_settings(**fleet.settings_overrides)
+    profiles = {"cpu": (cpu_profile(settings, cpu), "cpu"), "io": (io_profile(settings, io), "io")}
     try:
-        if "cpu" in pools:
-            fleet.start(cpu_profile(settings, cpu), "cpu")
-        if "io" in pools:
-            fleet.start(io_profile(settings, io), "io")
+        fleet.start_all([profiles[pool] for pool in pools])
         yield fleet
     finally:
         fleet.stop()
