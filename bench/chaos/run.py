@@ -2,11 +2,14 @@
 
 A scenario function opens a :class:`ChaosRun`, starts workers, sends load, injects its
 fault, waits for recovery and settling (each with a deadline), then calls :meth:`count`.
-Everything it started is stopped on exit, whatever happened.
+Everything it started is stopped on exit, whatever happened. Inside ``shared_postgres``
+(``bench.chaos.servers``; scenarios run one after another, as the tests do) every run gets
+a fresh database on one PostgreSQL instead of a cluster of its own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -22,7 +25,7 @@ from bench.chaos.fleet import ChaosFleet, Proc
 from bench.chaos.ledger import Ledger
 from bench.chaos.load import KIND_CPU, Producer
 from bench.chaos.report import Row
-from bench.chaos.servers import LOOPBACK, PostgresProcess, RedisProcess
+from bench.chaos.servers import LOOPBACK, PostgresProcess, RedisProcess, shared_postgres_server
 from bench.chaos.settle import Settler
 from taskfleet.app import create_app
 from taskfleet.client import Client
@@ -113,20 +116,22 @@ class ChaosRun:
         self.kind = kind
         self.tmp = Path(tempfile.mkdtemp(prefix=f"tfchaos-{name}-"))
         self.redis = RedisProcess(self.tmp / "redis", redis_host)
-        self.postgres = PostgresProcess(self.tmp / "pgdata")
         self.broker_url = broker_url
         self.suffix = uuid.uuid4().hex[:8]
         self.log_name = f"{name}-{self.suffix}"
+        shared = shared_postgres_server()
+        self.postgres = shared or PostgresProcess(self.tmp / "pgdata")
+        #: The run's own database on the shared server (None: its own server's ``taskfleet``).
+        self.database = f"chaos_{name.replace('-', '_')}_{self.suffix}" if shared else None
 
     def __enter__(self) -> ChaosRun:
         """Start Redis and Postgres, bind the client, ledger and producer."""
         try:
             self.redis.start()
-            self.postgres.start()
             self.env = {
                 "TASKFLEET_BROKER_URL": self.broker_url or self.redis.url,
                 "TASKFLEET_REDIS_URL": self.redis.url,
-                "TASKFLEET_DATABASE_URL": self.postgres.url,
+                "TASKFLEET_DATABASE_URL": self._start_database(),
                 "TASKFLEET_EMBEDDED": "false",
                 "TASKFLEET_CPU_QUEUE": f"chaos-cpu-{self.suffix}",
                 "TASKFLEET_IO_QUEUE": f"chaos-io-{self.suffix}",
@@ -144,6 +149,15 @@ class ChaosRun:
             self._stop_services()
             raise
         return self
+
+    def _start_database(self) -> str:
+        """Start the run's own Postgres, or create its database on the shared one; its URL."""
+        if self.database is None:
+            self.postgres.start()
+            return self.postgres.url
+        if self.postgres.server.postmaster() is None:  # a failed run left it down
+            self.postgres.start()
+        return self.postgres.create_database(self.database)
 
     def __exit__(
         self,
@@ -168,7 +182,11 @@ class ChaosRun:
 
     def _stop_services(self) -> None:
         self.redis.stop()
-        self.postgres.stop()
+        if self.database is None:
+            self.postgres.stop()
+        else:
+            with contextlib.suppress(Exception):  # a shared server that is down keeps it
+                self.postgres.drop_database(self.database)
 
     # ------------------------------------------------------------------ fleet
 

@@ -2,19 +2,25 @@
 
 Nothing here touches the machine's shared services: every server listens on a free loopback
 port chosen at start and keeps its data in the scenario's temporary folder, so a scenario can
-kill, stop and restart them at will.
+kill, stop and restart them at will. Scenarios run one after another may also share one
+PostgreSQL of the harness's own (the tests do), each in a fresh database of its own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 import subprocess
+from collections.abc import Iterator
+from contextvars import ContextVar
 from pathlib import Path
 
+import psycopg
 import redis
+from psycopg import sql
 
-from taskfleet.devstack.common import choose_port
+from taskfleet.devstack.common import POSTGRES_USER, choose_port
 from taskfleet.devstack.polling import wait_until
 from taskfleet.devstack.postgres_env import pg_run_as
 from taskfleet.devstack.postgres_server import PostgresServer, database_url
@@ -24,6 +30,9 @@ LOOPBACK = "127.0.0.1"
 REDIS_READY_TIMEOUT_S = 20.0
 REDIS_STOP_TIMEOUT_S = 10.0
 PING_TIMEOUT_S = 0.5
+#: The maintenance database ``CREATE DATABASE`` and ``DROP DATABASE`` run in.
+ADMIN_DATABASE = "postgres"
+PG_CONNECT_TIMEOUT_S = 5
 
 
 def redis_binary() -> str:
@@ -130,6 +139,31 @@ class PostgresProcess:
         """The SQLAlchemy URL of its ``taskfleet`` database."""
         return database_url(self.port or 0)
 
+    def url_of(self, database: str) -> str:
+        """The SQLAlchemy URL of ``database`` on this server."""
+        return self.url.rsplit("/", 1)[0] + f"/{database}"
+
+    def _admin(self) -> psycopg.Connection[tuple[object, ...]]:
+        url = self.url_of(ADMIN_DATABASE).replace("postgresql+psycopg://", "postgresql://")
+        return psycopg.connect(url, autocommit=True, connect_timeout=PG_CONNECT_TIMEOUT_S)
+
+    def create_database(self, database: str) -> str:
+        """Create an empty ``database`` (owned by the superuser); return its URL."""
+        with self._admin() as conn:
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                    sql.Identifier(database), sql.Identifier(POSTGRES_USER)
+                )
+            )
+        return self.url_of(database)
+
+    def drop_database(self, database: str) -> None:
+        """Drop ``database`` if it exists, closing whatever connections it still has."""
+        with self._admin() as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database))
+            )
+
     def start(self) -> None:
         """Initialise if needed and start, on the same port as before when restarting."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -138,3 +172,29 @@ class PostgresProcess:
     def stop(self) -> None:
         """``pg_ctl stop -m fast`` (then signals); idempotent."""
         self.server.stop(self.run_as)
+
+
+#: The PostgreSQL runs opened inside :func:`shared_postgres` use (None: one of their own).
+_SHARED_POSTGRES: ContextVar[PostgresProcess | None] = ContextVar("shared_pg", default=None)
+
+
+def shared_postgres_server() -> PostgresProcess | None:
+    """The server :func:`shared_postgres` runs now, if any."""
+    return _SHARED_POSTGRES.get()
+
+
+@contextlib.contextmanager
+def shared_postgres(data_dir: Path) -> Iterator[PostgresProcess]:
+    """One PostgreSQL (in ``data_dir``) for every ``ChaosRun`` opened inside the block.
+
+    Each run creates a database of its own there and drops it after; a scenario that stops
+    Postgres stops and restarts this one, on the same port. Runs must not overlap.
+    """
+    server = PostgresProcess(data_dir)
+    server.start()
+    token = _SHARED_POSTGRES.set(server)
+    try:
+        yield server
+    finally:
+        _SHARED_POSTGRES.reset(token)
+        server.stop()

@@ -1,7 +1,8 @@
 """The chaos harness's scenarios (``bench/chaos``), smaller, as tests.
 
 Each runs the very scenario function ``python -m bench.chaos`` runs, on its own Redis and
-Postgres, and asserts what the harness reports: nothing lost, no execution twice beyond the
+its own database (on one Postgres the module starts for them all: ``shared_postgres``), and
+asserts what the harness reports: nothing lost, no execution twice beyond the
 jobs the fault cut short, no dead letter, and, for the kill scenarios, the killed worker's
 jobs done within ``SIZE.recover_s`` of the kill (45 s, far below the hour a stranded job
 waits; the 15 s target is the harness's to measure): a ``wait_for`` deadline inside the
@@ -14,6 +15,7 @@ reported as an expected failure naming it; every other figure is still asserted.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 
@@ -21,6 +23,7 @@ from bench.chaos.report import Row
 from bench.chaos.run import SIZES
 from bench.chaos.scenarios import SCENARIOS
 from bench.chaos.scenarios_services import amqp_reachable, amqp_url
+from bench.chaos.servers import shared_postgres
 from tests.support.services import in_ci, missing_service
 from tests.support.waiting import wait_for
 
@@ -50,6 +53,13 @@ KNOWN_GAPS: dict[str, tuple[str, str]] = {
 }
 
 
+@pytest.fixture(scope="module")
+def one_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """One Postgres for the module's scenarios (each still gets a database of its own)."""
+    with shared_postgres(tmp_path_factory.mktemp("chaos-pg")):
+        yield
+
+
 def assert_clean(row: Row, scenario: str = "") -> None:
     """The harness's pass criteria, one assertion each so a failure names the figure."""
     figures = dict(zip(("sent", "ok", "lost", "duplicated", "dead"), row.cells()[1:6], strict=True))
@@ -76,6 +86,7 @@ def assert_clean(row: Row, scenario: str = "") -> None:
     assert not problems, row.outcome
 
 
+@pytest.mark.usefixtures("one_postgres")
 @pytest.mark.timeout(SCENARIO_TIMEOUT_S)
 @pytest.mark.parametrize("scenario", [name for name in SCENARIOS if name != RABBITMQ])
 def test_scenario(scenario: str) -> None:
