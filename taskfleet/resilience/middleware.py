@@ -128,9 +128,9 @@ def _handed_over(task: Task) -> bool:
         return False
     rt = runtime()
     knobs = rt.resilience
-    return knobs.fast_reclaim and ownership.handed_over(
-        task.request, rt.redis, knobs.heartbeat_interval
-    )
+    if not knobs.fast_reclaim or rt.broker_redis is None:  # owners live in the broker's Redis
+        return False
+    return ownership.handed_over(task.request, rt.broker_redis, knobs.heartbeat_interval)
 
 
 def final_state(task: Task) -> str | None:

@@ -151,6 +151,8 @@ class AtomicFetch:
         self.waiting_since: float | None = None
         self.hits = 0
         self.wants_tracking = False
+        #: The stamp of the last fetch sent: its delivery's record and owner entry carry it.
+        self.last_stamp = 0.0
         self._packed: dict[tuple[Any, ...], bytes] = {}
 
     def waiting(self) -> bool:
@@ -203,5 +205,7 @@ class AtomicFetch:
             chunks = b"".join(connection.pack_command(*args))
             head = chunks[: chunks.rindex(b"$0\r\n\r\n$0\r\n\r\n")]
             self._packed = {keys: head}  # one queue set at a time: keep the latest
-        stamp = repr(time()).encode()
-        return head + _bulk(stamp) + _bulk(b"1" if self.has_owner else b"0")
+        self.last_stamp = time()
+        return (
+            head + _bulk(repr(self.last_stamp).encode()) + _bulk(b"1" if self.has_owner else b"0")
+        )

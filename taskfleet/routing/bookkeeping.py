@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 ACK_FLUSH_INTERVAL_S = 0.02
 #: Pending acks that force a flush on their own.
 ACK_BATCH_MAX = 64
+#: Stamps kept beyond twice the held deliveries before the finished ones are dropped.
+STAMPS_PRUNE_AT = 256
 SKIP_NEXT_REPLY: Command = ("CLIENT", "REPLY", "SKIP")
 _PROBE_FIRST = b"taskfleet-reply-skip-probe-1"
 _PROBE_LAST = b"taskfleet-reply-skip-probe-2"
@@ -64,9 +66,13 @@ _SKIP_BYTES = packed([SKIP_NEXT_REPLY])
 #: a reclaimer (the owner looked dead) and may be another consumer's now: its record stays.
 #: EVAL, not EVALSHA: removals mostly go with replies skipped, where a NOSCRIPT would be
 #: silent, and Redis caches the compiled script by its digest anyway.
+#: ARGV: tag, stamp pairs (an empty stamp: any stamp). A tag held again since, under a new
+#: stamp (handed over and fetched again by the same worker), is the new delivery's.
 REMOVE_HELD_LUA = """
-for i = 1, #ARGV do
-  if redis.call('HDEL', KEYS[3], ARGV[i]) == 1 then
+for i = 1, #ARGV, 2 do
+  local held = redis.call('HGET', KEYS[3], ARGV[i])
+  if held and (ARGV[i + 1] == '' or tonumber(held) == tonumber(ARGV[i + 1])) then
+    redis.call('HDEL', KEYS[3], ARGV[i])
     redis.call('ZREM', KEYS[2], ARGV[i])
     redis.call('HDEL', KEYS[1], ARGV[i])
   end
@@ -146,6 +152,8 @@ class BatchedQoS(kombu_redis.QoS):  # type: ignore[misc]
         owner = owners.current()
         #: The hash tying this worker's deliveries to it (None: no owner, stock bookkeeping).
         self._owner_tags: str | None = None if owner is None else owner.tags_key
+        #: Owned deliveries' record stamps, until their removal is sent (see _removals).
+        self._stamps: dict[Any, float] = {}
         if deferred_restore.pending():
             self._disown(deferred_restore.restore_deferred(self))
 
@@ -162,10 +170,12 @@ class BatchedQoS(kombu_redis.QoS):  # type: ignore[misc]
     def append(self, message: Any, delivery_tag: Any) -> None:
         """Record a delivery as unacked: with the next BRPOP when one is about to be sent."""
         if getattr(self.channel, "delivery_recorded", False):  # the fetch script did it
+            self._stamped(message, delivery_tag, self.channel.recorded_stamp)
             virtual.QoS.append(self, message, delivery_tag)
             return
         delivery = message.delivery_info
         stamp = time()
+        self._stamped(message, delivery_tag, stamp)
         record: list[Command] = [
             ("ZADD", self.unacked_index_key, stamp, delivery_tag),
             (
@@ -204,6 +214,18 @@ class BatchedQoS(kombu_redis.QoS):  # type: ignore[misc]
         virtual.QoS.ack(self, delivery_tag)
         if len(self._pending_acks) >= ACK_BATCH_MAX:
             self.flush_acks()
+
+    def _stamped(self, message: Any, tag: Any, stamp: float | None) -> None:
+        """Remember the record's stamp: on the message (``ownership.stamp`` sends it with
+        the job) and, for an owner, until the delivery's removal is built."""
+        message.record_stamp = stamp
+        if self._owner_tags is None or stamp is None:
+            return
+        self._stamps[tag] = stamp
+        if len(self._stamps) > STAMPS_PRUNE_AT + 2 * len(self._delivered):
+            # Keep the deliveries still held or whose removal may still be built.
+            keep = {*self._delivered, *self._pending_acks, *self._unconfirmed_removals}
+            self._stamps = {t: s for t, s in self._stamps.items() if t in keep}
 
     def has_fetch_prefix(self) -> bool:
         """Whether any write waits for the next BRPOP."""
@@ -282,6 +304,7 @@ class BatchedQoS(kombu_redis.QoS):  # type: ignore[misc]
         else:
             self._disown(list(self._delivered))
         self._delivered.clear()
+        self._stamps.clear()
 
     def _disown(self, tags: list[Any]) -> None:
         """Drop deliveries kombu restored or removed from the owner's hash (best effort: a
@@ -328,9 +351,10 @@ class BatchedQoS(kombu_redis.QoS):  # type: ignore[misc]
     def _removals(self, tags: list[Any]) -> list[Command]:
         if not tags:
             return []
-        if self._owner_tags is not None:  # only what the owner still holds
+        if self._owner_tags is not None:  # only what the owner still holds, as it got it
             keys = (self.unacked_key, self.unacked_index_key, self._owner_tags)
-            return [("EVAL", REMOVE_HELD_LUA, len(keys), *keys, *tags)]
+            held = [a for tag in tags for a in (tag, self._stamps.get(tag, ""))]
+            return [("EVAL", REMOVE_HELD_LUA, len(keys), *keys, *held)]
         return [("ZREM", self.unacked_index_key, *tags), ("HDEL", self.unacked_key, *tags)]
 
     def _execute(self, commands: list[Command]) -> None:

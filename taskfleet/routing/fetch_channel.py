@@ -48,6 +48,8 @@ class FetchScriptChannel(kombu_redis.Channel):  # type: ignore[misc]
     atomic_fetch = True
     #: True while delivering a message the fetch script has recorded as unacked itself.
     delivery_recorded = False
+    #: The stamp of the record the fetch script wrote for the delivery (None: not recorded).
+    recorded_stamp: float | None = None
     _fetch: AtomicFetch | None = None
     #: The fetch in flight is the script's (its reply is accounted to ``_fetch``).
     _fetch_sent = False
@@ -62,6 +64,8 @@ class FetchScriptChannel(kombu_redis.Channel):  # type: ignore[misc]
         """The BRPOP reply callback of the fetch client: the script's third element says
         whether it recorded the delivery."""
         self.delivery_recorded = bool(response and len(response) == 3 and response[2])
+        fetch = self._fetch
+        self.recorded_stamp = fetch.last_stamp if fetch and self.delivery_recorded else None
         return (response[0], response[1]) if response else None
 
     def _atomic(self, connection: Any) -> AtomicFetch | None:

@@ -7,7 +7,8 @@ and not started yet would also start once the link is back, a duplicate nothing 
 
 So the worker stamps each delivery it receives (:func:`stamp`: owner, tag, time), and a job
 that waited at least ``threshold`` seconds before starting asks Redis whether its owner
-still holds the delivery (:func:`handed_over`), one HEXISTS. Only a wait that long can
+still holds the delivery under the same stamp (:func:`handed_over`), one HGET: a delivery
+handed over and fetched again by the same worker is a new one, with a new stamp. Only a wait that long can
 have let the heartbeat expire, so other jobs pay nothing. A job handed over is acknowledged
 without running; its removal is conditional on the owner still holding the tag
 (``taskfleet.routing.bookkeeping``), so the ack leaves the new holder's record alone.
@@ -26,8 +27,9 @@ TAG_HEADER = "taskfleet_delivery_tag"
 FETCHED_AT_HEADER = "taskfleet_fetched_at"
 
 
-def stamp(message: Any, now: float | None = None) -> None:
-    """Record on ``message`` which owner received it, under which tag, and when.
+def stamp(message: Any) -> None:
+    """Record on ``message`` which owner received it, under which tag, and when: the stamp
+    of its unacked record (``record_stamp``, set by ``taskfleet.routing.bookkeeping``).
 
     The headers are replaced by a copy: the original dict is the payload that a restore
     pushes back to the queue.
@@ -35,7 +37,9 @@ def stamp(message: Any, now: float | None = None) -> None:
     owner = owners.current()
     if owner is None:
         return
-    fetched_at = time.time() if now is None else now
+    fetched_at = getattr(message, "record_stamp", None)
+    if fetched_at is None:  # no record of its own to compare with: no check
+        return
     message.headers = {
         **(message.headers or {}),
         OWNER_HEADER: owner.id,
@@ -61,4 +65,5 @@ def handed_over(request: Any, client: Any, threshold: float, now: float | None =
     waited = (time.time() if now is None else now) - fetched_at
     if waited < threshold:
         return False
-    return not client.hexists(owners.tags_key(owner), tag)
+    held = client.hget(owners.tags_key(owner), tag)
+    return held is None or float(held) != float(fetched_at)

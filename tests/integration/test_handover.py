@@ -8,22 +8,42 @@ the new holder's record with its late ack nor start the reserved jobs it no long
 from __future__ import annotations
 
 import contextlib
+import json
+import time
 import types
+import uuid
+from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import redis
 from kombu import Connection
 
+from taskfleet.client import Client
+from taskfleet.config import load_settings
+from taskfleet.resilience.testing_jobs import record_log_key, record_release_key
 from taskfleet.routing import owners, ownership
+from taskfleet.routing.depth import redis_priority_key
 from taskfleet.routing.reclaim import Reclaimer
 from taskfleet.routing.transport import TRANSPORT_PATH
+from taskfleet.workers.profiles import cpu_profile
+from tests.integration.test_reclaim import HEARTBEAT_INTERVAL_S, SETTLE_S
+from tests.integration.test_reclaim import _env as reclaim_env
+from tests.integration.test_reclaim import _held as held
+from tests.integration.test_reclaim import _hold as hold
+from tests.integration.test_reclaim import _owner as worker_owner
+from tests.integration.test_reclaim import _starts as starts
+from tests.integration.test_reclaim import _unacked_of as unacked_of
 from tests.support.transport import private_transport
 from tests.support.waiting import wait_for
+from tests.support.workers import Fleet
 
 DEADLINE_S = 10.0
 IDLE_POLL_S = 0.05
 THRESHOLD_S = 2.0
+#: Past the ownership check's threshold (the fleet's heartbeat interval), with a margin.
+WAITED_S = 3 * HEARTBEAT_INTERVAL_S
 
 
 def _consume(wired: dict[str, Any], conn: Connection, channel: Any) -> list[Any]:
@@ -94,16 +114,94 @@ def test_a_job_that_waited_starts_only_if_its_owner_still_holds_it(
     tidy: list[str] = []
     with _claimed(redis_client, tidy) as owner:
         message = types.SimpleNamespace(headers={"id": "job"}, delivery_tag="tag-1")
+        ownership.stamp(message)
+        assert message.headers == {"id": "job"}  # no record stamp: nothing to check against
+        message.record_stamp = 1000.0  # what bookkeeping sets when it records the delivery
         original = message.headers
-        ownership.stamp(message, now=1000.0)
+        ownership.stamp(message)
         assert original == {"id": "job"}  # the payload a restore pushes back is untouched
         request = types.SimpleNamespace(**message.headers)
         redis_client.hset(owner.tags_key, "tag-1", "1000.0")
         assert not ownership.handed_over(request, redis_client, THRESHOLD_S, now=1003.0)
-        redis_client.hdel(owner.tags_key, "tag-1")  # a reclaimer handed it over
+        redis_client.hset(owner.tags_key, "tag-1", "1002.5")  # handed over, fetched again
+        assert ownership.handed_over(request, redis_client, THRESHOLD_S, now=1003.0)
+        redis_client.hdel(owner.tags_key, "tag-1")  # handed over to another worker
         assert ownership.handed_over(request, redis_client, THRESHOLD_S, now=1003.0)
         # A short wait is never checked: no heartbeat could have expired meanwhile.
         assert not ownership.handed_over(request, redis_client, THRESHOLD_S, now=1001.0)
     redis_client.delete(*tidy)
     unstamped = types.SimpleNamespace(id="job")
     assert not ownership.handed_over(unstamped, redis_client, THRESHOLD_S)
+
+
+def test_a_reserved_job_handed_over_while_it_waited_is_not_run_here(
+    redis_env: dict[str, str], redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """A prefork worker of one process holds a running job and a reserved one; the reserved
+    delivery is handed over (as a reclaimer does: owner entry and record dropped, message
+    pushed back); when the process frees, the worker skips its copy and runs the queued one:
+    the job runs once."""
+    env = reclaim_env(redis_env, "handover")
+    log = uuid.uuid4().hex
+    fleet = Fleet(env, tmp_path)
+    try:
+        fleet.start(cpu_profile(load_settings(**fleet.settings_overrides), 1), "worker")
+        client = Client(fleet.app())
+        try:
+            running, reserved = hold(client, log, 2)
+            owner = worker_owner(redis_client, fleet.procs["worker"].pid)
+            wait_for(
+                lambda: (
+                    starts(redis_client, log) == Counter({running.id: 1})
+                    and held(redis_client, owner) == 2
+                ),
+                SETTLE_S,
+                "one job running and one reserved",
+            )
+            _hand_over(redis_client, owner, reserved.id)
+            # The reserved job was fetched with the running one: let it wait past the check's
+            # threshold (one heartbeat interval) before its process frees.
+            wait_for(
+                lambda: time.time() - _started_at(redis_client, log, running.id) > WAITED_S,
+                SETTLE_S,
+                "the reserved job to wait a heartbeat interval",
+            )
+            redis_client.set(record_release_key(log), 1)
+            assert reserved.result(SETTLE_S)["attempt"] == 1
+            assert running.result(SETTLE_S)["attempt"] == 1
+        finally:
+            client.close()
+        assert starts(redis_client, log) == Counter({running.id: 1, reserved.id: 1})
+        skipped = "its delivery went to another worker: acknowledged here, not run"
+        log_file = tmp_path / "worker.log"
+        wait_for(lambda: skipped in log_file.read_text(errors="replace"), SETTLE_S, "the skip")
+        queue = env["TASKFLEET_CPU_QUEUE"]
+        wait_for(lambda: not unacked_of(redis_client, queue), SETTLE_S, "every delivery acked")
+    finally:
+        fleet.stop()
+
+
+def _started_at(client: redis.Redis, log: str, job_id: str) -> float:
+    entries = [json.loads(e) for e in client.lrange(record_log_key(log), 0, -1)]
+    return min(float(e["at"]) for e in entries if e["id"] == job_id)
+
+
+def _hand_over(client: redis.Redis, owner: str, job_id: str) -> None:
+    """What a reclaimer does to one delivery: requeue its message, drop its records."""
+    for tag in client.hkeys(owners.tags_key(owner)):
+        record = client.hget("unacked", tag)
+        if record is None or job_id.encode() not in record:
+            continue
+        payload, _exchange, _routing_key = json.loads(record)
+        payload["headers"]["redelivered"] = True
+        payload["properties"]["delivery_info"]["redelivered"] = True
+        queue = payload["properties"]["delivery_info"]["routing_key"]
+        key = redis_priority_key(queue, int(payload["properties"].get("priority") or 0))
+        pipe = client.pipeline()
+        pipe.hdel(owners.tags_key(owner), tag)
+        pipe.hdel("unacked", tag)
+        pipe.zrem("unacked_index", tag)
+        pipe.rpush(key, json.dumps(payload))
+        pipe.execute()
+        return
+    raise AssertionError(f"no delivery of {job_id} held by {owner}")

@@ -590,6 +590,8 @@ OWN: list[Own] = [
         "_unconfirmed_removals",
         "_writer",
         "_owner_tags",
+        "_stamps",
+        "_stamped",
         "_disown",
         "_settle",
         "_take_records",
