@@ -33,7 +33,6 @@ In a worker, every record also names its consumer: ``HSET taskfleet:owner:<id>:t
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from time import time
 from typing import Any
 
@@ -54,14 +53,6 @@ ACK_FLUSH_INTERVAL_S = 0.02
 ACK_BATCH_MAX = 64
 #: Stamps kept beyond twice the held deliveries before the finished ones are dropped.
 STAMPS_PRUNE_AT = 256
-SKIP_NEXT_REPLY: Command = ("CLIENT", "REPLY", "SKIP")
-_PROBE_FIRST = b"taskfleet-reply-skip-probe-1"
-_PROBE_LAST = b"taskfleet-reply-skip-probe-2"
-_SKIP_FLAG = "_taskfleet_skips_replies"
-
-
-_SKIP_BYTES = packed([SKIP_NEXT_REPLY])
-
 #: An owner's removal of acked deliveries. A tag the owner no longer holds was restored by
 #: a reclaimer (the owner looked dead) and may be another consumer's now: its record stays.
 #: EVAL, not EVALSHA: removals mostly go with replies skipped, where a NOSCRIPT would be
@@ -78,35 +69,6 @@ for i = 1, #ARGV, 2 do
   end
 end
 """
-
-
-def without_replies(commands: Iterable[Command]) -> bytes:
-    """``commands`` in the Redis protocol, each preceded by ``CLIENT REPLY SKIP``."""
-    return b"".join(_SKIP_BYTES + packed([command]) for command in commands)
-
-
-def skips_replies(connection: Any) -> bool:
-    """Whether the server behind an idle ``connection`` honours ``CLIENT REPLY SKIP``.
-
-    Probed once per connection object (a reconnect reaches the same server): a server that
-    skips answers only the second ECHO; one that does not answers the CLIENT command with an
-    error, then both ECHOs, which are read so the connection stays in step.
-    """
-    known = getattr(connection, _SKIP_FLAG, None)
-    if known is not None:
-        return bool(known)
-    probe = [SKIP_NEXT_REPLY, ("ECHO", _PROBE_FIRST), ("ECHO", _PROBE_LAST)]
-    connection.send_packed_command(connection.pack_commands(probe))
-    try:
-        supported = bool(connection.read_response() == _PROBE_LAST)
-    except redis.ResponseError:
-        connection.read_response()
-        connection.read_response()
-        supported = False
-    setattr(connection, _SKIP_FLAG, supported)
-    if not supported:
-        log.info("Redis has no CLIENT REPLY SKIP: unacked records use a second connection")
-    return supported
 
 
 def _record(fields: list[Any]) -> bytes | str:
@@ -131,12 +93,6 @@ def run_jobs_inline(inline: bool = True) -> None:
     """
     global _jobs_run_inline
     _jobs_run_inline = inline
-
-
-def known_to_skip_replies(connection: Any) -> bool:
-    """Whether ``connection`` was probed and its server skips replies (never probes)."""
-    flag: object = getattr(connection, _SKIP_FLAG, None)
-    return flag is True
 
 
 class BatchedQoS(kombu_redis.QoS):  # type: ignore[misc]

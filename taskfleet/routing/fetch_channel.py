@@ -25,7 +25,7 @@ from taskfleet.routing.atomic_fetch import (
     ChangeWaiter,
     tracked_prefixes,
 )
-from taskfleet.routing.bookkeeping import skips_replies
+from taskfleet.routing.reply_skip import skips_replies
 
 log = logging.getLogger(__name__)
 

@@ -36,16 +36,10 @@ from taskfleet.routing.atomic_fetch import (
     SUSPEND_AFTER_REFUSAL_S,
     AtomicFetch,
 )
-from taskfleet.routing.bookkeeping import (
-    ACK_BATCH_MAX,
-    ACK_FLUSH_INTERVAL_S,
-    BatchedQoS,
-    known_to_skip_replies,
-    skips_replies,
-    without_replies,
-)
+from taskfleet.routing.bookkeeping import ACK_BATCH_MAX, ACK_FLUSH_INTERVAL_S, BatchedQoS
 from taskfleet.routing.fetch_channel import WAIT, FetchScriptChannel
 from taskfleet.routing.priority import MAX_PRIORITY, MIN_PRIORITY
+from taskfleet.routing.reply_skip import known_to_skip_replies, skips_replies, without_replies
 from taskfleet.workers.late_replies import Command
 
 __all__ = ["ACK_BATCH_MAX", "ACK_FLUSH_INTERVAL_S", "ALL_PRIORITY_STEPS", "TRANSPORT_PATH"]

@@ -9,7 +9,7 @@ import pytest
 import redis
 from redis.connection import Connection
 
-from taskfleet.routing.bookkeeping import (
+from taskfleet.routing.reply_skip import (
     SKIP_NEXT_REPLY,
     known_to_skip_replies,
     skips_replies,

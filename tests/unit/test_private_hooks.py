@@ -55,6 +55,7 @@ BASE_TASK = "taskfleet/tasks/base.py"
 RECLAIM = "taskfleet/routing/reclaim.py"
 DEFERRED_RESTORE = "taskfleet/routing/deferred_restore.py"
 FETCH_CHANNEL = "taskfleet/routing/fetch_channel.py"
+REPLY_SKIP = "taskfleet/routing/reply_skip.py"
 
 #: The switches back to stock code, quoted in the rows below.
 NO_TRANSPORT_SWITCH = (
@@ -580,7 +581,7 @@ OWN: list[Own] = [
     ),
     *_own(TRANSPORT, "kombu.transport.redis.Transport", "_flush_acks", "batch_acks"),
     *_own(TRANSPORT, "redis.connection.Connection", "fetch_prefix"),
-    *_own(BOOKKEEPING, "redis.connection.Connection", "_taskfleet_skips_replies"),
+    *_own(REPLY_SKIP, "redis.connection.Connection", "_taskfleet_skips_replies"),
     *_own(
         BOOKKEEPING,
         "kombu.transport.redis.QoS",
