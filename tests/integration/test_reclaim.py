@@ -318,8 +318,10 @@ def test_a_poison_pill_is_dead_lettered_with_fast_reclaim(
 ) -> None:
     env = _env(redis_env, "psn", TASKFLEET_CPU_POOL="solo")
     max_deliveries = int(env["TASKFLEET_RESILIENCE_MAX_DELIVERIES"])
-    for index in range(max_deliveries + 1):  # each delivery kills one solo worker
-        _start(fleets, env, tmp_path, f"solo{index}", 1)
+    fleets.append(Fleet(env, tmp_path))
+    settings = load_settings(**fleets[0].settings_overrides)
+    # Each delivery kills one solo worker; all start at once (their start-ups overlap).
+    fleets[0].start_all([(cpu_profile(settings, 1), f"solo{i}") for i in range(max_deliveries + 1)])
     app = fleets[0].app()
     client = Client(app)
     try:
