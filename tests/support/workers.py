@@ -43,6 +43,10 @@ def kill_tree(pid: int) -> None:
 WORKER_START_TIMEOUT_S = 60.0
 WORKER_STOP_TIMEOUT_S = 20.0
 PING_TIMEOUT_S = 0.5
+#: Flags test workers get on top of their profile's. Mingle (a start-up exchange of revoked
+#: ids and clocks with the workers already running) waits a second for replies on every
+#: start, and no test revokes a job or reads a logical clock.
+TEST_WORKER_FLAGS = ("--without-mingle",)
 
 
 @dataclass
@@ -92,6 +96,7 @@ class Fleet:
             "-m",
             "celery",
             *profile.argv(hostname=hostname, loglevel="INFO")[1:],
+            *TEST_WORKER_FLAGS,
         ]
         log = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
         env = {**os.environ, **self.env}
