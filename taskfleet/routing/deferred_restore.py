@@ -52,9 +52,21 @@ def defer(unacked_key: str, deliveries: dict[Any, tuple[Any, str, str]], exc: Ex
     )
 
 
+#: owner's tags key -> stamps of fetch script calls whose reply never came back.
+_lost_fetches: dict[str, set[float]] = {}
+
+
+def lost_fetch(tags_key: str, stamp: float) -> None:
+    """A fetch script call (atomic fetch) went unanswered: the connection dropped after it
+    was sent. If it ran, its delivery is recorded under this owner with ``stamp`` but held
+    by no channel, and the owner lives on, so no reclaimer takes it: the next channel does.
+    """
+    _lost_fetches.setdefault(tags_key, set()).add(stamp)
+
+
 def pending() -> int:
-    """Deliveries this process still has to restore."""
-    return sum(len(d) for d in _deferred.values())
+    """Deliveries (and unanswered fetches) this process still has to restore."""
+    return sum(len(d) for d in _deferred.values()) + sum(map(len, _lost_fetches.values()))
 
 
 def restore_deferred(qos: Any) -> list[Any]:
@@ -63,10 +75,10 @@ def restore_deferred(qos: Any) -> list[Any]:
     Returns:
         The tags restored (the caller drops them from its owner's hash).
     """
+    restored = _restore_lost_fetches(qos)
     deliveries = _deferred.get(qos.unacked_key)
     if not deliveries:
-        return []
-    restored: list[Any] = []
+        return restored
     try:
         client = qos.channel._create_client()
         for tag, (payload, exchange, routing_key) in list(deliveries.items()):
@@ -82,4 +94,26 @@ def restore_deferred(qos: Any) -> list[Any]:
         log.warning("still cannot restore %d deliveries (%s)", len(deliveries), exc)
     if restored:
         log.info("restored %d deliveries held when Redis went away", len(restored))
+    return restored
+
+
+def _restore_lost_fetches(qos: Any) -> list[Any]:
+    """Restore the deliveries that unanswered fetches recorded for ``qos``'s owner."""
+    stamps = _lost_fetches.pop(qos.owner_tags_key or "", None)
+    if not stamps:
+        return []
+    restored: list[Any] = []
+    try:
+        client = qos.channel._create_client()
+        held = client.hgetall(qos.owner_tags_key)
+        for tag, stamp in held.items():
+            if float(stamp) in stamps:
+                qos.restore_by_tag(tag, client=client)
+                restored.append(tag)
+    except UNREACHABLE as exc:
+        lost_fetches = _lost_fetches.setdefault(qos.owner_tags_key, set())
+        lost_fetches.update(stamps)  # for the next channel
+        log.warning("cannot restore what an unanswered fetch took yet (%s)", exc)
+    if restored:
+        log.info("restored %d deliveries fetched when the connection dropped", len(restored))
     return restored

@@ -18,6 +18,7 @@ import redis
 from kombu.exceptions import ChannelError
 from kombu.transport import redis as kombu_redis
 
+from taskfleet.routing import deferred_restore
 from taskfleet.routing.atomic_fetch import (
     FETCH_LUA,
     SUSPEND_AFTER_REFUSAL_S,
@@ -99,6 +100,13 @@ class FetchScriptChannel(kombu_redis.Channel):  # type: ignore[misc]
         self._fetch = AtomicFetch(sha, keys, owner_tags is not None, waiter)
         return self._fetch
 
+    def _fetch_unanswered(self) -> None:
+        """The connection dropped (or the channel closed) with a fetch script call unanswered:
+        the next channel restores what it may have taken (``deferred_restore.lost_fetch``)."""
+        fetch, sent, self._fetch_sent = self._fetch, self._fetch_sent, False
+        if sent and fetch is not None and fetch.has_owner:
+            deferred_restore.lost_fetch(fetch.head_keys[2], fetch.last_stamp)
+
     def _prefixes(self) -> list[str]:
         prefix = self.global_keyprefix or ""
         return tracked_prefixes([prefix + queue for queue in self.active_queues])
@@ -141,5 +149,6 @@ class FetchScriptChannel(kombu_redis.Channel):  # type: ignore[misc]
 
     def close(self) -> None:
         """Stock close, and the notification connection with it."""
+        self._fetch_unanswered()
         self._drop_fetch()
         super().close()

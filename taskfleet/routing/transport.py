@@ -172,6 +172,10 @@ class Channel(FetchScriptChannel, kombu_redis.Channel):  # type: ignore[misc]
             if sent and fetch is not None:
                 fetch.answered(False)
             raise
+        except self.connection_errors:
+            self._fetch_sent = sent
+            self._fetch_unanswered()
+            raise
         except redis.exceptions.NoScriptError:  # Redis restarted and lost its script cache
             self.client.script_load(FETCH_LUA)
             raise Empty() from None
@@ -193,8 +197,10 @@ class Channel(FetchScriptChannel, kombu_redis.Channel):  # type: ignore[misc]
         """Stock handling; writes not yet confirmed by a dropped fetch are queued again."""
         client = self.__dict__.get("client")
         qos = self._our_qos()
-        if qos is not None and client is not None and client.connection is connection:
-            qos.fetch_lost()
+        if client is not None and client.connection is connection:
+            self._fetch_unanswered()
+            if qos is not None:
+                qos.fetch_lost()
         super()._on_connection_disconnect(connection)
 
     def send_on_fetch_connection(self, commands: list[Command], idle_only: bool = False) -> bool:

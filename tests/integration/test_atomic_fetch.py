@@ -88,6 +88,23 @@ def test_a_consumer_cut_off_after_its_fetch_leaves_the_delivery_restorable(
         assert wired["unacked"]() == 0
 
 
+def test_a_fetch_whose_reply_was_lost_is_restored_by_the_next_channel(
+    services: dict[str, str], redis_client: redis.Redis
+) -> None:
+    """The worker lives on (its heartbeat is fresh, no reclaimer takes its deliveries) but
+    its connection dropped with the reply in flight: its next channel puts the job back."""
+    with _consumer(services["TASKFLEET_REDIS_URL"], redis_client, True) as wired:
+        wired["publish"](1)
+        wired["conn"].transport.cycle.on_poll_start()  # sends the fetch; nobody reads it
+        wait_for(lambda: wired["depth"]() == 0, DEADLINE_S, "Redis to pop the message")
+        wired["channel"].client.connection.disconnect()  # the reply is lost with the link
+        assert wired["unacked"]() == 1
+        _ = wired["conn"].channel().qos  # the next channel restores as its QoS starts
+        assert wired["depth"]() == 1
+        assert wired["unacked"]() == 0
+        assert redis_client.hlen(wired["owner"].tags_key) == 0
+
+
 def test_an_idle_consumer_sends_nothing_until_a_publish_wakes_it(
     services: dict[str, str], redis_client: redis.Redis
 ) -> None:

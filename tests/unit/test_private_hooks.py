@@ -55,6 +55,7 @@ BASE_TASK = "taskfleet/tasks/base.py"
 RECLAIM = "taskfleet/routing/reclaim.py"
 DEFERRED_RESTORE = "taskfleet/routing/deferred_restore.py"
 FETCH_CHANNEL = "taskfleet/routing/fetch_channel.py"
+TIMERS = "taskfleet/workers/timers.py"
 REPLY_SKIP = "taskfleet/routing/reply_skip.py"
 
 #: The switches back to stock code, quoted in the rows below.
@@ -498,6 +499,16 @@ HOOKS: list[Hook] = [
         "pool._putlock.shrink(): the semaphore Celery hands billiard under an event loop",
         call=(0, ()),
     ),
+    # --- kombu: the event loop's timer (workers/timers.py) ---
+    Hook(
+        "kombu.asynchronous.timer.Timer",
+        "_queue",
+        "attribute",
+        TIMERS,
+        "the heap purge_cancelled filters in place: cancelled time-limit timers would "
+        "otherwise stay in the prefork parent until they come due (TASKFLEET_SOFT_TIME_LIMIT)",
+        where="init-source",
+    ),
     Hook(
         "billiard.pool.LaxBoundedSemaphore",
         "shrink",
@@ -567,6 +578,7 @@ OWN: list[Own] = [
         "_prefixes",
         "_on_change",
         "_drop_fetch",
+        "_fetch_unanswered",
         "atomic_fetch",
         "delivery_recorded",
     ),
@@ -577,6 +589,7 @@ OWN: list[Own] = [
         "_drop_fetch",
         "_fetch",
         "_fetch_sent",
+        "_fetch_unanswered",
         "_prefixes",
     ),
     *_own(TRANSPORT, "kombu.transport.redis.Transport", "_flush_acks", "batch_acks"),
