@@ -132,4 +132,5 @@ install_jobs(app)
 
 import taskfleet.workers.inline_limits  # noqa: E402 - time limits in solo workers
 import taskfleet.workers.prefetch  # noqa: E402 - one spare reserved job per worker
-import taskfleet.workers.signals  # noqa: E402, F401 - per-process resources and the persister
+import taskfleet.workers.signals  # noqa: E402 - per-process resources and the persister
+import taskfleet.workers.timers  # noqa: E402, F401 - cancelled time-limit timers purged
