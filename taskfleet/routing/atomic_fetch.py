@@ -48,6 +48,8 @@ TRACKING_OFF_AFTER_HITS = 16
 #: After Redis refuses the fetch script (not for a missing script), plain BRPOP this long.
 SUSPEND_AFTER_REFUSAL_S = 30.0
 INVALIDATE_CHANNEL = "__redis__:invalidate"
+#: Packed calls kept per channel: one per order kombu rotates its queues through.
+PACKED_CALLS_MAX = 16
 
 FETCH_LUA = """
 -- KEYS: unacked, unacked_index, owner's tags, then the queue lists in BRPOP's order.
@@ -204,7 +206,9 @@ class AtomicFetch:
             args = ("EVALSHA", self.sha, 3 + len(keys), *self.head_keys, *keys, "", "")
             chunks = b"".join(connection.pack_command(*args))
             head = chunks[: chunks.rindex(b"$0\r\n\r\n$0\r\n\r\n")]
-            self._packed = {keys: head}  # one queue set at a time: keep the latest
+            if len(self._packed) >= PACKED_CALLS_MAX:  # queues changed since: start over
+                self._packed.clear()
+            self._packed[keys] = head
         self.last_stamp = time()
         return (
             head + _bulk(repr(self.last_stamp).encode()) + _bulk(b"1" if self.has_owner else b"0")
