@@ -163,9 +163,18 @@ class Channel(FetchScriptChannel, kombu_redis.Channel):  # type: ignore[misc]
             connection.send_packed_command([unsent])
 
     def _brpop_read(self, **options: Any) -> Any:
-        """Stock read; the reply confirms every write sent before the BRPOP."""
+        """Stock read; the reply confirms every write sent before the BRPOP.
+
+        Any answer (a message, a timeout, an error reply) means Redis ran every write sent
+        before it on that connection: the QoS forgets them (``fetch_answered``). A dropped
+        connection has queued them again instead (``fetch_lost``). Without this the QoS kept
+        every removal it ever sent (and, without atomic fetch, every record): ~100 bytes
+        per job in the prefork parent, and ``BatchedQoS._stamped`` rebuilt a set of all of
+        them on most deliveries.
+        """
         self.delivering = True
         fetch, sent, self._fetch_sent = self._fetch, self._fetch_sent, False
+        answered = True
         try:
             found = super()._brpop_read(**options)
         except Empty:
@@ -173,6 +182,7 @@ class Channel(FetchScriptChannel, kombu_redis.Channel):  # type: ignore[misc]
                 fetch.answered(False)
             raise
         except self.connection_errors:
+            answered = False
             self._fetch_sent = sent
             self._fetch_unanswered()
             raise
@@ -189,6 +199,11 @@ class Channel(FetchScriptChannel, kombu_redis.Channel):  # type: ignore[misc]
             )
             self._drop_fetch(refused=True)
             raise Empty() from None
+        finally:
+            self.delivering = False
+            qos = self._our_qos()
+            if answered and qos is not None:
+                qos.fetch_answered()
         if sent and fetch is not None:
             fetch.answered(True)
         return found

@@ -100,6 +100,25 @@ def test_a_removal_rides_after_its_record_and_the_hash_ends_exact(fetch: dict[st
     _settles(fetch["unacked"], 0, "the last removal")
 
 
+def test_an_answered_fetch_forgets_the_writes_it_confirmed(fetch: dict[str, Any]) -> None:
+    """Once a fetch on the connection has answered, nothing sent before it is kept to send
+    again: kept, every removal (and record) ever sent piled up in the prefork parent."""
+    fetch["publish"](20)
+    for message in _deliver(fetch, 20):
+        message.ack()
+    fetch["channel"].flush_bookkeeping()
+    _deliver(fetch, 20)  # polls: the removals ride with, or behind, the next fetch
+    _settles(fetch["unacked"], 0, "every removal")
+    qos = fetch["channel"].qos
+    wait_for(
+        lambda: (fetch["poll"](), not qos._unconfirmed_removals)[1],
+        LANDS_WITHIN_S,
+        "a fetch answered after the removals, confirming them",
+    )
+    assert qos._unconfirmed_records == {}
+    assert not fetch["channel"].delivering
+
+
 def test_a_server_without_reply_skipping_gets_records_on_a_second_connection(
     brpop_fetch: dict[str, Any],
 ) -> None:
