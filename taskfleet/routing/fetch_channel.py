@@ -58,8 +58,25 @@ class FetchScriptChannel(kombu_redis.Channel):  # type: ignore[misc]
     handlers: dict[str, Any]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        #: Queues consumed without acks (control replies): the script would record their
+        #: messages as unacked and nothing would ever remove the records.
+        self.no_ack_queues: set[str] = set()
         super().__init__(*args, **kwargs)
         self.handlers = {**self.handlers, WAIT: self._on_change}
+
+    def basic_consume(self, queue: str, no_ack: bool, *args: Any, **kwargs: Any) -> Any:
+        """Stock; a queue consumed without acks keeps its channel on BRPOP."""
+        if no_ack:
+            self.no_ack_queues.add(queue)
+        else:
+            self.no_ack_queues.discard(queue)
+        return super().basic_consume(queue, no_ack, *args, **kwargs)
+
+    def script_fetches(self) -> bool:
+        """Whether this channel's fetches go through the script (every queue acked)."""
+        if not self.no_ack_queues:  # the usual case, on every fetch: no set built
+            return self.atomic_fetch
+        return self.atomic_fetch and self.no_ack_queues.isdisjoint(self.active_queues)
 
     def _fetched(self, response: Any, **_: Any) -> Any:
         """The BRPOP reply callback of the fetch client: the script's third element says
@@ -71,7 +88,9 @@ class FetchScriptChannel(kombu_redis.Channel):  # type: ignore[misc]
 
     def _atomic(self, connection: Any) -> AtomicFetch | None:
         """The channel's fetch script, set up on first use (None: plain BRPOP)."""
-        if self._fetch is not None or not self.atomic_fetch:
+        if not self.script_fetches():
+            return None
+        if self._fetch is not None:
             return self._fetch
         if monotonic() < self._fetch_refused_until or connection._sock is None:
             return None

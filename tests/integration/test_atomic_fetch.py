@@ -136,3 +136,29 @@ def test_a_script_redis_forgot_is_loaded_again(
         wired["publish"](1)
         wait_for(lambda: wired["poll"]() and len(wired["received"]) == 2, DEADLINE_S, "the second")
         assert wired["unacked"]() == 2
+
+
+def test_a_queue_consumed_without_acks_keeps_brpop_and_leaves_no_record(
+    services: dict[str, str], redis_client: redis.Redis
+) -> None:
+    """Control replies are consumed without acks: nothing would ever remove a record."""
+    url = services["TASKFLEET_REDIS_URL"]
+    with private_transport(url, redis_client, "noack") as wired:
+        received: list[Any] = []
+        consumer = wired["conn"].Consumer(
+            wired["queue"],
+            channel=wired["channel"],
+            callbacks=[lambda _b, m: received.append(m)],
+            no_ack=True,
+        )
+        consumer.consume()
+        wired["publish"](2)
+
+        def poll() -> bool:
+            with contextlib.suppress(TimeoutError):
+                wired["conn"].drain_events(timeout=IDLE_POLL_S)
+            return True
+
+        wait_for(lambda: poll() and len(received) == 2, DEADLINE_S, "both messages")
+        assert wired["unacked"]() == 0
+        assert wired["channel"]._fetch is None
