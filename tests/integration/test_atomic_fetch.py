@@ -20,7 +20,7 @@ from kombu import Connection
 from taskfleet.routing import owners
 from taskfleet.routing.reclaim import Reclaimer
 from taskfleet.routing.transport import TRANSPORT_PATH
-from tests.support.transport import private_transport
+from tests.support.transport import consume, private_transport
 from tests.support.waiting import wait_for
 
 DEADLINE_S = 10.0
@@ -35,20 +35,7 @@ def _consumer(url: str, client: redis.Redis, atomic: bool) -> Iterator[dict[str,
     owner = owners.claim(owners.new_owner_id())
     try:
         with private_transport(url, client, "atomic", atomic_fetch=atomic) as wired:
-            conn = wired["conn"]
-            received: list[Any] = []
-            consumer = conn.Consumer(
-                wired["queue"],
-                channel=wired["channel"],
-                callbacks=[lambda _b, m: received.append(m)],
-            )
-            consumer.consume()
-
-            def poll() -> bool:
-                with contextlib.suppress(TimeoutError):
-                    conn.drain_events(timeout=IDLE_POLL_S)
-                return True
-
+            received, poll = consume(wired)
             yield {**wired, "owner": owner, "received": received, "poll": poll}
     finally:
         owners.release()
@@ -144,21 +131,8 @@ def test_a_queue_consumed_without_acks_keeps_brpop_and_leaves_no_record(
     """Control replies are consumed without acks: nothing would ever remove a record."""
     url = services["TASKFLEET_REDIS_URL"]
     with private_transport(url, redis_client, "noack") as wired:
-        received: list[Any] = []
-        consumer = wired["conn"].Consumer(
-            wired["queue"],
-            channel=wired["channel"],
-            callbacks=[lambda _b, m: received.append(m)],
-            no_ack=True,
-        )
-        consumer.consume()
+        received, poll = consume(wired, no_ack=True)
         wired["publish"](2)
-
-        def poll() -> bool:
-            with contextlib.suppress(TimeoutError):
-                wired["conn"].drain_events(timeout=IDLE_POLL_S)
-            return True
-
         wait_for(lambda: poll() and len(received) == 2, DEADLINE_S, "both messages")
         assert wired["unacked"]() == 0
         assert wired["channel"]._fetch is None

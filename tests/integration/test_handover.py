@@ -15,7 +15,6 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import redis
 from kombu import Connection
@@ -35,7 +34,7 @@ from tests.integration.test_reclaim import _hold as hold
 from tests.integration.test_reclaim import _owner as worker_owner
 from tests.integration.test_reclaim import _starts as starts
 from tests.integration.test_reclaim import _unacked_of as unacked_of
-from tests.support.transport import private_transport
+from tests.support.transport import consume, private_transport
 from tests.support.waiting import wait_for
 from tests.support.workers import Fleet
 
@@ -44,20 +43,6 @@ IDLE_POLL_S = 0.05
 THRESHOLD_S = 2.0
 #: Past the ownership check's threshold (the fleet's heartbeat interval), with a margin.
 WAITED_S = 3 * HEARTBEAT_INTERVAL_S
-
-
-def _consume(wired: dict[str, Any], conn: Connection, channel: Any) -> list[Any]:
-    received: list[Any] = []
-    conn.Consumer(
-        wired["queue"], channel=channel, callbacks=[lambda _b, m: received.append(m)]
-    ).consume()
-    return received
-
-
-def _poll(conn: Connection) -> bool:
-    with contextlib.suppress(TimeoutError):
-        conn.drain_events(timeout=IDLE_POLL_S)
-    return True
 
 
 @contextlib.contextmanager
@@ -78,9 +63,9 @@ def test_a_late_ack_leaves_the_new_holders_record(
     tidy: list[str] = []
     with private_transport(url, redis_client, "handover") as wired:
         with _claimed(redis_client, tidy) as cut_off:
-            first = _consume(wired, wired["conn"], wired["channel"])
+            first, poll_first = consume(wired)
             wired["publish"](1)
-            wait_for(lambda: _poll(wired["conn"]) and first, DEADLINE_S, "the first delivery")
+            wait_for(lambda: poll_first() and first, DEADLINE_S, "the first delivery")
         # The cut-off worker looks dead (no alive key): its delivery goes back to the queue.
         options = {
             "unacked_key": wired["channel"].unacked_key,
@@ -91,8 +76,8 @@ def test_a_late_ack_leaves_the_new_holders_record(
             assert Reclaimer(other.channel()).reclaim(cut_off.id) == 1
             with _claimed(redis_client, tidy) as holder:
                 channel = other.channel()
-                second = _consume(wired, other, channel)
-                wait_for(lambda: _poll(other) and second, DEADLINE_S, "the redelivery")
+                second, poll_other = consume(wired, other, channel)
+                wait_for(lambda: poll_other() and second, DEADLINE_S, "the redelivery")
                 assert second[0].delivery_tag == first[0].delivery_tag  # same tag, new holder
                 assert wired["channel"].qos.owner_tags_key == cut_off.tags_key
                 first[0].ack()  # the cut-off worker's late ack
@@ -102,7 +87,7 @@ def test_a_late_ack_leaves_the_new_holders_record(
                 assert redis_client.hexists(holder.tags_key, second[0].delivery_tag)
                 second[0].ack()
                 channel.flush_bookkeeping()
-                wait_for(lambda: _poll(other) and wired["unacked"]() == 0, DEADLINE_S, "removal")
+                wait_for(lambda: poll_other() and wired["unacked"]() == 0, DEADLINE_S, "removal")
         finally:
             other.release()
             redis_client.delete(*tidy)

@@ -8,7 +8,6 @@ log each execution (so runs are counted per job id) and hold until the test rele
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
 import signal
@@ -38,7 +37,7 @@ from taskfleet.routing.transport import TRANSPORT_PATH
 from taskfleet.routing.wire import TaskMessage, next_delivery_tag
 from taskfleet.workers.profiles import cpu_profile, io_profile
 from tests.integration.test_dead_letters import resilience_env
-from tests.support.transport import private_transport
+from tests.support.transport import consume, private_transport
 from tests.support.waiting import wait_for
 from tests.support.workers import Fleet, kill_tree
 
@@ -436,20 +435,8 @@ def test_the_owner_entry_rides_with_the_record_and_leaves_with_the_ack(
     url = services["TASKFLEET_REDIS_URL"]
     try:
         with private_transport(url, redis_client, "own", atomic_fetch=atomic) as wired:
-            conn = wired["conn"]
-            conn.transport.batch_acks = True  # what register_with_event_loop sets
-            received: list[Any] = []
-            consumer = conn.Consumer(
-                wired["queue"],
-                channel=wired["channel"],
-                callbacks=[lambda _b, m: received.append(m)],
-            )
-            consumer.consume()
-
-            def poll() -> bool:
-                with contextlib.suppress(TimeoutError):
-                    conn.drain_events(timeout=0.05)
-                return True
+            wired["conn"].transport.batch_acks = True  # what register_with_event_loop sets
+            received, poll = consume(wired)
 
             wired["publish"](1)
             wait_for(lambda: poll() and received, SETTLE_S, "the delivery")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
@@ -47,3 +47,30 @@ def private_transport(
     finally:
         conn.release()
         client.delete(*keys.values(), queue.name)
+
+
+#: One "loop iteration" of a test consumer that finds nothing to deliver.
+IDLE_POLL_S = 0.05
+
+
+def consume(
+    wired: dict[str, Any], conn: Any = None, channel: Any = None, no_ack: bool = False
+) -> tuple[list[Any], Callable[[], bool]]:
+    """Start consuming ``wired``'s queue (on ``conn``/``channel``, default its own); the
+    messages it receives, and ``poll``: one loop iteration (always true, for ``wait_for``).
+    """
+    conn = conn or wired["conn"]
+    received: list[Any] = []
+    conn.Consumer(
+        wired["queue"],
+        channel=channel or wired["channel"],
+        callbacks=[lambda _b, m: received.append(m)],
+        no_ack=no_ack,
+    ).consume()
+
+    def poll() -> bool:
+        with contextlib.suppress(TimeoutError):
+            conn.drain_events(timeout=IDLE_POLL_S)
+        return True
+
+    return received, poll
