@@ -67,6 +67,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_soft_time_limit": settings.soft_time_limit,
         "task_time_limit": settings.hard_time_limit,
         "result_expires": settings.result_expires,
+        "taskfleet_result_retention": settings.result_retention,  # Postgres (cache/backend.py)
         "result_extended": True,
         "result_backend_always_retry": True,
         "result_backend_max_retries": RESULT_STORE_MAX_RETRIES,

@@ -2,19 +2,25 @@
 
 Keys stay ``celery-task-meta-<id>`` so any Celery client (or another language reading
 Celery's Redis backend) reads results as usual. Each write also appends the result to the
-persistence stream inside the same MULTI, and ``ResultPersister`` moves it to Postgres in
-batches. A result that Redis has lost (expiry, eviction, restart) is read back from Postgres
-and back-filled into Redis. Final results (which the store script never overwrites) are
-also kept in a small per-process L1, so repeated reads of a finished job cost no round trip.
-A key Postgres did not have either (a job still pending, or an unknown id) is remembered for
-``ABSENT_TTL_S``, so a client polling a pending job's state costs Redis one GET per poll and
-Postgres at most one query per key per second, not one per poll. In prefork pool processes
-the writes do not wait for Redis's answer (``taskfleet.cache.pipelining``).
+persistence stream in the same script, and ``ResultPersister`` moves it to Postgres in
+batches. Redis is a bounded cache (``result_expires``, an hour by default) and Postgres the
+record: the stream entry carries the durable retention (``result_retention``, a week), the
+row's ``expires_at``. A result Redis no longer has (expiry, restart) is read back from
+Postgres and back-filled for ``BACKFILL_TTL_S`` only: a client polling an old job reads Redis,
+and old reads do not refill Redis for a full TTL. A write refused by a full Redis
+(``noeviction``) waits for room, up to ``OOM_RETRY_S``. Final results (which the store script
+never overwrites) are also kept in a small per-process L1, so repeated reads of a finished
+job cost no round trip. A key Postgres did not have either (a job still pending, or an
+unknown id) is remembered for ``ABSENT_TTL_S``, so a client polling a pending job's state
+costs Redis one GET per poll and Postgres at most one query per key per second, not one per
+poll. In prefork pool processes the writes do not wait for Redis's answer
+(``taskfleet.cache.pipelining``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -27,22 +33,35 @@ from celery import states
 from celery.backends.redis import RedisBackend
 from celery.exceptions import BackendStoreError
 from kombu.utils.encoding import bytes_to_str
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from taskfleet.cache.l1 import MemoryTier
 from taskfleet.cache.persister import PERSIST_STREAM
 from taskfleet.cache.pipelining import PipelinedScript
+from taskfleet.config.settings import DEFAULT_RESULT_RETENTION_S
 
 RESULT_URL_SETTING = "taskfleet_redis_url"
 DATABASE_URL_SETTING = "taskfleet_database_url"
+#: Seconds Postgres keeps a result (``Settings.result_retention``; see ``retention``).
+RETENTION_SETTING = "taskfleet_result_retention"
+#: Redis TTL of a result read back from Postgres (never more than the backend's own TTL).
+BACKFILL_TTL_S = 300
+#: A result write refused for memory is retried this long (backoff up to the second figure),
+#: then raised: the fleet stalls while Redis is full instead of dropping results.
+OOM_RETRY_S = 60.0
+OOM_RETRY_MAX_WAIT_S = 2.0
 #: Per-process L1 of final results: entries and seconds (final results never change).
 RESULT_L1_ENTRIES = 4096
 RESULT_L1_TTL_S = 300.0
 #: Keys Postgres was asked for and did not have: how long that answer holds, and how many.
 ABSENT_TTL_S = 1.0
 ABSENT_ENTRIES = 65_536
+log = logging.getLogger(__name__)
 FINAL_STATE_MARKERS = tuple(f'"status": "{s}"' for s in ("SUCCESS", "FAILURE", "REVOKED"))
 
 #: Keep a stored SUCCESS; otherwise write the meta, notify waiters, and queue the durable copy.
+#: ARGV: meta, Redis TTL, durable retention (the stream's ``expires``; default: the TTL). A
+#: full Redis (``noeviction``) refuses the first write (SET): no key, message or stream entry.
 STORE_RESULT_LUA = """
 local current = redis.call('GET', KEYS[1])
 if current then
@@ -56,7 +75,7 @@ else
   redis.call('SET', KEYS[1], ARGV[1])
 end
 redis.call('PUBLISH', KEYS[1], ARGV[1])
-redis.call('XADD', KEYS[2], '*', 'key', KEYS[1], 'value', ARGV[1], 'expires', ARGV[2])
+redis.call('XADD', KEYS[2], '*', 'key', KEYS[1], 'value', ARGV[1], 'expires', ARGV[3] or ARGV[2])
 return 1
 """
 
@@ -76,6 +95,9 @@ class TaskfleetResultBackend(RedisBackend):  # type: ignore[misc]
         )
         self._absent_lock = threading.Lock()  # cachetools caches are not thread-safe
         self._pipelined: PipelinedScript | None = None
+        #: How long a write refused for memory is retried, and how often that happened.
+        self.oom_retry_s = OOM_RETRY_S
+        self.oom_refusals = 0
 
     def _store_result(
         self,
@@ -101,7 +123,8 @@ class TaskfleetResultBackend(RedisBackend):  # type: ignore[misc]
                 "value too large for Redis backend", state=state, task_id=task_id
             )
         expires = self.failure_expires if state == states.FAILURE else self.expires
-        keys, args = [self.get_key_for_task(task_id), PERSIST_STREAM], [value, int(expires or 0)]
+        keys = [self.get_key_for_task(task_id), PERSIST_STREAM]
+        args = [value, int(expires or 0), self.retention]
         if self._pipelined is not None:
             self._pipelined.send(keys, args)
         else:
@@ -109,8 +132,31 @@ class TaskfleetResultBackend(RedisBackend):  # type: ignore[misc]
         return result
 
     def _store_now(self, keys: list[str], args: list[Any]) -> None:
-        """One synchronous store, with the backend's retry policy."""
-        self.ensure(self._store_script, (keys, args))
+        """One synchronous store, with the backend's retry policy; waits out a full Redis."""
+        retrying = Retrying(
+            retry=retry_if_exception_type(redis.exceptions.OutOfMemoryError),
+            stop=stop_after_delay(self.oom_retry_s),
+            wait=wait_exponential(multiplier=0.05, max=OOM_RETRY_MAX_WAIT_S),
+            before_sleep=lambda state: self.count_refusal(
+                bytes_to_str(keys[0]), state.attempt_number
+            ),
+            reraise=True,
+        )
+        retrying(self.ensure, self._store_script, (keys, args))
+
+    def count_refusal(self, key: str, attempt: int) -> None:
+        """A write of ``key`` was refused for memory: count it; log the 1st, 10th, 20th..."""
+        self.oom_refusals += 1
+        if attempt == 1 or attempt % 10 == 0:
+            log.warning("Redis is full (maxmemory): result %s waits for room, try %d", key, attempt)
+
+    @cached_property
+    def retention(self) -> int:
+        """Seconds Postgres keeps a result: the app's ``taskfleet_result_retention`` (a bare
+        Celery app using this backend: the default), never less than the Redis TTL."""
+        configured = self.app.conf.get(RETENTION_SETTING)
+        retention = DEFAULT_RESULT_RETENTION_S if configured is None else int(configured)
+        return max(retention, int(self.expires or 0))
 
     @cached_property
     def _store_script(self) -> Any:
@@ -144,6 +190,12 @@ class TaskfleetResultBackend(RedisBackend):  # type: ignore[misc]
         """Stock chord bookkeeping, after this process's own writes have landed."""
         self.confirm_stores()
         return super().on_chord_part_return(*args, **kwargs)
+
+    @property
+    def backfill_ttl(self) -> int:
+        """Redis TTL of a result read back from Postgres: short, and within the Redis TTL."""
+        ttl = int(self.expires or 0)
+        return min(ttl, BACKFILL_TTL_S) if ttl > 0 else BACKFILL_TTL_S
 
     def _database(self) -> Any:
         if self._engine is None:
@@ -193,5 +245,5 @@ class TaskfleetResultBackend(RedisBackend):  # type: ignore[misc]
         text = self.encode(stored)
         self._remember(skey, text)
         with contextlib.suppress(redis.RedisError):  # back-fill Redis, never over newer
-            self.client.set(skey, text, ex=int(self.expires or 0) or None, nx=True)
+            self.client.set(skey, text, ex=self.backfill_ttl, nx=True)
         return text

@@ -24,7 +24,10 @@ DEFAULT_HARD_TIME_LIMIT_S = 330.0
 DEFAULT_VISIBILITY_TIMEOUT_S = 3600.0
 DEFAULT_IO_CONCURRENCY = 50
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
-DEFAULT_RESULT_EXPIRES_S = 7 * 24 * 3600
+#: A result's Redis TTL: Redis caches recent results (README, "Redis memory"), Postgres keeps
+#: them for the retention (``expires_at``; never less than the TTL, see cache/backend.py).
+DEFAULT_RESULT_EXPIRES_S = 3600
+DEFAULT_RESULT_RETENTION_S = 7 * 24 * 3600
 DEFAULT_DB_POOL_SIZE = 5
 DEFAULT_REDIS_POOL_SIZE = 20
 #: Reserved jobs per worker beyond one per process (see taskfleet.workers.prefetch).
@@ -104,6 +107,7 @@ class Settings(BaseSettings):
 
     max_payload_bytes: int = Field(DEFAULT_MAX_PAYLOAD_BYTES, ge=256)
     result_expires: int = Field(DEFAULT_RESULT_EXPIRES_S, ge=60)
+    result_retention: int = Field(DEFAULT_RESULT_RETENTION_S, ge=60)
     db_pool_size: int = Field(DEFAULT_DB_POOL_SIZE, ge=1, le=200)
     redis_pool_size: int = Field(DEFAULT_REDIS_POOL_SIZE, ge=1, le=10_000)
     spare_prefetch: int = Field(DEFAULT_SPARE_PREFETCH, ge=0, le=MAX_SPARE_PREFETCH)

@@ -36,6 +36,8 @@ from taskfleet.devstack.processes import (
 )
 
 REDIS_PROC_NAME = "redis-server"
+#: Never evict: queues and shared state live beside the results (README, "Redis memory").
+MAXMEMORY_POLICY = "noeviction"
 
 ReadyOutcome = Literal["ready", "port-in-use"]
 
@@ -157,6 +159,7 @@ class RedisServer:
                 "--logfile", str(self.log),
                 "--appendonly", "yes",
                 "--appendfsync", "everysec",
+                "--maxmemory-policy", MAXMEMORY_POLICY,
             ]  # fmt: skip
             with self.log.open("ab") as log:
                 try:

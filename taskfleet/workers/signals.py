@@ -82,6 +82,18 @@ def _start_heartbeat(sender: Any = None, **_: Any) -> None:
     )
 
 
+def _check_redis_policy(sender: Any = None, **_: Any) -> None:
+    """Warn when the broker's or the state Redis may evict keys (``config/redis_policy.py``)."""
+    from taskfleet.app import app, settings_of
+    from taskfleet.config.redis_policy import warn_if_evicting
+    from taskfleet.config.services import resolve_services
+
+    settings = settings_of(app)
+    urls = resolve_services(settings)
+    redises = [urls.broker_url, urls.redis_url] if settings.broker_is_redis else [urls.redis_url]
+    warn_if_evicting(redises, log)
+
+
 def _settle_when_ready(**_: Any) -> None:
     """The main process has finished starting: exempt what it built since from collection."""
     from taskfleet.app import app, settings_of
@@ -137,5 +149,6 @@ signals.worker_init.connect(_record_before_inline_jobs, weak=False)
 signals.worker_init.connect(_start_heartbeat, weak=False)
 signals.worker_process_shutdown.connect(_close_child_pools, weak=False)
 signals.worker_ready.connect(_start_persister, weak=False)
+signals.worker_ready.connect(_check_redis_policy, weak=False)
 signals.worker_ready.connect(_settle_when_ready, weak=False)
 signals.worker_shutdown.connect(_stop_main_process, weak=False)

@@ -1,0 +1,116 @@
+"""Redis keeps a result for ``result_expires``, Postgres for ``result_retention``; reads of a
+result Redis let expire come from Postgres and are back-filled for ``BACKFILL_TTL_S`` only.
+
+Written through the real backend into the session's Redis and Postgres, landed by a real
+persister; the Redis key is then expired as its TTL would, and read through ``AsyncResult``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+from celery.result import AsyncResult
+from sqlalchemy import Engine, text
+
+from taskfleet.app import create_app, settings_of
+from taskfleet.cache.backend import BACKFILL_TTL_S
+from taskfleet.cache.persister import ResultPersister
+from taskfleet.config import load_settings
+from tests.support.waiting import wait_for
+
+LAND_TIMEOUT_S = 60.0
+EXPIRE_TIMEOUT_S = 5.0
+#: Slack for the seconds between the write and the checks.
+SLACK_S = 120
+SHORT_TTL_S = 120
+
+
+def _app(services: dict[str, str], **overrides: Any) -> Celery:
+    settings = {k.removeprefix("TASKFLEET_").lower(): v for k, v in services.items()}
+    return create_app(load_settings(**settings, **overrides))
+
+
+def _seconds_left(engine: Engine, key: str) -> float | None:
+    """Seconds until the row's ``expires_at``, or None while the row is not there."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            text(
+                "SELECT extract(epoch FROM expires_at - now()) FROM taskfleet_results "
+                "WHERE key = :k"
+            ),
+            {"k": key},
+        ).first()
+    return None if row is None else float(row[0])
+
+
+def _write_and_land(app: Celery, redis_client: redis.Redis, engine: Engine) -> tuple[str, str]:
+    """Store a result through the backend and wait until the persister has landed it."""
+    task_id = f"retention-{uuid.uuid4().hex}"
+    app.backend.store_result(task_id, {"kept": task_id}, "SUCCESS")
+    key = app.backend.get_key_for_task(task_id).decode()
+    persister = ResultPersister(redis_client, engine, batch_size=50)
+    wait_for(
+        lambda: persister.drain() >= 0 and _seconds_left(engine, key) is not None,
+        LAND_TIMEOUT_S,
+        "the result in Postgres",
+    )
+    return task_id, key
+
+
+def _expire(redis_client: redis.Redis, key: str) -> None:
+    """Let the Redis copy expire now, as its TTL would."""
+    redis_client.pexpire(key, 1)
+    wait_for(lambda: not redis_client.exists(key), EXPIRE_TIMEOUT_S, "the key to expire")
+
+
+@pytest.mark.parametrize("redis_ttl", [None, SHORT_TTL_S])
+def test_a_short_redis_ttl_leaves_postgres_retention_whole(
+    services: dict[str, str], redis_client: redis.Redis, engine: Engine, redis_ttl: int | None
+) -> None:
+    overrides = {} if redis_ttl is None else {"result_expires": redis_ttl}
+    app = _app(services, **overrides)
+    settings, retention = settings_of(app), app.backend.retention
+    assert retention >= max(settings.result_retention, settings.result_expires)
+    task_id, key = _write_and_land(app, redis_client, engine)
+    assert settings.result_expires - SLACK_S < redis_client.ttl(key) <= settings.result_expires
+    left = _seconds_left(engine, key)
+    assert left is not None
+    assert retention - SLACK_S < left <= retention
+
+    _expire(redis_client, key)
+    reader = _app(services, **overrides)  # a fresh process's view: nothing in its L1
+    assert AsyncResult(task_id, app=reader).get(timeout=10) == {"kept": task_id}
+    backfilled = redis_client.ttl(key)
+    assert 0 < backfilled <= min(BACKFILL_TTL_S, settings.result_expires)
+
+
+def test_polls_of_an_expired_result_read_the_backfill_not_postgres(
+    services: dict[str, str],
+    redis_client: redis.Redis,
+    engine: Engine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from taskfleet.cache import store
+
+    app = _app(services)
+    task_id, key = _write_and_land(app, redis_client, engine)
+    _expire(redis_client, key)
+    queries: list[str] = []
+    real_fetch = store.fetch_result
+
+    def counted_fetch(engine_: Engine, key_: str) -> object:
+        queries.append(key_)
+        return real_fetch(engine_, key_)
+
+    monkeypatch.setattr(store, "fetch_result", counted_fetch)
+    first = _app(services).backend.get(key)  # Redis miss: Postgres, then back-filled
+    assert queries == [key]
+    for _ in range(5):  # other processes polling: each reads the back-fill in Redis
+        assert _app(services).backend.get(key) is not None
+    assert queries == [key]
+    assert first is not None
+    assert task_id in (first if isinstance(first, str) else first.decode())
