@@ -3,7 +3,7 @@
 A keyed job's id is derived from its key (:func:`taskfleet.routing.wire.job_id_for`), and a
 marker ``taskfleet:idem:<job id>`` says "this job was published": a retried producer call
 that finds the marker returns the first job instead of publishing a second. The marker must
-never outlive a job that was not published, or every retry for 7 days would return a job
+never outlive a job that was not published, or every retry for its TTL would return a job
 that never runs. Two schemes, one per broker:
 
 * **Redis broker: claim and publish in one step.** One Lua script (:data:`_CLAIM_AND_PUSH`)
@@ -30,6 +30,7 @@ final state never overwritten by a later one.
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections.abc import Sequence
@@ -45,6 +46,9 @@ CLAIM_WINDOW_S = 10.0
 PENDING_POLL_S = 0.05
 #: Values per LPUSH (in the script, Lua's ``unpack`` is bounded by its C stack).
 PUSH_CHUNK = 1000
+#: A marker lives as long as the job's result stays in Redis, but never less than this many
+#: visibility timeouts: a job delivered again after one timeout is still covered while it runs.
+IDEMPOTENCY_VISIBILITY_TIMEOUTS = 2
 
 # KEYS: the priority sub-lists, then one marker per keyed job.
 # ARGV: ttl, then per job: sub-list index (into KEYS), marker index (0: unkeyed), kind, envelope.
@@ -98,6 +102,12 @@ return freed
 
 class ClaimPending(TimeoutError):
     """Another producer's claim on the same job stayed pending past every deadline."""
+
+
+def idempotency_ttl(result_expires: int, visibility_timeout: float) -> int:
+    """Seconds a confirmed marker lives: ``TASKFLEET_RESULT_EXPIRES``, at least
+    :data:`IDEMPOTENCY_VISIBILITY_TIMEOUTS` x ``TASKFLEET_VISIBILITY_TIMEOUT``."""
+    return max(int(result_expires), math.ceil(visibility_timeout * IDEMPOTENCY_VISIBILITY_TIMEOUTS))
 
 
 def claim_key(job_id: str) -> str:

@@ -25,6 +25,7 @@ from taskfleet.claims import (
     ClaimPending,
     PendingClaims,
     RedisPublisher,
+    idempotency_ttl,
 )
 from taskfleet.config import resolve_services
 from taskfleet.handles import (
@@ -78,7 +79,7 @@ class Client:
         self._broker_redis = (
             redis.Redis.from_url(self._urls.broker_url) if self.settings.broker_is_redis else None
         )
-        ttl = self.settings.result_expires
+        ttl = idempotency_ttl(self.settings.result_expires, self.settings.visibility_timeout)
         self._redis_publisher = (
             RedisPublisher(self._broker_redis, ttl) if self._broker_redis is not None else None
         )

@@ -12,6 +12,11 @@ entries, a bound far above a normal backlog, and nothing over it is dropped sile
   result's Redis key is kept without expiry and listed, and ``taskfleet results quarantine
   requeue`` puts them back in the stream once Postgres is back. Only the stream's copy
   leaves, so every result stays readable and nothing is lost.
+
+Each persister joins the consumer group under its own name (host:pid), so every restart adds
+a consumer: :func:`forget_idle_consumers` deletes those with nothing pending that have not
+read for ``CONSUMER_FORGET_IDLE_MS`` (a live one reads every 100 ms), keeping the group's
+consumer list as long as the persisters running.
 """
 
 from __future__ import annotations
@@ -34,6 +39,23 @@ SPILL_BATCH = 1000
 MS_PER_S = 1000.0
 #: How often the persister checks the stream against its cap (and on every logged retry).
 CHECK_INTERVAL_S = 5.0
+#: A consumer with nothing pending, silent this long, was a persister that is gone.
+CONSUMER_FORGET_IDLE_MS = 3_600_000
+
+# KEYS[1] stream. ARGV: group, idle ms. Deletes the group's consumers with nothing pending
+# and idle at least that long; atomic, so none can take an entry in between.
+FORGET_CONSUMERS_LUA = """
+local gone = 0
+for _, info in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local c = {}
+  for i = 1, #info, 2 do c[info[i]] = info[i + 1] end
+  if c['pending'] == 0 and c['idle'] >= tonumber(ARGV[2]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], c['name'])
+    gone = gone + 1
+  end
+end
+return gone
+"""
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +137,13 @@ def spill_overflow(
         pipe.execute()
         moved += len(ids)
     return moved
+
+
+def forget_idle_consumers(
+    client: redis.Redis, stream: str, group: str, idle_ms: int = CONSUMER_FORGET_IDLE_MS
+) -> int:
+    """Delete ``group``'s consumers that hold nothing and were idle ``idle_ms``; how many."""
+    return int(client.eval(FORGET_CONSUMERS_LUA, 1, stream, group, idle_ms))
 
 
 class BacklogGuard:

@@ -43,7 +43,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from taskfleet.cache.backlog import BacklogGuard, StreamHealth, stream_health
+from taskfleet.cache.backlog import BacklogGuard, StreamHealth, forget_idle_consumers, stream_health
 from taskfleet.cache.batch import StreamEntry, write_batch
 from taskfleet.cache.l3 import purge_expired
 from taskfleet.cache.quarantine import QUARANTINE_KEY, Quarantine
@@ -243,6 +243,7 @@ class ResultPersister:
         if time.monotonic() - self._last_purge >= self.purge_interval_s:
             self._last_purge = time.monotonic()
             purge_expired(self.engine)
+            forget_idle_consumers(self.client, self.stream, PERSIST_GROUP)
         self.check_backlog()
 
     def _before_retry(self, state: RetryCallState) -> None:

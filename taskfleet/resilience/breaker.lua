@@ -21,8 +21,24 @@ local function open_now()
   state = 'open'
 end
 
+-- Drop every bucket older than the window (not just the one just left behind: calls that
+-- skip buckets would strand the others), so the hash holds at most 2 x (buckets + 1) fields
+-- however long a busy breaker keeps refreshing its expiry. Deleted in chunks: a window grown
+-- large before this pruning existed must not overflow unpack's stack.
+local function prune_window(bucket)
+  local stale = {}
+  for _, field in ipairs(redis.call('HKEYS', wkey)) do
+    local b = tonumber(string.sub(field, 3))
+    if b == nil or b <= bucket - nbuckets then table.insert(stale, field) end
+  end
+  for s = 1, #stale, 1000 do
+    redis.call('HDEL', wkey, unpack(stale, s, math.min(s + 999, #stale)))
+  end
+end
+
 local function add_window(field, n)
   local bucket = math.floor(now / (window / nbuckets))
+  prune_window(bucket)
   redis.call('HINCRBY', wkey, field .. bucket, n)
   redis.call('PEXPIRE', wkey, math.ceil(window * 1000) + 1000)
 end
@@ -79,7 +95,7 @@ if state == 'half_open' then
 elseif state == 'closed' then
   local width = window / nbuckets
   local bucket = math.floor(now / width)
-  redis.call('HDEL', wkey, 'c:' .. (bucket - nbuckets), 'f:' .. (bucket - nbuckets))
+  prune_window(bucket)
   redis.call('HINCRBY', wkey, 'c:' .. bucket, 1)
   redis.call('PEXPIRE', wkey, math.ceil(window * 1000) + 1000)
   if success then

@@ -8,7 +8,11 @@ the metadata (reason, exception type and message, traceback, attempts, timestamp
   push idempotent: a job dead-lettered twice (redelivered after a crash) is stored once.
 * RabbitMQ: the message itself reaches ``<queue>.dlq`` through the broker's dead-letter
   exchange (the worker rejects it without requeue); the same metadata is stored in a Redis
-  hash keyed by job id and joined back when listing. Messages the broker dead-letters on its
+  hash keyed by job id and joined back when listing; each record there is dropped
+  ``TASKFLEET_RESILIENCE_BOOKKEEPING_TTL`` after it was stored (a sorted set beside the hash
+  holds when; each write prunes up to ``META_PRUNE_BATCH`` expired ones), so a steady trickle
+  of dead letters cannot grow it for ever. The message stays in the broker's queue and is
+  still listed, as the broker describes it. Messages the broker dead-letters on its
   own (TTL, length limit, another client's reject) have no metadata: they are read from the
   queue itself (``resilience/broker_dlq.py``) and listed with ``origin="broker"``.
 """
@@ -43,6 +47,10 @@ Reason = Literal[
 Origin = Literal["taskfleet", "broker"]
 INDEX_PREFIX = "taskfleet:dlq:index:"
 META_PREFIX = "taskfleet:dlq:meta:"
+#: The sorted set (job id -> when stored) beside a metadata hash: ``META_PREFIX + dlq + this``.
+META_AGES_SUFFIX = ":at"
+#: Expired metadata records dropped per write at most (more than one write adds).
+META_PRUNE_BATCH = 100
 MAX_TRACEBACK_CHARS = 8000
 
 # Push once per job id: HSETNX the index, then LPUSH the record (atomic in one script).
@@ -52,6 +60,23 @@ if redis.call('HSETNX', KEYS[2], ARGV[1], '1') == 1 then
   return 1
 end
 return 0
+"""
+
+# KEYS: metadata hash, its ages (sorted set). ARGV: job id, record, now, ttl, prune batch.
+# Drops records stored more than ttl ago (a bounded batch), stores this one, and keeps both
+# keys expiring ttl after the newest write. Returns how many were dropped.
+_STORE_META = """
+local cutoff = tonumber(ARGV[3]) - tonumber(ARGV[4])
+local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', cutoff, 'LIMIT', 0, tonumber(ARGV[5]))
+if #stale > 0 then
+  redis.call('HDEL', KEYS[1], unpack(stale))
+  redis.call('ZREM', KEYS[2], unpack(stale))
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+return #stale
 """
 
 
@@ -138,10 +163,12 @@ def store_redis(client: redis.Redis, dlq: str, letter: DeadLetter) -> bool:
     return bool(pushed)
 
 
-def store_amqp_metadata(client: redis.Redis, dlq: str, letter: DeadLetter, ttl: int) -> None:
-    """Keep the metadata of a job the broker dead-letters (idempotent: same field, same value)."""
+def store_amqp_metadata(
+    client: redis.Redis, dlq: str, letter: DeadLetter, ttl: int, now: float | None = None
+) -> int:
+    """Keep the metadata of a job the broker dead-letters for ``ttl`` seconds (idempotent:
+    same field, same value); returns how many expired records this write dropped."""
     key = META_PREFIX + dlq
-    pipe = client.pipeline(transaction=False)
-    pipe.hset(key, letter.id, letter.to_json())
-    pipe.expire(key, ttl)
-    pipe.execute()
+    stamp = time.time() if now is None else now
+    args: list[str | int] = [letter.id, letter.to_json(), repr(stamp), ttl, META_PRUNE_BATCH]
+    return int(client.eval(_STORE_META, 2, key, key + META_AGES_SUFFIX, *args))

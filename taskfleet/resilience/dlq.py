@@ -26,7 +26,7 @@ from kombu import Connection, Exchange, Producer
 
 from taskfleet.config import Settings, resolve_services
 from taskfleet.resilience import broker_dlq
-from taskfleet.resilience.deadletter import INDEX_PREFIX, META_PREFIX, DeadLetter
+from taskfleet.resilience.deadletter import INDEX_PREFIX, META_AGES_SUFFIX, META_PREFIX, DeadLetter
 from taskfleet.routing.depth import redis_priority_key
 from taskfleet.routing.topology import Topology
 from taskfleet.routing.wire import next_delivery_tag
@@ -156,6 +156,7 @@ class DeadLetterQueues:
             by_dlq.setdefault(entry.dlq, set()).add(entry.letter.id)
         for dlq, ids in by_dlq.items():
             self.redis.hdel(META_PREFIX + dlq, *ids)
+            self.redis.zrem(META_PREFIX + dlq + META_AGES_SUFFIX, *ids)
             broker_dlq.remove(self.broker_url, dlq, ids)
 
     def _succeeded(self, job_id: str) -> bool:

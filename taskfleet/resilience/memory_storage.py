@@ -19,6 +19,12 @@ from taskfleet.resilience.storage import (
 )
 
 
+def prune_buckets(buckets: dict[int, list[int]], bucket: int) -> None:
+    """Drop the buckets older than the window (at most ``WINDOW_BUCKETS + 1`` stay)."""
+    for old in [b for b in buckets if b <= bucket - WINDOW_BUCKETS]:
+        del buckets[old]
+
+
 class MemoryStorage:
     """State in this process only (tests, single-process use); same algorithm as the Lua."""
 
@@ -37,6 +43,7 @@ class MemoryStorage:
             d["n_successes"] = d.get("n_successes", 0) + ok
             if d["state"] == "closed":
                 bucket = int(now // (config.window / WINDOW_BUCKETS))
+                prune_buckets(d["buckets"], bucket)
                 d["buckets"].setdefault(bucket, [0, 0])[0] += ok
 
     def acquire(
@@ -91,8 +98,7 @@ class MemoryStorage:
                 width = config.window / WINDOW_BUCKETS
                 bucket = int(now // width)
                 buckets: dict[int, list[int]] = d["buckets"]
-                for old in [b for b in buckets if b <= bucket - WINDOW_BUCKETS]:
-                    del buckets[old]
+                prune_buckets(buckets, bucket)
                 calls_fails = buckets.setdefault(bucket, [0, 0])
                 calls_fails[0] += 1
                 d["fails"] = 0 if success else d["fails"] + 1

@@ -8,7 +8,10 @@
 * ``sizes`` -- the size the autoscaler last set on each prefork worker (keyed by hostname,
   checked against the worker's pid): prefork's ``stats()`` keeps reporting the start-up
   ``-c`` after ``pool_grow``.
-* ``log`` -- the decision log, a capped list (newest first); ``replicas`` -- desired hosts.
+  A host the autoscaler has not seen for ``SIZE_FORGET_S`` is gone and its entry dropped
+  (the tick keeps when it last saw each host in ``memory``), so worker churn does not grow it.
+* ``log`` -- the decision log, a capped list (newest first, ``TASKFLEET_AUTOSCALE_HISTORY_CAP``
+  entries); ``replicas`` -- desired hosts.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ GATE_FRACTION = 0.8
 #: The tick lock expires after this many intervals even if its holder died.
 LOCK_INTERVALS = 3.0
 MIN_LOCK_S = 10.0
+#: A worker absent from this many seconds of ticks is gone: its remembered size is dropped.
+SIZE_FORGET_S = 3600.0
 
 
 class AutoscaleStore:
@@ -77,6 +82,11 @@ class AutoscaleStore:
         """Remember the size just set on a prefork worker."""
         self.client.hset(SIZES_KEY, hostname, json.dumps([pid, size]))
 
+    def forget_sizes(self, hostnames: list[str]) -> None:
+        """Drop the sizes remembered for workers that are gone."""
+        if hostnames:
+            self.client.hdel(SIZES_KEY, *hostnames)
+
     def append_log(self, entry: dict[str, Any], cap: int) -> None:
         """Add a decision to the log, keeping the newest ``cap`` entries."""
         pipe = self.client.pipeline(transaction=True)
@@ -115,3 +125,26 @@ def memory_to(memory: PoolMemory, keep: int) -> dict[str, Any]:
         "last_down_at": memory.last_down_at,
         "trend": [asdict(p) for p in memory.trend[-keep:]],
     }
+
+
+def last_seen(
+    seen: dict[str, float], known: list[str], present: list[str], now: float
+) -> tuple[dict[str, float], list[str]]:
+    """When each host with a remembered size was last seen, and the hosts gone for good.
+
+    Args:
+        seen: the previous tick's map (host -> last seen time).
+        known: hosts with a remembered size.
+        present: hosts that answered this tick.
+        now: this tick's time.
+
+    Returns:
+        The new map (only hosts with a size, a host first met counted as seen now) and the
+        hosts not seen for ``SIZE_FORGET_S``, whose sizes should be forgotten.
+    """
+    here = set(present)
+    updated = {host: now if host in here else seen.get(host, now) for host in known}
+    gone = [host for host, at in updated.items() if now - at >= SIZE_FORGET_S]
+    for host in gone:
+        del updated[host]
+    return updated, gone

@@ -20,7 +20,7 @@ from taskfleet.scheduler.actuate import actuate
 from taskfleet.scheduler.measure import measure
 from taskfleet.scheduler.model import TrendPoint
 from taskfleet.scheduler.policy import decide
-from taskfleet.scheduler.store import AutoscaleStore, memory_from, memory_to
+from taskfleet.scheduler.store import AutoscaleStore, last_seen, memory_from, memory_to
 
 log = logging.getLogger(__name__)
 #: Faults that skip a tick (logged) instead of crashing the worker running it.
@@ -68,14 +68,13 @@ def _decide_and_act(
 ) -> dict[str, Any]:
     stored = store.load_memory()
     topology = Topology.from_settings(settings_of(app))
+    sizes = store.prefork_sizes()
     samples, counters = measure(
-        app,
-        topology,
-        settings.inspect_timeout,
-        now,
-        store.prefork_sizes(),
-        stored.get("counters", {}),
+        app, topology, settings.inspect_timeout, now, sizes, stored.get("counters", {})
     )
+    present = [w.hostname for sample in samples.values() for w in sample.workers]
+    seen, gone = last_seen(stored.get("seen", {}), list(sizes), present, now)
+    store.forget_sizes(gone)
     entry: dict[str, Any] = {
         "at": now,
         "tick": tick_id,
@@ -123,7 +122,7 @@ def _decide_and_act(
                 decision.target,
                 decision.reason,
             )
-    store.save_memory({"pools": memories, "counters": counters})
+    store.save_memory({"pools": memories, "counters": counters, "seen": seen})
     store.set_replicas(replicas)
     store.append_log(entry, settings.history_cap)
     return entry
