@@ -46,12 +46,15 @@ class RedisProcess:
     Args:
         workdir: Its working folder (AOF files); created if missing.
         host: The address it binds (loopback unless a scenario says otherwise).
+        durable: AOF with ``appendfsync always`` (chaos); ``False`` keeps nothing on disk
+            (the soak, where only memory is measured).
     """
 
-    def __init__(self, workdir: Path, host: str = LOOPBACK) -> None:
+    def __init__(self, workdir: Path, host: str = LOOPBACK, *, durable: bool = True) -> None:
         """Describe the server; nothing is started."""
         self.workdir = workdir
         self.host = host
+        self.durable = durable
         self.port: int | None = None
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -74,7 +77,7 @@ class RedisProcess:
             "--bind", self.host,
             "--port", str(self.port),
             "--dir", str(self.workdir),
-            "--appendonly", "yes",
+            "--appendonly", "yes" if self.durable else "no",
             "--appendfsync", "always",
             "--save", "",
             "--protected-mode", "no",

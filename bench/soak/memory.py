@@ -1,0 +1,102 @@
+"""Unique memory (USS) of every process of a worker tree, each named by its role.
+
+USS is the memory only that process holds: what the kernel would free if it exited. It is
+the figure that grows when a process leaks, and (unlike RSS) it does not count the pages a
+prefork child still shares with its parent.
+
+Roles come from each process's command line and its parent's role, so the same code names
+``taskfleet up``'s tree (supervisor, CPU and I/O workers, their pool processes, sidecars and
+persisters, beat) and a stock ``celery worker``'s (main process and pool processes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import psutil
+
+SUPERVISOR = "supervisor"
+POOL_SUFFIX = " pool"
+MAIN_SUFFIX = " worker"
+SIDECAR_MODULE = "taskfleet.sidecar"
+PERSISTER_MODULE = "taskfleet.cache.persister"
+
+
+@dataclass(frozen=True)
+class ProcessMemory:
+    """One process at one instant."""
+
+    pid: int
+    role: str
+    uss: int
+    rss: int
+
+    @property
+    def is_pool(self) -> bool:
+        """Whether it is a prefork pool process (several per worker, forked by it)."""
+        return self.role.endswith(POOL_SUFFIX)
+
+
+def _queue_name(cmdline: Sequence[str]) -> str:
+    """The first queue a ``celery worker`` command consumes (``-Q cpu`` gives ``cpu``)."""
+    for flag, value in itertools.pairwise(cmdline):
+        if flag in ("-Q", "--queues"):
+            return value.split(",")[0]
+    return "celery"
+
+
+def role_of(cmdline: Sequence[str], parent_role: str | None) -> str:
+    """Name a process by its command line and its parent's role.
+
+    Args:
+        cmdline: Its argv.
+        parent_role: The parent's role, ``None`` for the tree's root.
+
+    Returns:
+        ``supervisor``, ``<queue> worker``, ``<queue> pool``, ``<parent> sidecar``,
+        ``<parent> persister``, ``beat``, or the program name.
+    """
+    if SIDECAR_MODULE in cmdline:
+        return f"{parent_role} sidecar"
+    if PERSISTER_MODULE in cmdline:
+        return f"{parent_role} persister"
+    if "beat" in cmdline:
+        return "beat"
+    if "worker" in cmdline:
+        if parent_role is not None and parent_role.endswith(MAIN_SUFFIX):
+            return parent_role.removesuffix(MAIN_SUFFIX) + POOL_SUFFIX
+        return _queue_name(cmdline) + MAIN_SUFFIX
+    if parent_role is None and "up" in cmdline:
+        return SUPERVISOR
+    return cmdline[0].rsplit("/", 1)[-1] if cmdline else "?"
+
+
+def sample_tree(root_pid: int) -> list[ProcessMemory]:
+    """USS and RSS of ``root_pid`` and every live descendant, by role.
+
+    A process that exits while it is read is left out.
+
+    Args:
+        root_pid: The tree's root (``taskfleet up``, or a ``celery worker``).
+
+    Returns:
+        One entry per live process, parents before children.
+    """
+    out: list[ProcessMemory] = []
+    stack: list[tuple[psutil.Process, str | None]] = []
+    with contextlib.suppress(psutil.Error):
+        stack.append((psutil.Process(root_pid), None))
+    while stack:
+        proc, parent_role = stack.pop(0)
+        try:
+            role = role_of(proc.cmdline(), parent_role)
+            info = proc.memory_full_info()
+            children = proc.children()
+        except psutil.Error:
+            continue
+        out.append(ProcessMemory(proc.pid, role, int(info.uss), int(info.rss)))
+        stack.extend((child, role) for child in children)
+    return out

@@ -1,0 +1,118 @@
+"""W8's Markdown: per-process USS at every mark, growth after the first, and the final checks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from bench.soak.memory import ProcessMemory
+from bench.soak.run import SoakResult
+
+MIB = 2**20
+GROWTH_TARGET = 0.05
+#: The issue's sustained rate for projecting Redis memory.
+PROJECTED_RATE = 1_000
+
+
+def _mib(value: float) -> str:
+    return f"{value / MIB:,.1f}"
+
+
+def _jobs(n: int) -> str:
+    return f"{n // 1000:,}k" if n % 1000 == 0 else f"{n:,}"
+
+
+def growth(result: SoakResult) -> dict[int, float]:
+    """Each process present at the first mark: its largest later USS over its first, minus 1."""
+    first = {p.pid: p.uss for p in result.marks[0].processes}
+    out: dict[int, float] = {}
+    for mark in result.marks[1:]:
+        for p in mark.processes:
+            if first.get(p.pid):
+                out[p.pid] = max(out.get(p.pid, -1.0), p.uss / first[p.pid] - 1)
+    return out
+
+
+def _rows(result: SoakResult) -> Iterable[tuple[str, int]]:
+    """(role, pid) of every process seen at any mark, in first-seen order."""
+    seen: dict[int, str] = {}
+    for mark in result.marks:
+        for p in mark.processes:
+            seen.setdefault(p.pid, p.role)
+    return ((role, pid) for pid, role in seen.items())
+
+
+def process_table(result: SoakResult) -> str:
+    """One row per process: USS (MiB) at every mark, and its growth after the first mark."""
+    by_mark = [{p.pid: p for p in m.processes} for m in result.marks]
+    grew = growth(result)
+    head = ["process", *(_jobs(m.jobs) for m in result.marks), "growth after first"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for role, pid in _rows(result):
+        cells = [_mib(m[pid].uss) if pid in m else "" for m in by_mark]
+        change = f"{grew[pid]:+.1%}" if pid in grew else "started later"
+        lines.append(f"| {role} (pid {pid}) | " + " | ".join(cells) + f" | {change} |")
+    fleet = [_mib(sum(p.uss for p in m.processes)) for m in result.marks]
+    lines.append("| **all processes** | " + " | ".join(fleet) + " | |")
+    redis_row = [_mib(m.redis_used) for m in result.marks]
+    lines.append("| Redis used_memory | " + " | ".join(redis_row) + " | |")
+    return "\n".join(lines)
+
+
+def _sizes(processes: list[ProcessMemory]) -> str:
+    uss = ", ".join(_mib(p.uss) for p in processes)
+    rss = ", ".join(_mib(p.rss) for p in processes)
+    return f"{uss} MiB USS ({rss} MiB RSS)"
+
+
+def _late(late: dict[str, Any]) -> str:
+    if not late:
+        return ""
+    forked = [ProcessMemory(**p) for p in late["late"]]
+    if not forked:
+        return "- Late fork: the autoscaler did not fork a new CPU pool process for the batch.\n"
+    early = [ProcessMemory(**p) for p in late["early_at_first_mark"]]
+    settled = [ProcessMemory(**p) for p in late["early_at_last_sight"]]
+    return (
+        f"- Late fork: the autoscaler shrank the CPU pool to one process "
+        f"{late['shrunk_after_s']:.0f} s after the last mark, and forked {len(forked)} new "
+        f"process(es) for {late['jobs']:,} more jobs: {_sizes(forked)} after them. The pool "
+        f"processes forked at start-up: {_sizes(early)} at the first mark, {_sizes(settled)} "
+        "when last sampled.\n"
+    )
+
+
+def system_section(result: SoakResult, result_ttl_s: int | None) -> str:
+    """The section of one system: its table and its final checks."""
+    final = result.final
+    grew = growth(result)
+    worst = max(grew.values(), default=0.0)
+    verdict = "within" if worst <= GROWTH_TARGET else "**over**"
+    text = [
+        f"### {result.label}\n",
+        process_table(result),
+        "",
+        f"- {final['jobs_per_s']:,.0f} jobs/s over the soak. Largest growth of a process after "
+        f"the first mark: {worst:+.1%} ({verdict} the {GROWTH_TARGET:.0%} target).",
+        f"- Redis at the end: {_mib(final['redis_used_bytes'])} MiB used, "
+        f"{final['result_keys']:,} result keys",
+    ]
+    per_result = final.get("bytes_per_result")
+    if per_result:
+        text[-1] += f", {per_result:,.0f} bytes per result (used_memory growth over result keys)."
+        if result_ttl_s:
+            projected = per_result * PROJECTED_RATE * result_ttl_s
+            text.append(
+                f"- Projected Redis for results at {PROJECTED_RATE:,} jobs/s sustained with the "
+                f"{result_ttl_s:,} s result TTL: {projected / 2**30:,.2f} GiB."
+            )
+    if "durable_rows" in final:
+        got, asked = final["read_back_from_durable"]
+        text.append(
+            f"- Postgres holds {final['durable_rows']:,} results (every job of the run, "
+            f"warm-up included); {got:,} of {asked:,} random results read back through the "
+            "client after their Redis copy was deleted (so from Postgres)."
+        )
+    got, asked = final["read_back"]
+    text.append(f"- {got:,} of {asked:,} other random results read back through the client.")
+    return "\n".join(text) + "\n" + _late(result.late_fork)

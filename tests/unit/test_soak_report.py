@@ -1,0 +1,64 @@
+"""W8's bookkeeping: process roles from command lines, growth after the first mark, sampling."""
+
+from __future__ import annotations
+
+import random
+
+from bench.soak.memory import ProcessMemory, role_of
+from bench.soak.report import growth
+from bench.soak.run import Mark, SoakResult
+from bench.soak.systems import reservoir
+
+WORKER = ["python", "-m", "celery", "-A", "taskfleet.app", "worker", "-P", "prefork", "-Q", "cpu"]
+IO = ["python", "-m", "celery", "-A", "taskfleet.app", "worker", "-P", "gevent", "-Q", "io,celery"]
+MIB = 2**20
+
+
+def test_roles_of_a_taskfleet_up_tree() -> None:
+    assert role_of(["python", "/venv/bin/taskfleet", "up", "--no-flower"], None) == "supervisor"
+    assert role_of(WORKER, "supervisor") == "cpu worker"
+    assert role_of(IO, "supervisor") == "io worker"
+    assert role_of(WORKER, "cpu worker") == "cpu pool"
+    assert role_of(["python", "-m", "taskfleet.sidecar"], "io worker") == "io worker sidecar"
+    assert (
+        role_of(["python", "-m", "taskfleet.cache.persister"], "cpu worker")
+        == "cpu worker persister"
+    )
+    assert role_of(["python", "-m", "celery", "-A", "taskfleet.app", "beat"], "supervisor") == (
+        "beat"
+    )
+
+
+def test_a_stock_celery_worker_is_the_root_of_its_tree() -> None:
+    stock = ["celery", "-A", "bench.systems.celery_app", "worker", "-c", "2", "-Q", "bench"]
+    assert role_of(stock, None) == "bench worker"
+    assert role_of(stock, "bench worker") == "bench pool"
+
+
+def _mark(jobs: int, sizes: dict[int, int]) -> Mark:
+    processes = [ProcessMemory(pid, "p", uss * MIB, uss * MIB) for pid, uss in sizes.items()]
+    return Mark(jobs, 0.0, processes, 0, 0)
+
+
+def test_growth_is_the_largest_later_size_over_the_first() -> None:
+    result = SoakResult("s", "s")
+    result.marks = [_mark(100, {1: 100, 2: 50}), _mark(200, {1: 110, 2: 50, 3: 80})]
+    result.marks.append(_mark(300, {1: 104, 3: 90}))
+    grew = growth(result)
+    assert round(grew[1], 3) == 0.1  # the peak counts, not the last mark
+    assert grew[2] == 0.0
+    assert 3 not in grew  # started after the first mark: no baseline
+
+
+def test_reservoir_keeps_a_uniform_sample_of_fixed_size() -> None:
+    rng = random.Random(1)
+    sample: list[str] = []
+    seen = 0
+    for batch in range(100):
+        ids = [f"{batch}-{i}" for i in range(100)]
+        reservoir(sample, ids, seen, 50, rng)
+        seen += len(ids)
+    assert len(sample) == 50
+    assert len(set(sample)) == 50
+    late = sum(1 for job_id in sample if int(job_id.split("-")[0]) >= 50)
+    assert 10 <= late <= 40  # about half from the second half of the stream
