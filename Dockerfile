@@ -1,5 +1,5 @@
 # taskfleet worker image: `celery -A taskfleet.app worker|beat|flower`.
-# Runtime dependencies only (no test/bench extras); runs as an unprivileged user.
+# Runtime dependencies only (core + flower extra); runs as an unprivileged user.
 FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 \
@@ -12,14 +12,16 @@ RUN groupadd --system --gid 10001 taskfleet \
     && useradd --system --uid 10001 --gid taskfleet --create-home \
         --home-dir /home/taskfleet --shell /usr/sbin/nologin taskfleet
 
-# Install exactly the runtime dependencies uv.lock pins (hashes checked; no test or bench
-# extras), then the package itself (a regular, non-editable install); drop uv and the sources
+# Install exactly the runtime dependencies uv.lock pins (hashes checked): the core and the
+# flower extra (the compose file's flower service); no embedded, test or bench extras. Then
+# the package itself (a regular, non-editable install); drop uv and the sources
 # so only the installed package is importable.
 WORKDIR /src
 COPY requirements-uv.txt pyproject.toml uv.lock README.md ./
 COPY taskfleet ./taskfleet
 RUN pip install --require-hashes --no-deps -r requirements-uv.txt \
-    && uv export --locked --no-emit-project --no-header --format requirements-txt \
+    && uv export --locked --extra flower --no-emit-project --no-header \
+        --format requirements-txt \
         --output-file /tmp/runtime.txt \
     && pip install --require-hashes --no-deps -r /tmp/runtime.txt \
     && pip install --no-deps . \

@@ -8,7 +8,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 UV_HOME := .venv-uv
 UV := $(UV_HOME)/bin/uv
-# Extras installed by `make`: everything the tests, the linters and the benchmarks import.
+# Extras installed by `make`: all of them, embedded and flower (the demo, the tests), test
+# (the tests, the linters) and bench (the benchmarks). A worker or producer needs none.
 EXTRAS := --all-extras
 
 # uv: never download an interpreter, put the project in $(VENV).

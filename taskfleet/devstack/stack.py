@@ -22,6 +22,7 @@ from taskfleet.devstack.common import (
     StackURLs,
     clear_leftovers,
 )
+from taskfleet.devstack.packages import require_embedded_packages
 from taskfleet.devstack.postgres_server import PG_PROC_NAME, PostgresServer, database_url
 from taskfleet.devstack.redis_server import REDIS_PROC_NAME, RedisServer, redis_url
 from taskfleet.devstack.state import locked, read_state, write_state
@@ -65,12 +66,15 @@ class EmbeddedStack:
             The URLs of the running servers.
 
         Raises:
-            DevStackError: A server failed to start (the message names the log to read).
+            DevStackError: A server failed to start (the message names the log to read), or
+                one must start and the ``embedded`` extra is not installed.
         """
         with self._locked():
             state = self._read_state()
             redis = self._redis.probe(state.get("redis_port"))
             pg = self._postgres.probe(state.get("postgres_port"))
+            if not (redis.healthy and pg.healthy):
+                require_embedded_packages()  # one message naming all that is missing
             if not redis.healthy:
                 exclude = {state.get("postgres_port", 0)}
                 state["redis_port"] = self._redis.recover(redis, exclude)

@@ -1,4 +1,8 @@
-"""Flower, the fleet's monitoring UI: where it listens and its basic-auth credentials."""
+"""Flower, the fleet's monitoring UI: where it listens, its credentials, whether installed.
+
+Flower is taskfleet's ``flower`` extra (``pip install 'taskfleet[flower]'``): workers and
+producers do without it, and nothing here imports it (it runs as ``celery ... flower``).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import secrets
 from dataclasses import dataclass, field
 
 from taskfleet.config import ConfigError, Settings
+from taskfleet.devstack.packages import package_dir
 from taskfleet.fleet.environment import SECRET_ENV
 
 DEFAULT_FLOWER_PORT = 5555
@@ -13,6 +18,20 @@ FLOWER_HOST = "127.0.0.1"
 DEFAULT_FLOWER_USER = "admin"
 FLOWER_PASSWORD_BYTES = 18
 """Random bytes in a generated Flower password (24 URL-safe characters)."""
+FLOWER_PACKAGE = "flower"
+"""The package that provides ``celery flower`` (the ``flower`` extra)."""
+FLOWER_EXTRA_INSTALL = "pip install 'taskfleet[flower]'"
+"""The command that installs :data:`FLOWER_PACKAGE`."""
+FLOWER_NOT_INSTALLED = (
+    f"Flower is not installed (missing: {FLOWER_PACKAGE}): install it with "
+    f"{FLOWER_EXTRA_INSTALL}, or run without it (--no-flower)"
+)
+"""Why a fleet asked to run Flower does not start without it."""
+
+
+def flower_installed() -> bool:
+    """Whether Flower is installed (found without importing it)."""
+    return package_dir(FLOWER_PACKAGE) is not None
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,13 @@ from taskfleet.devstack.polling import Deadline
 from taskfleet.devstack.processes import group_members, port_free
 from taskfleet.fleet.children import Child, ChildDied, FleetError, FleetOptions
 from taskfleet.fleet.environment import child_env, needs_embedded_stack, sanitize_url
-from taskfleet.fleet.flower import FLOWER_HOST, FlowerAuth, flower_auth
+from taskfleet.fleet.flower import (
+    FLOWER_HOST,
+    FLOWER_NOT_INSTALLED,
+    FlowerAuth,
+    flower_auth,
+    flower_installed,
+)
 from taskfleet.fleet.plan import LOG_DIR_NAME, plan_children
 from taskfleet.fleet.processes import (
     KILL_TIMEOUT_S,
@@ -124,12 +130,15 @@ class Fleet:
         thread that started it.
 
         Raises:
-            FleetError: Flower's port is taken, or a child could not be launched.
+            FleetError: Flower is not installed or its port is taken, or a child could not
+                be launched.
             ConfigError: The Flower credentials are malformed.
             taskfleet.devstack.DevStackError: The embedded stack could not start.
         """
         if self.children:
             raise FleetError("fleet already started")
+        if self.options.flower and not flower_installed():
+            raise FleetError(FLOWER_NOT_INSTALLED)
         if self.options.flower and not port_free(FLOWER_HOST, self.options.flower_port):
             raise FleetError(
                 f"port {self.options.flower_port} on {FLOWER_HOST} is in use; "

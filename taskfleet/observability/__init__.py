@@ -1,1 +1,0 @@
-"""Reserved for the observability subsystem (see the issues that build it)."""

@@ -1,1 +1,0 @@
-"""Reserved for the sharding subsystem (see the issues that build it)."""
