@@ -11,7 +11,9 @@ from typing import Any
 
 from celery import Celery
 
-from taskfleet.config import Settings, get_settings, resolve_services
+from taskfleet.config import Settings, resolve_services
+from taskfleet.config.app_settings import SETTINGS_ATTR
+from taskfleet.config.app_settings import settings_of as settings_of  # re-exported
 from taskfleet.routing.priority import DEFAULT_PRIORITY
 from taskfleet.routing.topology import DEFAULT_INBOX, Topology, pool_for_kind
 from taskfleet.routing.transport import ALL_PRIORITY_STEPS, TRANSPORT_PATH
@@ -109,15 +111,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 def create_app(settings: Settings | None = None) -> Celery:
     """A taskfleet Celery app; configuration is evaluated when first needed."""
     celery_app = Celery("taskfleet", task_cls="taskfleet.tasks.base:TaskfleetTask")
-    celery_app.taskfleet_settings = settings
+    setattr(celery_app, SETTINGS_ATTR, settings)
     celery_app.add_defaults(lambda: celery_config(settings_of(celery_app)))
     return celery_app
-
-
-def settings_of(celery_app: Celery) -> Settings:
-    """The settings an app was created with (the process-wide ones by default)."""
-    settings: Settings | None = getattr(celery_app, "taskfleet_settings", None)
-    return settings or get_settings()
 
 
 def install_jobs(celery_app: Celery) -> None:
@@ -136,7 +132,10 @@ def install_jobs(celery_app: Celery) -> None:
 app = create_app()
 install_jobs(app)
 
+# Imported for the signal handlers and bootsteps they connect.
 import taskfleet.workers.inline_limits  # noqa: E402 - time limits in solo workers
 import taskfleet.workers.prefetch  # noqa: E402 - one spare reserved job per worker
 import taskfleet.workers.signals  # noqa: E402 - per-process resources and the persister
-import taskfleet.workers.timers  # noqa: E402, F401 - cancelled time-limit timers purged
+import taskfleet.workers.timers  # noqa: E402 - cancelled time-limit timers purged
+
+taskfleet.workers.signals.serve(app)

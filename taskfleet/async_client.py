@@ -1,15 +1,17 @@
-"""The asyncio face of :class:`taskfleet.client.Client`."""
+"""The asyncio face of :class:`taskfleet.client.Client`.
+
+It depends on the sync client, never the reverse: import it from here
+(``from taskfleet.async_client import AsyncClient``).
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from taskfleet.client import Client
 from taskfleet.handles import DEFAULT_RESULT_TIMEOUT_S, JobHandle
-
-if TYPE_CHECKING:
-    from taskfleet.client import Client
 
 
 class AsyncClient:
@@ -21,11 +23,7 @@ class AsyncClient:
     """
 
     def __init__(self, client: Client | None = None) -> None:
-        if client is None:
-            from taskfleet.client import Client
-
-            client = Client()
-        self.client = client
+        self.client = client if client is not None else Client()
 
     async def enqueue(self, kind: str, payload: Any = None, **options: Any) -> JobHandle:
         """See :meth:`Client.enqueue`."""

@@ -17,7 +17,6 @@ import redis
 from celery import Celery
 
 from taskfleet.amqp_publisher import KEY_HEADER, AmqpPublisher
-from taskfleet.async_client import AsyncClient
 from taskfleet.claims import (
     CLAIM_WINDOW_S,
     IDEMPOTENCY_PREFIX,
@@ -28,6 +27,7 @@ from taskfleet.claims import (
     idempotency_ttl,
 )
 from taskfleet.config import resolve_services
+from taskfleet.config.app_settings import settings_of
 from taskfleet.handles import (
     DEFAULT_RESULT_TIMEOUT_S,
     JobFailed,
@@ -67,7 +67,6 @@ class Client:
             from taskfleet.app import app as default_app
 
             app = default_app
-        from taskfleet.app import settings_of
         from taskfleet.tasks.base import JOB_POOLS
 
         self.app = app
@@ -297,7 +296,6 @@ class Client:
 __all__ = [
     "DEFAULT_RESULT_TIMEOUT_S",
     "IDEMPOTENCY_PREFIX",
-    "AsyncClient",
     "ClaimPending",
     "Client",
     "JobFailed",

@@ -35,8 +35,8 @@ from celery.exceptions import BackendStoreError
 from kombu.utils.encoding import bytes_to_str
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
+from taskfleet.cache.keys import PERSIST_STREAM
 from taskfleet.cache.l1 import MemoryTier
-from taskfleet.cache.persister import PERSIST_STREAM
 from taskfleet.cache.pipelining import PipelinedScript
 from taskfleet.config.settings import DEFAULT_RESULT_RETENTION_S
 

@@ -11,7 +11,7 @@ import redis
 import typer
 
 from taskfleet.cache.backlog import STATS_KEY, stream_health
-from taskfleet.cache.persister import PERSIST_GROUP, PERSIST_STREAM
+from taskfleet.cache.keys import PERSIST_GROUP, PERSIST_STREAM
 from taskfleet.cache.quarantine import Quarantine
 from taskfleet.config import ConfigError, load_settings, resolve_services
 from taskfleet.config.cache import load_cache_settings

@@ -12,10 +12,10 @@ from urllib.parse import parse_qsl, urlsplit
 
 import redis
 
+from taskfleet.cache.keys import PERSIST_STREAM
 from taskfleet.cache.l1 import MemoryTier
 from taskfleet.cache.l2 import RedisTier
 from taskfleet.cache.l3 import PostgresTier
-from taskfleet.cache.persister import PERSIST_STREAM
 from taskfleet.cache.store import make_engine
 from taskfleet.cache.tiered import TieredCache
 from taskfleet.config.cache import CacheSettings, load_cache_settings
@@ -23,11 +23,7 @@ from taskfleet.config.cache import CacheSettings, load_cache_settings
 MEMORY_SCHEMES = frozenset({"memory", "mem"})
 REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
 POSTGRES_SCHEMES = frozenset({"postgresql", "postgres", "postgresql+psycopg"})
-SCHEME_KINDS = (
-    ("memory", MEMORY_SCHEMES),
-    ("redis", REDIS_SCHEMES),
-    ("postgres", POSTGRES_SCHEMES),
-)
+#: Each tier kind and the URL schemes that name it, top tier first.
 SCHEME_KINDS = (
     ("memory", MEMORY_SCHEMES),
     ("redis", REDIS_SCHEMES),

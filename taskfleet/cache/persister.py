@@ -45,6 +45,7 @@ from tenacity import (
 
 from taskfleet.cache.backlog import BacklogGuard, StreamHealth, forget_idle_consumers, stream_health
 from taskfleet.cache.batch import StreamEntry, write_batch
+from taskfleet.cache.keys import PERSIST_GROUP, PERSIST_STREAM
 from taskfleet.cache.l3 import purge_expired
 from taskfleet.cache.quarantine import QUARANTINE_KEY, Quarantine
 from taskfleet.cache.store import ensure_schema
@@ -54,8 +55,6 @@ from taskfleet.config.cache import (
     DEFAULT_PERSIST_STREAM_MAXLEN,
 )
 
-PERSIST_STREAM = "taskfleet:results:persist"
-PERSIST_GROUP = "taskfleet-persisters"
 DEFAULT_BATCH_SIZE = 500
 DEFAULT_BLOCK_MS = 100
 DEFAULT_CLAIM_IDLE_MS = 30_000
@@ -322,12 +321,12 @@ def run_forever(parent_pid: int | None = None) -> None:
     """Process entry point: drain until SIGTERM/SIGINT or until ``parent_pid`` is gone."""
     import signal
 
-    from taskfleet.app import app, settings_of
+    from taskfleet.config import get_settings
     from taskfleet.config.cache import load_cache_settings
     from taskfleet.workers.heap import settle_heap
     from taskfleet.workers.resources import open_resources
 
-    settings = settings_of(app)
+    settings = get_settings()
     cache_settings = load_cache_settings()
     resources = open_resources(settings)
     persister = ResultPersister(

@@ -14,7 +14,9 @@ input or configuration; 3 not finished in time (``submit --wait``) or services n
 
 Modules: :mod:`~taskfleet.cli.app` (the Typer apps), :mod:`~taskfleet.cli.fleet_commands`
 (up, ps, demo), :mod:`~taskfleet.cli.jobs` (submit, status), :mod:`~taskfleet.cli.services`,
-:mod:`~taskfleet.cli.output` and :mod:`~taskfleet.cli.demo_output` (what gets printed).
+:mod:`~taskfleet.cli.output` and :mod:`~taskfleet.cli.demo_output` (what gets printed), and
+the demo run itself: :mod:`~taskfleet.cli.demo` (the run), ``demo_workload`` (the job mix)
+and ``demo_report`` (what is measured).
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ from __future__ import annotations
 from rich.progress import Progress, TaskID
 from rich.table import Table
 
+from taskfleet.cli.demo_report import DemoReport, percentile
 from taskfleet.cli.output import fmt_ms
-from taskfleet.demo import DemoReport, percentile
 
 
 class DemoProgress:

@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from taskfleet.cli.app import cli
+from taskfleet.cli.demo import DEFAULT_DEMO_JOBS, DEFAULT_DEMO_TIMEOUT_S, run_demo
 from taskfleet.cli.demo_output import DemoProgress, priority_table, summary, verdict
 from taskfleet.cli.fleet_status import print_event, status_table
 from taskfleet.cli.output import (
@@ -26,7 +27,6 @@ from taskfleet.cli.output import (
     report_death,
     settings,
 )
-from taskfleet.demo import DEFAULT_DEMO_JOBS, DEFAULT_DEMO_TIMEOUT_S, run_demo
 from taskfleet.devstack.logfiles import tail
 from taskfleet.fleet import (
     DEFAULT_FLOWER_PORT,

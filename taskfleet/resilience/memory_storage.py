@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from taskfleet.resilience.storage import (
+from taskfleet.resilience.storage_base import (
     COUNTER_NAMES,
     NOTHING,
     WINDOW_BUCKETS,

@@ -19,7 +19,7 @@ from celery import Celery
 from taskfleet.routing.depth import queue_depths
 from taskfleet.routing.topology import DEFAULT_INBOX, Topology
 from taskfleet.scheduler.model import PoolSample, WorkerView
-from taskfleet.workers.profiles import is_solo
+from taskfleet.workers.pools import pool_kind
 
 POOLS: tuple[str, ...] = ("cpu", "io")
 #: Addressed inspect calls per command before a silent worker is left out of the tick.
@@ -39,13 +39,17 @@ class WorkerReport:
     @property
     def prefork(self) -> bool:
         """Whether its pool is prefork (whose ``max-concurrency`` is not updated by grow)."""
-        impl = str(self.stats.get("pool", {}).get("implementation", ""))
-        return "prefork" in impl
+        return pool_kind(self.implementation) == "prefork"
 
     @property
     def resizable(self) -> bool:
         """Whether remote control can resize its pool (not Celery's solo pool)."""
-        return not is_solo(self.stats.get("pool", {}).get("implementation", ""))
+        return pool_kind(self.implementation) != "solo"
+
+    @property
+    def implementation(self) -> str:
+        """Its pool's ``module:Class``, as ``inspect stats`` reports it ("" if missing)."""
+        return str(self.stats.get("pool", {}).get("implementation", ""))
 
     @property
     def accepted(self) -> int:

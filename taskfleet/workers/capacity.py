@@ -18,25 +18,17 @@ A blocking pool is not the answer: redis-py's ``BlockingConnectionPool`` stalled
 
 from __future__ import annotations
 
-from typing import Any
-
 from celery import Celery
 
+from taskfleet.config.app_settings import settings_of
 from taskfleet.config.autoscale import load_autoscale_settings
 
 #: kombu's own cap on a Redis channel's connection pool.
 KOMBU_MAX_CONNECTIONS = 10
 #: Connections a green worker uses beside its greenlets' (consumer, mailbox, event feed).
 GREEN_HEADROOM = 16
-GREEN_POOLS = ("gevent", "eventlet")
 
 _green_ceiling = 0
-
-
-def is_green(pool_cls: Any) -> bool:
-    """Whether a worker's ``pool_cls`` (a name or a class) runs jobs as greenlets."""
-    described = f"{getattr(pool_cls, '__module__', '')} {pool_cls}".lower()
-    return any(name in described for name in GREEN_POOLS)
 
 
 def green_ceiling(concurrency: int) -> int:
@@ -51,8 +43,6 @@ def size_for_green_worker(app: Celery, concurrency: int) -> int:
     Call before the worker connects (``worker_init``). Returns the new cap. A RabbitMQ
     broker has no pool to size (one AMQP connection, many channels).
     """
-    from taskfleet.app import settings_of
-
     global _green_ceiling
     _green_ceiling = green_ceiling(concurrency)
     if not settings_of(app).broker_is_redis:

@@ -33,7 +33,7 @@ from typing import Any
 from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery import signals
 
-from taskfleet.workers.profiles import is_solo
+from taskfleet.workers.pools import pool_kind
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def job_code_returned() -> None:
 
 def enforce_in_solo_worker(sender: Any = None, **_: Any) -> None:
     """``worker_init``: in a solo worker, enforce the app's time limits on every job."""
-    if not is_solo(getattr(sender, "pool_cls", None)):
+    if pool_kind(getattr(sender, "pool_cls", None)) != "solo":
         return
     conf = sender.app.conf
     InlineTimeLimits(conf.task_soft_time_limit, conf.task_time_limit).install()

@@ -21,7 +21,8 @@ from typing import Any
 
 from celery import bootsteps, signals
 
-from taskfleet.workers.profiles import is_solo
+from taskfleet.config.app_settings import settings_of
+from taskfleet.workers.pools import pool_kind
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +34,7 @@ class SparePrefetchStep(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def start(self, c: Any) -> None:
         """Add the spare to the QoS the Tasks step just created (prefetch 0 = unlimited)."""
-        from taskfleet.app import settings_of
-
-        if is_solo(type(c.pool)):
+        if pool_kind(c.pool) == "solo":
             return
         spare = settings_of(c.app).spare_prefetch
         if spare and c.qos is not None and c.initial_prefetch_count:

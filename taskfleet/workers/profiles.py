@@ -19,16 +19,8 @@ from taskfleet.routing.topology import DEFAULT_INBOX, Topology
 APP_PATH = "taskfleet.app"
 #: Set to 1 where another process already runs ``python -m taskfleet.cache.persister``.
 DISABLE_PERSISTER_ENV = "TASKFLEET_NO_PERSISTER"
-PoolKind = Literal["prefork", "solo", "gevent"]
-
-
-def is_solo(pool: object) -> bool:
-    """Whether ``pool`` (a pool name, class or implementation string) is Celery's solo pool.
-
-    A solo worker runs each job on its own main thread: no pool process, no time limits of
-    Celery's, no resizing.
-    """
-    return "solo" in f"{getattr(pool, '__module__', '')} {pool}".lower()
+#: The pools taskfleet starts workers with (a subset of ``taskfleet.workers.pools.PoolKind``).
+StartedPool = Literal["prefork", "solo", "gevent"]
 
 
 @dataclass(frozen=True)
@@ -36,7 +28,7 @@ class WorkerProfile:
     """Everything needed to start one worker of a pool."""
 
     name: str
-    pool: PoolKind
+    pool: StartedPool
     queues: tuple[str, ...]
     concurrency: int
     prefetch_multiplier: int

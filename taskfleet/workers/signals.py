@@ -1,5 +1,9 @@
 """Worker lifecycle hooks: per-process pools, and the result persister and heartbeat sidecar
-in the main process."""
+in the main process.
+
+The hooks serve the app that :func:`serve` names (``taskfleet.app`` hands over its own after
+importing this module), so this module never imports the app.
+"""
 
 from __future__ import annotations
 
@@ -9,30 +13,44 @@ import subprocess
 import sys
 from typing import Any
 
-from celery import signals
+from celery import Celery, signals
 
 from taskfleet.cache.backend import TaskfleetResultBackend
+from taskfleet.config.app_settings import settings_of
 from taskfleet.routing.bookkeeping import run_jobs_inline
-from taskfleet.workers.capacity import is_green, size_for_green_worker
+from taskfleet.workers.capacity import size_for_green_worker
 from taskfleet.workers.heap import settle_heap
 from taskfleet.workers.heartbeat import start_sidecar
-from taskfleet.workers.profiles import DISABLE_PERSISTER_ENV, is_solo
+from taskfleet.workers.pools import GREEN_POOLS, pool_kind
+from taskfleet.workers.profiles import DISABLE_PERSISTER_ENV
 from taskfleet.workers.resources import close_resources, open_resources
 
 log = logging.getLogger(__name__)
 _persister: subprocess.Popen[bytes] | None = None
 _heartbeat: subprocess.Popen[bytes] | None = None
+#: The app these hooks serve (:func:`serve`); until then, the process-wide settings.
+_app: Celery | None = None
 PERSISTER_STOP_TIMEOUT_S = 15.0
+
+
+def serve(celery_app: Celery) -> None:
+    """Make these hooks serve ``celery_app``: its settings, its result backend."""
+    global _app
+    _app = celery_app
+
+
+def _taskfleet_backend() -> TaskfleetResultBackend | None:
+    """The served app's result backend, if it is taskfleet's."""
+    backend = _app.backend if _app is not None else None
+    return backend if isinstance(backend, TaskfleetResultBackend) else None
 
 
 def _open_child_pools(**_: Any) -> None:
     """Each prefork child opens its own Redis pool and SQLAlchemy engine, then settles its heap."""
-    from taskfleet.app import app, settings_of
-
-    settings = settings_of(app)
+    settings = settings_of(_app)
     open_resources(settings)
-    if settings.pipeline_result_writes and isinstance(app.backend, TaskfleetResultBackend):
-        app.backend.pipeline_stores()
+    if settings.pipeline_result_writes and (backend := _taskfleet_backend()) is not None:
+        backend.pipeline_stores()
     settle_heap(settings.settle_heap)
 
 
@@ -42,21 +60,20 @@ def _open_solo_pools(sender: Any = None, **_: Any) -> None:
     A gevent worker first sizes its Redis pools to its greenlet ceiling (``capacity``). Every
     worker's main process then settles its heap (``heap``), a prefork one before it forks.
     """
-    from taskfleet.app import app, settings_of
-
-    settings = settings_of(app)
+    settings = settings_of(_app)
     pool_cls = getattr(sender, "pool_cls", None)
-    if pool_cls is not None and is_green(pool_cls):
+    kind = pool_kind(pool_cls)
+    if kind in GREEN_POOLS:
         cap = size_for_green_worker(sender.app, int(sender.concurrency))
         log.info("taskfleet: Redis pools of this green worker sized to %d connections", cap)
-    if pool_cls is not None and "prefork" not in str(getattr(pool_cls, "__module__", pool_cls)):
+    if pool_cls is not None and kind != "prefork":
         open_resources(settings)
     settle_heap(settings.settle_heap)
 
 
 def _record_before_inline_jobs(sender: Any = None, **_: Any) -> None:
     """A solo worker runs each job inside its delivery: records must not wait for a BRPOP."""
-    if is_solo(getattr(sender, "pool_cls", None)):
+    if pool_kind(getattr(sender, "pool_cls", None)) == "solo":
         run_jobs_inline()
 
 
@@ -68,7 +85,6 @@ def _start_heartbeat(sender: Any = None, **_: Any) -> None:
     The sidecar leaves by itself when this process exits.
     """
     global _heartbeat
-    from taskfleet.app import settings_of
     from taskfleet.config.resilience import get_resilience_settings
 
     app = getattr(sender, "app", None)
@@ -84,11 +100,10 @@ def _start_heartbeat(sender: Any = None, **_: Any) -> None:
 
 def _check_redis_policy(sender: Any = None, **_: Any) -> None:
     """Warn when the broker's or the state Redis may evict keys (``config/redis_policy.py``)."""
-    from taskfleet.app import app, settings_of
     from taskfleet.config.redis_policy import warn_if_evicting
     from taskfleet.config.services import resolve_services
 
-    settings = settings_of(app)
+    settings = settings_of(_app)
     urls = resolve_services(settings)
     redises = [urls.broker_url, urls.redis_url] if settings.broker_is_redis else [urls.redis_url]
     warn_if_evicting(redises, log)
@@ -96,17 +111,14 @@ def _check_redis_policy(sender: Any = None, **_: Any) -> None:
 
 def _settle_when_ready(**_: Any) -> None:
     """The main process has finished starting: exempt what it built since from collection."""
-    from taskfleet.app import app, settings_of
-
-    settle_heap(settings_of(app).settle_heap)
+    settle_heap(settings_of(_app).settle_heap)
 
 
 def _land_result_writes() -> None:
     """Wait for this process's pipelined result writes (pool process or solo worker)."""
-    from taskfleet.app import app
-
-    if isinstance(app.backend, TaskfleetResultBackend):
-        app.backend.confirm_stores(close=True)
+    backend = _taskfleet_backend()
+    if backend is not None:
+        backend.confirm_stores(close=True)
 
 
 def _close_child_pools(**_: Any) -> None:

@@ -25,7 +25,8 @@ from taskfleet.app import create_app
 from taskfleet.cache.backend import STORE_RESULT_LUA
 from taskfleet.cache.backlog import STATS_KEY
 from taskfleet.cache.factory import open_cache
-from taskfleet.cache.persister import PERSIST_GROUP, ResultPersister
+from taskfleet.cache.keys import PERSIST_GROUP
+from taskfleet.cache.persister import ResultPersister
 from taskfleet.cache.quarantine import QUARANTINE_KEY, Quarantine
 from taskfleet.cache.store import ensure_schema, make_engine, sqlalchemy_url
 from taskfleet.cli import cli

@@ -10,7 +10,8 @@ import redis
 from redis.connection import AbstractConnection
 
 from taskfleet.app import create_app
-from taskfleet.client import AsyncClient, Client, JobSpec, PayloadError
+from taskfleet.async_client import AsyncClient
+from taskfleet.client import Client, JobSpec, PayloadError
 from taskfleet.config import load_settings
 from taskfleet.routing import PriorityError, UnknownJobKind
 from taskfleet.routing.depth import redis_queue_depths

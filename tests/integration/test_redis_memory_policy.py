@@ -24,7 +24,7 @@ import redis
 import taskfleet.tasks.builtin  # noqa: F401 - registers cpu.noop for the client
 from bench.redis_bytes import make_app, private_redis, url_of
 from taskfleet.cache.backend import STORE_RESULT_LUA
-from taskfleet.cache.persister import PERSIST_STREAM
+from taskfleet.cache.keys import PERSIST_STREAM
 from taskfleet.client import Client, JobSpec
 from taskfleet.config.redis_policy import check_urls
 from taskfleet.devstack.common import DevStackError

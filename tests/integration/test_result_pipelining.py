@@ -18,7 +18,7 @@ from celery import states
 
 from taskfleet.cache import pipelining
 from taskfleet.cache.backend import STORE_RESULT_LUA, TaskfleetResultBackend
-from taskfleet.cache.persister import PERSIST_STREAM
+from taskfleet.cache.keys import PERSIST_STREAM
 from tests.support.waiting import wait_for
 from tests.support.workers import Fleet
 

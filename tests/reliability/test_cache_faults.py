@@ -17,7 +17,8 @@ import redis
 from sqlalchemy import Engine
 
 from taskfleet.cache.factory import open_cache
-from taskfleet.cache.persister import PERSIST_GROUP, ResultPersister
+from taskfleet.cache.keys import PERSIST_GROUP
+from taskfleet.cache.persister import ResultPersister
 from taskfleet.cache.store import make_engine
 from taskfleet.cache.tiers import CacheUnavailable
 from taskfleet.config.cache import load_cache_settings

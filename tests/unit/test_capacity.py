@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from celery.concurrency.gevent import TaskPool as GeventPool
-from celery.concurrency.prefork import TaskPool as PreforkPool
 
 from taskfleet.app import create_app
 from taskfleet.config import load_settings
@@ -15,15 +13,6 @@ from taskfleet.workers import capacity
 def fresh_ceiling(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(capacity, "_green_ceiling", 0)
     monkeypatch.delenv("TASKFLEET_AUTOSCALE_IO_WORKER_MAX", raising=False)
-
-
-@pytest.mark.parametrize(
-    ("pool_cls", "green"),
-    [("gevent", True), ("eventlet", True), (GeventPool, True), ("prefork", False),
-     (PreforkPool, False), ("solo", False)],
-)  # fmt: skip
-def test_green_pools_are_recognised_by_name_or_class(pool_cls: object, green: bool) -> None:
-    assert capacity.is_green(pool_cls) is green
 
 
 def test_a_green_worker_raises_every_cap_to_its_ceiling(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,7 +9,7 @@ import pytest
 from taskfleet.config import ConfigError, load_settings
 from taskfleet.fleet import FleetOptions
 from taskfleet.fleet.plan import plan_children
-from taskfleet.workers.profiles import DISABLE_PERSISTER_ENV, cpu_profiles, is_solo
+from taskfleet.workers.profiles import DISABLE_PERSISTER_ENV, cpu_profiles
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -80,15 +80,3 @@ def test_an_unknown_cpu_pool_is_refused(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("TASKFLEET_CPU_POOL", "threads")
     with pytest.raises(ConfigError, match="TASKFLEET_CPU_POOL"):
         load_settings()
-
-
-def test_solo_pools_are_recognised_in_every_form_celery_gives() -> None:
-    from celery.concurrency.prefork import TaskPool as PreforkPool
-    from celery.concurrency.solo import TaskPool as SoloPool
-
-    assert is_solo("solo")
-    assert is_solo(SoloPool)
-    assert is_solo("celery.concurrency.solo:TaskPool")  # `inspect stats` implementation
-    assert not is_solo("prefork")
-    assert not is_solo(PreforkPool)
-    assert not is_solo(None)
