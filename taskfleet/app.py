@@ -1,141 +1,31 @@
-"""The Celery app: ``celery -A taskfleet.app worker|beat|flower``.
+"""The worker's entry point: ``celery -A taskfleet.app worker|beat|flower``.
 
-Configuration is lazy: nothing connects, and the embedded stack is not started, until the
-app's configuration is first read (a worker starting, a job being sent).
+Importing this module builds the worker's app in three visible steps: the app the jobs are
+declared on (:mod:`taskfleet.tasks.job_app`, configured lazily by
+:mod:`taskfleet.app_config`), every job module (:func:`install_jobs`), and every worker
+signal handler and bootstep (:func:`~taskfleet.workers.hooks.install_worker_hooks`). No
+other module installs anything when imported. A producer needs none of this:
+``taskfleet.client`` uses :func:`taskfleet.app_config.producer_app`.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
-from celery import Celery
-
-from taskfleet.config import Settings, resolve_services
-from taskfleet.config.app_settings import SETTINGS_ATTR
+from taskfleet.app_config import RESULT_BACKEND_PATH as RESULT_BACKEND_PATH  # re-exported
+from taskfleet.app_config import celery_config as celery_config  # re-exported
+from taskfleet.app_config import create_app as create_app  # re-exported
+from taskfleet.app_config import make_router as make_router  # re-exported
 from taskfleet.config.app_settings import settings_of as settings_of  # re-exported
-from taskfleet.routing.priority import DEFAULT_PRIORITY
-from taskfleet.routing.topology import DEFAULT_INBOX, Topology, pool_for_kind
-from taskfleet.routing.transport import ALL_PRIORITY_STEPS, TRANSPORT_PATH
-from taskfleet.scheduler.schedule import autoscale_schedule
+from taskfleet.tasks.job_app import app, install_jobs
+from taskfleet.workers.hooks import install_worker_hooks
 
-RESULT_BACKEND_PATH = "taskfleet.cache.backend:TaskfleetResultBackend"
-#: Retries of a result write when Redis is unreachable (Celery's default is forever, which
-#: wedges a worker slot instead of failing loudly).
-RESULT_STORE_MAX_RETRIES = 20
+__all__ = [
+    "RESULT_BACKEND_PATH",
+    "app",
+    "celery_config",
+    "create_app",
+    "make_router",
+    "settings_of",
+]
 
-
-def make_router(topology: Topology) -> Any:
-    """A Celery router sending each job kind to its pool's queue (an explicit ``queue=`` wins)."""
-
-    def route_task(
-        name: str, args: Any, kwargs: Any, options: dict[str, Any], task: Any = None, **_: Any
-    ) -> dict[str, str]:
-        from taskfleet.tasks.base import JOB_POOLS
-
-        try:
-            pool = pool_for_kind(name, JOB_POOLS)
-        except LookupError:
-            return {"queue": DEFAULT_INBOX}
-        return {"queue": topology.queue_for_pool(pool)}
-
-    return route_task
-
-
-def celery_config(settings: Settings) -> dict[str, Any]:
-    """The Celery settings taskfleet runs with, derived from validated settings."""
-    urls = resolve_services(settings)
-    topology = Topology.from_settings(settings)
-    config: dict[str, Any] = {
-        "broker_url": urls.broker_url,
-        "result_backend": RESULT_BACKEND_PATH,
-        "taskfleet_redis_url": urls.redis_url,
-        "taskfleet_database_url": urls.database_url,
-        # JSON only: a pickle body is refused by the worker, never deserialised.
-        "task_serializer": "json",
-        "result_serializer": "json",
-        "accept_content": ["json"],
-        "result_accept_content": ["json"],
-        "event_serializer": "json",
-        # At-least-once: ack after the job ran; a job whose worker died is redelivered.
-        "task_acks_late": True,
-        "task_reject_on_worker_lost": True,
-        "worker_prefetch_multiplier": 1,
-        "task_default_priority": DEFAULT_PRIORITY,
-        "task_queues": topology.all_queues(),
-        "task_default_queue": DEFAULT_INBOX,
-        "task_create_missing_queues": False,
-        "task_routes": (make_router(topology),),
-        "task_soft_time_limit": settings.soft_time_limit,
-        "task_time_limit": settings.hard_time_limit,
-        "result_expires": settings.result_expires,
-        "taskfleet_result_retention": settings.result_retention,  # Postgres (cache/backend.py)
-        "result_extended": True,
-        "result_backend_always_retry": True,
-        "result_backend_max_retries": RESULT_STORE_MAX_RETRIES,
-        # One backend (one Redis pool) per process: gevent greenlets would otherwise each
-        # build their own, a new connection per job (the redis client is thread-safe).
-        "result_backend_thread_safe": True,
-        "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout},
-        # No cap on result connections: a gevent worker shares one backend between all its
-        # greenlets, so it needs up to TASKFLEET_IO_CONCURRENCY of them (a capped pool
-        # raises "Too many connections"; redis-py's blocking pool stalls gevent: measured
-        # 25 jobs/s against 285).
-        "broker_connection_retry_on_startup": True,
-        # Jobs running when the broker connection drops run to the end (their acks fail; the
-        # deliveries are restored, and the redelivered copies skip as already finished).
-        # Cancelling them terminates pool processes mid-reconnect, and billiard then lost a
-        # job handed to the pool (never run, its record left in `unacked`): 4 of 9
-        # `restart-redis` chaos runs with True, 0 of 5 with False.
-        "worker_cancel_long_running_tasks_on_connection_loss": False,
-        # Off by default, as in stock Celery (events cost ~25% of no-op throughput, measured);
-        # Flower switches them on in the running workers when it starts.
-        "worker_send_task_events": settings.task_events,
-        "task_send_sent_event": False,
-        "worker_hijack_root_logger": False,
-        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout},
-        "beat_schedule": autoscale_schedule(),  # the autoscaler tick (issue 7)
-    }
-    if settings.broker_is_redis:
-        config["broker_transport"] = TRANSPORT_PATH
-        config["broker_transport_options"] |= {
-            "priority_steps": ALL_PRIORITY_STEPS,
-            "queue_order_strategy": "priority",
-            "atomic_fetch": settings.atomic_fetch,
-        }
-    else:
-        config["broker_transport_options"] = {"confirm_publish": True}
-    return config
-
-
-def create_app(settings: Settings | None = None) -> Celery:
-    """A taskfleet Celery app; configuration is evaluated when first needed."""
-    celery_app = Celery("taskfleet", task_cls="taskfleet.tasks.base:TaskfleetTask")
-    setattr(celery_app, SETTINGS_ATTR, settings)
-    celery_app.add_defaults(lambda: celery_config(settings_of(celery_app)))
-    return celery_app
-
-
-def install_jobs(celery_app: Celery) -> None:
-    """Register the middleware, then import every job module (which declares its jobs)."""
-    from kombu.utils.imports import symbol_by_name
-
-    from taskfleet.tasks import JOB_MODULES, MIDDLEWARE_CLASSES
-    from taskfleet.tasks.middleware import add_middleware
-
-    for path in MIDDLEWARE_CLASSES:
-        add_middleware(celery_app, symbol_by_name(path)())
-    for module in JOB_MODULES:
-        importlib.import_module(module)
-
-
-app = create_app()
-install_jobs(app)
-
-# Imported for the signal handlers and bootsteps they connect.
-import taskfleet.workers.inline_limits  # noqa: E402 - time limits in solo workers
-import taskfleet.workers.prefetch  # noqa: E402 - one spare reserved job per worker
-import taskfleet.workers.signals  # noqa: E402 - per-process resources and the persister
-import taskfleet.workers.timers  # noqa: E402 - cancelled time-limit timers purged
-
-taskfleet.workers.signals.serve(app)
+install_jobs()
+install_worker_hooks(app)

@@ -6,7 +6,8 @@ that finds the marker returns the first job instead of publishing a second. The 
 never outlive a job that was not published, or every retry for its TTL would return a job
 that never runs. Two schemes, one per broker:
 
-* **Redis broker: claim and publish in one step.** One Lua script (:data:`_CLAIM_AND_PUSH`)
+* **Redis broker: claim and publish in one step.** One Lua script (:data:`CLAIM_AND_PUSH_LUA`,
+  run by :mod:`taskfleet.publishing.redis` and its asyncio twin)
   checks the markers, LPUSHes the new jobs' envelopes onto their priority sub-lists and only
   then sets the markers (full TTL), atomically on the broker's Redis. There is no window: a
   producer that dies before the script sent nothing and claimed nothing; one that dies after
@@ -54,7 +55,7 @@ IDEMPOTENCY_VISIBILITY_TIMEOUTS = 2
 # ARGV: ttl, then per job: sub-list index (into KEYS), marker index (0: unkeyed), kind, envelope.
 # Returns 1 per job that was pushed, 0 per job already claimed (earlier, or earlier in the
 # batch). Markers are set after every push, so a failure midway never claims an unsent job.
-_CLAIM_AND_PUSH = """
+CLAIM_AND_PUSH_LUA = """
 local ttl = ARGV[1]
 local fresh, pending, seen, claims = {}, {}, {}, {}
 local n = (#ARGV - 1) / 4
@@ -115,58 +116,51 @@ def claim_key(job_id: str) -> str:
     return IDEMPOTENCY_PREFIX + job_id
 
 
-class RedisPublisher:
-    """Pushes envelopes onto the Redis broker's lists; keyed jobs through the claim script."""
+def push_groups(
+    lists: Sequence[str], envelopes: Sequence[bytes | str]
+) -> list[tuple[str, Sequence[bytes | str]]]:
+    """The LPUSHes of unkeyed envelopes: one per list and :data:`PUSH_CHUNK` values, in
+    order. ``LPUSH key a b c`` pushes a, then b, then c, as three single LPUSHes would: every
+    list keeps the batch's order."""
+    by_list: dict[str, list[bytes | str]] = {}
+    for list_key, envelope in zip(lists, envelopes, strict=True):
+        by_list.setdefault(list_key, []).append(envelope)
+    return [
+        (list_key, values[start : start + PUSH_CHUNK])
+        for list_key, values in by_list.items()
+        for start in range(0, len(values), PUSH_CHUNK)
+    ]
 
-    def __init__(self, broker: redis.Redis, ttl_s: int) -> None:
-        self.broker = broker
-        self.ttl_s = ttl_s
-        self._script = broker.register_script(_CLAIM_AND_PUSH)
 
-    def push(self, lists: Sequence[str], envelopes: Sequence[bytes | str]) -> None:
-        """LPUSH each (unkeyed) envelope onto its list: one command per list and
-        :data:`PUSH_CHUNK` values, all in one pipeline. ``LPUSH key a b c`` pushes a,
-        then b, then c, as three single LPUSHes would: every list keeps the batch's order."""
-        by_list: dict[str, list[bytes | str]] = {}
-        for list_key, envelope in zip(lists, envelopes, strict=True):
-            by_list.setdefault(list_key, []).append(envelope)
-        pipe = self.broker.pipeline(transaction=False)
-        for list_key, values in by_list.items():
-            for start in range(0, len(values), PUSH_CHUNK):
-                pipe.lpush(list_key, *values[start : start + PUSH_CHUNK])
-        pipe.execute()
+def claim_and_push_args(
+    lists: Sequence[str],
+    envelopes: Sequence[bytes | str],
+    keyed_ids: Sequence[str | None],
+    kinds: Sequence[str],
+    ttl_s: int,
+) -> tuple[list[str], list[bytes | str | int]]:
+    """The KEYS and ARGV of one :data:`CLAIM_AND_PUSH_LUA` call: push every unkeyed job and
+    every keyed one (``keyed_ids[i]`` not None) whose marker is unset, then set those markers.
 
-    def claim_and_push(
-        self,
-        lists: Sequence[str],
-        envelopes: Sequence[bytes | str],
-        keyed_ids: Sequence[str | None],
-        kinds: Sequence[str],
-    ) -> list[bool]:
-        """Push every unkeyed job and every keyed one (``keyed_ids[i]`` not None) whose
-        marker is unset, then set those markers: one script call, atomic on the server.
-
-        Args:
-            lists: The priority sub-list of each job.
-            envelopes: Each job's Redis envelope.
-            keyed_ids: The job id of each keyed job, None for an unkeyed one.
-            kinds: Each job's kind (the marker's value).
-
-        Returns:
-            Per job, whether it was pushed (False: already enqueued before).
-        """
-        list_index: dict[str, int] = {}
-        for name in lists:
-            list_index.setdefault(name, len(list_index) + 1)
-        keys: list[str] = list(list_index)
-        argv: list[bytes | str | int] = [self.ttl_s]
-        for name, envelope, job_id, kind in zip(lists, envelopes, keyed_ids, kinds, strict=True):
-            at = 0
-            if job_id is not None:
-                keys.append(claim_key(job_id))
-                at = len(keys)
-            argv.extend((list_index[name], at, kind, envelope))
-        return [bool(x) for x in self._script(keys=keys, args=argv)]
+    Args:
+        lists: The priority sub-list of each job.
+        envelopes: Each job's Redis envelope.
+        keyed_ids: The job id of each keyed job, None for an unkeyed one.
+        kinds: Each job's kind (the marker's value).
+        ttl_s: Seconds the markers live.
+    """
+    list_index: dict[str, int] = {}
+    for name in lists:
+        list_index.setdefault(name, len(list_index) + 1)
+    keys: list[str] = list(list_index)
+    argv: list[bytes | str | int] = [ttl_s]
+    for name, envelope, job_id, kind in zip(lists, envelopes, keyed_ids, kinds, strict=True):
+        at = 0
+        if job_id is not None:
+            keys.append(claim_key(job_id))
+            at = len(keys)
+        argv.extend((list_index[name], at, kind, envelope))
+    return keys, argv
 
 
 class PendingClaims:

@@ -32,12 +32,11 @@ def pipelined_lpush(n: int) -> float:
     """
     from bench.common import make_payload
     from bench.systems.taskfleet import JOB_KIND, TaskfleetSystem
+    from taskfleet.publishing.redis import encode
 
     client = TaskfleetSystem().client
-    envelopes = [
-        client._message(JOB_KIND, make_payload(i), None, None, None).redis_envelope()
-        for i in range(n)
-    ]
+    jobs = client.prepare([(JOB_KIND, make_payload(i)) for i in range(n)])
+    envelopes = encode(jobs, None).envelopes
     url = services().redis_for("ceiling")
     flush_redis(url)
     conn = redis.Redis.from_url(url)

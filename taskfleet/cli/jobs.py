@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from taskfleet.app import create_app
+from taskfleet.app_config import create_app
 from taskfleet.cli.app import cli
 from taskfleet.cli.output import (
     EXIT_FAILED,
@@ -30,7 +30,7 @@ DEFAULT_PAYLOAD_JSON = "{}"
 
 def _check_kind(kind: str) -> None:
     """Fail before touching any service when no pool serves ``kind``."""
-    from taskfleet.tasks.base import JOB_POOLS
+    from taskfleet.tasks.table import JOB_POOLS
 
     if kind not in JOB_POOLS:
         known = ", ".join(sorted(JOB_POOLS))

@@ -91,9 +91,9 @@ def contract_signature(app: Celery, document: Any, as_of: str, pipeline: Pipelin
 def _app(client: Client | None) -> Celery:
     if client is not None:
         return client.app
-    from taskfleet.app import app
+    from taskfleet.app_config import producer_app
 
-    return app
+    return producer_app()
 
 
 def _stored_success(app: Celery, job_id: str) -> bool:

@@ -10,7 +10,7 @@ from types import TracebackType
 
 from celery import Celery
 
-from taskfleet.app import create_app
+from taskfleet.app_config import create_app
 from taskfleet.config import ServiceURLs, Settings, resolve_services
 from taskfleet.devstack import EmbeddedStack
 from taskfleet.devstack.polling import Deadline

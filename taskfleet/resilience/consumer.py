@@ -2,11 +2,12 @@
 
 Unknown task names, bodies that do not decode, disallowed content types (pickle) and
 oversize payloads are seen by Celery's consumer before any task code runs; stock Celery logs
-and drops (or acks) them. A consumer bootstep, added from ``worker_init``, wraps the
-consumer's handlers (``on_unknown_message``, ``on_unknown_task``, ``on_invalid_task``,
-``on_decode_error``) and its task handler (for the size limit) so each such message is
-recorded as a dead letter with its raw body and headers, then rejected without requeue
-(which, on RabbitMQ, sends it through the broker's dead-letter exchange).
+and drops (or acks) them. A consumer bootstep (added to the worker's app by
+``taskfleet.workers.hooks.install_worker_hooks``) wraps the consumer's handlers
+(``on_unknown_message``, ``on_unknown_task``, ``on_invalid_task``, ``on_decode_error``) and
+its task handler (for the size limit) so each such message is recorded as a dead letter with
+its raw body and headers, then rejected without requeue (which, on RabbitMQ, sends it through
+the broker's dead-letter exchange).
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from celery import bootsteps, signals
+from celery import bootsteps
 from kombu.exceptions import ContentDisallowed
 
+from taskfleet.config.app_settings import settings_of
 from taskfleet.resilience.deadletter import (
     DeadLetter,
     Reason,
@@ -82,8 +84,6 @@ class DeadLetterConsumerStep(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def __init__(self, c: Any, **kwargs: Any) -> None:
         super().__init__(c, **kwargs)
-        from taskfleet.app import settings_of
-
         max_bytes = settings_of(c.app).max_payload_bytes
         unknown_message, unknown_task = c.on_unknown_message, c.on_unknown_task
         invalid_task, create_handler = c.on_invalid_task, c.create_task_handler
@@ -131,13 +131,3 @@ class DeadLetterConsumerStep(bootsteps.StartStopStep):  # type: ignore[misc]
         c.on_invalid_task = on_invalid_task
         c.on_decode_error = on_decode_error
         c.create_task_handler = create_task_handler
-
-
-def _install_step(sender: Any = None, **_: Any) -> None:
-    """Add the step to the consumer blueprint of the worker being built."""
-    app = getattr(sender, "app", None)
-    if app is not None:
-        app.steps["consumer"].add(DeadLetterConsumerStep)
-
-
-signals.worker_init.connect(_install_step, weak=False)

@@ -1,17 +1,17 @@
 """The resilience middleware: dead letters and poison pills, retries, circuit breakers.
 
-Register in this order (``MIDDLEWARE_CLASSES``): ``DeadLetterMiddleware``,
-``RetryMiddleware``, ``BreakerMiddleware``. ``before_call`` runs in that order (poison check,
-then breaker admission); ``on_error`` in reverse (the breaker records the failure, the retry
-policy decides, and what is given up on is dead-lettered).
+Register in this order (``taskfleet.tasks.job_app.MIDDLEWARE_CLASSES``):
+``DeadLetterMiddleware``, ``RetryMiddleware``, ``BreakerMiddleware``. ``before_call`` runs in
+that order (poison check, then breaker admission); ``on_error`` in reverse (the breaker
+records the failure, the retry policy decides, and what is given up on is dead-lettered).
 
 A redelivered job (its worker died, or its message was restored) whose id already has a
 final result (SUCCESS, FAILURE, REVOKED, in Redis or Postgres) is acknowledged and not run
 again: ``DeadLetterMiddleware`` looks before counting the delivery. Only redelivered messages
 pay that lookup.
 
-Importing this module also connects the worker hook that dead-letters messages no task can
-handle (``taskfleet.resilience.consumer``).
+Messages no task can handle are dead-lettered by a worker hook instead
+(``taskfleet.resilience.consumer``, installed by ``taskfleet.workers.hooks``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from typing import Any, ClassVar
 from celery import Task, states
 from celery.exceptions import Ignore, Reject, Retry
 
-from taskfleet.resilience import consumer as _consumer  # noqa: F401 - connects the worker hook
 from taskfleet.resilience.breaker import BreakerOpen
 from taskfleet.resilience.deadletter import (
     DeadLetter,
@@ -159,7 +158,8 @@ def _invalid_arguments(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]
 def install(app: Any) -> None:
     """Register the three middleware on an app of one's own, in their order (idempotent).
 
-    ``taskfleet.app`` registers them through ``MIDDLEWARE_CLASSES``; this is for other apps.
+    The worker's app registers them through ``taskfleet.tasks.job_app.MIDDLEWARE_CLASSES``;
+    this is for other apps.
     """
     from taskfleet.tasks.middleware import add_middleware
 

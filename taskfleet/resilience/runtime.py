@@ -16,7 +16,7 @@ from typing import Any
 
 from redis import Redis, RedisError
 
-from taskfleet.config import Settings, resolve_services
+from taskfleet.config import Settings, get_settings, resolve_services
 from taskfleet.config.resilience import ResilienceSettings, get_resilience_settings
 from taskfleet.resilience.breaker import CircuitBreaker, Listener
 from taskfleet.resilience.storage import (
@@ -218,9 +218,9 @@ def runtime() -> Runtime:
         return current
     with _lock:
         if _current is None or _current.pid != os.getpid():
-            from taskfleet.app import app, settings_of
-
-            _current = build_runtime(settings_of(app))
+            # The worker's app (``taskfleet.tasks.job_app``) holds no settings of its own:
+            # its settings, like every producer's default, are the process-wide ones.
+            _current = build_runtime(get_settings())
         return _current
 
 

@@ -17,11 +17,11 @@ from typing import Any
 import redis
 from tenacity import stop_after_attempt, wait_fixed
 
-from taskfleet.app import app
 from taskfleet.resilience.retry import RetryPolicy, exponential
 from taskfleet.resilience.runtime import declare_breaker, runtime
 from taskfleet.resilience.storage import BreakerConfig
 from taskfleet.tasks.base import job
+from taskfleet.tasks.job_app import app
 
 #: Breakers of the diagnostic jobs: small thresholds so a test sees them open quickly, and a
 #: reset timeout far above the milliseconds a worker needs to take the jobs it already holds,

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from taskfleet.app import app, settings_of
+from taskfleet.config.app_settings import settings_of
 from taskfleet.config.autoscale import load_autoscale_settings
 from taskfleet.scheduler.schedule import TICK_TASK
 from taskfleet.scheduler.tick import run_tick
 from taskfleet.tasks.base import job
+from taskfleet.tasks.job_app import app
 from taskfleet.workers.resources import open_resources
 
 

@@ -13,7 +13,7 @@ from celery import Celery
 from kombu.exceptions import OperationalError as BrokerError
 from redis.exceptions import LockError
 
-from taskfleet.app import settings_of
+from taskfleet.config.app_settings import settings_of
 from taskfleet.config.autoscale import AutoscaleSettings
 from taskfleet.routing.topology import Topology
 from taskfleet.scheduler.actuate import actuate

@@ -1,24 +1,12 @@
-"""Job kinds. Importing this package registers every built-in job with the app."""
+"""Job kinds. Importing this package loads no job: the job table is data.
+
+:mod:`taskfleet.tasks.table` names every shipped kind and its pool (the client and the router
+read it); :mod:`taskfleet.tasks.job_app` is the app the job modules declare their jobs on,
+with its middleware; ``taskfleet.app``, the worker's entry point, imports the job modules.
+"""
 
 from __future__ import annotations
 
-from taskfleet.tasks.base import JOB_POOLS, TaskfleetTask, job
+from taskfleet.tasks.table import JOB_MODULES, JOB_POOLS
 
-#: Modules that declare jobs; ``taskfleet.app`` imports each (one line per job family).
-JOB_MODULES: tuple[str, ...] = (
-    "taskfleet.tasks.builtin",
-    "taskfleet.tasks.contract_jobs",
-    "taskfleet.resilience.testing_jobs",
-    "taskfleet.tasks.sandbox_jobs",
-    "taskfleet.scheduler.tasks",
-)
-
-#: Middleware registered on the app before any job is declared ("module:Class", in order).
-MIDDLEWARE_CLASSES: tuple[str, ...] = (
-    "taskfleet.cache.reuse:ResultReuseMiddleware",
-    "taskfleet.resilience.middleware:DeadLetterMiddleware",
-    "taskfleet.resilience.middleware:RetryMiddleware",
-    "taskfleet.resilience.middleware:BreakerMiddleware",
-)
-
-__all__ = ["JOB_MODULES", "JOB_POOLS", "MIDDLEWARE_CLASSES", "TaskfleetTask", "job"]
+__all__ = ["JOB_MODULES", "JOB_POOLS"]

@@ -10,15 +10,13 @@ from celery.exceptions import Ignore
 
 from taskfleet.routing.topology import DEFAULT_INBOX, Pool
 from taskfleet.tasks.middleware import NOT_HANDLED, Middleware, owned_options, registered
+from taskfleet.tasks.table import check_declared
 from taskfleet.workers.inline_limits import job_code_returned
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 #: Options that only make sense through a middleware; naming one no middleware owns is an error.
 MIDDLEWARE_OPTION_NAMES = frozenset({"retry", "breaker", "cache", "rate_limit_key", "dead_letter"})
-
-#: Job kind -> pool, filled as tasks are declared; the router and the client read it.
-JOB_POOLS: dict[str, Pool] = {}
 
 
 class TaskfleetTask(Task):  # type: ignore[misc]
@@ -85,9 +83,15 @@ def job(app: Celery, name: str, pool: Pool, **options: Any) -> Callable[[F], F]:
     Options owned by a registered middleware (see ``taskfleet.tasks.middleware``) are stored
     on the task as ``tf_<name>``; every other option goes to Celery's ``app.task``.
 
+    A shipped kind must be declared on the pool the job table gives it
+    (:mod:`taskfleet.tasks.table`, which the router and the client read); other kinds (a
+    test's own app) are routed by their task's pool.
+
     Raises:
         TypeError: an option looks like a middleware option but no middleware owns it.
+        PoolMismatch: ``name`` is in the job table with another pool.
     """
+    check_declared(name, pool)
     owned = owned_options(app)
     # Functions become task-class attributes: staticmethod keeps them from binding to the task.
     middleware_options = {
@@ -101,7 +105,6 @@ def job(app: Celery, name: str, pool: Pool, **options: Any) -> Callable[[F], F]:
     task_options = {**celery_options, **middleware_options}
 
     def decorate(fn: F) -> F:
-        JOB_POOLS[name] = pool
         return cast(F, app.task(name=name, base=TaskfleetTask, pool=pool, **task_options)(fn))
 
     return decorate

@@ -7,8 +7,8 @@ import json
 import time
 from typing import Any
 
-from taskfleet.app import app
 from taskfleet.tasks.base import job
+from taskfleet.tasks.job_app import app
 
 MAX_CHECKSUM_ROUNDS = 10_000
 MAX_WAIT_MS = 60_000

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from taskfleet.app import app
 from taskfleet.contracts import notify as webhook
 from taskfleet.contracts.pipeline import gather, process, reuse_key, run_phase
 from taskfleet.tasks.base import job
+from taskfleet.tasks.job_app import app
 
 
 @job(app, "contract.validate", "cpu")

@@ -11,10 +11,10 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from taskfleet.app import app
 from taskfleet.cache.reuse import SANDBOX_KEY_FIELDS, content_hash_key
 from taskfleet.sandbox import SandboxExecutor
 from taskfleet.tasks.base import job
+from taskfleet.tasks.job_app import app
 
 _executor: SandboxExecutor | None = None
 _lock = threading.Lock()

@@ -135,12 +135,13 @@ def job_code_returned() -> None:
 
 
 def enforce_in_solo_worker(sender: Any = None, **_: Any) -> None:
-    """``worker_init``: in a solo worker, enforce the app's time limits on every job."""
+    """``worker_init``: in a solo worker, enforce the app's time limits on every job.
+
+    Connected by ``taskfleet.workers.hooks.install_worker_hooks``; the limits it installs
+    follow each job through ``task_prerun`` and ``task_postrun`` (:meth:`InlineTimeLimits.install`).
+    """
     if pool_kind(getattr(sender, "pool_cls", None)) != "solo":
         return
     conf = sender.app.conf
     InlineTimeLimits(conf.task_soft_time_limit, conf.task_time_limit).install()
     log.info("taskfleet: solo worker enforces time limits (SIGALRM, RLIMIT_CPU backstop)")
-
-
-signals.worker_init.connect(enforce_in_solo_worker, weak=False)

@@ -9,6 +9,7 @@ worker* instead: the next job is already in the parent when any process frees up
 most one job per worker waits for a process. Celery has no setting for this (its prefetch is
 processes x multiplier), hence a consumer bootstep that adds the spare after the task
 consumer starts; Celery's own pool grow/shrink adjust the count by deltas, so it persists.
+``taskfleet.workers.hooks.install_worker_hooks`` adds the step to the worker's app.
 
 A worker that runs jobs inline (solo) gets no spare: it cannot start the spare before its
 running job ends, while another worker could.
@@ -19,7 +20,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery import bootsteps, signals
+from celery import bootsteps
 
 from taskfleet.config.app_settings import settings_of
 from taskfleet.workers.pools import pool_kind
@@ -41,12 +42,3 @@ class SparePrefetchStep(bootsteps.StartStopStep):  # type: ignore[misc]
             c.qos.increment_eventually(spare)
             c.qos.update()
             log.debug("prefetch raised by %d spare to %s", spare, c.qos.value)
-
-
-def _install_step(sender: Any = None, **_: Any) -> None:
-    app = getattr(sender, "app", None)
-    if app is not None:
-        app.steps["consumer"].add(SparePrefetchStep)
-
-
-signals.worker_init.connect(_install_step, weak=False)

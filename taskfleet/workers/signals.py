@@ -1,8 +1,9 @@
-"""Worker lifecycle hooks: per-process pools, and the result persister and heartbeat sidecar
-in the main process.
+"""Worker lifecycle handlers: per-process pools, and the result persister and heartbeat
+sidecar in the main process.
 
-The hooks serve the app that :func:`serve` names (``taskfleet.app`` hands over its own after
-importing this module), so this module never imports the app.
+Importing this module connects nothing: ``taskfleet.workers.hooks.install_worker_hooks``
+connects these handlers to Celery's signals, in its documented order, and names the app they
+serve (:func:`serve`), so this module never imports the app.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import subprocess
 import sys
 from typing import Any
 
-from celery import Celery, signals
+from celery import Celery
 
 from taskfleet.cache.backend import TaskfleetResultBackend
 from taskfleet.config.app_settings import settings_of
@@ -45,7 +46,7 @@ def _taskfleet_backend() -> TaskfleetResultBackend | None:
     return backend if isinstance(backend, TaskfleetResultBackend) else None
 
 
-def _open_child_pools(**_: Any) -> None:
+def open_child_pools(**_: Any) -> None:
     """Each prefork child opens its own Redis pool and SQLAlchemy engine, then settles its heap."""
     settings = settings_of(_app)
     open_resources(settings)
@@ -54,7 +55,7 @@ def _open_child_pools(**_: Any) -> None:
     settle_heap(settings.settle_heap)
 
 
-def _open_solo_pools(sender: Any = None, **_: Any) -> None:
+def open_solo_pools(sender: Any = None, **_: Any) -> None:
     """A gevent (or solo) worker runs jobs in its own process: open its pools at start.
 
     A gevent worker first sizes its Redis pools to its greenlet ceiling (``capacity``). Every
@@ -71,13 +72,13 @@ def _open_solo_pools(sender: Any = None, **_: Any) -> None:
     settle_heap(settings.settle_heap)
 
 
-def _record_before_inline_jobs(sender: Any = None, **_: Any) -> None:
+def record_before_inline_jobs(sender: Any = None, **_: Any) -> None:
     """A solo worker runs each job inside its delivery: records must not wait for a BRPOP."""
     if pool_kind(getattr(sender, "pool_cls", None)) == "solo":
         run_jobs_inline()
 
 
-def _start_heartbeat(sender: Any = None, **_: Any) -> None:
+def start_heartbeat(sender: Any = None, **_: Any) -> None:
     """On a Redis broker, start the sidecar that vouches for this worker's deliveries.
 
     Before the consumer starts: every delivery it records is tied to the worker from the
@@ -98,7 +99,7 @@ def _start_heartbeat(sender: Any = None, **_: Any) -> None:
     )
 
 
-def _check_redis_policy(sender: Any = None, **_: Any) -> None:
+def check_redis_policy(sender: Any = None, **_: Any) -> None:
     """Warn when the broker's or the state Redis may evict keys (``config/redis_policy.py``)."""
     from taskfleet.config.redis_policy import warn_if_evicting
     from taskfleet.config.services import resolve_services
@@ -109,7 +110,7 @@ def _check_redis_policy(sender: Any = None, **_: Any) -> None:
     warn_if_evicting(redises, log)
 
 
-def _settle_when_ready(**_: Any) -> None:
+def settle_when_ready(**_: Any) -> None:
     """The main process has finished starting: exempt what it built since from collection."""
     settle_heap(settings_of(_app).settle_heap)
 
@@ -121,12 +122,13 @@ def _land_result_writes() -> None:
         backend.confirm_stores(close=True)
 
 
-def _close_child_pools(**_: Any) -> None:
+def close_child_pools(**_: Any) -> None:
+    """A pool process exits: land its pipelined result writes, close its pools."""
     _land_result_writes()
     close_resources()
 
 
-def _start_persister(sender: Any = None, **_: Any) -> None:
+def start_persister(sender: Any = None, **_: Any) -> None:
     """Start the process that drains finished results into Postgres in batches.
 
     It is a separate process, not a thread: in a prefork worker the main process routes every
@@ -141,7 +143,7 @@ def _start_persister(sender: Any = None, **_: Any) -> None:
     log.info("taskfleet: result persister started (pid %s)", _persister.pid)
 
 
-def _stop_main_process(**_: Any) -> None:
+def stop_main_process(**_: Any) -> None:
     """Worker shutdown: land the process's own result writes (solo), stop the persister."""
     global _persister
     _land_result_writes()
@@ -153,14 +155,3 @@ def _stop_main_process(**_: Any) -> None:
             _persister.kill()
         _persister = None
     close_resources()
-
-
-signals.worker_process_init.connect(_open_child_pools, weak=False)
-signals.worker_init.connect(_open_solo_pools, weak=False)
-signals.worker_init.connect(_record_before_inline_jobs, weak=False)
-signals.worker_init.connect(_start_heartbeat, weak=False)
-signals.worker_process_shutdown.connect(_close_child_pools, weak=False)
-signals.worker_ready.connect(_start_persister, weak=False)
-signals.worker_ready.connect(_check_redis_policy, weak=False)
-signals.worker_ready.connect(_settle_when_ready, weak=False)
-signals.worker_shutdown.connect(_stop_main_process, weak=False)

@@ -11,7 +11,8 @@ limits arms no such timer.
 
 :class:`PurgeCancelledTimers`, a worker bootstep, removes the cancelled entries every
 ``PURGE_INTERVAL_S``: one pass over the heap (about 1 ms for 10,000 entries here), so it holds
-at most that interval's worth of them.
+at most that interval's worth of them. ``taskfleet.workers.hooks.install_worker_hooks`` adds
+the step to the worker's app.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import heapq
 import logging
 from typing import Any
 
-from celery import bootsteps, signals
+from celery import bootsteps
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +65,3 @@ def _purge(timer: Any) -> None:
     removed = purge_cancelled(timer)
     if removed:
         log.debug("removed %d cancelled timers", removed)
-
-
-def _install_step(sender: Any = None, **_: Any) -> None:
-    app = getattr(sender, "app", None)
-    if app is not None:
-        app.steps["worker"].add(PurgeCancelledTimers)
-
-
-signals.worker_init.connect(_install_step, weak=False)

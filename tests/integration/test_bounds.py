@@ -124,7 +124,7 @@ def test_idempotency_markers_outlive_the_visibility_timeout(queue_suffix: str) -
     )
     client = Client(create_app(settings))
     job = client.enqueue("cpu.checksum", {"rounds": 1}, idempotency_key=uuid.uuid4().hex)
-    broker = redis.Redis.from_url(client._urls.broker_url)
+    broker = redis.Redis.from_url(client.urls.broker_url)
     try:
         ttl = broker.ttl(claim_key(job.id))
         assert settings.visibility_timeout < ttl

@@ -112,6 +112,7 @@ def test_async_client(idle_client: Client, redis_client: redis.Redis) -> None:
         aclient = AsyncClient(idle_client)
         one = await aclient.enqueue("cpu.noop", 1, priority="critical")
         many = await aclient.enqueue_many([("io.noop", i) for i in range(20)])
+        await aclient.close()
         return [one.id, *(h.id for h in many)]
 
     ids = asyncio.run(main())

@@ -155,11 +155,11 @@ def test_pool_processes_pipeline_their_writes_unless_switched_off(
     monkeypatch.setattr(app, "taskfleet_settings", get_settings())
     backend = app.backend
     assert isinstance(backend, TaskfleetResultBackend)
-    signals._open_child_pools()
+    signals.open_child_pools()
     try:
         assert (backend._pipelined is not None) is enabled
     finally:
-        signals._close_child_pools()
+        signals.close_child_pools()
     assert backend._pipelined is None
     get_settings.cache_clear()
 

@@ -1,0 +1,97 @@
+"""Every signal handler and bootstep a taskfleet worker gets, installed by one call.
+
+Importing a taskfleet module connects nothing: the handlers and bootsteps are plain
+definitions in their modules, and :func:`install_worker_hooks` installs them all, here and
+nowhere else (``taskfleet.app``, the ``celery -A`` entry point, calls it once). As with
+dramatiq's middleware, what a worker does beyond stock Celery is read from one list.
+
+Signal handlers, :data:`SIGNAL_HOOKS`, connected in this order (Celery calls the receivers
+of one signal in the order they were connected):
+
+``worker_init`` (main process, before the consumer starts)
+    1. ``inline_limits.enforce_in_solo_worker``: a solo worker enforces time limits itself.
+    2. ``signals.open_solo_pools``: a gevent or solo worker opens its pools (a green one
+       sized to its greenlets); every main process settles its heap.
+    3. ``signals.record_before_inline_jobs``: a solo worker records deliveries at once.
+    4. ``signals.start_heartbeat``: the heartbeat sidecar, before the first delivery.
+
+``worker_process_init`` (each prefork pool process)
+    5. ``signals.open_child_pools``: its own pools, pipelined result writes, heap settled.
+
+``worker_ready`` (main process, started)
+    6. ``signals.start_persister``: the result persister process.
+    7. ``signals.check_redis_policy``: warn when a Redis may evict keys.
+    8. ``signals.settle_when_ready``: settle what the start-up built.
+
+``worker_process_shutdown``
+    9. ``signals.close_child_pools``: land the process's result writes, close its pools.
+
+``worker_shutdown``
+    10. ``signals.stop_main_process``: land result writes, stop the persister, close pools.
+
+Bootsteps, :data:`BOOTSTEPS`, added to the app's blueprints (Celery orders them by their
+``requires``, not by this list):
+
+* consumer ``resilience.consumer.DeadLetterConsumerStep``: dead-letter messages no task can
+  handle.
+* consumer ``prefetch.SparePrefetchStep``: one spare reserved job per worker.
+* worker ``timers.PurgeCancelledTimers``: purge cancelled time-limit timers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final
+
+from celery import Celery, signals
+from celery.utils.dispatch import Signal
+
+from taskfleet.resilience.consumer import DeadLetterConsumerStep
+from taskfleet.workers import signals as lifecycle
+from taskfleet.workers.inline_limits import enforce_in_solo_worker
+from taskfleet.workers.prefetch import SparePrefetchStep
+from taskfleet.workers.timers import PurgeCancelledTimers
+
+#: (signal, handler) in connection order; see the module docstring for what each does.
+SIGNAL_HOOKS: Final[tuple[tuple[Signal, Callable[..., Any]], ...]] = (
+    (signals.worker_init, enforce_in_solo_worker),
+    (signals.worker_init, lifecycle.open_solo_pools),
+    (signals.worker_init, lifecycle.record_before_inline_jobs),
+    (signals.worker_init, lifecycle.start_heartbeat),
+    (signals.worker_process_init, lifecycle.open_child_pools),
+    (signals.worker_ready, lifecycle.start_persister),
+    (signals.worker_ready, lifecycle.check_redis_policy),
+    (signals.worker_ready, lifecycle.settle_when_ready),
+    (signals.worker_process_shutdown, lifecycle.close_child_pools),
+    (signals.worker_shutdown, lifecycle.stop_main_process),
+)
+
+#: (blueprint, bootstep class): ``"worker"`` or ``"consumer"`` steps of the worker's app.
+BOOTSTEPS: Final[tuple[tuple[str, type], ...]] = (
+    ("consumer", DeadLetterConsumerStep),
+    ("consumer", SparePrefetchStep),
+    ("worker", PurgeCancelledTimers),
+)
+
+#: Set on an app once its worker hooks are installed.
+INSTALLED_ATTR = "taskfleet_worker_hooks_installed"
+
+
+def install_worker_hooks(celery_app: Celery) -> None:
+    """Install every worker hook for ``celery_app``: its bootsteps, then the signal handlers.
+
+    The handlers serve ``celery_app`` (its settings, its result backend). Idempotent: a
+    second call for the same app installs nothing, and a handler is connected once however
+    many apps are installed (Celery's signals are process-wide).
+
+    Args:
+        celery_app: The app the worker runs (``taskfleet.app.app``).
+    """
+    if getattr(celery_app, INSTALLED_ATTR, False):
+        return
+    for blueprint, step in BOOTSTEPS:
+        celery_app.steps[blueprint].add(step)
+    lifecycle.serve(celery_app)
+    for signal, handler in SIGNAL_HOOKS:
+        signal.connect(handler, weak=False)
+    setattr(celery_app, INSTALLED_ATTR, True)
