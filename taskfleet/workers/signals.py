@@ -47,12 +47,12 @@ def _taskfleet_backend() -> TaskfleetResultBackend | None:
 
 
 def open_child_pools(**_: Any) -> None:
-    """Each prefork child opens its own Redis pool and SQLAlchemy engine, then settles its heap."""
+    """Each prefork child opens its own Redis pool and SQLAlchemy engine, then freezes its heap."""
     settings = settings_of(_app)
     open_resources(settings)
     if settings.pipeline_result_writes and (backend := _taskfleet_backend()) is not None:
         backend.pipeline_stores()
-    settle_heap(settings.settle_heap)
+    settle_heap(settings.settle_heap, collect=False)  # inherited pages stay shared (heap.py)
 
 
 def open_solo_pools(sender: Any = None, **_: Any) -> None:

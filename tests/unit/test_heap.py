@@ -62,6 +62,19 @@ def test_objects_created_after_settling_are_collected_as_usual() -> None:
     assert ref() is None
 
 
+def test_a_forked_child_freezes_without_collecting() -> None:
+    """``collect=False``: inherited garbage is frozen, not visited (its pages stay shared)."""
+    node, ref = _cycle()
+    del node
+    assert settle_heap(collect=False) > 0
+    assert ref() is not None  # not collected first: frozen as it was
+    gc.collect()
+    assert ref() is not None  # and later collections skip it
+    gc.unfreeze()
+    gc.collect()
+    assert ref() is None
+
+
 def test_disabled_settling_leaves_the_collector_alone() -> None:
     node, ref = _cycle()
     del node
@@ -86,18 +99,12 @@ def test_worker_processes_settle_when_started(monkeypatch: pytest.MonkeyPatch) -
     from celery import signals
 
     from taskfleet.workers import signals as worker_signals
+    from taskfleet.workers.hooks import SIGNAL_HOOKS
 
-    def names(signal: signals.Signal) -> set[str]:
-        found = (r() if isinstance(r, weakref.ReferenceType) else r for _, r in signal.receivers)
-        return {getattr(receiver, "__name__", "") for receiver in found}
-
-    connected = {
-        name: names(getattr(signals, name))
-        for name in ("worker_init", "worker_ready", "worker_process_init")
-    }
-    assert "_open_solo_pools" in connected["worker_init"]
-    assert "_settle_when_ready" in connected["worker_ready"]
-    assert "_open_child_pools" in connected["worker_process_init"]
+    installed = set(SIGNAL_HOOKS)
+    assert (signals.worker_init, worker_signals.open_solo_pools) in installed
+    assert (signals.worker_ready, worker_signals.settle_when_ready) in installed
+    assert (signals.worker_process_init, worker_signals.open_child_pools) in installed
 
     calls: list[bool] = []
     monkeypatch.setattr(worker_signals, "settle_heap", calls.append)
@@ -106,7 +113,7 @@ def test_worker_processes_settle_when_started(monkeypatch: pytest.MonkeyPatch) -
 
     get_settings.cache_clear()
     try:
-        worker_signals._settle_when_ready()
+        worker_signals.settle_when_ready()
     finally:
         get_settings.cache_clear()
     assert calls == [False]
