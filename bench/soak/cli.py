@@ -20,8 +20,9 @@ from pathlib import Path
 from bench.chaos.cli import code_version
 from bench.chaos.servers import RedisProcess
 from bench.services import stop_started
+from bench.soak.memory import ProcessMemory
 from bench.soak.report import system_section
-from bench.soak.run import DEFAULT_BATCH, SoakResult, soak
+from bench.soak.run import DEFAULT_BATCH, Mark, SoakResult, soak
 from bench.soak.systems import CelerySoak, SoakSystem, TaskfleetSoak
 
 SYSTEMS: dict[str, type[SoakSystem]] = {"taskfleet": TaskfleetSoak, "celery_redis": CelerySoak}
@@ -51,6 +52,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--quick", action="store_true", help=f"{QUICK_JOBS:,} jobs, marks every {QUICK_EVERY:,}"
     )
     parser.add_argument("--no-write", action="store_true", help="do not write bench/results")
+    parser.add_argument("--from-json", type=Path, help="only print the report of a saved soak")
     parser.add_argument("-v", "--verbose", action="store_true", help="progress on stderr")
     return parser.parse_args(argv)
 
@@ -65,13 +67,26 @@ def _one(name: str, redis_url: str, workdir: Path, args: argparse.Namespace) -> 
         system.stop()
 
 
-def _result_ttl() -> int | None:
-    from taskfleet.config import load_settings
+def _result_ttl() -> int:
+    """The Redis result TTL the soaked fleet ran with (the default: the soak sets none)."""
+    from taskfleet.config.settings import DEFAULT_RESULT_EXPIRES_S
 
-    try:
-        return int(load_settings(embedded=False).result_expires)
-    except Exception:
-        return None
+    return DEFAULT_RESULT_EXPIRES_S
+
+
+def render(path: Path) -> str:
+    """The sections of a soak saved as JSON (``--from-json``), with today's report code."""
+    sections = []
+    for raw in json.loads(path.read_text()):
+        result = SoakResult(**raw)
+        result.marks = [
+            Mark(**{**m, "processes": [ProcessMemory(**p) for p in m["processes"]]})
+            for m in raw["marks"]
+        ]
+        sections.append(
+            system_section(result, _result_ttl() if result.system == "taskfleet" else None)
+        )
+    return "\n".join(sections)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         Exit status: 0, or 1 when a soak failed.
     """
     args = parse_args(argv)
+    if args.from_json:
+        print(render(args.from_json))
+        return 0
     args.jobs = args.jobs or (QUICK_JOBS if args.quick else DEFAULT_JOBS)
     args.every = args.every or (QUICK_EVERY if args.quick else DEFAULT_EVERY)
     logging.basicConfig(

@@ -22,15 +22,33 @@ def _jobs(n: int) -> str:
     return f"{n // 1000:,}k" if n % 1000 == 0 else f"{n:,}"
 
 
-def growth(result: SoakResult) -> dict[int, float]:
-    """Each process present at the first mark: its largest later USS over its first, minus 1."""
-    first = {p.pid: p.uss for p in result.marks[0].processes}
+def growth(result: SoakResult, field: str = "uss") -> dict[int, float]:
+    """Each process present at the first mark: its largest later size over its first, minus 1.
+
+    Args:
+        result: The soak.
+        field: ``uss`` or ``rss``.
+    """
+    first = {p.pid: getattr(p, field) for p in result.marks[0].processes}
     out: dict[int, float] = {}
     for mark in result.marks[1:]:
         for p in mark.processes:
             if first.get(p.pid):
-                out[p.pid] = max(out.get(p.pid, -1.0), p.uss / first[p.pid] - 1)
+                out[p.pid] = max(out.get(p.pid, -1.0), getattr(p, field) / first[p.pid] - 1)
     return out
+
+
+def leak_growth(result: SoakResult) -> dict[int, float]:
+    """Per process, the smaller of its USS and RSS growth after the first mark.
+
+    Memory a process allocates shows in both. USS alone also moves when sharing changes: a
+    prefork child's USS rises when a sibling that shared its pages exits, or when the parent
+    rewrites a page they shared (the child's copy becomes its own), with no new memory used;
+    RSS alone rises when a process reads more of what it shares. So a process grows only if
+    both do.
+    """
+    uss, rss = growth(result, "uss"), growth(result, "rss")
+    return {pid: min(uss[pid], rss[pid]) for pid in uss if pid in rss}
 
 
 def _rows(result: SoakResult) -> Iterable[tuple[str, int]]:
@@ -43,14 +61,19 @@ def _rows(result: SoakResult) -> Iterable[tuple[str, int]]:
 
 
 def process_table(result: SoakResult) -> str:
-    """One row per process: USS (MiB) at every mark, and its growth after the first mark."""
+    """One row per process: USS (MiB) at every mark, and its USS and RSS growth after the first."""
     by_mark = [{p.pid: p for p in m.processes} for m in result.marks]
-    grew = growth(result)
-    head = ["process", *(_jobs(m.jobs) for m in result.marks), "growth after first"]
+    uss, rss = growth(result, "uss"), growth(result, "rss")
+    first, last = by_mark[0], by_mark[-1]
+    head = ["process", *(_jobs(m.jobs) for m in result.marks), "growth after first: USS / RSS"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for role, pid in _rows(result):
         cells = [_mib(m[pid].uss) if pid in m else "" for m in by_mark]
-        change = f"{grew[pid]:+.1%}" if pid in grew else "started later"
+        if pid in uss:
+            change = f"{uss[pid]:+.1%} / {rss[pid]:+.1%}"
+        else:
+            change = "forked later" if pid not in first else "exited"
+            change += "" if pid in first or pid not in last else " (still running)"
         lines.append(f"| {role} (pid {pid}) | " + " | ".join(cells) + f" | {change} |")
     fleet = [_mib(sum(p.uss for p in m.processes)) for m in result.marks]
     lines.append("| **all processes** | " + " | ".join(fleet) + " | |")
@@ -85,15 +108,23 @@ def _late(late: dict[str, Any]) -> str:
 def system_section(result: SoakResult, result_ttl_s: int | None) -> str:
     """The section of one system: its table and its final checks."""
     final = result.final
-    grew = growth(result)
+    uss, grew = growth(result), leak_growth(result)
     worst = max(grew.values(), default=0.0)
     verdict = "within" if worst <= GROWTH_TARGET else "**over**"
+    roles = {p.pid: p.role for m in result.marks for p in m.processes}
+    top_uss = max(uss, key=lambda pid: uss[pid]) if uss else None
     text = [
         f"### {result.label}\n",
         process_table(result),
         "",
         f"- {final['jobs_per_s']:,.0f} jobs/s over the soak. Largest growth of a process after "
-        f"the first mark: {worst:+.1%} ({verdict} the {GROWTH_TARGET:.0%} target).",
+        f"the first mark, in both USS and RSS: {worst:+.1%} ({verdict} the "
+        f"{GROWTH_TARGET:.0%} target)."
+        + (
+            f" Largest in USS alone: {roles[top_uss]} (pid {top_uss}), {uss[top_uss]:+.1%}."
+            if top_uss is not None
+            else ""
+        ),
         f"- Redis at the end: {_mib(final['redis_used_bytes'])} MiB used, "
         f"{final['result_keys']:,} result keys",
     ]

@@ -17,11 +17,10 @@ start-up object that later becomes cyclic garbage is never freed, a bounded cost
 A prefork child settles without collecting first (``collect=False``): everything it inherits
 moves to the permanent generation untouched. A collection would write to the header of every
 object the parent created since its own last freeze, copying those pages into the child, and
-more of them the longer the parent has run: in the W8 soak, children the autoscaler forked
-late grew to 20-22.6 MiB USS against 19.8-20.0 for those forked at start, and a start-up child
-jumped from 13.4 to 19.8 MiB at its first mark; without the collection every child held
-17.2-18.6 MiB from its first mark on, late forks no bigger than early ones. The inherited
-garbage it no longer frees is what the parent had not collected yet: bounded, and shared.
+more of them the longer the parent has run. The inherited garbage it no longer frees is what
+the parent had not collected yet: bounded, and shared. (W8, ``python -m bench.soak``: over a
+million jobs a child's USS settles at 19-22 MiB whenever it was forked; most of that is pages
+the parent rewrote after the fork, which no setting of the child's collector changes.)
 ``TASKFLEET_SETTLE_HEAP=false`` leaves the collector as CPython configures it.
 """
 

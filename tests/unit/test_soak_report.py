@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from bench.soak.memory import ProcessMemory, role_of
-from bench.soak.report import growth
+from bench.soak.report import growth, leak_growth
 from bench.soak.run import Mark, SoakResult
 from bench.soak.systems import reservoir
 
@@ -62,3 +62,19 @@ def test_reservoir_keeps_a_uniform_sample_of_fixed_size() -> None:
     assert len(set(sample)) == 50
     late = sum(1 for job_id in sample if int(job_id.split("-")[0]) >= 50)
     assert 10 <= late <= 40  # about half from the second half of the stream
+
+
+def test_a_process_grows_only_when_both_uss_and_rss_grow() -> None:
+    def proc(pid: int, uss: int, rss: int) -> ProcessMemory:
+        return ProcessMemory(pid, "p", uss * MIB, rss * MIB)
+
+    result = SoakResult("s", "s")
+    result.marks = [
+        Mark(100, 0.0, [proc(1, 13, 90), proc(2, 50, 60)], 0, 0),
+        # pid 1: a sibling exited, its shared pages became its own (USS only);
+        # pid 2: allocated 10 MiB (both).
+        Mark(200, 0.0, [proc(1, 19, 90), proc(2, 60, 70)], 0, 0),
+    ]
+    grew = leak_growth(result)
+    assert grew[1] == 0.0
+    assert round(grew[2], 3) == round(10 / 60, 3)
