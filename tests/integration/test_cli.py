@@ -174,7 +174,20 @@ def broker_state(data_dir: Path) -> str:
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
+def _celery_descendants() -> set[int]:
+    """Pids of this test process's descendants running celery."""
+    found = set()
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if "celery" in " ".join(proc.cmdline()):
+                found.add(proc.pid)
+        except psutil.Error:
+            continue  # exited meanwhile
+    return found
+
+
 def test_demo_loses_no_job_and_leaves_nothing_running(data_dir: Path) -> None:
+    before = _celery_descendants()  # a session fixture's fleet may be running: not the demo's
     try:
         done = run_cli(
             "demo",
@@ -204,7 +217,7 @@ def test_demo_loses_no_job_and_leaves_nothing_running(data_dir: Path) -> None:
     assert pg.group(1) == pg.group(2) != "0"
     # The demo stopped its workers, their pools and persisters, and the stack it started.
     assert processes_of(data_dir) == []
-    assert not any("celery" in " ".join(p.cmdline()) for p in psutil.Process().children(True))
+    assert _celery_descendants() - before == set()
     status = EmbeddedStack(data_dir).status()
     assert not status["redis"]["running"]  # type: ignore[index]
     assert not status["postgres"]["running"]  # type: ignore[index]
