@@ -12,6 +12,7 @@ import math
 import uuid
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
@@ -31,7 +32,7 @@ from taskfleet.cache.quarantine import QUARANTINE_KEY, Quarantine
 from taskfleet.cache.store import ensure_schema, make_engine, sqlalchemy_url
 from taskfleet.cli import cli
 from taskfleet.client import Client
-from taskfleet.config import load_settings
+from taskfleet.config import get_settings, load_settings
 from taskfleet.config.cache import load_cache_settings
 from taskfleet.devstack import EmbeddedStack, StackURLs
 from taskfleet.sandbox import namespaces_available
@@ -59,6 +60,31 @@ def names(redis_client: redis.Redis) -> Iterator[tuple[str, str]]:
     stream, quarantine = f"tfp-stream-{tag}", f"tfp-quarantine-{tag}"
     yield stream, quarantine
     redis_client.delete(stream, quarantine, quarantine + ":counts")
+
+
+#: A Redis database no worker uses: a session fleet's persisters read the default stream on
+#: the test Redis's own database and would land the oversize result with the default limit.
+OWN_DB = 9
+
+
+@pytest.fixture
+def own_db(
+    services: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[dict[str, str], redis.Redis]]:
+    """The services, with Redis on :data:`OWN_DB` (for this process's CLI too), emptied."""
+    parts = urlsplit(services["TASKFLEET_REDIS_URL"])
+    url = urlunsplit(parts._replace(path=f"/{OWN_DB}"))
+    env = {**services, "TASKFLEET_BROKER_URL": url, "TASKFLEET_REDIS_URL": url}
+    for name in ("TASKFLEET_BROKER_URL", "TASKFLEET_REDIS_URL"):
+        monkeypatch.setenv(name, url)
+    get_settings.cache_clear()
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield env, client
+    client.flushdb()
+    client.close()
+    monkeypatch.undo()
+    get_settings.cache_clear()
 
 
 def _app(services: dict[str, str]) -> Celery:
@@ -170,9 +196,10 @@ def test_batch_with_bad_rows_lands_every_good_row_in_the_same_cycle(
 
 
 def test_oversize_result_is_quarantined_readable_counted_and_can_be_requeued(
-    services: dict[str, str], redis_client: redis.Redis, engine: Engine
+    own_db: tuple[dict[str, str], redis.Redis], engine: Engine
 ) -> None:
     """On the default stream and quarantine, as the CLI sees them."""
+    services, redis_client = own_db
     tag = uuid.uuid4().hex[:8]
     quarantine = Quarantine(redis_client, QUARANTINE_KEY)
     before = quarantine.counts().get("oversize", 0)
