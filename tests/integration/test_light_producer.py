@@ -7,18 +7,14 @@ imported most of taskfleet already.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pytest
 import redis
 
-ROOT = Path(__file__).resolve().parents[2]
-PROBE_TIMEOUT_S = 120
+from tests.support.probe import run_probe
+
 #: A Redis database no other test uses: the probe's one job lands there and is flushed.
 PROBE_DB = 11
 
@@ -75,21 +71,6 @@ def _loaded(modules: list[str]) -> list[str]:
     return sorted(m for m in modules if any(m == h or m.startswith(f"{h}.") for h in HEAVY))
 
 
-def _probe(code: str, env: dict[str, str]) -> dict[str, object]:
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=PROBE_TIMEOUT_S,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
-
-
 @pytest.fixture
 def probe_env(services: dict[str, str]) -> dict[str, str]:
     """The test services, with broker and results on a Redis database of the probe's own."""
@@ -105,7 +86,7 @@ def test_client_loads_no_job_middleware_hook_or_heavy_library(
     probe_env: dict[str, str],
 ) -> None:
     """Import the client, build ``Client()``, enqueue a job: none of ``HEAVY`` is loaded."""
-    found = _probe(CLIENT_PROBE, probe_env)
+    found = run_probe(CLIENT_PROBE, env={**os.environ, **probe_env})
     modules = found["modules"]
     assert isinstance(modules, list)
     assert "taskfleet.client" in modules
@@ -117,7 +98,7 @@ def test_client_loads_no_job_middleware_hook_or_heavy_library(
 
 def test_persister_reads_its_settings_without_the_app(probe_env: dict[str, str]) -> None:
     """The persister loads SQLAlchemy (it writes Postgres) but no app, job or worker hook."""
-    found = _probe(PERSISTER_PROBE, probe_env)
+    found = run_probe(PERSISTER_PROBE, env={**os.environ, **probe_env})
     modules = found["modules"]
     assert isinstance(modules, list)
     assert [m for m in _loaded(modules) if not m.startswith("sqlalchemy")] == []

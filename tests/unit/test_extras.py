@@ -8,7 +8,6 @@ those packages cannot be imported, and a real core-only install from the lock.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -17,6 +16,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from tests.support.probe import run_probe
 from tests.support.services import missing_service
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,7 +41,6 @@ LOCAL_URLS = {
     "TASKFLEET_REDIS_URL": "redis://127.0.0.1:6379/0",
     "TASKFLEET_DATABASE_URL": "postgresql+psycopg://postgres@127.0.0.1:5432/test",
 }
-PROBE_TIMEOUT_S = 120.0
 SYNC_TIMEOUT_S = 120.0
 
 #: Makes the optional packages unimportable, as if not installed (they are, in .venv).
@@ -151,21 +150,6 @@ def _env(tmp_path: Path, urls: dict[str, str]) -> dict[str, str]:
     return env | urls | {"TASKFLEET_DATA_DIR": str(tmp_path / "data")}
 
 
-def _probe(python: str, source: str, env: dict[str, str], cwd: Path, *args: str) -> Any:
-    """Run ``source`` in a fresh ``python`` (in ``cwd``: no ``.env``); its printed JSON."""
-    done = subprocess.run(
-        [python, "-c", source, *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=PROBE_TIMEOUT_S,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def _check_with_urls(result: dict[str, Any]) -> None:
     assert result["modules"] > 0
     assert result["broker_url"] == LOCAL_URLS["TASKFLEET_BROKER_URL"]
@@ -200,23 +184,19 @@ def test_lock_and_make_agree() -> None:
 
 
 def test_core_runs_when_the_extras_cannot_be_imported(tmp_path: Path) -> None:
-    result = _probe(
-        sys.executable,
-        UNIMPORTABLE_PRELUDE + WITH_URLS_PROBE,
-        _env(tmp_path, LOCAL_URLS),
-        tmp_path,
+    result = run_probe(
+        UNIMPORTABLE_PRELUDE + WITH_URLS_PROBE, env=_env(tmp_path, LOCAL_URLS), cwd=tmp_path
     )
     _check_with_urls(result)
 
 
 def test_unset_urls_without_the_embedded_extra_say_what_to_do(tmp_path: Path) -> None:
-    result = _probe(
-        sys.executable,
+    result = run_probe(
         UNIMPORTABLE_PRELUDE + WITHOUT_URLS_PROBE,
-        _env(tmp_path, {}),
-        tmp_path,
         str(tmp_path / "stack"),
         LOCAL_URLS["TASKFLEET_REDIS_URL"],
+        env=_env(tmp_path, {}),
+        cwd=tmp_path,
     )
     message = result["client_error"]
     assert message is not None
@@ -250,13 +230,15 @@ def test_a_core_install_from_the_lock(tmp_path: Path) -> None:
     if sync.returncode != 0:
         missing_service("an offline core install from uv's cache", sync.stderr.strip()[-500:])
     python = str(venv / "bin" / "python")
-    requires = _probe(
-        python,
+    requires = run_probe(
         "import importlib.metadata, json; print(json.dumps(importlib.metadata.requires('taskfleet')))",
-        env,
-        tmp_path,
+        python=python,
+        env=env,
+        cwd=tmp_path,
     )
     core = {_name(req) for req in requires if "extra ==" not in req}
     assert core, requires
     assert not core & OPTIONAL, f"Requires-Dist of the core: {sorted(core & OPTIONAL)}"
-    _check_with_urls(_probe(python, WITH_URLS_PROBE, _env(tmp_path, LOCAL_URLS), tmp_path))
+    _check_with_urls(
+        run_probe(WITH_URLS_PROBE, python=python, env=_env(tmp_path, LOCAL_URLS), cwd=tmp_path)
+    )

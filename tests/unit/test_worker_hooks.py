@@ -6,16 +6,11 @@ process, which has imported much of taskfleet already, cannot tell who connected
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-PROBE_TIMEOUT_S = 120
+from tests.support.probe import run_probe
 
 #: Helpers of both probes: every Celery signal's receivers, as ``module.qualname``.
 RECEIVERS = """
@@ -114,24 +109,10 @@ EXPECTED_STEPS = {
 }
 
 
-def _probe(code: str) -> dict[str, Any]:
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=PROBE_TIMEOUT_S,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
-
-
 @pytest.fixture(scope="module")
 def imported_all() -> dict[str, Any]:
     """What importing every taskfleet module, then ``taskfleet.app``, connected."""
-    return _probe(IMPORT_ALL_PROBE)
+    return run_probe(IMPORT_ALL_PROBE)
 
 
 def test_importing_any_module_connects_no_signal_receiver(imported_all: dict[str, Any]) -> None:
@@ -148,7 +129,7 @@ def test_the_entry_point_installs_exactly_the_worker_hooks(imported_all: dict[st
 
 def test_install_worker_hooks_installs_the_expected_set_once() -> None:
     """One call installs every handler and bootstep; a second call installs nothing more."""
-    found = _probe(INSTALL_PROBE)
+    found = run_probe(INSTALL_PROBE)
     assert found["once"]["signals"] == EXPECTED_SIGNALS
     assert found["once"]["steps"] == EXPECTED_STEPS
     assert found["twice"] == found["once"]
