@@ -131,7 +131,7 @@ def used_memory(client: redis.Redis) -> int:
 
 def measure_results(client: redis.Redis, app: Any, jobs: int) -> dict[str, float]:
     """Write ``jobs`` results through the backend; bytes per result, per stream entry."""
-    from taskfleet.cache.keys import PERSIST_STREAM
+    from taskfleet.results.stream import PERSIST_STREAM
 
     backend = app.backend
     before = used_memory(client)

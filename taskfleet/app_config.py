@@ -21,7 +21,7 @@ from taskfleet.routing.transport import ALL_PRIORITY_STEPS, TRANSPORT_PATH
 from taskfleet.scheduler.schedule import autoscale_schedule
 from taskfleet.tasks.table import JOB_POOLS
 
-RESULT_BACKEND_PATH = "taskfleet.cache.backend:TaskfleetResultBackend"
+RESULT_BACKEND_PATH = "taskfleet.results.backend:TaskfleetResultBackend"
 #: Retries of a result write when Redis is unreachable (Celery's default is forever, which
 #: wedges a worker slot instead of failing loudly).
 RESULT_STORE_MAX_RETRIES = 20
@@ -80,7 +80,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_soft_time_limit": settings.soft_time_limit,
         "task_time_limit": settings.hard_time_limit,
         "result_expires": settings.result_expires,
-        "taskfleet_result_retention": settings.result_retention,  # Postgres (cache/backend.py)
+        "taskfleet_result_retention": settings.result_retention,  # Postgres (results/backend.py)
         "result_extended": True,
         "result_backend_always_retry": True,
         "result_backend_max_retries": RESULT_STORE_MAX_RETRIES,

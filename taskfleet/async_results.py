@@ -1,7 +1,7 @@
 """Waiting for results from asyncio: one pub/sub connection for every waiter, no thread each.
 
 The result store script PUBLISHes each result on its own key's channel
-(:data:`taskfleet.cache.backend.STORE_RESULT_LUA`). A :class:`ResultWaiter` subscribes to the
+(:data:`taskfleet.results.backend.STORE_RESULT_LUA`). A :class:`ResultWaiter` subscribes to the
 key of every job awaited, on one ``redis.asyncio`` pub/sub connection read by one task. Once
 Redis has confirmed a subscription, the key is read (one MGET for every key confirmed
 meanwhile), so a result stored before the subscription is not missed; a key Redis does not

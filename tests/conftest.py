@@ -11,7 +11,7 @@ import pytest
 import redis
 from sqlalchemy import text
 
-from taskfleet.cache.store import ensure_schema, make_engine
+from taskfleet.results.store import ensure_schema, make_engine
 from taskfleet.routing.depth import redis_priority_keys
 
 from .support.services import amqp_url, delete_amqp_queues, missing_service, reachable, service_env

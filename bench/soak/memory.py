@@ -22,7 +22,7 @@ SUPERVISOR = "supervisor"
 POOL_SUFFIX = " pool"
 MAIN_SUFFIX = " worker"
 SIDECAR_MODULE = "taskfleet.sidecar"
-PERSISTER_MODULE = "taskfleet.cache.persister"
+PERSISTER_MODULE = "taskfleet.results.persister"
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,13 @@ from urllib.parse import parse_qsl, urlsplit
 
 import redis
 
-from taskfleet.cache.keys import PERSIST_STREAM
 from taskfleet.cache.l1 import MemoryTier
 from taskfleet.cache.l2 import RedisTier
 from taskfleet.cache.l3 import PostgresTier
-from taskfleet.cache.store import make_engine
 from taskfleet.cache.tiered import TieredCache
 from taskfleet.config.cache import CacheSettings, load_cache_settings
+from taskfleet.results.store import make_engine
+from taskfleet.results.stream import PERSIST_STREAM
 
 MEMORY_SCHEMES = frozenset({"memory", "mem"})
 REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
@@ -47,7 +47,7 @@ def open_cache(
     """A cache over the tiers the URLs name (at most one of each kind, top first).
 
     With Redis and Postgres both present, L3 is written behind through ``stream`` (drained by
-    ``taskfleet.cache.persister``); Postgres alone is written directly.
+    ``taskfleet.results.persister``); Postgres alone is written directly.
 
     Raises:
         ValueError: an unknown scheme, or a tier kind named twice.

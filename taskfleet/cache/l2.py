@@ -18,8 +18,8 @@ import redis
 from taskfleet.cache.stats import TierStats
 from taskfleet.cache.tiers import glob_escape
 from taskfleet.config.cache import DEFAULT_L2_TTL_S, DEFAULT_NAMESPACE
+from taskfleet.results.stream import CACHE_TABLE, TABLE_FIELD
 
-CACHE_TABLE = "cache"
 NO_WRITE_BEHIND = "-1"
 SCAN_BATCH = 1000
 
@@ -145,7 +145,7 @@ class RedisTier:
             deleted += int(self.client.unlink(*batch))
         pipe = self.client.pipeline(transaction=True)
         if self.stream is not None and self.l3_ttl is not None:
-            fields = {"table": CACHE_TABLE, "op": "delpat", "key": pattern, "expires": "0"}
+            fields = {TABLE_FIELD: CACHE_TABLE, "op": "delpat", "key": pattern, "expires": "0"}
             pipe.xadd(self.stream, fields)  # type: ignore[arg-type]
         pipe.publish(self.channel, json.dumps({"o": self.origin, "p": pattern}))
         pipe.execute()

@@ -1,6 +1,6 @@
 """L3: the ``taskfleet_cache`` table in PostgreSQL (JSONB values, versioned multi-row upserts).
 
-Writes normally arrive through the Redis write-behind stream (``taskfleet.cache.persister``
+Writes normally arrive through the Redis write-behind stream (``taskfleet.results.persister``
 applies them in batches with :func:`apply_ops`); a cache without Redis writes directly.
 Each row keeps the version of its last write, ``(ms, seq)`` of the stream entry, and an
 upsert only replaces an older version, so batches applied out of order still leave the
@@ -18,9 +18,9 @@ from dataclasses import dataclass, replace
 from sqlalchemy import Engine, text
 
 from taskfleet.cache.stats import TierStats
-from taskfleet.cache.store import ensure_schema
 from taskfleet.cache.tiers import glob_regex
 from taskfleet.config.cache import DEFAULT_L3_TTL_S
+from taskfleet.results.store import ensure_schema
 
 #: Tombstones older than this are purged (long enough for any out-of-order batch to land).
 TOMBSTONE_RETENTION_S = 3600

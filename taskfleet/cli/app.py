@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from taskfleet.cache.cli import results_cli
 from taskfleet.resilience.cli import dlq_cli
+from taskfleet.results.cli import results_cli
 from taskfleet.scheduler.cli import scale_cli
 
 cli = typer.Typer(

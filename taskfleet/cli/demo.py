@@ -14,7 +14,6 @@ from datetime import UTC, datetime
 
 import redis
 
-from taskfleet.cache.store import make_engine
 from taskfleet.cli.demo_report import (
     RESULT_KEY_PREFIX,
     DemoReport,
@@ -26,6 +25,7 @@ from taskfleet.cli.demo_report import (
 from taskfleet.cli.demo_workload import plan_workload
 from taskfleet.client import Client
 from taskfleet.fleet import POLL_INTERVAL_S, Deadline, Fleet
+from taskfleet.results.store import make_engine
 from taskfleet.routing.priority import PRIORITY_LEVELS
 from taskfleet.routing.topology import Topology
 

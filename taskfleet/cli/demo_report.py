@@ -15,9 +15,9 @@ from kombu import Connection
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import ProgrammingError
 
-from taskfleet.cache.store import FINAL_STATES, results_table
 from taskfleet.config import Settings
 from taskfleet.resilience.dlq import DeadLetterFilter, DeadLetterQueues
+from taskfleet.results.store import FINAL_STATES, results_table
 from taskfleet.routing.depth import queue_depths
 from taskfleet.routing.topology import Topology
 

@@ -25,7 +25,7 @@ DEFAULT_VISIBILITY_TIMEOUT_S = 3600.0
 DEFAULT_IO_CONCURRENCY = 50
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 #: A result's Redis TTL: Redis caches recent results (README, "Redis memory"), Postgres keeps
-#: them for the retention (``expires_at``; never less than the TTL, see cache/backend.py).
+#: them for the retention (``expires_at``; never less than the TTL, see results/backend.py).
 DEFAULT_RESULT_EXPIRES_S = 3600
 DEFAULT_RESULT_RETENTION_S = 7 * 24 * 3600
 DEFAULT_DB_POOL_SIZE = 5

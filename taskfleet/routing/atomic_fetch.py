@@ -37,7 +37,7 @@ from collections.abc import Callable
 from time import monotonic, time
 from typing import Any
 
-from taskfleet.workers.late_replies import Command
+from taskfleet.results.late_replies import Command
 
 log = logging.getLogger(__name__)
 

@@ -42,8 +42,8 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.json import dumps
 
+from taskfleet.results.late_replies import Command, LateReplies, packed
 from taskfleet.routing import deferred_restore, owners
-from taskfleet.workers.late_replies import Command, LateReplies, packed
 
 log = logging.getLogger(__name__)
 

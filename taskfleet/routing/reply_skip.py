@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from taskfleet.workers.late_replies import Command, packed
+from taskfleet.results.late_replies import Command, packed
 
 log = logging.getLogger(__name__)
 

@@ -31,6 +31,7 @@ import redis
 from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import Empty
 
+from taskfleet.results.late_replies import Command
 from taskfleet.routing.atomic_fetch import (
     FETCH_LUA,
     SUSPEND_AFTER_REFUSAL_S,
@@ -40,7 +41,6 @@ from taskfleet.routing.bookkeeping import ACK_BATCH_MAX, ACK_FLUSH_INTERVAL_S, B
 from taskfleet.routing.fetch_channel import WAIT, FetchScriptChannel
 from taskfleet.routing.priority import MAX_PRIORITY, MIN_PRIORITY
 from taskfleet.routing.reply_skip import known_to_skip_replies, skips_replies, without_replies
-from taskfleet.workers.late_replies import Command
 
 __all__ = ["ACK_BATCH_MAX", "ACK_FLUSH_INTERVAL_S", "ALL_PRIORITY_STEPS", "TRANSPORT_PATH"]
 

@@ -17,7 +17,7 @@ from taskfleet.config import Settings
 from taskfleet.routing.topology import DEFAULT_INBOX, Topology
 
 APP_PATH = "taskfleet.app"
-#: Set to 1 where another process already runs ``python -m taskfleet.cache.persister``.
+#: Set to 1 where another process already runs ``python -m taskfleet.results.persister``.
 DISABLE_PERSISTER_ENV = "TASKFLEET_NO_PERSISTER"
 #: The pools taskfleet starts workers with (a subset of ``taskfleet.workers.pools.PoolKind``).
 StartedPool = Literal["prefork", "solo", "gevent"]

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import redis
 from sqlalchemy import Engine
 
-from taskfleet.cache.store import make_engine
 from taskfleet.config import Settings, resolve_services
+from taskfleet.results.store import make_engine
 from taskfleet.workers.capacity import redis_pool_cap
 
 

@@ -16,8 +16,8 @@ from typing import Any
 
 from celery import Celery
 
-from taskfleet.cache.backend import TaskfleetResultBackend
 from taskfleet.config.app_settings import settings_of
+from taskfleet.results.backend import TaskfleetResultBackend
 from taskfleet.routing.bookkeeping import run_jobs_inline
 from taskfleet.workers.capacity import size_for_green_worker
 from taskfleet.workers.heap import settle_heap
@@ -138,7 +138,7 @@ def start_persister(sender: Any = None, **_: Any) -> None:
     if os.environ.get(DISABLE_PERSISTER_ENV) == "1":
         return
     _persister = subprocess.Popen(
-        [sys.executable, "-m", "taskfleet.cache.persister"], close_fds=True
+        [sys.executable, "-m", "taskfleet.results.persister"], close_fds=True
     )
     log.info("taskfleet: result persister started (pid %s)", _persister.pid)
 

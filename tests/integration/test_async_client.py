@@ -20,9 +20,9 @@ from sqlalchemy.engine import Engine
 
 from taskfleet.app import create_app
 from taskfleet.async_client import AsyncClient
-from taskfleet.cache.store import fetch_result
 from taskfleet.client import Client, JobFailed
 from taskfleet.config import load_settings
+from taskfleet.results.store import fetch_result
 from taskfleet.routing.depth import redis_priority_keys, redis_queue_depths
 from tests.support.waiting import wait_for
 from tests.support.workers import Fleet

@@ -17,8 +17,6 @@ import redis
 from celery import Celery
 
 from taskfleet.app import create_app
-from taskfleet.cache.backlog import BacklogGuard, forget_idle_consumers
-from taskfleet.cache.quarantine import Quarantine
 from taskfleet.claims import claim_key, idempotency_ttl
 from taskfleet.client import Client
 from taskfleet.config import load_settings
@@ -42,6 +40,8 @@ from taskfleet.resilience.storage import (
     Pending,
     RedisStorage,
 )
+from taskfleet.results.backlog import BacklogGuard, forget_idle_consumers
+from taskfleet.results.quarantine import Quarantine
 from taskfleet.routing.depth import redis_priority_keys
 from taskfleet.scheduler import store as autoscale_store
 from taskfleet.scheduler.store import SIZE_FORGET_S, AutoscaleStore

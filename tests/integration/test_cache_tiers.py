@@ -16,11 +16,11 @@ from celery import Celery
 from sqlalchemy import Engine
 
 from taskfleet.cache.factory import open_cache
-from taskfleet.cache.persister import ResultPersister
 from taskfleet.cache.reuse import ResultReuseMiddleware, content_hash_key
 from taskfleet.cache.tiered import TieredCache
 from taskfleet.cache.tiers import InvalidKey, NotSerializable, ValueTooLarge
 from taskfleet.config.cache import load_cache_settings
+from taskfleet.results.persister import ResultPersister
 from taskfleet.tasks.base import TaskfleetTask, job
 from taskfleet.tasks.middleware import add_middleware
 from tests.support.waiting import wait_for

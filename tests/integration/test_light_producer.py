@@ -53,7 +53,7 @@ print(json.dumps({"job": handle.id, "modules": sorted(sys.modules)}))
 
 PERSISTER_PROBE = """
 import json, sys
-import taskfleet.cache.persister
+import taskfleet.results.persister
 print(json.dumps({"modules": sorted(sys.modules)}))
 """
 

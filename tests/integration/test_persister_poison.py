@@ -23,18 +23,18 @@ from typer.testing import CliRunner
 
 import taskfleet.tasks.sandbox_jobs  # noqa: F401 - registers sandbox.run for the client's router
 from taskfleet.app import create_app
-from taskfleet.cache.backend import STORE_RESULT_LUA
-from taskfleet.cache.backlog import STATS_KEY
 from taskfleet.cache.factory import open_cache
-from taskfleet.cache.keys import PERSIST_GROUP
-from taskfleet.cache.persister import ResultPersister
-from taskfleet.cache.quarantine import QUARANTINE_KEY, Quarantine
-from taskfleet.cache.store import ensure_schema, make_engine, sqlalchemy_url
 from taskfleet.cli import cli
 from taskfleet.client import Client
 from taskfleet.config import get_settings, load_settings
 from taskfleet.config.cache import load_cache_settings
 from taskfleet.devstack import EmbeddedStack, StackURLs
+from taskfleet.results.backend import STORE_RESULT_LUA
+from taskfleet.results.backlog import STATS_KEY
+from taskfleet.results.persister import ResultPersister
+from taskfleet.results.quarantine import QUARANTINE_KEY, Quarantine
+from taskfleet.results.store import ensure_schema, make_engine, sqlalchemy_url
+from taskfleet.results.stream import PERSIST_GROUP
 from taskfleet.sandbox import namespaces_available
 from tests.support.services import TEST_DATA_DIR, missing_service, private_stack
 from tests.support.waiting import wait_for
@@ -165,7 +165,7 @@ def test_batch_with_bad_rows_lands_every_good_row_in_the_same_cycle(
         max_bytes=SMALL_LIMIT,
         batch_size=100,
     )
-    with caplog.at_level(logging.WARNING, logger="taskfleet.cache.persister"):
+    with caplog.at_level(logging.WARNING, logger="taskfleet.results.persister"):
         assert persister.step(full=True) == len(metas) + 2  # one cycle
         assert persister.drain() == 0
     landed = [t for t in metas if _row(engine, keys[t]) is not None]

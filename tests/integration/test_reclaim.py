@@ -24,12 +24,12 @@ import redis
 from celery import states
 from kombu import Connection
 
-from taskfleet.cache.store import ResultRow, upsert_results
 from taskfleet.client import Client
 from taskfleet.config import load_settings
 from taskfleet.handles import JobHandle
 from taskfleet.resilience.dlq import DeadLetterQueues
 from taskfleet.resilience.testing_jobs import record_log_key, record_release_key
+from taskfleet.results.store import ResultRow, upsert_results
 from taskfleet.routing import bookkeeping, owners
 from taskfleet.routing.depth import redis_priority_key, redis_queue_depths
 from taskfleet.routing.reclaim import STATS_PREFIX, Reclaimer

@@ -23,12 +23,12 @@ import redis
 
 import taskfleet.tasks.builtin  # noqa: F401 - registers cpu.noop for the client
 from bench.redis_bytes import make_app, private_redis, url_of
-from taskfleet.cache.backend import STORE_RESULT_LUA
-from taskfleet.cache.keys import PERSIST_STREAM
 from taskfleet.client import Client, JobSpec
 from taskfleet.config.redis_policy import check_urls
 from taskfleet.devstack.common import DevStackError
 from taskfleet.resilience.storage import BreakerConfig, RedisStorage
+from taskfleet.results.backend import STORE_RESULT_LUA
+from taskfleet.results.stream import PERSIST_STREAM
 from taskfleet.routing.depth import redis_priority_keys
 from taskfleet.routing.owners import alive_key, registry_key, tags_key
 from taskfleet.scheduler.store import AutoscaleStore

@@ -70,8 +70,8 @@ def test_polling_a_pending_job_asks_postgres_once_per_second(
     redis_fleet: Fleet, redis_client: redis.Redis, engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A Redis miss goes to Postgres; a Postgres miss is remembered for ABSENT_TTL_S."""
-    from taskfleet.cache import backend as backend_module
-    from taskfleet.cache import store
+    from taskfleet.results import backend as backend_module
+    from taskfleet.results import store
 
     queries: list[str] = []
     real_fetch = store.fetch_result

@@ -16,9 +16,9 @@ import pytest
 import redis
 from celery import states
 
-from taskfleet.cache import pipelining
-from taskfleet.cache.backend import STORE_RESULT_LUA, TaskfleetResultBackend
-from taskfleet.cache.keys import PERSIST_STREAM
+from taskfleet.results import pipelining
+from taskfleet.results.backend import STORE_RESULT_LUA, TaskfleetResultBackend
+from taskfleet.results.stream import PERSIST_STREAM
 from tests.support.waiting import wait_for
 from tests.support.workers import Fleet
 

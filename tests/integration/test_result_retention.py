@@ -17,9 +17,9 @@ from celery.result import AsyncResult
 from sqlalchemy import Engine, text
 
 from taskfleet.app import create_app, settings_of
-from taskfleet.cache.backend import BACKFILL_TTL_S
-from taskfleet.cache.persister import ResultPersister
 from taskfleet.config import load_settings
+from taskfleet.results.backend import BACKFILL_TTL_S
+from taskfleet.results.persister import ResultPersister
 from tests.support.waiting import wait_for
 
 LAND_TIMEOUT_S = 60.0
@@ -94,7 +94,7 @@ def test_polls_of_an_expired_result_read_the_backfill_not_postgres(
     engine: Engine,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from taskfleet.cache import store
+    from taskfleet.results import store
 
     app = _app(services)
     task_id, key = _write_and_land(app, redis_client, engine)

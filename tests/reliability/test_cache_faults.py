@@ -17,12 +17,12 @@ import redis
 from sqlalchemy import Engine
 
 from taskfleet.cache.factory import open_cache
-from taskfleet.cache.keys import PERSIST_GROUP
-from taskfleet.cache.persister import ResultPersister
-from taskfleet.cache.store import make_engine
 from taskfleet.cache.tiers import CacheUnavailable
 from taskfleet.config.cache import load_cache_settings
 from taskfleet.devstack import EmbeddedStack, StackURLs
+from taskfleet.results.persister import ResultPersister
+from taskfleet.results.store import make_engine
+from taskfleet.results.stream import PERSIST_GROUP
 from tests.support.services import TEST_DATA_DIR, private_stack
 from tests.support.waiting import wait_for
 
@@ -97,8 +97,8 @@ def test_redis_down_l1_and_l3_serve_and_writes_fail_loudly(
 PERSISTER_CHILD = """
 import sys, time
 import redis
-from taskfleet.cache.persister import ResultPersister
-from taskfleet.cache.store import make_engine
+from taskfleet.results.persister import ResultPersister
+from taskfleet.results.store import make_engine
 p = ResultPersister(redis.Redis.from_url(sys.argv[1]), make_engine(sys.argv[2]),
                     stream=sys.argv[3], consumer="doomed", retry_delay_s=0.1)
 p.start()

@@ -9,13 +9,13 @@ import pytest
 import redis
 from redis.connection import Connection
 
+from taskfleet.results.late_replies import packed
 from taskfleet.routing.reply_skip import (
     SKIP_NEXT_REPLY,
     known_to_skip_replies,
     skips_replies,
     without_replies,
 )
-from taskfleet.workers.late_replies import packed
 
 COMMANDS = [
     ("ZADD", "unacked_index", 1763921000.123456, "3f1c-tag"),

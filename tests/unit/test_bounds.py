@@ -11,12 +11,12 @@ from typing import Any
 
 import redis
 
-from taskfleet.cache.persister import RETRY_DELAYS_KEPT, ResultPersister
 from taskfleet.cache.stats import LATENCY_WINDOW, TierStats
 from taskfleet.claims import IDEMPOTENCY_VISIBILITY_TIMEOUTS, idempotency_ttl
 from taskfleet.config.settings import DEFAULT_VISIBILITY_TIMEOUT_S
 from taskfleet.resilience.memory_storage import MemoryStorage
 from taskfleet.resilience.storage import WINDOW_BUCKETS, BreakerConfig, Pending
+from taskfleet.results.persister import RETRY_DELAYS_KEPT, ResultPersister
 from taskfleet.routing.atomic_fetch import PACKED_CALLS_MAX, AtomicFetch
 from taskfleet.scheduler.model import PoolMemory, TrendPoint
 from taskfleet.scheduler.store import SIZE_FORGET_S, last_seen, memory_from, memory_to

@@ -199,3 +199,37 @@ def test_the_graph_sees_every_kind_of_import(tmp_path: Path) -> None:
     cycles = find_cycles(edges)
     assert cycles == [["pkg", "pkg.a", "pkg.b", "pkg.sub.c", "pkg.sub.d", "pkg"]]
     assert "(line 2, in f())" in describe(cycles[0], edges)
+
+
+def reachable(edges: Edges, start: str) -> set[str]:
+    """Every module ``start`` loads, directly or through others."""
+    graph: dict[str, set[str]] = {}
+    for source, target in edges:
+        graph.setdefault(source, set()).add(target)
+    seen: set[str] = set()
+    frontier = [start]
+    while frontier:
+        for nxt in graph.get(frontier.pop(), ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                frontier.append(nxt)
+    return seen
+
+
+def test_the_result_leg_reads_one_way() -> None:
+    """Writers of the stream know its contract, not the persister that drains it.
+
+    (The backend does read ``results.store``: a result gone from Redis is read from Postgres.)
+    """
+    edges = import_edges(ROOT)
+    assert reachable(edges, "taskfleet.results.stream") == set()
+    drain_side = {
+        f"taskfleet.results.{name}"
+        for name in ("persister", "batch", "landing", "pgerrors", "quarantine", "backlog")
+    }
+    for writer in ("taskfleet.results.backend", "taskfleet.cache.l2"):
+        loaded = reachable(edges, writer)
+        assert "taskfleet.results.stream" in loaded, writer
+        assert not loaded & drain_side, (writer, sorted(loaded & drain_side))
+        assert not {m for m in loaded if m.startswith(("taskfleet.workers", "taskfleet.routing"))}
+    assert "taskfleet.results.late_replies" in reachable(edges, "taskfleet.results.backend")

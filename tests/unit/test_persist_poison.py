@@ -9,16 +9,16 @@ import pytest
 from psycopg import errors
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from taskfleet.cache.backlog import StreamHealth
-from taskfleet.cache.landing import bisect, oversize
-from taskfleet.cache.pgerrors import is_row_error, reason_of
-from taskfleet.cache.quarantine import KIND_CACHE, KIND_RESULT, record_from_entry
 from taskfleet.config import ConfigError
 from taskfleet.config.cache import (
     DEFAULT_PERSIST_MAX_BYTES,
     DEFAULT_PERSIST_STREAM_MAXLEN,
     load_cache_settings,
 )
+from taskfleet.results.backlog import StreamHealth
+from taskfleet.results.landing import bisect, oversize
+from taskfleet.results.pgerrors import is_row_error, reason_of
+from taskfleet.results.quarantine import KIND_CACHE, KIND_RESULT, record_from_entry
 
 
 def _wrapped(orig: Exception) -> DBAPIError:

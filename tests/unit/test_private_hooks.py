@@ -45,8 +45,8 @@ LIBRARIES = ("kombu", "celery", "billiard", "redis")
 
 TRANSPORT = "taskfleet/routing/transport.py"
 BOOKKEEPING = "taskfleet/routing/bookkeeping.py"
-LATE_REPLIES = "taskfleet/workers/late_replies.py"
-BACKEND = "taskfleet/cache/backend.py"
+LATE_REPLIES = "taskfleet/results/late_replies.py"
+BACKEND = "taskfleet/results/backend.py"
 CONTROL = "taskfleet/scheduler/control.py"
 CONSUMER = "taskfleet/resilience/consumer.py"
 RUNTIME = "taskfleet/resilience/runtime.py"
@@ -349,7 +349,7 @@ HOOKS: list[Hook] = [
         "a reconnect, which the server's tracking state does not survive",
         where="instance",
     ),
-    # --- redis-py: raw connections (transport.py, workers/late_replies.py) ---
+    # --- redis-py: raw connections (transport.py, results/late_replies.py) ---
     Hook(
         "redis.connection.Connection",
         "_sock",
@@ -399,7 +399,7 @@ HOOKS: list[Hook] = [
         BACKEND,
         "one-round-trip Lua store that never replaces a SUCCESS and feeds the Postgres "
         "stream (" + PIPELINE_SWITCH + ", but the override itself has no switch)",
-        subclass="taskfleet.cache.backend:TaskfleetResultBackend",
+        subclass="taskfleet.results.backend:TaskfleetResultBackend",
     ),
     Hook(
         "celery.backends.redis.RedisBackend",

@@ -9,7 +9,6 @@ import pytest
 import redis
 
 from taskfleet.app import create_app
-from taskfleet.cache.backend import BACKFILL_TTL_S
 from taskfleet.config import load_settings
 from taskfleet.config.redis_policy import (
     SAFE_POLICY,
@@ -19,6 +18,7 @@ from taskfleet.config.redis_policy import (
     warn_if_evicting,
 )
 from taskfleet.config.settings import DEFAULT_RESULT_EXPIRES_S, DEFAULT_RESULT_RETENTION_S
+from taskfleet.results.backend import BACKFILL_TTL_S
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 #: Never contacted: building an app and its backend opens no connection.

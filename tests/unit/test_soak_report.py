@@ -21,7 +21,7 @@ def test_roles_of_a_taskfleet_up_tree() -> None:
     assert role_of(WORKER, "cpu worker") == "cpu pool"
     assert role_of(["python", "-m", "taskfleet.sidecar"], "io worker") == "io worker sidecar"
     assert (
-        role_of(["python", "-m", "taskfleet.cache.persister"], "cpu worker")
+        role_of(["python", "-m", "taskfleet.results.persister"], "cpu worker")
         == "cpu worker persister"
     )
     assert role_of(["python", "-m", "celery", "-A", "taskfleet.app", "beat"], "supervisor") == (

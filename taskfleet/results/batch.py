@@ -1,7 +1,7 @@
 """One batch of the persistence stream: decode its entries, land them, quarantine the refused.
 
 Entries with ``table=cache`` are writes of the generic cache's L3 (see ``taskfleet.cache.l2``);
-the others are results. Both go through :mod:`taskfleet.cache.landing`, so a refused row never
+the others are results. Both go through :mod:`taskfleet.results.landing`, so a refused row never
 stops the rest, and whatever cannot be stored at all is recorded in the quarantine and
 logged once (with its job id and reason) here; the caller then acknowledges the whole batch.
 """
@@ -15,15 +15,17 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 
 from taskfleet.cache.l3 import CacheOp
-from taskfleet.cache.landing import land_ops, land_results
-from taskfleet.cache.quarantine import Quarantine, record_from_entry
-from taskfleet.cache.store import ResultRow
+from taskfleet.results.landing import land_ops, land_results
+from taskfleet.results.quarantine import Quarantine, record_from_entry
+from taskfleet.results.store import ResultRow
+from taskfleet.results.stream import CACHE_TABLE, TABLE_FIELD
 
-CACHE_TABLE = b"cache"
+CACHE_ENTRY = CACHE_TABLE.encode()
+TABLE_KEY = TABLE_FIELD.encode()
 MALFORMED = "malformed"
 MALFORMED_REASON = "malformed stream entry (missing field or not UTF-8)"
 
-log = logging.getLogger("taskfleet.cache.persister")
+log = logging.getLogger("taskfleet.results.persister")
 StreamEntry = tuple[bytes, dict[bytes, bytes]]
 
 
@@ -39,8 +41,8 @@ class BatchOutcome:
 def _decode(entry: StreamEntry) -> ResultRow | CacheOp | None:
     entry_id, fields = entry
     try:
-        if fields.get(b"table") == CACHE_TABLE:
-            # A requeued write keeps the version of its first entry (taskfleet.cache.quarantine).
+        if fields.get(TABLE_KEY) == CACHE_ENTRY:
+            # A requeued write keeps the version of its first entry (taskfleet.results.quarantine).
             ms, _, seq = (fields.get(b"version") or entry_id).decode().partition("-")
             raw = fields.get(b"value")
             return CacheOp(

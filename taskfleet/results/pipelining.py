@@ -15,7 +15,7 @@ never replaces a SUCCESS, and the persister upserts. The write is sent before th
 reported done, so it leaves the process before the job's ack does; if the process dies
 after sending it, Redis still reads what reached its socket.
 
-The raw connection and its owed replies: :mod:`taskfleet.workers.late_replies`.
+The raw connection and its owed replies: :mod:`taskfleet.results.late_replies`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 
 import redis
 
-from taskfleet.workers.late_replies import LINK_ERRORS, LateReplies, packed
+from taskfleet.results.late_replies import LINK_ERRORS, LateReplies, packed
 
 log = logging.getLogger(__name__)
 

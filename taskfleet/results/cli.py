@@ -10,11 +10,11 @@ from typing import Annotated, Any
 import redis
 import typer
 
-from taskfleet.cache.backlog import STATS_KEY, stream_health
-from taskfleet.cache.keys import PERSIST_GROUP, PERSIST_STREAM
-from taskfleet.cache.quarantine import Quarantine
 from taskfleet.config import ConfigError, load_settings, resolve_services
 from taskfleet.config.cache import load_cache_settings
+from taskfleet.results.backlog import STATS_KEY, stream_health
+from taskfleet.results.quarantine import Quarantine
+from taskfleet.results.stream import PERSIST_GROUP, PERSIST_STREAM
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1

@@ -14,7 +14,7 @@ job cost no round trip. A key Postgres did not have either (a job still pending,
 unknown id) is remembered for ``ABSENT_TTL_S``, so a client polling a pending job's state
 costs Redis one GET per poll and Postgres at most one query per key per second, not one per
 poll. In prefork pool processes the writes do not wait for Redis's answer
-(``taskfleet.cache.pipelining``).
+(``taskfleet.results.pipelining``).
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ from celery.exceptions import BackendStoreError
 from kombu.utils.encoding import bytes_to_str
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from taskfleet.cache.keys import PERSIST_STREAM
 from taskfleet.cache.l1 import MemoryTier
-from taskfleet.cache.pipelining import PipelinedScript
 from taskfleet.config.settings import DEFAULT_RESULT_RETENTION_S
+from taskfleet.results.pipelining import PipelinedScript
+from taskfleet.results.stream import PERSIST_STREAM
 
 RESULT_URL_SETTING = "taskfleet_redis_url"
 DATABASE_URL_SETTING = "taskfleet_database_url"
@@ -166,7 +166,7 @@ class TaskfleetResultBackend(RedisBackend):  # type: ignore[misc]
         """From now on, this process sends result writes without waiting for Redis's answer.
 
         For processes that run one job at a time (prefork pool processes): see
-        :mod:`taskfleet.cache.pipelining`. Reads in this process confirm the writes first.
+        :mod:`taskfleet.results.pipelining`. Reads in this process confirm the writes first.
         """
         if self._pipelined is None:
             self._pipelined = PipelinedScript(self.client, STORE_RESULT_LUA, self._store_now)
@@ -199,7 +199,7 @@ class TaskfleetResultBackend(RedisBackend):  # type: ignore[misc]
 
     def _database(self) -> Any:
         if self._engine is None:
-            from taskfleet.cache.store import make_engine
+            from taskfleet.results.store import make_engine
 
             self._engine = make_engine(self.app.conf.get(DATABASE_URL_SETTING), pool_size=2)
         return self._engine
@@ -229,7 +229,7 @@ class TaskfleetResultBackend(RedisBackend):  # type: ignore[misc]
 
         from sqlalchemy.exc import SQLAlchemyError
 
-        from taskfleet.cache.store import fetch_result
+        from taskfleet.results.store import fetch_result
 
         with self._absent_lock:
             if skey in self._absent:

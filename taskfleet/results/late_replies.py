@@ -2,7 +2,7 @@
 
 Two hot paths send writes they do not need answered before moving on: the transport's
 unacked bookkeeping in the prefork parent (``taskfleet.routing.bookkeeping``) and the result
-writes of pool processes (``taskfleet.cache.pipelining``). redis-py pipelines always wait for
+writes of pool processes (``taskfleet.results.pipelining``). redis-py pipelines always wait for
 their replies, hence a raw connection from the caller's pool, read back when convenient.
 """
 

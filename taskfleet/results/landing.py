@@ -1,7 +1,7 @@
 """Land a batch in Postgres even when some of its rows are refused.
 
 The batch goes as one multi-row upsert (the fast path). When Postgres refuses it because of
-a row (:func:`taskfleet.cache.pgerrors.is_row_error`), the batch is bisected, each half in
+a row (:func:`taskfleet.results.pgerrors.is_row_error`), the batch is bisected, each half in
 its own transaction, until the refused rows stand alone; every other row lands in the same
 cycle, at the cost of about ``2 * log2(batch)`` extra statements per refused row. A refused
 row is then stored as text (``value_text``): that keeps everything valid JSON allows, e.g.
@@ -20,8 +20,8 @@ from typing import TypeVar
 from sqlalchemy import Engine
 
 from taskfleet.cache.l3 import CacheOp, apply_ops
-from taskfleet.cache.pgerrors import is_row_error, reason_of
-from taskfleet.cache.store import ResultRow, latest_per_key, upsert_result_text, upsert_results
+from taskfleet.results.pgerrors import is_row_error, reason_of
+from taskfleet.results.store import ResultRow, latest_per_key, upsert_result_text, upsert_results
 
 #: How ``\u0000`` appears in JSON text: jsonb refuses it, so such rows go as text directly.
 NUL_ESCAPE = "\\u0000"

@@ -28,7 +28,7 @@ from typing import Any
 
 import redis
 
-from taskfleet.cache.quarantine import Quarantine, record_from_entry
+from taskfleet.results.quarantine import Quarantine, record_from_entry
 
 #: Fill of the cap at which the persister starts warning.
 WARN_FILL = 0.8

@@ -21,10 +21,12 @@ from typing import Any
 
 import redis
 
+from taskfleet.results.stream import CACHE_TABLE, TABLE_FIELD
+
 QUARANTINE_KEY = "taskfleet:quarantine"
 COUNTS_SUFFIX = ":counts"
 KIND_RESULT = "result"
-KIND_CACHE = "cache"
+KIND_CACHE = CACHE_TABLE
 RESULT_KEY_PREFIX = "celery-task-meta-"
 #: Keys read per HSCAN round trip when listing.
 SCAN_COUNT = 500
@@ -96,7 +98,7 @@ def record_from_entry(
         "size": len(raw_value),
         "expires": _seconds(fields.get(b"expires")),
     }
-    if fields.get(b"table") == KIND_CACHE.encode():
+    if fields.get(TABLE_FIELD.encode()) == KIND_CACHE.encode():
         entry = {_text(k): _text(v) for k, v in fields.items()}
         entry.setdefault("version", _text(entry_id))
         return QuarantineRecord(kind=KIND_CACHE, entry=entry, **common), None

@@ -1,7 +1,7 @@
 """Moves results from the Redis persistence stream into PostgreSQL in batches.
 
 Workers write each result to Redis and append it to a stream in the same MULTI (see
-``taskfleet.cache.backend``). This consumer group drains the stream with multi-row upserts
+``taskfleet.results.backend``). This consumer group drains the stream with multi-row upserts
 and acknowledges only what Postgres committed, so a result is never lost between the two:
 while Postgres is down the entries wait in the stream, and entries held by a consumer that
 died are claimed by another after ``claim_idle_ms``.
@@ -12,12 +12,12 @@ in stream order with the entry id as row version, and are acknowledged in the sa
 Entries without ``table`` are results. A batch is flushed when ``batch_size`` entries are
 waiting or after ``block_ms``, and once more on shutdown.
 
-A row Postgres refuses never blocks the stream (:mod:`taskfleet.cache.landing`): the batch is
+A row Postgres refuses never blocks the stream (:mod:`taskfleet.results.landing`): the batch is
 bisected so the other rows land in the same cycle, JSON that jsonb refuses is stored as
-text, and what cannot be stored at all is quarantined (:mod:`taskfleet.cache.quarantine`),
+text, and what cannot be stored at all is quarantined (:mod:`taskfleet.results.quarantine`),
 logged once and acknowledged. Errors that are not about a row (Postgres down, restarting)
 are retried with exponential backoff (tenacity) and lose nothing; meanwhile the stream's
-length and age are logged and it is held under its cap (:mod:`taskfleet.cache.backlog`).
+length and age are logged and it is held under its cap (:mod:`taskfleet.results.backlog`).
 """
 
 from __future__ import annotations
@@ -43,17 +43,22 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from taskfleet.cache.backlog import BacklogGuard, StreamHealth, forget_idle_consumers, stream_health
-from taskfleet.cache.batch import StreamEntry, write_batch
-from taskfleet.cache.keys import PERSIST_GROUP, PERSIST_STREAM
 from taskfleet.cache.l3 import purge_expired
-from taskfleet.cache.quarantine import QUARANTINE_KEY, Quarantine
-from taskfleet.cache.store import ensure_schema
 from taskfleet.config.cache import (
     DEFAULT_PERSIST_MAX_BYTES,
     DEFAULT_PERSIST_MAX_RETRY_DELAY_S,
     DEFAULT_PERSIST_STREAM_MAXLEN,
 )
+from taskfleet.results.backlog import (
+    BacklogGuard,
+    StreamHealth,
+    forget_idle_consumers,
+    stream_health,
+)
+from taskfleet.results.batch import StreamEntry, write_batch
+from taskfleet.results.quarantine import QUARANTINE_KEY, Quarantine
+from taskfleet.results.store import ensure_schema
+from taskfleet.results.stream import PERSIST_GROUP, PERSIST_STREAM
 
 DEFAULT_BATCH_SIZE = 500
 DEFAULT_BLOCK_MS = 100
@@ -225,7 +230,7 @@ class ResultPersister:
         return int(self.client.xlen(self.stream))
 
     def health(self) -> StreamHealth:
-        """The stream's length, pending entries and their ages (see ``taskfleet.cache.backlog``)."""
+        """The stream's length, pending entries and their ages (see ``taskfleet.results.backlog``)."""
         return stream_health(self.client, self.stream, PERSIST_GROUP, self.stream_maxlen)
 
     def check_backlog(self, *, force: bool = False) -> StreamHealth | None:

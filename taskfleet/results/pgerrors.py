@@ -5,7 +5,7 @@ A batch upsert fails for one of two kinds of reasons:
 * **the data**: Postgres (or psycopg, before sending) refuses a value: ``\\u0000`` in jsonb,
   a NUL byte in text, a number out of range, a constraint, a value over a size limit.
   Retrying the same row gives the same error forever, so the persister finds the row and
-  stores it another way or quarantines it (:mod:`taskfleet.cache.landing`).
+  stores it another way or quarantines it (:mod:`taskfleet.results.landing`).
 * **the server or the connection**: refused, reset, restarted, out of resources, a
   deadlock, a missing table. Nothing is wrong with the rows: retry with backoff.
 
