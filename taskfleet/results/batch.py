@@ -18,7 +18,7 @@ from taskfleet.cache.l3 import CacheOp
 from taskfleet.results.landing import land_ops, land_results
 from taskfleet.results.quarantine import Quarantine, record_from_entry
 from taskfleet.results.store import ResultRow
-from taskfleet.results.stream import CACHE_TABLE, TABLE_FIELD
+from taskfleet.results.stream import CACHE_TABLE, TABLE_FIELD, StreamEntry
 
 CACHE_ENTRY = CACHE_TABLE.encode()
 TABLE_KEY = TABLE_FIELD.encode()
@@ -26,7 +26,6 @@ MALFORMED = "malformed"
 MALFORMED_REASON = "malformed stream entry (missing field or not UTF-8)"
 
 log = logging.getLogger("taskfleet.results.persister")
-StreamEntry = tuple[bytes, dict[bytes, bytes]]
 
 
 @dataclass(frozen=True)

@@ -25,12 +25,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
 import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import Any
 
 import redis
 from sqlalchemy import Engine
@@ -55,16 +53,19 @@ from taskfleet.results.backlog import (
     forget_idle_consumers,
     stream_health,
 )
-from taskfleet.results.batch import StreamEntry, write_batch
+from taskfleet.results.batch import write_batch
+from taskfleet.results.group_reader import (
+    DEFAULT_CLAIM_IDLE_MS,
+    DEFAULT_CLAIM_INTERVAL_S,
+    GroupReader,
+)
 from taskfleet.results.quarantine import QUARANTINE_KEY, Quarantine
 from taskfleet.results.store import ensure_schema
-from taskfleet.results.stream import PERSIST_GROUP, PERSIST_STREAM
+from taskfleet.results.stream import PERSIST_GROUP, PERSIST_STREAM, StreamEntry
 
 DEFAULT_BATCH_SIZE = 500
 DEFAULT_BLOCK_MS = 100
-DEFAULT_CLAIM_IDLE_MS = 30_000
 DEFAULT_RETRY_DELAY_S = 1.0
-DEFAULT_CLAIM_INTERVAL_S = 10.0
 DEFAULT_LINGER_S = 0.05
 PARENT_CHECK_INTERVAL_S = 0.5
 DEFAULT_PURGE_INTERVAL_S = 300.0
@@ -124,12 +125,17 @@ class ResultPersister:
         self._last_purge = time.monotonic()
         self.client = client
         self.engine = engine
-        self.consumer = consumer or f"{socket.gethostname()}:{os.getpid()}"
+        self.reader = GroupReader(
+            client,
+            stream,
+            batch_size=batch_size,
+            consumer=consumer,
+            claim_idle_ms=claim_idle_ms,
+            claim_interval_s=claim_interval_s,
+        )
         self.batch_size = batch_size
         self.block_ms = block_ms
-        self.claim_idle_ms = claim_idle_ms
         self.retry_delay_s = retry_delay_s
-        self.claim_interval_s = claim_interval_s
         self.linger_s = linger_s
         self.max_bytes = max_bytes
         self.stream_maxlen = stream_maxlen
@@ -144,17 +150,6 @@ class ResultPersister:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._schema_ready = False
-        self._group_ready = False
-        self._pending_clean = False
-        self._last_claim = float("-inf")
-
-    def ensure_group(self) -> None:
-        """Create the stream's consumer group (and the stream) if missing."""
-        try:
-            self.client.xgroup_create(self.stream, PERSIST_GROUP, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
 
     def _write(self, entries: Sequence[StreamEntry]) -> int:
         if not entries:
@@ -173,50 +168,9 @@ class ResultPersister:
         self.quarantined += outcome.quarantined
         return len(entries)
 
-    def _read(self, start: str, block_ms: int | None) -> list[StreamEntry]:
-        reply: Any = self.client.xreadgroup(
-            PERSIST_GROUP,
-            self.consumer,
-            {self.stream: start},
-            count=self.batch_size,
-            block=block_ms,
-        )
-        if not reply:
-            return []
-        _, entries = reply[0]
-        return [e for e in entries if e[1]]  # deleted entries come back with no fields
-
     def step(self, block_ms: int | None = None, *, full: bool = False) -> int:
-        """Write one batch: own pending first, then orphans of dead consumers, then new entries.
-
-        Own pending entries are re-read only after a failure (or when ``full``), and orphans
-        are claimed at most every ``claim_interval_s``: on a busy stream each step is then
-        one XREADGROUP, one upsert and one XACK+XDEL (profiled: the extra commands per step
-        cost the persister half its time).
-        """
-        if not self._group_ready:
-            self.ensure_group()
-            self._group_ready = True
-        entries: list[StreamEntry] = []
-        if full or not self._pending_clean:
-            entries = self._read("0", None)
-            self._pending_clean = not entries
-        now = time.monotonic()
-        if not entries and (full or now - self._last_claim >= self.claim_interval_s):
-            self._last_claim = now
-            _, claimed, *_ = self.client.xautoclaim(
-                self.stream,
-                PERSIST_GROUP,
-                self.consumer,
-                self.claim_idle_ms,
-                count=self.batch_size,
-            )
-            entries = [e for e in claimed if e[1]]
-            if entries:
-                self._pending_clean = False
-        if not entries:
-            entries = self._read(">", block_ms)
-        return self._write(entries)
+        """Write one batch (see :meth:`GroupReader.next_batch` for which entries)."""
+        return self._write(self.reader.next_batch(block_ms, full=full))
 
     def drain(self) -> int:
         """Write everything currently in the stream; return how many rows were written."""
@@ -252,8 +206,7 @@ class ResultPersister:
 
     def _before_retry(self, state: RetryCallState) -> None:
         self._schema_ready = False
-        self._group_ready = False
-        self._pending_clean = False
+        self.reader.reset()
         delay = state.upcoming_sleep
         self.retry_delays.append(delay)
         attempt = state.attempt_number

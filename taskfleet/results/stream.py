@@ -26,3 +26,5 @@ PERSIST_GROUP = "taskfleet-persisters"
 TABLE_FIELD = "table"
 #: Its value on a cache write (the ``taskfleet_cache`` table, L3).
 CACHE_TABLE = "cache"
+#: One entry as redis-py returns it: (entry id, {field: value}).
+StreamEntry = tuple[bytes, dict[bytes, bytes]]
