@@ -56,6 +56,7 @@ def _alarm_held() -> Iterator[None]:
 
 @pytest.fixture
 def limits() -> Iterator[InlineTimeLimits]:
+    cpu_limits = resource.getrlimit(resource.RLIMIT_CPU)
     watch = InlineTimeLimits(SOFT_S, HARD_S)
     previous = watch.take_alarm()
     try:
@@ -63,6 +64,9 @@ def limits() -> Iterator[InlineTimeLimits]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        # A job stopped by its hard limit leaves the CPU backstop armed (its worker process
+        # is replaced): pytest's own process must not keep it for the tests that follow.
+        resource.setrlimit(resource.RLIMIT_CPU, cpu_limits)
 
 
 @pytest.fixture
