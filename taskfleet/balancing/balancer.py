@@ -64,9 +64,11 @@ class Balancer:
         )
         self._lock = threading.Lock()
 
-    def live(self, exclude: Collection[str] = ()) -> list[BackendStats]:
+    def live(self, exclude: Collection[str] = ()) -> Sequence[BackendStats]:
         """The backends neither down, ejected nor excluded, in declared order."""
         down = self.board.down()
+        if not down and not exclude:
+            return self.stats
         return [s for s in self.stats if s.name not in down and s.name not in exclude]
 
     def acquire(self, key: str | None = None, exclude: Collection[str] = ()) -> BackendStats:

@@ -77,7 +77,8 @@ class HealthBoard:
             else:
                 self._cached = frozenset()
             self._cached_at = now
-        return self._cached | self._local.names(MARKS)
+        local = self._local.names(MARKS)
+        return self._cached | local if local else self._cached
 
     def local_until(self, kind: str, name: str) -> float:
         """When this process's ``kind`` mark of ``name`` expires (-inf if it has none)."""

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 
 #: (kind, backend name), e.g. ("down", "eu-1").
 Key = tuple[str, str]
+NONE: frozenset[str] = frozenset()
 
 
 class LocalMarks:
@@ -49,6 +50,8 @@ class LocalMarks:
 
     def names(self, kinds: Iterable[str]) -> frozenset[str]:
         """The backends with a live mark of any of ``kinds``."""
+        if not self._until:  # the usual case: nothing marked
+            return NONE
         wanted = set(kinds)
         now = self._clock()
         with self._lock:

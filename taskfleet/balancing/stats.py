@@ -39,6 +39,7 @@ class BackendStats:
 
     spec: BackendSpec
     clock: Callable[[], float]
+    name: str = field(init=False)
     alpha: float = DEFAULT_EWMA_ALPHA
     decay: float = DEFAULT_LATENCY_DECAY_S
     in_flight: int = 0
@@ -49,10 +50,8 @@ class BackendStats:
     _flushed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    @property
-    def name(self) -> str:
-        """The backend's name."""
-        return self.spec.name
+    def __post_init__(self) -> None:
+        self.name = self.spec.name
 
     def latency(self, now: float | None = None) -> float:
         """The decayed latency estimate in seconds (0.0 before the first sample)."""

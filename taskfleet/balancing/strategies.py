@@ -114,7 +114,10 @@ class Adaptive:
         """The cheaper of two distinct random candidates (the only one if there is one)."""
         if len(candidates) == 1:
             return candidates[0]
-        first, second = self._rng.sample(range(len(candidates)), 2)
+        count = len(candidates)
+        first = self._rng.randrange(count)
+        second = self._rng.randrange(count - 1)
+        second += second >= first  # two distinct draws
         now = candidates[0].clock()
         a, b = candidates[first], candidates[second]
         return a if _cost(a, now) <= _cost(b, now) else b
