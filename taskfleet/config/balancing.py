@@ -14,12 +14,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
 
-from taskfleet.config.settings import load_validated
+from taskfleet.config.settings import ConfigError
 
 ENV_PREFIX = "TASKFLEET_BALANCING_"
+WHAT = "taskfleet balancing settings"
 BACKENDS_ENV = "TASKFLEET_BACKENDS"
 DEFAULT_SET = "default"
 DEFAULT_WEIGHT = 1
@@ -130,6 +132,22 @@ def load_balancing_settings(**overrides: object) -> BalancingSettings:
     """Read balancing settings, turning validation errors into one ConfigError.
 
     Raises:
-        ConfigError: a setting is invalid; the message names its environment variable.
+        ConfigError: a setting is invalid; the message names its environment variable
+            (and, for a backend, where in ``TASKFLEET_BACKENDS``).
     """
-    return load_validated(BalancingSettings, "taskfleet balancing settings", **overrides)
+    try:
+        return BalancingSettings(**overrides)  # type: ignore[arg-type]
+    except SettingsError as exc:
+        raise ConfigError(f"invalid {WHAT}: {BACKENDS_ENV} is not valid JSON ({exc})") from None
+    except ValidationError as exc:
+        problems = "; ".join(f"{_where(err['loc'])}: {err['msg']}" for err in exc.errors())
+        raise ConfigError(f"invalid {WHAT}: {problems}") from None
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    if not loc:
+        return ENV_PREFIX.rstrip("_")
+    head, rest = str(loc[0]), "".join(f"[{part!r}]" for part in loc[1:])
+    if head in (BACKENDS_ENV, "backends"):
+        return BACKENDS_ENV + rest
+    return f"{ENV_PREFIX}{head.upper()}{rest}"
