@@ -5,7 +5,7 @@ the backends that are down or ejected fleet-wide (:class:`~taskfleet.balancing.h
 HealthBoard`) and those the call excludes (a retry's first backend), asks the strategy, and
 counts the call in flight; :meth:`Balancer.release` records its latency and outcome and
 ejects the backend after ``consecutive_failures`` failures in a row (passive outlier
-ejection, as Envoy).
+ejection, as Envoy), unless it is the last live one.
 """
 
 from __future__ import annotations
@@ -24,6 +24,10 @@ from taskfleet.balancing.strategies import Strategy
 from taskfleet.config.balancing import BackendSpec, BalancingSettings, load_balancing_settings
 
 log = logging.getLogger(__name__)
+#: Passive ejection never leaves fewer live backends than this (as Envoy's
+#: max_ejection_percent, it keeps a fleet-wide blip from ejecting the whole set); active
+#: health checks still mark any backend down.
+MIN_LIVE_AFTER_EJECTION = 1
 
 
 class NoBackendAvailable(RuntimeError):
@@ -107,6 +111,14 @@ class Balancer:
         in_a_row = stats.finished(elapsed_s, ok, kind)
         if in_a_row >= self.settings.consecutive_failures:
             stats.reset_failures()
+            if len(self.live((stats.name,))) < MIN_LIVE_AFTER_EJECTION:
+                log.warning(
+                    "backend %s/%s: %d failures in a row, not ejected: it is the last live one",
+                    self.set_name,
+                    stats.name,
+                    in_a_row,
+                )
+                return
             seconds = self.board.eject(stats.name, f"{in_a_row} failures in a row ({kind})")
             log.warning(
                 "backend %s/%s ejected for %.0fs after %d failures in a row",

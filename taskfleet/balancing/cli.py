@@ -22,8 +22,16 @@ from taskfleet.config.balancing import BACKENDS_ENV, BalancingSettings, load_bal
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
-COLUMNS = ("set", "backend", "URL", "weight", "region", "health", "streak", "requests")
-COUNTER_COLUMNS = ("failures", "http_5xx", "connect_errors", "retries", "ejections")
+COLUMNS = ("set", "backend", "URL", "weight", "region", "health", "streak")
+#: Counter -> column heading.
+COUNTER_COLUMNS = {
+    "requests": "calls",
+    "failures": "failed",
+    "http_5xx": "5xx",
+    "connect_errors": "refused",
+    "retries": "retries",
+    "ejections": "ejected",
+}
 
 backends_cli = typer.Typer(
     help="Outbound backend sets: health, ejections, counters.", no_args_is_help=True
@@ -110,7 +118,7 @@ def status(
         typer.echo(json.dumps(rows, indent=2))
         return
     table = Table(title="taskfleet backends", title_justify="left")
-    for column in (*COLUMNS, *COUNTER_COLUMNS, *(("probe",) if probe else ())):
+    for column in (*COLUMNS, *COUNTER_COLUMNS.values(), *(("probe",) if probe else ())):
         table.add_column(column, overflow="fold")
     for row in rows:
         counters = row["counters"]
@@ -122,7 +130,6 @@ def status(
             row["region"] or "-",
             row["health"],
             str(row["ejection_streak"]),
-            str(counters.get("requests", 0)),
             *(str(counters.get(c, 0)) for c in COUNTER_COLUMNS),
             *((row["probe"],) if probe else ()),
         ]

@@ -142,3 +142,13 @@ def test_latency_is_an_ewma() -> None:
     assert stats.latency() == pytest.approx(0.2)
     assert stats.take_deltas() == {"requests": 2, "successes": 2}
     assert stats.take_deltas() == {}
+
+
+def test_the_last_live_backend_is_not_ejected() -> None:
+    b = balancer(RoundRobin(), 1, 1)
+    b.board.mark_down("b1", "health check")
+    for _ in range(6):
+        stats = b.acquire()
+        b.release(stats, 0.001, ok=False, kind="http_5xx")
+    assert [s.name for s in b.live()] == ["b0"]
+    assert b.by_name["b0"].counters["failures"] == 6
