@@ -68,6 +68,28 @@ class Balancer:
         )
         self._lock = threading.Lock()
 
+    @classmethod
+    def for_set(
+        cls,
+        set_name: str,
+        strategy: Strategy,
+        redis_client: redis.Redis | None = None,
+        settings: BalancingSettings | None = None,
+    ) -> Balancer:
+        """A balancer over the set ``set_name`` declared in ``TASKFLEET_BACKENDS``.
+
+        Raises:
+            KeyError: no such set is declared.
+        """
+        settings = settings or load_balancing_settings()
+        return cls(
+            settings.backend_set(set_name),
+            strategy,
+            redis_client=redis_client,
+            settings=settings,
+            set_name=set_name,
+        )
+
     def live(self, exclude: Collection[str] = ()) -> Sequence[BackendStats]:
         """The backends neither down, ejected nor excluded, in declared order."""
         down = self.board.down()

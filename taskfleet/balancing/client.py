@@ -32,7 +32,7 @@ class BalancedClient:
 
     Example::
 
-        balancer = Balancer(settings.backend_set("pricing"), Adaptive(), redis_client=r)
+        balancer = Balancer.for_set("pricing", Adaptive(), redis_client=r)
         with httpx.Client(timeout=5.0) as http:
             client = BalancedClient(balancer, http)
             price = client.request("GET", "/price/42", affinity_key="customer-7").json()

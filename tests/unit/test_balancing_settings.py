@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from taskfleet.balancing import Balancer, RoundRobin
 from taskfleet.config import ConfigError
 from taskfleet.config.balancing import (
     DEFAULT_CONSECUTIVE_FAILURES,
@@ -31,6 +32,9 @@ def test_a_list_is_the_default_set_and_an_object_names_sets(
     assert settings.consecutive_failures == DEFAULT_CONSECUTIVE_FAILURES
     with pytest.raises(KeyError, match="declared: hooks, pricing"):
         settings.backend_set("registry")
+    balancer = Balancer.for_set("pricing", RoundRobin(), settings=settings)
+    assert (balancer.set_name, list(balancer.by_name)) == ("pricing", ["eu-1"])
+    assert balancer.board.mode == "local"  # no Redis client: this process's marks only
 
 
 @pytest.mark.usefixtures("clean_env")

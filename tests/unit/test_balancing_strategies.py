@@ -68,6 +68,9 @@ def test_least_connections_avoids_the_busy_backend() -> None:
     assert len({h.name for h in held}) == 2
     free = ({"b0", "b1", "b2"} - {h.name for h in held}).pop()
     assert b.acquire().name == free
+    view = {row["name"]: row for row in b.snapshot()["backends"]}
+    assert [view[n]["in_flight"] for n in ("b0", "b1", "b2")] == [1, 1, 1]
+    assert all(row["live"] and row["requests"] == 1 for row in view.values())
 
 
 def test_least_response_time_prefers_the_fastest_and_retries_a_slow_one_later() -> None:
