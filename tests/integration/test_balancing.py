@@ -14,7 +14,6 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
 import pytest
 import redis
 from typer.testing import CliRunner
@@ -34,7 +33,7 @@ from taskfleet.balancing import (
 )
 from taskfleet.cli import cli
 from taskfleet.config.balancing import BackendSpec, BalancingSettings, load_balancing_settings
-from tests.support.backends import LoopbackBackend, loopback_backends
+from tests.support.backends import LoopbackBackend, loopback_backends, loopback_client
 from tests.support.services import reachable
 from tests.support.waiting import wait_for
 
@@ -112,7 +111,7 @@ def test_weighted_distribution_matches_weights_over_10000_calls(
     settings: BalancingSettings,
 ) -> None:
     weights = (5, 3, 2)
-    with loopback_backends("a", "b", "c") as backends, httpx.Client() as http:
+    with loopback_backends("a", "b", "c") as backends, loopback_client() as http:
         client = BalancedClient(make(backends, Weighted(), settings, weights=weights), http)
         with ThreadPoolExecutor(CALLERS) as pool:
             served = sum(
@@ -126,7 +125,7 @@ def test_weighted_distribution_matches_weights_over_10000_calls(
 
 
 def test_round_robin_and_affinity_on_real_backends(settings: BalancingSettings) -> None:
-    with loopback_backends("a", "b", "c") as backends, httpx.Client() as http:
+    with loopback_backends("a", "b", "c") as backends, loopback_client() as http:
         client = BalancedClient(make(backends, RoundRobin(), settings), http)
         assert calls(client, 30) == {"a": 10, "b": 10, "c": 10}
         sticky = BalancedClient(make(backends, Affinity(specs_of(backends)), settings), http)
@@ -137,7 +136,7 @@ def test_round_robin_and_affinity_on_real_backends(settings: BalancingSettings) 
 def test_least_connections_and_adaptive_avoid_a_backend_holding_calls(
     settings: BalancingSettings,
 ) -> None:
-    with loopback_backends("a", "b", "c") as backends, httpx.Client() as http:
+    with loopback_backends("a", "b", "c") as backends, loopback_client() as http:
         for strategy in (LeastConnections(), Adaptive(random.Random(1))):
             client = BalancedClient(make(backends, strategy, settings), http)
             busy = client.balancer.by_name["a"]
@@ -154,7 +153,7 @@ def test_least_connections_and_adaptive_avoid_a_backend_holding_calls(
 def test_least_response_time_shifts_load_away_from_a_slowed_backend(
     settings: BalancingSettings,
 ) -> None:
-    with loopback_backends("a", "b", "c") as backends, httpx.Client() as http:
+    with loopback_backends("a", "b", "c") as backends, loopback_client() as http:
         client = BalancedClient(make(backends, LeastResponseTime(), settings), http)
         favourite = calls(client, 20).most_common(1)[0][0]
         slowed = next(b for b in backends if b.name == favourite)
@@ -171,7 +170,7 @@ def test_least_response_time_shifts_load_away_from_a_slowed_backend(
 def test_killed_backend_gets_no_traffic_until_it_recovers(
     settings: BalancingSettings, redis_url: str
 ) -> None:
-    with loopback_backends("a", "b", "c") as backends, httpx.Client() as http:
+    with loopback_backends("a", "b", "c") as backends, loopback_client() as http:
         balancer = make(backends, RoundRobin(), settings, redis_url)
         client = BalancedClient(balancer, http)
         with HealthChecker(balancer, http):
@@ -188,7 +187,7 @@ def test_killed_backend_gets_no_traffic_until_it_recovers(
 
 
 def test_health_is_fleet_wide_through_redis(settings: BalancingSettings, redis_url: str) -> None:
-    with loopback_backends("a", "b") as backends, httpx.Client() as http:
+    with loopback_backends("a", "b") as backends, loopback_client() as http:
         first = make(backends, RoundRobin(), settings, redis_url)
         second = make(backends, RoundRobin(), settings, redis_url)
         first.board.mark_down("a", "found dead by the first worker")
@@ -199,7 +198,7 @@ def test_health_is_fleet_wide_through_redis(settings: BalancingSettings, redis_u
 
 
 def test_redis_down_falls_back_to_local_health(settings: BalancingSettings) -> None:
-    with loopback_backends("a", "b", "dead") as backends, httpx.Client() as http:
+    with loopback_backends("a", "b", "dead") as backends, loopback_client() as http:
         backends[2].kill()
         gone = LoopbackBackend("no-redis")
         gone.kill()  # a loopback port with nothing listening: Redis "down"
@@ -213,7 +212,7 @@ def test_redis_down_falls_back_to_local_health(settings: BalancingSettings) -> N
 def test_safe_retry_once_on_another_backend_and_passive_ejection(
     settings: BalancingSettings, redis_url: str
 ) -> None:
-    with loopback_backends("a", "b") as backends, httpx.Client() as http:
+    with loopback_backends("a", "b") as backends, loopback_client() as http:
         backends[0].status = 503
         client = BalancedClient(make(backends, RoundRobin(), settings, redis_url), http)
         assert client.request("GET", "/x").headers["X-Backend"] == "b"  # retried on b
@@ -229,7 +228,7 @@ def test_safe_retry_once_on_another_backend_and_passive_ejection(
 
 
 def test_post_is_retried_when_the_connection_was_refused(settings: BalancingSettings) -> None:
-    with loopback_backends("a", "b") as backends, httpx.Client() as http:
+    with loopback_backends("a", "b") as backends, loopback_client() as http:
         backends[0].kill()
         client = BalancedClient(make(backends, RoundRobin(), settings), http)
         assert [client.post("/x").headers["X-Backend"] for _ in range(4)] == ["b"] * 4
@@ -241,7 +240,7 @@ def test_post_is_retried_when_the_connection_was_refused(settings: BalancingSett
 def test_backends_status_cli_shows_health_and_counters(
     settings: BalancingSettings, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with loopback_backends("a", "b") as backends, httpx.Client() as http:
+    with loopback_backends("a", "b") as backends, loopback_client() as http:
         balancer = make(backends, RoundRobin(), settings, redis_url)
         calls(BalancedClient(balancer, http), 4)
         balancer.flush()
@@ -261,3 +260,19 @@ def test_backends_status_cli_shows_health_and_counters(
     assert (rows["a"]["health"], rows["a"]["probe"]) == ("up", "HTTP 200")
     assert rows["a"]["counters"] == {"requests": 2, "successes": 2}
     assert rows["b"]["health"].startswith("down (probe failed;")
+
+
+def test_the_callers_transport_applies_to_calls_and_probes(settings: BalancingSettings) -> None:
+    with loopback_backends("a") as backends, loopback_client() as http:
+        # 192.0.2.0/24 is TEST-NET-1: the transport refuses it before any connection.
+        specs = [*specs_of(backends), BackendSpec(name="far", url="http://192.0.2.1:80")]
+        balancer = Balancer(specs, RoundRobin(), settings=settings)
+        client = BalancedClient(balancer, http)
+        assert [client.post("/x").headers["X-Backend"] for _ in range(4)] == ["a"] * 4
+        # Refused on its turns (calls 2, 3 and 4), each POST resent to 'a'; then ejected.
+        assert balancer.by_name["far"].counters["connect_errors"] == 3
+        assert "far" in balancer.board.down()
+        assert HealthChecker(balancer, http).check() == {
+            "a": "ok",
+            "far": "health check: ConnectError",
+        }

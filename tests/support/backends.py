@@ -15,6 +15,8 @@ from contextlib import contextmanager, suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
+
 HEALTH_PATH = "/health"
 LOOPBACK = "127.0.0.1"
 #: How soon a killed backend's accept loop notices (``shutdown`` waits for it).
@@ -118,6 +120,23 @@ class LoopbackBackend:
         for conn in list(server.connections):
             with suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
+
+
+class LoopbackOnly(httpx.HTTPTransport):
+    """A transport that refuses any host but 127.0.0.1 before connecting, as an outbound
+    guard's transport would (the balancer takes it through the caller's ``httpx.Client``)."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.host != LOOPBACK:
+            raise httpx.ConnectError(
+                f"refused: {request.url.host} is not loopback", request=request
+            )
+        return super().handle_request(request)
+
+
+def loopback_client() -> httpx.Client:
+    """An ``httpx.Client`` that can reach nothing but 127.0.0.1."""
+    return httpx.Client(transport=LoopbackOnly())
 
 
 @contextmanager
