@@ -54,6 +54,7 @@ class HealthBoard:
         self._cached: frozenset[str] = frozenset()
         self._cached_at = float("-inf")
         self._redis_down_until = float("-inf") if redis_client is not None else float("inf")
+        self._outage = False
 
     @property
     def mode(self) -> str:
@@ -165,16 +166,22 @@ class HealthBoard:
         if self._redis is None or self._clock() < self._redis_down_until:
             return None
         try:
-            return fn(self._redis)
+            result = fn(self._redis)
         except redis.RedisError as exc:
             self._redis_down_until = self._clock() + self._settings.redis_retry
-            log.warning(
-                "backend health: Redis unreachable (%s); using this process's marks only, "
-                "retrying in %.0fs",
-                exc,
-                self._settings.redis_retry,
-            )
+            if not self._outage:
+                self._outage = True
+                log.warning(
+                    "backend health: Redis unreachable (%s); using this process's marks "
+                    "only, trying Redis again every %.0fs",
+                    exc,
+                    self._settings.redis_retry,
+                )
             return None
+        if self._outage:
+            self._outage = False
+            log.warning("backend health: Redis reachable again; fleet-wide marks resumed")
+        return result
 
 
 def _incr(r: redis.Redis, key: str, ttl_s: float) -> int:
