@@ -47,6 +47,8 @@ def _fail(message: str, code: int) -> typer.Exit:
 def _settings() -> tuple[BalancingSettings, redis.Redis]:
     try:
         settings = load_balancing_settings()
+        if not settings.backends:  # say so before starting an embedded Redis for nothing
+            raise _fail(f"no backend set is declared ({BACKENDS_ENV} is unset)", EXIT_USAGE)
         url = resolve_services(load_settings()).redis_url
     except ConfigError as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
@@ -106,8 +108,6 @@ def status(
 ) -> None:
     """Each backend's health (fleet-wide), ejection streak and counters summed over the fleet."""
     settings, client = _settings()
-    if not settings.backends:
-        raise _fail(f"no backend set is declared ({BACKENDS_ENV} is unset)", EXIT_USAGE)
     try:
         rows = collect(settings, client, set_name, probe)
     except KeyError as exc:

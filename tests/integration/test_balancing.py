@@ -279,3 +279,19 @@ def test_the_callers_transport_applies_to_calls_and_probes(settings: BalancingSe
             "a": "ok",
             "far": "health check: ConnectError",
         }
+
+
+def test_backends_status_cli_refuses_an_undeclared_set(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TASKFLEET_BACKENDS", raising=False)
+    result = CliRunner().invoke(cli, ["backends", "status"])
+    assert (result.exit_code, "TASKFLEET_BACKENDS is unset" in result.output) == (2, True)
+    monkeypatch.setenv("TASKFLEET_BACKENDS", '[{"name": "a", "url": "http://127.0.0.1:9"}]')
+    for name in ("TASKFLEET_REDIS_URL", "TASKFLEET_BROKER_URL"):
+        monkeypatch.setenv(name, redis_url)
+    monkeypatch.setenv("TASKFLEET_DATABASE_URL", "postgresql://unused@127.0.0.1/unused")
+    monkeypatch.setenv("TASKFLEET_EMBEDDED", "false")
+    result = CliRunner().invoke(cli, ["backends", "status", "pricing"])
+    assert result.exit_code == 2
+    assert "no backend set 'pricing'; declared: default" in result.output
