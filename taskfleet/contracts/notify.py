@@ -32,6 +32,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from taskfleet.config import ConfigError
 from taskfleet.config.exposure import get_exposure_settings
 from taskfleet.outbound import OutboundRefused, outbound_client, refusal
+from taskfleet.outbound.policy import allowed
 
 ENV_PREFIX = "TASKFLEET_CONTRACT_NOTIFY_"
 ALLOWED_SCHEMES = frozenset({"http", "https"})
@@ -117,7 +118,7 @@ def _check_literal(host: str) -> None:
     except ValueError:
         return
     why = refusal(ip)
-    if why is not None and not any(ip in net for net in get_exposure_settings().allow.networks):
+    if why is not None and not allowed(host, ip, get_exposure_settings().allow):
         raise WebhookRefused(str(OutboundRefused(host, why)))
 
 
