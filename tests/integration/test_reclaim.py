@@ -332,7 +332,8 @@ def test_a_poison_pill_is_dead_lettered_with_fast_reclaim(
         )
         assert letter.reason == "poison_pill"
         assert int(redis_client.get(counter_key(counter)) or 0) == max_deliveries
-        assert handle.status() == states.FAILURE
+        # The dead letter is stored before the worker writes the FAILURE: wait for it.
+        wait_for(lambda: handle.status() == states.FAILURE, SETTLE_S, "the FAILURE result")
         assert client.enqueue("cpu.noop", None).result(SETTLE_S) == {"ok": True}
     finally:
         client.close()

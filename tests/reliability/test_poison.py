@@ -39,7 +39,8 @@ def test_self_killing_job_is_dead_lettered_after_max_deliveries(
         assert letter.reason == "poison_pill"
         assert letter.attempts == MAX_DELIVERIES
         assert int(redis_client.get(counter_key(counter)) or 0) == MAX_DELIVERIES
-        assert handle.status() == "FAILURE"
+        # The dead letter is stored before the worker writes the FAILURE: wait for it.
+        wait_for(lambda: handle.status() == "FAILURE", 30, "the FAILURE result")
         assert after.result(30) == {"ok": True}  # the worker kept serving
     finally:
         fleet.stop()
