@@ -20,8 +20,8 @@ import psycopg
 import redis
 
 from taskfleet.config import Settings
+from taskfleet.resilience.diag_keys import record_log_key
 from taskfleet.resilience.dlq import DeadLetterQueues
-from taskfleet.resilience.testing_jobs import record_log_key
 
 RESULT_KEY_PREFIX = "celery-task-meta-"
 RESULTS_TABLE = "taskfleet_results"

@@ -31,7 +31,7 @@ from taskfleet.app import create_app
 from taskfleet.client import Client
 from taskfleet.config import load_settings
 from taskfleet.devstack.polling import wait_until
-from taskfleet.resilience.testing_jobs import record_release_key
+from taskfleet.resilience.diag_keys import record_release_key
 from taskfleet.workers.profiles import cpu_profile, io_profile
 
 #: ``waiter(condition, timeout, what)``: the harness records a miss; tests raise on one.
@@ -140,6 +140,7 @@ class ChaosRun:
                 "TASKFLEET_REDIS_URL": self.redis.url,
                 "TASKFLEET_DATABASE_URL": self._start_database(),
                 "TASKFLEET_EMBEDDED": "false",
+                "TASKFLEET_DIAG_JOBS": "true",  # diag.record, the jobs the runs count
                 "TASKFLEET_CPU_QUEUE": f"chaos-cpu-{self.suffix}",
                 "TASKFLEET_IO_QUEUE": f"chaos-io-{self.suffix}",
                 **_heartbeat_env(self.size.heartbeat_ttl),

@@ -28,6 +28,9 @@ DEFAULT_CPU_WORKER_MAX = max(2, os.cpu_count() or 1)
 DEFAULT_CPU_TARGET_BACKLOG = 4.0
 DEFAULT_IO_WORKER_MIN = 10
 DEFAULT_IO_WORKER_MAX = 200
+#: The most one resize command adds or removes (``taskfleet.scheduler.control`` refuses more):
+#: the ceiling of every step.
+MAX_RESIZE_STEP = 1000
 DEFAULT_IO_TARGET_BACKLOG = 2.0
 
 
@@ -71,16 +74,16 @@ class AutoscaleSettings(BaseSettings):
     cpu_worker_max: int = Field(DEFAULT_CPU_WORKER_MAX, ge=1)
     cpu_pool_min: int = Field(1, ge=0)
     cpu_pool_max: int = Field(64, ge=1)
-    cpu_step_up: int = Field(4, ge=1)
-    cpu_step_down: int = Field(1, ge=1)
+    cpu_step_up: int = Field(4, ge=1, le=MAX_RESIZE_STEP)
+    cpu_step_down: int = Field(1, ge=1, le=MAX_RESIZE_STEP)
     cpu_target_backlog: float = Field(DEFAULT_CPU_TARGET_BACKLOG, gt=0)
 
     io_worker_min: int = Field(DEFAULT_IO_WORKER_MIN, ge=1)
     io_worker_max: int = Field(DEFAULT_IO_WORKER_MAX, ge=1)
     io_pool_min: int = Field(DEFAULT_IO_WORKER_MIN, ge=0)
     io_pool_max: int = Field(1000, ge=1)
-    io_step_up: int = Field(50, ge=1)
-    io_step_down: int = Field(10, ge=1)
+    io_step_up: int = Field(50, ge=1, le=MAX_RESIZE_STEP)
+    io_step_down: int = Field(10, ge=1, le=MAX_RESIZE_STEP)
     io_target_backlog: float = Field(DEFAULT_IO_TARGET_BACKLOG, gt=0)
 
     @model_validator(mode="after")

@@ -8,10 +8,18 @@ so a redelivered job that posts twice is recognisable as one delivery.
 The URL comes from the caller, so it is checked before anything is sent: http or https only,
 a host, no credentials in it. Redirects are not followed and the environment (proxies,
 ``.netrc`` credentials) is not consulted, so a webhook cannot pick up the worker's secrets.
+Every connection goes through :mod:`taskfleet.outbound`: the host is resolved once, and a
+loopback, private, link-local, multicast, reserved or cloud metadata address is refused
+before anything connects (``TASKFLEET_OUTBOUND_ALLOW`` opens specific hosts or networks).
+A refusal is a :class:`WebhookRefused`: not retried, dead-lettered with its reason.
+
+The job's result says that the webhook answered and with which status, and how much it read;
+nothing of the answer's content, which a result would hand to whoever reads it.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import threading
 from functools import lru_cache
@@ -22,6 +30,9 @@ from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from taskfleet.config import ConfigError
+from taskfleet.config.exposure import get_exposure_settings
+from taskfleet.outbound import OutboundRefused, outbound_client, refusal
+from taskfleet.outbound.policy import allowed
 
 ENV_PREFIX = "TASKFLEET_CONTRACT_NOTIFY_"
 ALLOWED_SCHEMES = frozenset({"http", "https"})
@@ -29,7 +40,6 @@ DEFAULT_CONNECT_TIMEOUT_S = 3.0
 DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_MAX_REQUEST_BYTES = 256 * 1024
 DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024
-RESPONSE_EXCERPT_CHARS = 256
 MAX_CONNECTIONS = 100
 USER_AGENT = "taskfleet-contract-notify/1"
 
@@ -64,7 +74,7 @@ def notify_settings() -> NotifySettings:
 
 
 class WebhookRefused(ValueError):
-    """The webhook URL or the body is not acceptable; retrying cannot help."""
+    """The webhook URL, its address or the body is not acceptable; retrying cannot help."""
 
 
 class WebhookDeliveryError(RuntimeError):
@@ -76,6 +86,17 @@ class WebhookDeliveryError(RuntimeError):
 
 
 def check_url(url: str) -> httpx.URL:
+    """The parsed webhook URL, checked before a job is sent (see :func:`parse_url`).
+
+    A host that is an address literal is checked against the address policy here already;
+    a name is resolved and checked by the worker's transport, when it connects.
+    """
+    parsed = parse_url(url)
+    _check_literal(parsed.host)
+    return parsed
+
+
+def parse_url(url: str) -> httpx.URL:
     """The parsed webhook URL; raises WebhookRefused unless it is a plain http(s) URL."""
     try:
         parsed = httpx.URL(url)
@@ -90,6 +111,17 @@ def check_url(url: str) -> httpx.URL:
     return parsed
 
 
+def _check_literal(host: str) -> None:
+    """Refuse ``host`` now if it is an address literal the policy refuses."""
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return
+    why = refusal(ip)
+    if why is not None and not allowed(host, ip, get_exposure_settings().allow):
+        raise WebhookRefused(str(OutboundRefused(host, why)))
+
+
 _client_lock = threading.Lock()
 _client: httpx.Client | None = None
 
@@ -99,9 +131,8 @@ def http_client() -> httpx.Client:
     global _client
     with _client_lock:
         if _client is None:
-            _client = httpx.Client(
+            _client = outbound_client(
                 follow_redirects=False,
-                trust_env=False,
                 limits=httpx.Limits(max_connections=MAX_CONNECTIONS),
                 headers={"User-Agent": USER_AGENT},
             )
@@ -119,11 +150,13 @@ def deliver(
     """POST ``result`` as JSON to ``url``; what the webhook answered (bounded).
 
     Raises:
-        WebhookRefused: the URL is not http(s), or the body is over the size limit.
-        WebhookDeliveryError: connection or timeout failure, or a non-2xx answer.
+        WebhookRefused: the URL is not http(s), its host's address is refused by the
+            outbound policy (before anything connects), or the body is over the size limit.
+        WebhookDeliveryError: connection or timeout failure, or a non-2xx answer (a redirect
+            is not followed: it is a non-2xx answer).
     """
     settings = settings or notify_settings()
-    target = check_url(url)
+    target = parse_url(url)  # its addresses are vetted by the client's transport
     body = json.dumps(result, sort_keys=True, separators=(",", ":")).encode()
     if len(body) > settings.max_request_bytes:
         raise WebhookRefused(
@@ -135,20 +168,22 @@ def deliver(
     if key:
         headers["Idempotency-Key"] = str(key)
     timeout = httpx.Timeout(settings.timeout, connect=settings.connect_timeout)
-    received = bytearray()
+    received = 0  # counted, not kept: nothing of the answer goes into the result
     truncated = False
     try:
         with (client or http_client()).stream(
             "POST", target, content=body, headers=headers, timeout=timeout
         ) as response:
             for chunk in response.iter_bytes():
-                room = settings.max_response_bytes - len(received)
+                room = settings.max_response_bytes - received
                 if len(chunk) > room:
-                    received += chunk[:room]
+                    received += room
                     truncated = True
                     break
-                received += chunk
+                received += len(chunk)
             status = response.status_code
+    except OutboundRefused as exc:
+        raise WebhookRefused(f"webhook {target.host}: {exc}") from None
     except httpx.HTTPError as exc:
         raise WebhookDeliveryError(f"webhook {target.host}: {type(exc).__name__}: {exc}") from None
     if not 200 <= status < 300:
@@ -156,8 +191,7 @@ def deliver(
     return {
         "delivered": True,
         "status_code": status,
-        "response_bytes": len(received),
+        "response_bytes": received,
         "truncated": truncated,
-        "response_excerpt": received.decode("utf-8", "replace")[:RESPONSE_EXCERPT_CHARS],
         "idempotency_key": key,
     }

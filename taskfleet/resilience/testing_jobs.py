@@ -4,6 +4,12 @@ letters work on a real fleet. Each counts its calls in Redis under ``payload["co
 Two more hold a process on purpose: ``diag.gate`` until a test opens its gate, and
 ``diag.record`` (``diag.record_io`` on the I/O pool), which logs every execution for the
 chaos harness (``bench/chaos``) to count lost and duplicated jobs.
+
+None of them is registered unless ``TASKFLEET_DIAG_JOBS`` is true
+(:data:`~taskfleet.tasks.table.DIAG_JOB_MODULES`). Every Redis key they touch is under
+``taskfleet:diag:`` (:mod:`taskfleet.resilience.diag_keys`; the payload names only the part
+after a key's prefix), and every key they write expires: a payload cannot reach another key
+of the fleet, such as the autoscaler's lock.
 """
 
 from __future__ import annotations
@@ -17,6 +23,15 @@ from typing import Any
 import redis
 from tenacity import stop_after_attempt, wait_fixed
 
+from taskfleet.resilience.diag_keys import (
+    DIAG_KEY_TTL_S,
+    counter_key,
+    down_key,
+    gate_key,
+    hits_key,
+    record_log_key,
+    record_release_key,
+)
 from taskfleet.resilience.retry import RetryPolicy, exponential
 from taskfleet.resilience.runtime import declare_breaker, runtime
 from taskfleet.resilience.storage import BreakerConfig
@@ -33,9 +48,8 @@ DIAG_BREAKER_CONFIG = BreakerConfig(
 )
 #: A retry wait longer than the in-process limit: the job is re-queued with a countdown.
 REQUEUE_WAIT_S = 1.2
-#: ``diag.gate``: its Redis key (the payload names only the part after this prefix), how
-#: often it looks, and the longest it may be held closed.
-GATE_PREFIX = "taskfleet:diag:gate:"
+#: ``diag.gate``: how often it looks at its key (``gate_key``), and the longest it may be
+#: held closed.
 GATE_POLL_S = 0.02
 MAX_GATE_WAIT_S = 120.0
 
@@ -53,17 +67,25 @@ declare_breaker(
 )
 
 
+def _incr(key: str) -> int:
+    """INCR ``key`` (one of this module's) and keep it expiring ``DIAG_KEY_TTL_S`` from now."""
+    pipe = runtime().redis.pipeline(transaction=False)
+    pipe.incr(key)
+    pipe.expire(key, DIAG_KEY_TTL_S)
+    return int(pipe.execute()[0])
+
+
 def _count(payload: Any) -> int:
-    """Count one call under ``payload["counter"]`` (0 if the payload names none)."""
-    key = payload.get("counter") if isinstance(payload, dict) else None
-    return int(runtime().redis.incr(str(key))) if key else 0
+    """Count one call under ``counter_key(payload["counter"])`` (0 if it names none)."""
+    name = payload.get("counter") if isinstance(payload, dict) else None
+    return _incr(counter_key(str(name))) if name else 0
 
 
 def _dependency(payload: dict[str, Any]) -> dict[str, Any]:
-    """A stand-in dependency: down while the Redis key ``payload["down_key"]`` exists."""
-    rt = runtime()
-    if rt.redis.exists(str(payload["down_key"])):
-        rt.redis.incr(f"{payload['down_key']}:hits")
+    """A stand-in dependency: down while ``down_key(payload["down_key"])`` exists."""
+    name = str(payload["down_key"])
+    if runtime().redis.exists(down_key(name)):
+        _incr(hits_key(name))
         raise ConnectionError("dependency unreachable")
     return {"ok": True, "n": payload.get("n")}
 
@@ -130,11 +152,6 @@ def suicide(payload: dict[str, Any]) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def gate_key(name: str) -> str:
-    """The Redis key that opens the ``diag.gate`` jobs waiting on gate ``name``."""
-    return GATE_PREFIX + name
-
-
 @job(app, "diag.gate", "cpu")
 def gate(payload: dict[str, Any]) -> dict[str, Any]:
     """Hold a CPU process until gate ``payload["gate"]`` opens (its key exists in Redis).
@@ -161,26 +178,14 @@ def gate(payload: dict[str, Any]) -> dict[str, Any]:
     return {"opened": opened, "waited_s": round(time.monotonic() - started, 3)}
 
 
-#: ``diag.record``: its Redis keys (the payload names only the part after this prefix), how
-#: often a held job looks for its release key, the longest it may hold, how long it keeps
-#: trying to append to its log while Redis is unreachable, and how long a log is kept.
-RECORD_PREFIX = "taskfleet:diag:record:"
-RECORD_RELEASE_SUFFIX = ":release"
+#: ``diag.record``: how often a held job looks for its release key (``record_release_key``),
+#: the longest it may hold, how long it keeps trying to append to its log
+#: (``record_log_key``) while Redis is unreachable, and how long a log is kept.
 RECORD_POLL_S = 0.02
 MAX_RECORD_HOLD_MS = 60_000
 RECORD_APPEND_RETRY_S = 60.0
 RECORD_APPEND_BACKOFF_S = 0.1
-RECORD_LOG_TTL_S = 24 * 3600
-
-
-def record_log_key(name: str) -> str:
-    """The Redis list holding the execution log ``name`` of the ``diag.record`` jobs."""
-    return RECORD_PREFIX + name
-
-
-def record_release_key(name: str) -> str:
-    """The Redis key that ends the holds of the ``diag.record`` jobs logging to ``name``."""
-    return RECORD_PREFIX + name + RECORD_RELEASE_SUFFIX
+RECORD_LOG_TTL_S = DIAG_KEY_TTL_S
 
 
 def _record_append(key: str, entry: dict[str, Any]) -> None:
@@ -250,7 +255,7 @@ def record(self: Any, payload: dict[str, Any]) -> dict[str, Any]:
     """Append this execution to the log ``payload["log"]``, hold ``payload["ms"]``, return.
 
     Every execution appends ``{"id", "pid", "attempt", "redelivered", "phase": "start",
-    "at"}`` to the Redis list ``RECORD_PREFIX + log`` before holding, and the same with
+    "at"}`` to the Redis list ``record_log_key(log)`` before holding, and the same with
     ``"phase": "done"`` after, so a chaos run counts executions (starts) and completions per
     job id. The hold sleeps in steps of ``RECORD_POLL_S``, so a kill lands mid-execution,
     and ends early once ``record_release_key(log)`` exists.

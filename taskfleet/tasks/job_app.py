@@ -1,6 +1,7 @@
 """The app the shipped jobs are declared on: its middleware registered, no worker hooks.
 
-Each job module (:data:`~taskfleet.tasks.table.JOB_MODULES`) imports :data:`app` and
+Each job module (:data:`~taskfleet.tasks.table.JOB_MODULES`, and
+:data:`~taskfleet.tasks.table.DIAG_JOB_MODULES` when turned on) imports :data:`app` and
 declares its jobs on it with ``job``; that needs the middleware first, since a job's options
 are sorted by the middleware that owns them. Importing a job module therefore loads this
 app and the middleware, and nothing of the worker: ``taskfleet.app``, the worker's entry
@@ -15,8 +16,9 @@ from celery import Celery
 from kombu.utils.imports import symbol_by_name
 
 from taskfleet.app_config import create_app
+from taskfleet.config.exposure import get_exposure_settings
 from taskfleet.tasks.middleware import add_middleware
-from taskfleet.tasks.table import JOB_MODULES
+from taskfleet.tasks.table import DIAG_JOB_MODULES, JOB_MODULES
 
 #: Middleware registered on the app before any job is declared ("module:Class", in order).
 MIDDLEWARE_CLASSES: tuple[str, ...] = (
@@ -36,9 +38,17 @@ def install_middleware(celery_app: Celery) -> None:
         add_middleware(celery_app, symbol_by_name(path)())
 
 
+def job_modules(diag_jobs: bool) -> tuple[str, ...]:
+    """The job modules a worker imports: the diagnostic ones only when ``diag_jobs``."""
+    return JOB_MODULES + (DIAG_JOB_MODULES if diag_jobs else ())
+
+
 def install_jobs() -> None:
-    """Import every job module, each declaring its jobs on :data:`app` (once per process)."""
-    for module in JOB_MODULES:
+    """Import every job module, each declaring its jobs on :data:`app` (once per process).
+
+    The ``diag.*`` jobs are declared only when ``TASKFLEET_DIAG_JOBS`` is true.
+    """
+    for module in job_modules(get_exposure_settings().diag_jobs):
         importlib.import_module(module)
 
 

@@ -4,7 +4,7 @@ The client and the app's router read this table to route a kind to its pool's qu
 imports a job body for it, so a producer stays light (``taskfleet.client`` loads no job
 module, middleware or worker hook). ``taskfleet.tasks.base.job`` refuses a declaration whose
 pool disagrees with the table, and ``tests/unit/test_job_table.py`` checks that the table
-and the job modules (:data:`JOB_MODULES`) declare the same kinds, so the two cannot drift.
+and the job modules (:data:`JOB_MODULES`, :data:`DIAG_JOB_MODULES`) declare the same kinds, so the two cannot drift.
 
 A kind not in the table (a test's own app, a benchmark's) can still be declared with
 ``job``; the router then routes it by its task's pool.
@@ -22,10 +22,14 @@ from taskfleet.routing.topology import Pool
 JOB_MODULES: Final[tuple[str, ...]] = (
     "taskfleet.tasks.builtin",
     "taskfleet.tasks.contract_jobs",
-    "taskfleet.resilience.testing_jobs",
     "taskfleet.tasks.sandbox_jobs",
     "taskfleet.scheduler.tasks",
 )
+#: Modules of jobs that fail, hold or kill their worker on purpose (``diag.*``): imported
+#: after :data:`JOB_MODULES` only when ``TASKFLEET_DIAG_JOBS`` is true (tests, chaos runs).
+#: Their kinds stay in :data:`JOB_POOLS`, so a producer routes them; a worker without them
+#: dead-letters such a message as an unknown task.
+DIAG_JOB_MODULES: Final[tuple[str, ...]] = ("taskfleet.resilience.testing_jobs",)
 
 CPU: Final[Pool] = "cpu"
 IO: Final[Pool] = "io"
@@ -47,7 +51,7 @@ JOB_POOLS: Final[Mapping[str, Pool]] = MappingProxyType(
         "contract.process": CPU,
         "contract.gather": CPU,
         "contract.notify": IO,
-        # taskfleet.resilience.testing_jobs
+        # taskfleet.resilience.testing_jobs (DIAG_JOB_MODULES)
         "diag.always_fails": CPU,
         "diag.flaky": CPU,
         "diag.slow_retry": CPU,

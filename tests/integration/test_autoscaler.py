@@ -21,7 +21,7 @@ from taskfleet.client import Client
 from taskfleet.config.autoscale import AutoscaleSettings, load_autoscale_settings
 from taskfleet.config.settings import DEFAULT_SPARE_PREFETCH
 from taskfleet.handles import JobHandle
-from taskfleet.resilience.testing_jobs import gate_key
+from taskfleet.resilience.diag_keys import gate_key
 from taskfleet.routing.depth import redis_queue_depths
 from taskfleet.scheduler.actuate import resize_worker
 from taskfleet.scheduler.cli import scale_cli
@@ -30,7 +30,7 @@ from taskfleet.scheduler.model import WorkerView
 from taskfleet.scheduler.store import GATE_KEY, KEY_PREFIX, AutoscaleStore
 from taskfleet.scheduler.tick import run_tick
 from tests.support.waiting import wait_for
-from tests.support.workers import Fleet, running_fleet
+from tests.support.workers import DIAG_JOBS_ENV, Fleet, running_fleet
 
 #: Jobs held at a gate: a backlog far above what MAX processes (4 jobs each) call for, that
 #: cannot drain before the test opens the gate, however fast the machine.
@@ -64,6 +64,7 @@ def scaled_fleet(
     suffix = uuid.uuid4().hex[:6]
     env = {
         **redis_env,
+        **DIAG_JOBS_ENV,  # diag.gate builds the backlogs
         "TASKFLEET_CPU_QUEUE": f"cpu-as-{suffix}",
         "TASKFLEET_IO_QUEUE": f"io-as-{suffix}",
     }

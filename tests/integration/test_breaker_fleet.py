@@ -10,13 +10,13 @@ import redis
 
 from taskfleet.client import Client, JobFailed
 from taskfleet.config import load_settings
+from taskfleet.resilience.diag_keys import down_key, gate_key, hits_key
 from taskfleet.resilience.dlq import DeadLetterQueues
 from taskfleet.resilience.storage import RedisStorage
 from taskfleet.resilience.testing_jobs import (
     DIAG_BREAKER,
     DIAG_BREAKER_CONFIG,
     DIAG_GUARDED_BREAKER,
-    gate_key,
 )
 from tests.integration.test_dead_letters import resilience_env, start_fleet
 from tests.support.waiting import wait_for
@@ -57,7 +57,7 @@ def test_breaker_opens_once_for_the_fleet_defers_then_recovers(
     storage.reset(DIAG_BREAKER)
     client = Client(fleet.app())
     down = f"t:dep:{uuid.uuid4().hex}"
-    redis_client.set(down, 1)
+    redis_client.set(down_key(down), 1)
     gate = uuid.uuid4().hex
     handles = [client.enqueue("diag.dependency", {"down_key": down, "n": i}) for i in range(JOBS)]
     # Behind them, one held job per process: the deferred jobs (re-queued behind these) cannot
@@ -77,13 +77,13 @@ def test_breaker_opens_once_for_the_fleet_defers_then_recovers(
         assert snapshot["state"] == "open", snapshot
         assert snapshot["rejected"] >= 1, snapshot  # deferred, not failed
         # Every call that reached the dependency is over (none is still in flight).
-        hits = int(redis_client.get(f"{down}:hits") or 0)
+        hits = int(redis_client.get(hits_key(down)) or 0)
         assert hits == snapshot["failures"], snapshot
         # Both processes raced for the dependency; at most one extra call per process got in.
         assert (
             DIAG_BREAKER_CONFIG.fail_max <= hits <= DIAG_BREAKER_CONFIG.fail_max + CPU_PROCESSES - 1
         )
-        redis_client.delete(down)  # the dependency recovers
+        redis_client.delete(down_key(down))  # the dependency recovers
     finally:
         redis_client.set(gate_key(gate), 1, ex=600)  # the held jobs end, deferred ones run
     assert all(h.result(JOB_TIMEOUT_S)["opened"] for h in held)
@@ -104,7 +104,7 @@ def test_fallback_answers_while_open(fleet: Fleet, redis_client: redis.Redis) ->
     storage.reset(DIAG_GUARDED_BREAKER)
     client = Client(fleet.app())
     down = f"t:dep:{uuid.uuid4().hex}"
-    redis_client.set(down, 1)
+    redis_client.set(down_key(down), 1)
     handles = [client.enqueue("diag.guarded", {"down_key": down}) for _ in range(JOBS)]
     outcomes: list[object] = []
     for handle in handles:
@@ -112,6 +112,6 @@ def test_fallback_answers_while_open(fleet: Fleet, redis_client: redis.Redis) ->
             outcomes.append(handle.result(JOB_TIMEOUT_S))
         except JobFailed:
             outcomes.append("dead")
-    hits = int(redis_client.get(f"{down}:hits") or 0)
+    hits = int(redis_client.get(hits_key(down)) or 0)
     assert outcomes.count("dead") == hits <= DIAG_BREAKER_CONFIG.fail_max + CPU_PROCESSES - 1
     assert outcomes.count({"fallback": True}) == JOBS - hits

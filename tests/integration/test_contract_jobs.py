@@ -6,6 +6,7 @@ The fleet here consumes queues of its own, so the session fleets' workers never 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import threading
 import uuid
@@ -19,6 +20,7 @@ from celery import Celery
 
 from taskfleet.client import Client
 from taskfleet.config import load_settings
+from taskfleet.config.exposure import OutboundAllow, get_exposure_settings
 from taskfleet.contracts import process
 from taskfleet.contracts.api import process_batch, process_contract, request_key, run_phase
 from taskfleet.contracts.notify import (
@@ -27,13 +29,30 @@ from taskfleet.contracts.notify import (
     deliver,
     load_notify_settings,
 )
+from taskfleet.outbound import outbound_client
+from taskfleet.resilience.dlq import DeadLetterQueues
 from taskfleet.workers.profiles import cpu_profile, io_profile
 from tests.support.waiting import wait_for
 from tests.support.workers import Fleet
 
 AS_OF = "2025-03-01"
+LOOPBACK = "127.0.0.1"
+#: Loopback too, but not allowed: nothing listens there, and the policy refuses it first.
+OTHER_LOOPBACK = "127.0.0.2"
+ALLOW_LOOPBACK = OutboundAllow(networks=(ipaddress.ip_network(LOOPBACK),))
 BIG_RESPONSE_BYTES = 1024 * 1024
 SLOW_HANDLER_MAX_S = 10.0
+
+
+@pytest.fixture(scope="module", autouse=True)
+def producer_allows_loopback() -> Iterator[None]:
+    """This process (the producer) allows the loopback receiver too: ``notify_url`` is
+    checked when a contract is sent."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("TASKFLEET_OUTBOUND_ALLOW", LOOPBACK)
+        get_exposure_settings.cache_clear()
+        yield
+    get_exposure_settings.cache_clear()
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +61,8 @@ def fleet(redis_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -
         **redis_env,
         "TASKFLEET_CPU_QUEUE": redis_env["TASKFLEET_CPU_QUEUE"] + "-contract",
         "TASKFLEET_IO_QUEUE": redis_env["TASKFLEET_IO_QUEUE"] + "-contract",
+        # The receiver below listens on loopback, which webhooks refuse by default.
+        "TASKFLEET_OUTBOUND_ALLOW": LOOPBACK,
     }
     running = Fleet(env, tmp_path_factory.mktemp("contract-fleet"))
     settings = load_settings(**running.settings_overrides)
@@ -241,6 +262,14 @@ def test_result_is_posted_to_the_webhook_by_the_io_pool(
     delivered = direct.get(timeout=30)
     assert delivered["delivered"] is True
     assert delivered["status_code"] == 200
+    # What the webhook answered stays out of the result: its status and size only.
+    assert set(delivered) == {
+        "delivered",
+        "status_code",
+        "response_bytes",
+        "truncated",
+        "idempotency_key",
+    }
     assert _worker(redis_client, direct.id).startswith("io-")
 
 
@@ -257,21 +286,43 @@ def test_webhook_failures_fail_the_job(app: Celery, hook: Hook, client: Client) 
         process_contract(contract(), client, notify_url="gopher://127.0.0.1/")
 
 
+def test_a_refused_webhook_is_dead_lettered_with_its_reason(
+    app: Celery, hook: Hook, fleet: Fleet
+) -> None:
+    url = hook.url("/refused").replace(LOOPBACK, OTHER_LOOPBACK)
+    refused = app.signature("contract.notify", args=({"ok": True}, url)).apply_async()
+    refused.get(timeout=30, propagate=False)
+    assert refused.state == "FAILURE"
+    assert type(refused.result).__name__ == "WebhookRefused"
+    dlqs = DeadLetterQueues(load_settings(**fleet.settings_overrides))
+    letter = wait_for(lambda: dlqs.show(refused.id), 30, "the refused webhook's dead letter")
+    assert letter.reason == "non_retryable"
+    assert letter.exc_type == "WebhookRefused"
+    assert f"{OTHER_LOOPBACK} is a loopback address" in letter.exc_message
+    assert letter.attempts == 1
+    assert hook.received == []
+    assert fleet.procs["io"].poll() is None  # the worker lives on, and delivers
+    allowed = app.signature("contract.notify", args=({"ok": True}, hook.url("/after")))
+    assert allowed.apply_async().get(timeout=30)["delivered"] is True
+
+
 def test_webhook_response_read_is_bounded_and_times_out(hook: Hook) -> None:
     # The bounded read must succeed however slowly the local server answers: a generous
     # timeout. The timeout case needs a short one, against a server that holds its answer
     # until the test ends (or SLOW_HANDLER_MAX_S): it times out on any machine.
+    client = outbound_client(ALLOW_LOOPBACK)
     bounded = load_notify_settings(max_response_bytes=1024, timeout=30, connect_timeout=30)
-    answer = deliver({"ok": True}, hook.url("/big"), settings=bounded)
+    answer = deliver({"ok": True}, hook.url("/big"), settings=bounded, client=client)
     assert answer["truncated"] is True
     assert answer["response_bytes"] == 1024
     short = load_notify_settings(max_response_bytes=1024, timeout=0.5, connect_timeout=30)
     with pytest.raises(WebhookDeliveryError, match="Timeout"):
-        deliver({"ok": True}, hook.url("/slow"), settings=short)
+        deliver({"ok": True}, hook.url("/slow"), settings=short, client=client)
     too_big = load_notify_settings(max_request_bytes=1024)
     with pytest.raises(WebhookRefused, match="over 1024"):
-        deliver({"pad": "x" * 2000}, hook.url("/done"), settings=too_big)
+        deliver({"pad": "x" * 2000}, hook.url("/done"), settings=too_big, client=client)
     assert hook.bodies("/done") == []
+    client.close()
 
 
 def test_process_contract_rejects_an_unknown_as_of(client: Client) -> None:

@@ -15,23 +15,27 @@ from kombu import Connection
 import taskfleet.resilience.testing_jobs  # noqa: F401 - the diag.* kinds, for the client
 from taskfleet.client import Client, JobFailed
 from taskfleet.config import load_settings
+from taskfleet.resilience.diag_keys import DIAG_KEY_TTL_S, DIAG_PREFIX, counter_key
 from taskfleet.resilience.dlq import DeadLetterQueues, replay_id_for, select
 from taskfleet.routing.depth import queue_depths
 from taskfleet.routing.wire import TaskMessage
+from taskfleet.scheduler.store import LOCK_KEY
 from taskfleet.workers.profiles import cpu_profile
 from tests.support.services import delete_amqp_queues
 from tests.support.waiting import wait_for
-from tests.support.workers import Fleet
+from tests.support.workers import DIAG_JOBS_ENV, Fleet
 
 MAX_PAYLOAD = 4096
 JOB_TIMEOUT_S = 30.0
 
 
 def resilience_env(base: dict[str, str], tag: str) -> dict[str, str]:
-    """Queues of their own (so session fleets of ``taskfleet.app`` never take diag jobs)."""
+    """Queues of their own (so session fleets of ``taskfleet.app`` never take diag jobs),
+    and the ``diag.*`` jobs turned on."""
     suffix = uuid.uuid4().hex[:6]
     return {
         **base,
+        **DIAG_JOBS_ENV,
         "TASKFLEET_CPU_QUEUE": f"cpu-{tag}-{suffix}",
         "TASKFLEET_IO_QUEUE": f"io-{tag}-{suffix}",
         "TASKFLEET_MAX_PAYLOAD_BYTES": str(MAX_PAYLOAD),
@@ -80,8 +84,8 @@ def test_failures_end_as_dead_letters(fleet: Fleet, redis_client: redis.Redis) -
         wrong.result(JOB_TIMEOUT_S)
     wait_for(lambda: dlqs.show(bad_args.id), JOB_TIMEOUT_S, "bad-argument dead letter")
 
-    assert int(redis_client.get(counter + ":a") or 0) == 3  # stop_after_attempt(3)
-    assert int(redis_client.get(counter + ":w") or 0) == 1  # not retried
+    assert int(redis_client.get(counter_key(counter + ":a")) or 0) == 3  # stop_after_attempt(3)
+    assert int(redis_client.get(counter_key(counter + ":w")) or 0) == 1  # not retried
     by_id = {x.id: x for x in dlqs.list()}
     assert by_id[exhausted.id].reason == "retries_exhausted"
     assert by_id[exhausted.id].attempts == 3
@@ -97,6 +101,22 @@ def test_failures_end_as_dead_letters(fleet: Fleet, redis_client: redis.Redis) -
         assert queue_depths(conn, [dlq])[dlq] == len(
             dlqs.list(select(queue=by_id[exhausted.id].queue))
         )
+
+
+def test_diag_keys_stay_under_their_prefix_and_expire(
+    fleet: Fleet, redis_client: redis.Redis
+) -> None:
+    """A payload naming another key of the fleet (the autoscaler's lock) counts under the
+    diag prefix, with a TTL: the lock is never touched, so it cannot be left without one."""
+    client = Client(fleet.app())
+    handle = client.enqueue("diag.wrong_error", {"counter": LOCK_KEY})
+    with pytest.raises(JobFailed, match="KeyError"):
+        handle.result(JOB_TIMEOUT_S)
+    confined = counter_key(LOCK_KEY)
+    assert confined.startswith(DIAG_PREFIX)
+    assert int(redis_client.get(confined) or 0) >= 1
+    assert 0 < redis_client.ttl(confined) <= DIAG_KEY_TTL_S
+    assert redis_client.get(LOCK_KEY) != b"1"  # a lock's value is a token, never a count
 
 
 def _push_raw(client: redis.Redis, queue: str, envelope: dict[str, object]) -> None:
@@ -157,9 +177,8 @@ def test_poison_messages_are_dead_lettered(fleet: Fleet, redis_client: redis.Red
 def test_replay_links_and_never_duplicates(fleet: Fleet, redis_client: redis.Redis) -> None:
     client = Client(fleet.app())
     dlqs = DeadLetterQueues(load_settings(**fleet.settings_overrides))
-    down_key = f"t:down:{uuid.uuid4().hex}"
-    redis_client.set(down_key, 1)
-    handle = client.enqueue("diag.wrong_error", {"counter": down_key + ":c"})
+    counter = f"t:replay:{uuid.uuid4().hex}"
+    handle = client.enqueue("diag.wrong_error", {"counter": counter})
     with pytest.raises(JobFailed):
         handle.result(JOB_TIMEOUT_S)
     assert dlqs.show(handle.id) is not None
@@ -172,7 +191,7 @@ def test_replay_links_and_never_duplicates(fleet: Fleet, redis_client: redis.Red
     again = dlqs.show(new_id)
     assert again is not None
     assert again.replay_of == handle.id
-    assert int(redis_client.get(down_key + ":c") or 0) == 2
+    assert int(redis_client.get(counter_key(counter)) or 0) == 2
     # A dead letter whose job (under its replay id) already succeeded is not replayed.
     redis_client.set(f"celery-task-meta-{replay_id_for(new_id)}", json.dumps({"status": "SUCCESS"}))
     second = dlqs.replay(select(ids=[new_id]))

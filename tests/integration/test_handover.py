@@ -21,7 +21,7 @@ from kombu import Connection
 
 from taskfleet.client import Client
 from taskfleet.config import load_settings
-from taskfleet.resilience.testing_jobs import record_log_key, record_release_key
+from taskfleet.resilience.diag_keys import record_log_key, record_release_key
 from taskfleet.routing import owners, ownership
 from taskfleet.routing.depth import redis_priority_key
 from taskfleet.routing.reclaim import Reclaimer

@@ -27,8 +27,8 @@ from kombu import Connection
 from taskfleet.client import Client
 from taskfleet.config import load_settings
 from taskfleet.handles import JobHandle
+from taskfleet.resilience.diag_keys import counter_key, record_log_key, record_release_key
 from taskfleet.resilience.dlq import DeadLetterQueues
-from taskfleet.resilience.testing_jobs import record_log_key, record_release_key
 from taskfleet.results.store import ResultRow, upsert_results
 from taskfleet.routing import bookkeeping, owners
 from taskfleet.routing.depth import redis_priority_key, redis_queue_depths
@@ -331,8 +331,9 @@ def test_a_poison_pill_is_dead_lettered_with_fast_reclaim(
             lambda: dlqs.show(handle.id), RECOVERY_DEADLINE_S, "the poison pill's dead letter"
         )
         assert letter.reason == "poison_pill"
-        assert int(redis_client.get(counter) or 0) == max_deliveries
-        assert handle.status() == states.FAILURE
+        assert int(redis_client.get(counter_key(counter)) or 0) == max_deliveries
+        # The dead letter is stored before the worker writes the FAILURE: wait for it.
+        wait_for(lambda: handle.status() == states.FAILURE, SETTLE_S, "the FAILURE result")
         assert client.enqueue("cpu.noop", None).result(SETTLE_S) == {"ok": True}
     finally:
         client.close()

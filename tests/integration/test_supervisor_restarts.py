@@ -33,7 +33,7 @@ from taskfleet.client import Client
 from taskfleet.config import load_settings
 from taskfleet.devstack import EmbeddedStack
 from taskfleet.fleet import GIVE_UP_CRASHES, read_status
-from taskfleet.resilience.testing_jobs import gate_key
+from taskfleet.resilience.diag_keys import gate_key
 from taskfleet.routing.depth import redis_priority_keys
 from tests.support.waiting import wait_for
 from tests.support.workers import kill_tree
@@ -112,6 +112,7 @@ def start_up(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Up:
         TASKFLEET_SOFT_TIME_LIMIT="20",
         TASKFLEET_HARD_TIME_LIMIT="30",
         TASKFLEET_VISIBILITY_TIMEOUT="40",  # a job lost in a crash comes back soon
+        TASKFLEET_DIAG_JOBS="true",  # diag.gate holds a job across a SIGTERM
         COLUMNS="200",
         NO_COLOR="1",
     )

@@ -9,6 +9,7 @@ import redis
 
 from taskfleet.client import Client
 from taskfleet.config import load_settings
+from taskfleet.resilience.diag_keys import counter_key
 from taskfleet.resilience.dlq import DeadLetterQueues
 from tests.integration.test_dead_letters import resilience_env, start_fleet
 from tests.support.services import delete_amqp_queues
@@ -37,8 +38,9 @@ def test_self_killing_job_is_dead_lettered_after_max_deliveries(
         letter = wait_for(lambda: dlqs.show(handle.id), 60, "the poison pill's dead letter")
         assert letter.reason == "poison_pill"
         assert letter.attempts == MAX_DELIVERIES
-        assert int(redis_client.get(counter) or 0) == MAX_DELIVERIES
-        assert handle.status() == "FAILURE"
+        assert int(redis_client.get(counter_key(counter)) or 0) == MAX_DELIVERIES
+        # The dead letter is stored before the worker writes the FAILURE: wait for it.
+        wait_for(lambda: handle.status() == "FAILURE", 30, "the FAILURE result")
         assert after.result(30) == {"ok": True}  # the worker kept serving
     finally:
         fleet.stop()

@@ -43,6 +43,9 @@ def kill_tree(pid: int) -> None:
 WORKER_START_TIMEOUT_S = 60.0
 WORKER_STOP_TIMEOUT_S = 20.0
 PING_TIMEOUT_S = 0.5
+#: Turns on the ``diag.*`` jobs (off by default: they fail or kill their worker on purpose),
+#: for the fleets of the tests that send them.
+DIAG_JOBS_ENV = {"TASKFLEET_DIAG_JOBS": "true"}
 #: Flags test workers get on top of their profile's. Mingle (a start-up exchange of revoked
 #: ids and clocks with the workers already running) waits a second for replies on every
 #: start, and no test revokes a job or reads a logical clock.

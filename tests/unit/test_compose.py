@@ -31,14 +31,34 @@ APP_SERVICES = {"cpu-worker", "io-worker", "beat", "flower"}
 HEALTHCHECKED = {"redis", "postgres", "rabbitmq", "cpu-worker", "io-worker"}
 WORKERS = {"cpu-worker": cpu_profile, "io-worker": io_profile}
 
-# ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?message}, ${VAR?message}
-_VAR = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
+# ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?message}, ${VAR?message}; innermost first
+# (a default may hold another reference: ${URL:-redis://default:${PASSWORD}@redis}).
+_VAR = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^{}]*))?\}")
 _SECRET_KEY = re.compile(r"PASS|SECRET|TOKEN|AUTH|_KEY$", re.IGNORECASE)
 _URL_PASSWORD = re.compile(r"://[^:/@\s]+:(?P<password>[^@\s]*)@")
 _SECRET_FLAG = re.compile(r"--(?:basic-auth|password)=(?P<value>\S+)")
 #: A secret value may only be a reference, with at most an empty default.
 _SECRET_REF = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?:(?::?\?[^}]*)|:?-)?\}")
 REQUIRED_PLACEHOLDER = "placeholder"
+#: Host variables holding secrets, and the container variables they are passed in.
+SECRET_VARIABLES = {
+    "POSTGRES_PASSWORD",
+    "REDIS_PASSWORD",
+    "RABBITMQ_PASSWORD",
+    "TASKFLEET_FLOWER_BASIC_AUTH",
+    "REDISCLI_AUTH",
+    "FLOWER_BASIC_AUTH",
+    "RABBITMQ_DEFAULT_PASS",
+}
+
+
+def substitute(value: str, resolve: Any) -> str:
+    """``value`` with every Compose reference replaced by ``resolve(match)``, nested ones too."""
+    while True:
+        replaced = _VAR.sub(resolve, value)
+        if replaced == value:
+            return value
+        value = replaced
 
 
 def interpolate(value: str) -> str:
@@ -54,7 +74,7 @@ def interpolate(value: str) -> str:
             return match["arg"]
         return REQUIRED_PLACEHOLDER
 
-    return _VAR.sub(resolve, escaped).replace("\0", "$")
+    return substitute(escaped, resolve).replace("\0", "$")
 
 
 def as_argv(command: str | list[str]) -> list[str]:
@@ -185,7 +205,7 @@ def test_every_taskfleet_variable_is_a_settings_field(compose: dict[str, Any]) -
 
 @pytest.mark.usefixtures("clean_env")
 def test_shared_environment_builds_valid_external_settings(shared_env: dict[str, str]) -> None:
-    for required in ("BROKER_URL", "REDIS_URL", "DATABASE_URL", "EMBEDDED", "FLOWER_BASIC_AUTH"):
+    for required in ("BROKER_URL", "REDIS_URL", "DATABASE_URL", "EMBEDDED"):
         assert f"{ENV_PREFIX}{required}" in shared_env, required
     values = {
         key.removeprefix(ENV_PREFIX).lower(): interpolate(value)
@@ -194,11 +214,12 @@ def test_shared_environment_builds_valid_external_settings(shared_env: dict[str,
     settings = Settings(**values, _env_file=None)  # type: ignore[arg-type]
     assert settings.embedded is False
     assert settings.broker_is_redis
-    assert settings.flower_basic_auth is not None
-    # Required, without a default: Compose refuses to start when the host does not set it.
-    assert shared_env[f"{ENV_PREFIX}FLOWER_BASIC_AUTH"].startswith(
-        "${TASKFLEET_FLOWER_BASIC_AUTH:?"
-    )
+    # Redis needs its password: the default URLs carry it (user "default", Redis's own).
+    redis_url = f"redis://default:{REQUIRED_PLACEHOLDER}@redis:6379/0"
+    assert (settings.broker_url, settings.redis_url) == (redis_url, redis_url)
+    # Flower's credentials are Flower's alone: no worker or beat gets them.
+    assert f"{ENV_PREFIX}FLOWER_BASIC_AUTH" not in shared_env
+    assert "FLOWER_BASIC_AUTH" not in shared_env
 
 
 def test_app_services_share_the_image_and_environment(
@@ -255,12 +276,10 @@ def test_beat_and_flower_commands(services: dict[str, dict[str, Any]]) -> None:
     assert beat[beat.index("-s") + 1].startswith("/tmp/")
 
     flower = as_argv(services["flower"]["command"])
-    # The password is expanded by the container's shell, from its environment.
-    assert flower[:2] == ["sh", "-c"], flower
-    script = shlex.split(flower[2])
-    assert script[:5] == ["exec", "celery", "-A", APP_PATH, "flower"]
-    assert "--port=5555" in script
-    assert "--basic-auth=${TASKFLEET_FLOWER_BASIC_AUTH}" in script
+    # Flower itself, no shell: its credentials come from its environment, not its argv.
+    assert flower[:5] == ["celery", "-A", APP_PATH, "flower", "--address=0.0.0.0"], flower
+    assert "--port=5555" in flower
+    assert not [arg for arg in flower if "$" in arg or "auth" in arg.lower()], flower
     assert "127.0.0.1:5555:5555" in services["flower"]["ports"]
 
 
@@ -305,7 +324,7 @@ def test_no_literal_secrets(compose: dict[str, Any], services: dict[str, dict[st
 def test_every_dollar_is_escaped_or_an_interpolation(compose: dict[str, Any]) -> None:
     # A bare $NAME would be filled in by Compose from the host, not by the container.
     for value in strings(compose):
-        assert "$" not in _VAR.sub("", value.replace("$$", "")), value
+        assert "$" not in substitute(value.replace("$$", ""), lambda _: ""), value
 
 
 def test_ports_are_published_on_localhost_only(services: dict[str, dict[str, Any]]) -> None:
@@ -369,3 +388,75 @@ def test_dockerignore() -> None:
         "*.txt",
     ):
         assert needed not in patterns, f"{needed} is needed to build the image"
+
+
+def _commands(service: dict[str, Any]) -> list[str]:
+    """Every command line a service runs: its command, entrypoint and healthcheck."""
+    found = []
+    for key in ("command", "entrypoint"):
+        if key in service:
+            value = service[key]
+            found.extend([value] if isinstance(value, str) else [str(v) for v in value])
+    check = (service.get("healthcheck") or {}).get("test") or []
+    found.extend([check] if isinstance(check, str) else [str(v) for v in check])
+    return found
+
+
+def test_redis_requires_a_password_from_the_environment(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    redis = services["redis"]
+    assert env_of(redis)["REDISCLI_AUTH"] == "${REDIS_PASSWORD:?set REDIS_PASSWORD}"
+    argv = as_argv(redis["command"])
+    assert argv[:2] == ["sh", "-c"], argv
+    exec_line, *heredoc = argv[2].splitlines()
+    # redis-server reads its config on stdin ("-"): the password is in no argv.
+    assert shlex.split(exec_line) == [
+        "exec",
+        "docker-entrypoint.sh",
+        "redis-server",
+        "-",
+        "--appendonly",
+        "yes",
+        "<<EOF",
+    ]
+    assert heredoc == ["requirepass ${REDISCLI_AUTH}", "EOF"]
+
+
+def test_every_redis_url_carries_the_password(compose: dict[str, Any]) -> None:
+    for name, service in [("x-taskfleet", compose["x-taskfleet"]), *compose["services"].items()]:
+        for key, value in env_of(service).items():
+            url = interpolate(value)
+            if url.startswith(("redis://", "rediss://")):
+                assert f":{REQUIRED_PLACEHOLDER}@" in url, (name, key, value)
+                assert "${REDIS_PASSWORD}@" in value, (name, key, value)
+
+
+def test_flowers_credentials_are_in_its_environment_only(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    env = env_of(services["flower"])
+    assert env["FLOWER_BASIC_AUTH"] == "${TASKFLEET_FLOWER_BASIC_AUTH:?set user:password}"
+    for name, service in services.items():
+        if name != "flower":
+            assert not {"FLOWER_BASIC_AUTH", f"{ENV_PREFIX}FLOWER_BASIC_AUTH"} & set(
+                env_of(service)
+            ), name
+
+
+@pytest.mark.parametrize("name", ["x-taskfleet", "redis", "postgres", "rabbitmq", *APP_SERVICES])
+def test_no_secret_is_put_on_a_command_line(name: str, compose: dict[str, Any]) -> None:
+    """Compose fills ``${VAR}`` into a command before it runs: a secret there is in ``ps``.
+
+    A secret reaches a container as an environment variable; the container's shell may only
+    hand it on without an argv (a here-document, the ``test`` builtin).
+    """
+    service = compose.get(name) or compose["services"][name]
+    for line in _commands(service):
+        for match in _VAR.finditer(line.replace("$$", "\0")):
+            assert match["name"] not in SECRET_VARIABLES, (name, line)
+        for secret in SECRET_VARIABLES:
+            for use in re.finditer(rf"\$\$\{{{secret}\}}", line):
+                before = line[: use.start()].splitlines()[-1] if line[: use.start()] else ""
+                shell_only = before.strip() in ("requirepass", "") or "test -n" in before
+                assert shell_only, (name, line)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from taskfleet.config import ConfigError
+from taskfleet.config.exposure import get_exposure_settings
 from taskfleet.contracts import PHASES, fingerprint_of, normalise, process, run_phase
 from taskfleet.contracts.model import Contract, validate_document
 from taskfleet.contracts.notify import WebhookRefused, check_url, load_notify_settings
@@ -235,6 +237,24 @@ def test_webhook_urls_other_than_plain_http_are_refused(url: str) -> None:
 
 def test_webhook_url_http_and_https_are_accepted() -> None:
     assert check_url("https://hooks.example.com/a?b=1").host == "hooks.example.com"
+    assert check_url("http://93.184.216.34:8080/x").port == 8080
+
+
+@pytest.fixture
+def exposure_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """The environment, read afresh by ``get_exposure_settings`` (and forgotten after)."""
+    get_exposure_settings.cache_clear()
+    yield monkeypatch
+    monkeypatch.undo()
+    get_exposure_settings.cache_clear()
+
+
+def test_a_loopback_literal_is_refused_unless_allowed(exposure_env: pytest.MonkeyPatch) -> None:
+    exposure_env.delenv("TASKFLEET_OUTBOUND_ALLOW", raising=False)
+    with pytest.raises(WebhookRefused, match="loopback"):
+        check_url("http://127.0.0.1:6379/")
+    exposure_env.setenv("TASKFLEET_OUTBOUND_ALLOW", "127.0.0.0/8")
+    get_exposure_settings.cache_clear()
     assert check_url("http://127.0.0.1:8080/x").port == 8080
 
 

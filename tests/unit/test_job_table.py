@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import pytest
@@ -10,7 +11,7 @@ from celery import Celery
 from taskfleet.app_config import make_router
 from taskfleet.routing.topology import DEFAULT_INBOX, Topology
 from taskfleet.tasks.base import TaskfleetTask, job
-from taskfleet.tasks.table import JOB_MODULES, JOB_POOLS, PoolMismatch
+from taskfleet.tasks.table import DIAG_JOB_MODULES, JOB_MODULES, JOB_POOLS, PoolMismatch
 
 PACKAGE_PREFIX = "taskfleet."
 TOPOLOGY = Topology("cpu-q", "io-q", ".dlq", amqp=False)
@@ -22,9 +23,10 @@ def _declared() -> dict[str, tuple[str, str]]:
     Celery's own tasks and shared tasks of other apps in this process (a benchmark's stock
     ``@app.task``, which Celery adds to every app) are left out: they are not taskfleet jobs.
     """
-    from taskfleet.tasks.job_app import app, install_jobs
+    from taskfleet.tasks.job_app import app, job_modules
 
-    install_jobs()
+    for module in job_modules(diag_jobs=True):
+        importlib.import_module(module)
     return {
         name: (task.pool, task.run.__module__)
         for name, task in app.tasks.items()
@@ -41,7 +43,16 @@ def test_the_table_is_what_the_job_modules_declare() -> None:
 def test_every_job_module_declares_a_job_and_only_they_do() -> None:
     """Each listed module declares at least one job, and no other module declares one."""
     modules = {module for _, module in _declared().values()}
-    assert modules == set(JOB_MODULES)
+    assert modules == set(JOB_MODULES) | set(DIAG_JOB_MODULES)
+
+
+def test_the_diagnostic_jobs_are_left_out_unless_turned_on() -> None:
+    """``diag.*`` jobs fail or kill their worker on purpose: off by default (issue 19)."""
+    from taskfleet.tasks.job_app import job_modules
+
+    assert not set(DIAG_JOB_MODULES) & set(JOB_MODULES)
+    assert job_modules(diag_jobs=False) == JOB_MODULES
+    assert job_modules(diag_jobs=True) == JOB_MODULES + DIAG_JOB_MODULES
 
 
 def test_a_shipped_kind_on_another_pool_is_refused() -> None:

@@ -1,4 +1,4 @@
-"""Every private name of kombu, Celery, billiard and redis-py that taskfleet relies on.
+"""Every private name of kombu, Celery, billiard, redis-py and httpx that taskfleet relies on.
 
 taskfleet's fast paths (the Redis transport's merged bookkeeping, the one-round-trip result
 store, the exact pool resize commands) subclass library classes and reach into their private
@@ -41,7 +41,7 @@ from kombu.transport import redis as kombu_redis
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "taskfleet"
 #: Libraries whose private names are tracked here.
-LIBRARIES = ("kombu", "celery", "billiard", "redis")
+LIBRARIES = ("kombu", "celery", "billiard", "redis", "httpx")
 
 TRANSPORT = "taskfleet/routing/transport.py"
 BOOKKEEPING = "taskfleet/routing/bookkeeping.py"
@@ -57,6 +57,7 @@ DEFERRED_RESTORE = "taskfleet/routing/deferred_restore.py"
 FETCH_CHANNEL = "taskfleet/routing/fetch_channel.py"
 TIMERS = "taskfleet/workers/timers.py"
 REPLY_SKIP = "taskfleet/routing/reply_skip.py"
+OUTBOUND = "taskfleet/outbound/transport.py"
 
 #: The switches back to stock code, quoted in the rows below.
 NO_TRANSPORT_SWITCH = (
@@ -498,6 +499,16 @@ HOOKS: list[Hook] = [
         CONTROL,
         "pool._putlock.shrink(): the semaphore Celery hands billiard under an event loop",
         call=(0, ()),
+    ),
+    # --- httpx: the outbound transport (outbound/transport.py) ---
+    Hook(
+        "httpx.HTTPTransport",
+        "_pool",
+        "replaced",
+        OUTBOUND,
+        "the connection pool, rebuilt on the network backend that vets every address it "
+        "connects to (no switch back: webhooks always go through the outbound policy)",
+        where="init-source",
     ),
     # --- kombu: the event loop's timer (workers/timers.py) ---
     Hook(
