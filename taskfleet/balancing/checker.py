@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from taskfleet.balancing.balancer import Balancer
+from taskfleet.outbound import OutboundRefused
 
 log = logging.getLogger(__name__)
 SERVER_ERROR = 500
@@ -40,7 +41,7 @@ class HealthChecker:
         url = self.balancer.by_name[name].spec.url + settings.health_path
         try:
             response = self.http.get(url, timeout=settings.health_timeout)
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, OutboundRefused) as exc:
             return f"health check: {type(exc).__name__}"
         if response.status_code >= SERVER_ERROR:
             return f"health check: HTTP {response.status_code}"

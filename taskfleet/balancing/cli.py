@@ -19,6 +19,7 @@ from rich.table import Table
 from taskfleet.balancing.health import HealthBoard
 from taskfleet.config import ConfigError, load_settings, resolve_services
 from taskfleet.config.balancing import BACKENDS_ENV, BalancingSettings, load_balancing_settings
+from taskfleet.outbound import OutboundRefused, outbound_client
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -57,8 +58,9 @@ def _settings() -> tuple[BalancingSettings, redis.Redis]:
 
 def _probe(url: str, settings: BalancingSettings) -> str:
     try:
-        response = httpx.get(url + settings.health_path, timeout=settings.health_timeout)
-    except httpx.HTTPError as exc:
+        with outbound_client() as http:
+            response = http.get(url + settings.health_path, timeout=settings.health_timeout)
+    except (httpx.HTTPError, OutboundRefused) as exc:
         return type(exc).__name__
     return f"HTTP {response.status_code}"
 

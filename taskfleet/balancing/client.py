@@ -1,8 +1,10 @@
 """The client jobs use: an HTTP call to whichever backend of a set the balancer picks.
 
-The ``httpx.Client`` is the caller's: its timeouts, its connection pool and its transport
-(e.g. one that refuses addresses an outbound policy forbids) apply to every call, and
-the balancer adds only the choice of backend, the books and one retry.
+The ``httpx.Client`` is the caller's (by default :func:`taskfleet.outbound.outbound_client`,
+so a backend is reached only if its address is public or ``TASKFLEET_OUTBOUND_ALLOW`` opens
+it): its timeouts, its connection pool and its transport apply to every call, and the
+balancer adds only the choice of backend, the books and one retry. A backend the outbound
+policy refuses counts as one that could not be connected to.
 
 A call is retried once, on another live backend, when that is safe: for an idempotent
 method (GET, HEAD, OPTIONS, PUT, DELETE, TRACE) after a transport error or a 5xx answer,
@@ -18,13 +20,14 @@ import httpx
 
 from taskfleet.balancing.balancer import Balancer
 from taskfleet.balancing.stats import BackendStats
+from taskfleet.outbound import OutboundRefused, outbound_client
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 #: The first try and one retry on another backend.
 MAX_ATTEMPTS = 2
 SERVER_ERROR = 500
 #: Errors raised before any byte of the request was sent: safe to retry for any method.
-NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, OutboundRefused)
 
 
 class BalancedClient:
@@ -38,9 +41,9 @@ class BalancedClient:
             price = client.request("GET", "/price/42", affinity_key="customer-7").json()
     """
 
-    def __init__(self, balancer: Balancer, http: httpx.Client) -> None:
+    def __init__(self, balancer: Balancer, http: httpx.Client | None = None) -> None:
         self.balancer = balancer
-        self.http = http
+        self.http = outbound_client() if http is None else http
 
     def request(
         self, method: str, path: str, *, affinity_key: str | None = None, **kwargs: Any
@@ -64,7 +67,7 @@ class BalancedClient:
                 stats.count("retries")
             try:
                 response = self._send(stats, method, path, kwargs)
-            except httpx.TransportError as exc:
+            except (httpx.TransportError, OutboundRefused) as exc:
                 retry = isinstance(exc, NOT_SENT) or method in IDEMPOTENT_METHODS
                 if last or not retry or not self.balancer.live(tried):
                     raise
@@ -81,7 +84,7 @@ class BalancedClient:
         started = time.perf_counter()
         try:
             response = self.http.request(method, stats.spec.url + path, **kwargs)
-        except httpx.TransportError as exc:
+        except (httpx.TransportError, OutboundRefused) as exc:
             kind = "connect_errors" if isinstance(exc, NOT_SENT) else "transport_errors"
             self.balancer.release(stats, time.perf_counter() - started, ok=False, kind=kind)
             raise

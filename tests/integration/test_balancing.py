@@ -33,7 +33,8 @@ from taskfleet.balancing import (
 )
 from taskfleet.cli import cli
 from taskfleet.config.balancing import BackendSpec, BalancingSettings, load_balancing_settings
-from tests.support.backends import LoopbackBackend, loopback_backends, loopback_client
+from taskfleet.config.exposure import get_exposure_settings
+from tests.support.backends import LOOPBACK, LoopbackBackend, loopback_backends, loopback_client
 from tests.support.services import reachable
 from tests.support.waiting import wait_for
 
@@ -255,9 +256,14 @@ def test_backends_status_cli_shows_health_and_counters(
             "TASKFLEET_BROKER_URL": redis_url,
             "TASKFLEET_DATABASE_URL": "postgresql://unused@127.0.0.1/unused",
             "TASKFLEET_EMBEDDED": "false",
+            "TASKFLEET_OUTBOUND_ALLOW": LOOPBACK,  # the probe goes through the outbound policy
         }.items():
             monkeypatch.setenv(name, value)
-        result = CliRunner().invoke(cli, ["backends", "status", "--json", "--probe"])
+        get_exposure_settings.cache_clear()
+        try:
+            result = CliRunner().invoke(cli, ["backends", "status", "--json", "--probe"])
+        finally:
+            get_exposure_settings.cache_clear()
     assert result.exit_code == 0, result.output
     rows = {row["name"]: row for row in json.loads(result.output)}
     assert (rows["a"]["health"], rows["a"]["probe"]) == ("up", "HTTP 200")
@@ -267,7 +273,7 @@ def test_backends_status_cli_shows_health_and_counters(
 
 def test_the_callers_transport_applies_to_calls_and_probes(settings: BalancingSettings) -> None:
     with loopback_backends("a") as backends, loopback_client() as http:
-        # 192.0.2.0/24 is TEST-NET-1: the transport refuses it before any connection.
+        # 192.0.2.0/24 is TEST-NET-1: the outbound policy refuses it before any connection.
         specs = [*specs_of(backends), BackendSpec(name="far", url="http://192.0.2.1:80")]
         balancer = Balancer(specs, RoundRobin(), settings=settings)
         client = BalancedClient(balancer, http)
@@ -277,7 +283,7 @@ def test_the_callers_transport_applies_to_calls_and_probes(settings: BalancingSe
         assert "far" in balancer.board.down()
         assert HealthChecker(balancer, http).check() == {
             "a": "ok",
-            "far": "health check: ConnectError",
+            "far": "health check: OutboundRefused",
         }
 
 

@@ -17,6 +17,9 @@ from typing import Any
 
 import httpx
 
+from taskfleet.config.exposure import OutboundAllow
+from taskfleet.outbound import outbound_client
+
 HEALTH_PATH = "/health"
 LOOPBACK = "127.0.0.1"
 #: How soon a killed backend's accept loop notices (``shutdown`` waits for it).
@@ -122,21 +125,13 @@ class LoopbackBackend:
                 conn.shutdown(socket.SHUT_RDWR)
 
 
-class LoopbackOnly(httpx.HTTPTransport):
-    """A transport that refuses any host but 127.0.0.1 before connecting, as an outbound
-    guard's transport would (the balancer takes it through the caller's ``httpx.Client``)."""
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        if request.url.host != LOOPBACK:
-            raise httpx.ConnectError(
-                f"refused: {request.url.host} is not loopback", request=request
-            )
-        return super().handle_request(request)
+#: The outbound allowlist the balancing tests run with: their backends, on loopback.
+LOOPBACK_ALLOWED = OutboundAllow.parse((LOOPBACK,))
 
 
 def loopback_client() -> httpx.Client:
-    """An ``httpx.Client`` that can reach nothing but 127.0.0.1."""
-    return httpx.Client(transport=LoopbackOnly())
+    """The outbound client jobs get (every connection vetted), with loopback allowlisted."""
+    return outbound_client(LOOPBACK_ALLOWED)
 
 
 @contextmanager
