@@ -33,6 +33,7 @@ from taskfleet.sandbox.isolation import HostIds, IsolationUnavailable, choose_mo
 from taskfleet.sandbox.limits import LimitName, RequestError, SandboxLimits, parse_request
 from taskfleet.sandbox.outcome import RunState, build_result
 from taskfleet.sandbox.result import Mode, SandboxResult
+from taskfleet.sandbox.seccomp_policy import UnsupportedArchitecture, compile_filter
 
 #: Past the program's wall-time limit (enforced by the sandbox's init), the executor kills.
 KILL_GRACE_S = 2.0
@@ -96,7 +97,8 @@ class SandboxExecutor:
         try:
             request, limits = parse_request(payload, self.settings)
             mode = choose_mode(self.settings)
-        except (RequestError, IsolationUnavailable) as exc:
+            compile_filter()
+        except (RequestError, IsolationUnavailable, UnsupportedArchitecture) as exc:
             return SandboxResult.rejected(str(exc))
         return self.run_checked(request.source, request.stdin, limits, mode)
 
@@ -180,6 +182,7 @@ class SandboxExecutor:
             "python_prefix": sys.base_prefix,
             "work_dir_mount": f"size={self.settings.work_dir_bytes},mode=700",
             "rlimits": run.limits.rlimits(),
+            "seccomp_bpf": compile_filter(),
             "env": SANDBOX_ENV,
             "wall_time_s": run.limits.wall_time_s,
             "stdin": stdin,
