@@ -11,29 +11,25 @@ run does not wait for an interpreter to start.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import marshal
 import os
 import resource
 import selectors
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from taskfleet.config.sandbox import SandboxSettings, get_sandbox_settings
-from taskfleet.sandbox import launcher
-from taskfleet.sandbox.isolation import HostIds, IsolationUnavailable, choose_mode, sweep
+from taskfleet.sandbox.isolation import IsolationUnavailable, choose_mode, sweep
 from taskfleet.sandbox.limits import LimitName, RequestError, SandboxLimits, parse_request
 from taskfleet.sandbox.outcome import RunState, build_result
 from taskfleet.sandbox.result import Mode, SandboxResult
 from taskfleet.sandbox.seccomp_policy import UnsupportedArchitecture, compile_filter
+from taskfleet.sandbox.warm import Launcher, LauncherPool, kill_group
 
 #: Past the program's wall-time limit (enforced by the sandbox's init), the executor kills.
 KILL_GRACE_S = 2.0
@@ -41,32 +37,6 @@ KILL_GRACE_S = 2.0
 HANDSHAKE_TIMEOUT_S = 15.0
 READ_CHUNK = 65536
 SANDBOX_ENV = {"PATH": "/usr/bin:/bin", "HOME": "/sandbox", "TMPDIR": "/sandbox", "LANG": "C.UTF-8"}
-
-
-@dataclass
-class _Launcher:
-    """A started launcher waiting for its run."""
-
-    proc: subprocess.Popen[bytes]
-    mode: Mode
-    ids: HostIds
-    status_r: int
-    control_w: int
-
-    def discard(self) -> None:
-        """Kill an unused launcher and release its pipes."""
-        _kill_group(self.proc.pid)
-        for fd in (self.status_r, self.control_w):
-            os.close(fd)
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream:
-                stream.close()
-        self.proc.wait()
-
-
-def _kill_group(pgid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
 
 
 def _program_ended(status: bytes | bytearray) -> bool:
@@ -81,16 +51,12 @@ class SandboxExecutor:
         self.python = os.path.realpath(sys.executable)
         self.base_dir = Path(self.settings.base_dir)
         self.prestart = prestart
-        self._lock = threading.Lock()
-        self._warm: _Launcher | None = None
+        self.launchers = LauncherPool(self.settings, self.python, self.base_dir)
         atexit.register(self.close)
 
     def close(self) -> None:
         """Stop the launcher kept ready, if any."""
-        with self._lock:
-            warm, self._warm = self._warm, None
-        if warm is not None:
-            warm.discard()
+        self.launchers.close()
 
     def run(self, payload: Any) -> SandboxResult:
         """Validate a raw payload and run it; a bad payload gives a ``rejected`` result."""
@@ -107,7 +73,7 @@ class SandboxExecutor:
     ) -> SandboxResult:
         """Run an already validated program in ``mode``."""
         started = time.monotonic()
-        proc_launcher = self._take_launcher(mode)
+        proc_launcher = self.launchers.take(mode)
         run = RunState.start(limits, mode, proc_launcher.ids)
         run_dir = self._prepare_host_dirs(run, source, stdin)
         try:
@@ -116,48 +82,8 @@ class SandboxExecutor:
             if run_dir is not None:
                 shutil.rmtree(run_dir, ignore_errors=True)
             if self.prestart:
-                self._prestart(mode)
+                self.launchers.prestart(mode)
         return build_result(run, rusage, time.monotonic() - started)
-
-    # -- launchers ---------------------------------------------------------------------------
-
-    def _spawn(self, mode: Mode) -> _Launcher:
-        self.base_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
-        (self.base_dir / "root").mkdir(mode=0o755, exist_ok=True)
-        status_r, status_w = os.pipe()
-        control_r, control_w = os.pipe()
-        argv = [self.python, "-I", "-S", "-B", launcher.__file__]
-        try:
-            proc = subprocess.Popen(
-                [*argv, str(status_w), str(control_r), mode, sys.base_prefix],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                pass_fds=(status_w, control_r),
-                env={},
-                cwd="/",
-                start_new_session=True,
-            )
-        finally:
-            os.close(status_w)
-            os.close(control_r)
-        return _Launcher(proc, mode, HostIds.allocate(self.settings), status_r, control_w)
-
-    def _take_launcher(self, mode: Mode) -> _Launcher:
-        with self._lock:
-            warm, self._warm = self._warm, None
-        if warm is not None and warm.mode == mode and warm.proc.poll() is None:
-            return warm
-        if warm is not None:
-            warm.discard()
-        return self._spawn(mode)
-
-    def _prestart(self, mode: Mode) -> None:
-        fresh = self._spawn(mode)
-        with self._lock:
-            previous, self._warm = self._warm, fresh
-        if previous is not None:
-            previous.discard()
 
     # -- one run -----------------------------------------------------------------------------
 
@@ -193,7 +119,7 @@ class SandboxExecutor:
         }
 
     def _drive(
-        self, ready: _Launcher, run: RunState, source: str, stdin: str | None, run_dir: Path | None
+        self, ready: Launcher, run: RunState, source: str, stdin: str | None, run_dir: Path | None
     ) -> resource.struct_rusage | None:
         proc = ready.proc
         try:
@@ -209,7 +135,7 @@ class SandboxExecutor:
         return rusage
 
     def _handshake(
-        self, ready: _Launcher, run: RunState, config: dict[str, Any], source: str
+        self, ready: Launcher, run: RunState, config: dict[str, Any], source: str
     ) -> bool:
         """Wait for ``U``, install id maps, send config and source. False if that failed."""
         with selectors.DefaultSelector() as selector:
@@ -229,7 +155,7 @@ class SandboxExecutor:
             return False
         return True
 
-    def _capture(self, ready: _Launcher, run: RunState, deadline: float) -> None:
+    def _capture(self, ready: Launcher, run: RunState, deadline: float) -> None:
         """Read stdout, stderr and status until all close, killing the run at a limit."""
         proc = ready.proc
         assert proc.stdout is not None
@@ -260,7 +186,7 @@ class SandboxExecutor:
     def _kill(proc: subprocess.Popen[bytes], run: RunState, limit: LimitName | None = None) -> None:
         """Kill the launcher's group (the namespace's init with it) and every run process."""
         run.killed_for = run.killed_for or limit
-        _kill_group(proc.pid)
+        kill_group(proc.pid)
         sweep(run.ids)
 
     @staticmethod
