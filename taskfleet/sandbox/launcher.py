@@ -130,6 +130,18 @@ def _install_seccomp(program: bytes) -> None:
     _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0), "seccomp")
 
 
+def _needs_prefix_tree(argv: list[str]) -> bool:
+    """Whether the interpreter's prefix lies outside the system dirs the root binds anyway.
+
+    ``open_tree`` before ``unshare`` needs ``CAP_SYS_ADMIN`` on the host: a container worker
+    without it (``/usr/local`` prefix) must not need it.
+    """
+    prefix = argv[4]
+    return argv[3] == "namespaces" and not any(
+        prefix == path or prefix.startswith(path + "/") for path in SYSTEM_DIRS
+    )
+
+
 def _send(fd: int, message: str) -> None:
     os.write(fd, f"{message}\n".encode())
 
@@ -295,7 +307,8 @@ def _isolated(config: dict[str, Any], source: bytes, status_fd: int, prefix_fd: 
     os.setresuid(0, 0, 0)
     _libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)  # /proc/<init> owned by its uid: host sweeps see it
     _build_root(config["root"], config, source, prefix_fd)
-    os.close(prefix_fd)
+    if prefix_fd >= 0:
+        os.close(prefix_fd)
     config["script"] = f"{SOURCE_DIR}/main.py"
     config["stdin_path"] = f"{SOURCE_DIR}/stdin" if config["stdin"] is not None else None
     _supervise(config, status_fd, SANDBOX_UID, WORK_DIR)
@@ -307,7 +320,7 @@ def main(argv: list[str]) -> None:
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     isolated = argv[3] == "namespaces"
     try:
-        prefix_fd = _detached_readonly_tree(argv[4]) if isolated else -1
+        prefix_fd = _detached_readonly_tree(argv[4]) if _needs_prefix_tree(argv) else -1
         if isolated:
             _check(_libc.unshare(NAMESPACE_FLAGS), "unshare")
         _send(status_fd, "U")
