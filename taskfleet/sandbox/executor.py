@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from taskfleet.config.sandbox import SandboxSettings, get_sandbox_settings
+from taskfleet.sandbox.cgroups import RunCgroup, probe
 from taskfleet.sandbox.isolation import IsolationUnavailable, choose_mode, sweep
 from taskfleet.sandbox.limits import LimitName, RequestError, SandboxLimits, parse_request
 from taskfleet.sandbox.outcome import RunState, build_result
@@ -51,6 +52,7 @@ class SandboxExecutor:
         self.python = os.path.realpath(sys.executable)
         self.base_dir = Path(self.settings.base_dir)
         self.prestart = prestart
+        self.cgroups = probe(self.settings.cgroup_root)
         self.launchers = LauncherPool(self.settings, self.python, self.base_dir)
         atexit.register(self.close)
 
@@ -73,17 +75,30 @@ class SandboxExecutor:
     ) -> SandboxResult:
         """Run an already validated program in ``mode``."""
         started = time.monotonic()
+        try:
+            cgroup = self._cgroup(limits)
+        except OSError as exc:
+            return SandboxResult(status="sandbox_error", error=f"run cgroup: {exc}", mode=mode)
         proc_launcher = self.launchers.take(mode)
         run = RunState.start(limits, mode, proc_launcher.ids)
+        run.cgroup, run.limits_note = cgroup, self.cgroups.note()
         run_dir = self._prepare_host_dirs(run, source, stdin)
         try:
             rusage = self._drive(proc_launcher, run, source, stdin, run_dir)
         finally:
+            if cgroup is not None:
+                run.killed_for = run.killed_for or cgroup.close()
             if run_dir is not None:
                 shutil.rmtree(run_dir, ignore_errors=True)
             if self.prestart:
                 self.launchers.prestart(mode)
         return build_result(run, rusage, time.monotonic() - started)
+
+    def _cgroup(self, limits: SandboxLimits) -> RunCgroup | None:
+        """The run's own cgroup where the worker has a delegated one (``cgroups``)."""
+        if self.cgroups.root is None:
+            return None
+        return RunCgroup.create(self.cgroups.root, limits, self.settings.cgroup_cpus)
 
     # -- one run -----------------------------------------------------------------------------
 
@@ -145,6 +160,8 @@ class SandboxExecutor:
         try:
             if not chunk.startswith(b"U"):
                 raise OSError("the launcher did not start")
+            if run.cgroup is not None:
+                run.cgroup.attach(ready.proc.pid)  # before it forks: the whole run is in it
             if run.mode == "namespaces":
                 run.ids.write_maps(ready.proc.pid)
             with os.fdopen(ready.control_w, "wb") as control:
@@ -170,7 +187,11 @@ class SandboxExecutor:
                     self._kill(proc, run, "wall_time")
                     deadline = float("inf")
                     continue
-                for key, _ in selector.select(min(remaining, 1.0)):
+                events = selector.select(min(remaining, 1.0))
+                breached = run.cgroup.breached() if run.cgroup and not events else None
+                if breached and run.killed_for is None:  # pids.max: a fork failed somewhere
+                    self._kill(proc, run, breached)
+                for key, _ in events:
                     fd = int(key.fd)
                     chunk = os.read(fd, READ_CHUNK)
                     if not chunk:
@@ -186,6 +207,8 @@ class SandboxExecutor:
     def _kill(proc: subprocess.Popen[bytes], run: RunState, limit: LimitName | None = None) -> None:
         """Kill the launcher's group (the namespace's init with it) and every run process."""
         run.killed_for = run.killed_for or limit
+        if run.cgroup is not None:
+            run.cgroup.kill()
         kill_group(proc.pid)
         sweep(run.ids)
 
