@@ -49,6 +49,11 @@ class SandboxSettings(BaseSettings):
     uid_base: int = Field(DEFAULT_UID_BASE, ge=100_000, le=4_000_000_000)
     uid_slots: int = Field(DEFAULT_UID_SLOTS, ge=16, le=1 << 24)
     work_dir_bytes: int = Field(64 * MIB, ge=MIB, description="Size of the private work dir")
+    mount_proc: bool = Field(
+        True,
+        description="Give each run a fresh /proc of its own PID namespace; false: an empty "
+        "/proc, for a container whose /proc has masked paths (the kernel then refuses a new one)",
+    )
     max_source_bytes: int = Field(256 * 1024, ge=1024)
     max_stdin_bytes: int = Field(1 * MIB, ge=0)
     cgroup_root: str | None = Field(

@@ -122,6 +122,7 @@ class SandboxExecutor:
             "python": self.python,
             "python_prefix": sys.base_prefix,
             "work_dir_mount": f"size={self.settings.work_dir_bytes},mode=700",
+            "mount_proc": self.settings.mount_proc,
             "rlimits": run.limits.rlimits(),
             "seccomp_bpf": compile_filter(),
             "env": SANDBOX_ENV,

@@ -180,7 +180,13 @@ def _build_root(root: str, config: dict[str, Any], source: bytes, prefix_fd: int
     os.symlink("/proc/self/fd/1", f"{root}/dev/stdout")
     os.symlink("/proc/self/fd/2", f"{root}/dev/stderr")
     os.makedirs(root + "/proc")
-    _mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    if config["mount_proc"]:  # off: an empty /proc (a container whose /proc has masked paths)
+        try:
+            _mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        except SetupError as exc:
+            raise SetupError(
+                f"{exc} (a masked /proc? TASKFLEET_SANDBOX_MOUNT_PROC=false)"
+            ) from None
     os.makedirs(root + WORK_DIR)
     _mount("tmpfs", root + WORK_DIR, "tmpfs", MS_NOSUID | MS_NODEV, config["work_dir_mount"])
     os.chown(root + WORK_DIR, SANDBOX_UID, SANDBOX_UID)

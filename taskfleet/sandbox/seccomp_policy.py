@@ -151,8 +151,10 @@ def _arch(name: str) -> int:
         ) from None
 
 
-def build_filter(arch_name: str) -> pyseccomp.SyscallFilter:
+def build_filter(arch_name: str, extra: tuple[str, ...] = ()) -> pyseccomp.SyscallFilter:
     """The policy as a libseccomp filter for ``arch_name`` (as ``uname -m`` says).
+
+    ``extra`` names more syscalls to allow (the worker's own profile, ``worker_profile``).
 
     Raises:
         UnsupportedArchitecture: ``arch_name`` is neither x86_64 nor aarch64.
@@ -165,7 +167,7 @@ def build_filter(arch_name: str) -> pyseccomp.SyscallFilter:
         flt.remove_arch(pyseccomp.Arch.NATIVE)
     flt.set_attr(pyseccomp.Attr.ACT_BADARCH, refuse)
     flt.set_attr(pyseccomp.Attr.CTL_OPTIMIZE, OPTIMIZE_BINARY_TREE)
-    for name in ALLOWED:
+    for name in (*ALLOWED, *extra):
         if pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name) != UNKNOWN_SYSCALL:
             flt.add_rule(pyseccomp.ALLOW, name)  # a name absent on ``arch`` is skipped
     flt.add_rule(

@@ -372,3 +372,20 @@ def test_an_unusable_cgroup_root_gives_per_process_limits_and_says_why() -> None
     assert result.limits_scope == "per_process"
     assert result.limits_note is not None
     assert root in result.limits_note
+
+
+def test_without_a_proc_mount_runs_still_work_and_see_no_proc() -> None:
+    # TASKFLEET_SANDBOX_MOUNT_PROC=false: what the compose CPU worker uses (Docker masks paths
+    # under its /proc, and the kernel then refuses a fresh procfs to a user namespace).
+    executor = SandboxExecutor(load_sandbox_settings(mount_proc=False))
+    source = (
+        "import os, subprocess, sys\n"
+        "child = subprocess.run([sys.executable, '-c', 'print(1)'], capture_output=True)\n"
+        "print(os.listdir('/proc'), child.stdout.decode().strip())\n"
+    )
+    try:
+        result = executor.run(_payload(source))
+    finally:
+        executor.close()
+    assert result.status == "succeeded", result
+    assert result.stdout.data == "[] 1\n"
