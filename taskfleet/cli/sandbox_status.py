@@ -5,7 +5,7 @@ from __future__ import annotations
 from taskfleet.config.sandbox import SandboxSettings, get_sandbox_settings
 from taskfleet.sandbox.cgroups import probe
 from taskfleet.sandbox.isolation import namespaces_unavailable_reason
-from taskfleet.sandbox.seccomp_policy import UnsupportedArchitecture, compile_filter, machine
+from taskfleet.sandbox.seccomp_policy import FilterUnavailable, compile_filter, machine
 
 
 def sandbox_status(settings: SandboxSettings | None = None) -> str:
@@ -17,7 +17,7 @@ def sandbox_status(settings: SandboxSettings | None = None) -> str:
     settings = settings or get_sandbox_settings()
     try:
         compile_filter()
-    except UnsupportedArchitecture as exc:
+    except FilterUnavailable as exc:
         return f"sandbox: {exc}"
     why_not = namespaces_unavailable_reason()
     if why_not is None:

@@ -29,7 +29,7 @@ from taskfleet.sandbox.isolation import IsolationUnavailable, choose_mode, sweep
 from taskfleet.sandbox.limits import LimitName, RequestError, SandboxLimits, parse_request
 from taskfleet.sandbox.outcome import RunState, build_result
 from taskfleet.sandbox.result import Mode, SandboxResult
-from taskfleet.sandbox.seccomp_policy import UnsupportedArchitecture, compile_filter
+from taskfleet.sandbox.seccomp_policy import FilterUnavailable, compile_filter
 from taskfleet.sandbox.warm import Launcher, LauncherPool, kill_group
 
 #: Past the program's wall-time limit (enforced by the sandbox's init), the executor kills.
@@ -66,7 +66,7 @@ class SandboxExecutor:
             request, limits = parse_request(payload, self.settings)
             mode = choose_mode(self.settings)
             compile_filter()
-        except (RequestError, IsolationUnavailable, UnsupportedArchitecture) as exc:
+        except (RequestError, IsolationUnavailable, FilterUnavailable) as exc:
             return SandboxResult.rejected(str(exc))
         return self.run_checked(request.source, request.stdin, limits, mode)
 

@@ -29,7 +29,9 @@ i386 ``int 0x80`` call or an x32 call on x86_64 (or arm32 on aarch64) matches no
 run, tests/integration/test_sandbox_seccomp.py); none of it may be in ``ALLOWED``.
 
 Supported: x86_64 and aarch64. Anywhere else ``compile_filter`` raises
-``UnsupportedArchitecture`` and no run starts: the sandbox never runs code unfiltered.
+``UnsupportedArchitecture`` and no run starts: the sandbox never runs code unfiltered. Nor
+where libseccomp cannot be loaded (``FilterUnavailable``; it is imported on first use, so a
+worker without it still starts and serves every other job).
 The worker compiles the filter once (about a millisecond) and hands the BPF program to each
 launcher, which loads it with ``prctl(PR_SET_SECCOMP)`` as the last step before the program.
 """
@@ -40,11 +42,10 @@ import errno
 import os
 import tempfile
 from functools import lru_cache
+from typing import Any
 
-import pyseccomp
-
-#: ``uname -m`` -> libseccomp's architecture token.
-ARCHES = {"x86_64": pyseccomp.Arch.X86_64, "aarch64": pyseccomp.Arch.AARCH64}
+#: ``uname -m`` -> libseccomp's architecture token (``pyseccomp.Arch`` attribute).
+ARCHES = {"x86_64": "X86_64", "aarch64": "AARCH64"}
 REFUSE_ERRNO = errno.EPERM
 #: Calls a newer libc tries first and falls back from on ENOSYS.
 ENOSYS_SYSCALLS = ("clone3",)
@@ -137,13 +138,33 @@ REFUSED: tuple[str, ...] = (
 )  # fmt: skip
 
 
-class UnsupportedArchitecture(RuntimeError):
+class FilterUnavailable(RuntimeError):
+    """The syscall filter cannot be built here: sandbox runs are refused."""
+
+
+class UnsupportedArchitecture(FilterUnavailable):
     """No seccomp policy for this machine's architecture: sandbox runs are refused."""
+
+
+def libseccomp() -> Any:
+    """The ``pyseccomp`` module, loaded on first use.
+
+    Raises:
+        FilterUnavailable: the system's libseccomp.so.2 is missing.
+    """
+    try:
+        import pyseccomp
+    except (ImportError, RuntimeError, OSError) as exc:
+        raise FilterUnavailable(
+            f"sandbox refused: libseccomp cannot be loaded ({exc}); install libseccomp2, "
+            "sandbox jobs do not run without their syscall filter"
+        ) from None
+    return pyseccomp
 
 
 def _arch(name: str) -> int:
     try:
-        return int(ARCHES[name])
+        return int(getattr(libseccomp().Arch, ARCHES[name]))
     except KeyError:
         raise UnsupportedArchitecture(
             f"sandbox refused: no seccomp policy for the {name!r} architecture (supported: "
@@ -151,15 +172,17 @@ def _arch(name: str) -> int:
         ) from None
 
 
-def build_filter(arch_name: str, extra: tuple[str, ...] = ()) -> pyseccomp.SyscallFilter:
+def build_filter(arch_name: str, extra: tuple[str, ...] = ()) -> Any:
     """The policy as a libseccomp filter for ``arch_name`` (as ``uname -m`` says).
 
     ``extra`` names more syscalls to allow (the worker's own profile, ``worker_profile``).
 
     Raises:
         UnsupportedArchitecture: ``arch_name`` is neither x86_64 nor aarch64.
+        FilterUnavailable: libseccomp cannot be loaded.
     """
     arch = _arch(arch_name)
+    pyseccomp = libseccomp()
     refuse = pyseccomp.ERRNO(REFUSE_ERRNO)
     flt = pyseccomp.SyscallFilter(refuse)
     if arch != pyseccomp.system_arch():
@@ -189,7 +212,7 @@ def compile_filter(arch: str | None = None) -> bytes:
     """The policy as a BPF program (an array of ``struct sock_filter``) for ``arch``.
 
     Raises:
-        UnsupportedArchitecture: no policy for ``arch`` (default: this machine's).
+        FilterUnavailable: no policy for ``arch`` (default: this machine's), or no libseccomp.
     """
     return _compiled(arch or machine())
 

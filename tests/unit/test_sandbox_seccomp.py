@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import sys
 
 import pytest
 
@@ -78,3 +79,17 @@ def test_the_launcher_refuses_an_empty_filter() -> None:
     for program in (b"", b"\x00" * 7):
         with pytest.raises(launcher.SetupError, match="no filter program"):
             launcher._install_seccomp(program)
+
+
+def test_without_libseccomp_the_executor_refuses_and_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "pyseccomp", None)  # import pyseccomp now fails
+    seccomp_policy._compiled.cache_clear()
+    try:
+        result = SandboxExecutor(load_sandbox_settings(), prestart=False).run({"source": "pass"})
+    finally:
+        seccomp_policy._compiled.cache_clear()
+    assert result.status == "rejected"
+    assert result.error is not None
+    assert "libseccomp cannot be loaded" in result.error
