@@ -1,10 +1,11 @@
 """Run caller-supplied Python in a sandbox and report what happened.
 
 The worker never runs the code: it starts the launcher (``taskfleet.sandbox.launcher``) with
-an empty environment and only fds 0-2 plus two handshake pipes, installs the id maps, sends
-the program, then reads stdout/stderr keeping at most the output limit. Whatever the program
-does, the run ends at its wall-time limit plus a grace, and a sweep of the run's host uids
-makes sure nothing outlives it. One launcher is kept started ahead of need (``warm``), so a
+an empty environment and only fds 0-2 plus two handshake pipes, moves it into the run's own
+cgroup where it has a delegated one (``cgroups``), installs the id maps, sends the program with
+the compiled seccomp filter (``seccomp_policy``), then reads stdout/stderr keeping at most the
+output limit. Whatever the program does, the run ends at its wall-time limit plus a grace (or
+a whole-run cgroup limit), and a sweep of the run's host uids makes sure nothing outlives it. One launcher is kept started ahead of need (``warm``), so a
 run does not wait for an interpreter to start.
 """
 
