@@ -1,5 +1,8 @@
 # taskfleet worker image: `celery -A taskfleet.app worker|beat|flower`.
-# Runtime dependencies only (core + flower extra); runs as an unprivileged user.
+# Runtime dependencies only (core + flower extra); runs as an unprivileged user. As uid 10001
+# a CPU worker rejects sandbox.run jobs (namespace mode maps each run to host uids, which takes
+# CAP_SETUID/CAP_SETGID): docker-compose.yml runs its cpu-worker as root with only SETUID,
+# SETGID and KILL, its own seccomp profile and no privileged mode (README "Sandbox").
 FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 \

@@ -27,6 +27,7 @@ from taskfleet.cli.output import (
     report_death,
     settings,
 )
+from taskfleet.cli.sandbox_status import sandbox_status
 from taskfleet.devstack.logfiles import tail
 from taskfleet.fleet import (
     DEFAULT_FLOWER_PORT,
@@ -89,6 +90,7 @@ def _start_and_wait(fleet: Fleet, ready_timeout: float) -> None:
     with console.status("waiting for the workers to answer pings..."):
         took = fleet.wait_ready(ready_timeout)
     print_ready(fleet, took)
+    console.print(sandbox_status(), markup=False)
 
 
 def _stop_fleet(fleet: Fleet, timeout: float) -> None:

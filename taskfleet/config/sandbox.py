@@ -49,8 +49,19 @@ class SandboxSettings(BaseSettings):
     uid_base: int = Field(DEFAULT_UID_BASE, ge=100_000, le=4_000_000_000)
     uid_slots: int = Field(DEFAULT_UID_SLOTS, ge=16, le=1 << 24)
     work_dir_bytes: int = Field(64 * MIB, ge=MIB, description="Size of the private work dir")
+    mount_proc: bool = Field(
+        True,
+        description="Give each run a fresh /proc of its own PID namespace; false: an empty "
+        "/proc, for a container whose /proc has masked paths (the kernel then refuses a new one)",
+    )
     max_source_bytes: int = Field(256 * 1024, ge=1024)
     max_stdin_bytes: int = Field(1 * MIB, ge=0)
+    cgroup_root: str | None = Field(
+        None,
+        description="A delegated cgroup v2 directory for whole-run limits (one child per run); "
+        "unset: limits are per process only",
+    )
+    cgroup_cpus: float = Field(1.0, gt=0, le=1024, description="CPU cores per run (cpu.max)")
 
     default_wall_time_s: float = Field(10.0, gt=0)
     default_cpu_time_s: int = Field(5, ge=1)

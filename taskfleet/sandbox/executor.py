@@ -1,38 +1,37 @@
 """Run caller-supplied Python in a sandbox and report what happened.
 
 The worker never runs the code: it starts the launcher (``taskfleet.sandbox.launcher``) with
-an empty environment and only fds 0-2 plus two handshake pipes, installs the id maps, sends
-the program, then reads stdout/stderr keeping at most the output limit. Whatever the program
-does, the run ends at its wall-time limit plus a grace, and a sweep of the run's host uids
-makes sure nothing outlives it. One launcher is kept started ahead of need (``warm``), so a
+an empty environment and only fds 0-2 plus two handshake pipes, moves it into the run's own
+cgroup where it has a delegated one (``cgroups``), installs the id maps, sends the program with
+the compiled seccomp filter (``seccomp_policy``), then reads stdout/stderr keeping at most the
+output limit. Whatever the program does, the run ends at its wall-time limit plus a grace (or
+a whole-run cgroup limit), and a sweep of the run's host uids makes sure nothing outlives it. One launcher is kept started ahead of need (``warm``), so a
 run does not wait for an interpreter to start.
 """
 
 from __future__ import annotations
 
 import atexit
-import contextlib
 import marshal
 import os
 import resource
 import selectors
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from taskfleet.config.sandbox import SandboxSettings, get_sandbox_settings
-from taskfleet.sandbox import launcher
-from taskfleet.sandbox.isolation import HostIds, IsolationUnavailable, choose_mode, sweep
+from taskfleet.sandbox.cgroups import RunCgroup, probe
+from taskfleet.sandbox.isolation import IsolationUnavailable, choose_mode, sweep
 from taskfleet.sandbox.limits import LimitName, RequestError, SandboxLimits, parse_request
 from taskfleet.sandbox.outcome import RunState, build_result
 from taskfleet.sandbox.result import Mode, SandboxResult
+from taskfleet.sandbox.seccomp_policy import FilterUnavailable, compile_filter
+from taskfleet.sandbox.warm import Launcher, LauncherPool, kill_group
 
 #: Past the program's wall-time limit (enforced by the sandbox's init), the executor kills.
 KILL_GRACE_S = 2.0
@@ -40,32 +39,6 @@ KILL_GRACE_S = 2.0
 HANDSHAKE_TIMEOUT_S = 15.0
 READ_CHUNK = 65536
 SANDBOX_ENV = {"PATH": "/usr/bin:/bin", "HOME": "/sandbox", "TMPDIR": "/sandbox", "LANG": "C.UTF-8"}
-
-
-@dataclass
-class _Launcher:
-    """A started launcher waiting for its run."""
-
-    proc: subprocess.Popen[bytes]
-    mode: Mode
-    ids: HostIds
-    status_r: int
-    control_w: int
-
-    def discard(self) -> None:
-        """Kill an unused launcher and release its pipes."""
-        _kill_group(self.proc.pid)
-        for fd in (self.status_r, self.control_w):
-            os.close(fd)
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream:
-                stream.close()
-        self.proc.wait()
-
-
-def _kill_group(pgid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
 
 
 def _program_ended(status: bytes | bytearray) -> bool:
@@ -80,23 +53,21 @@ class SandboxExecutor:
         self.python = os.path.realpath(sys.executable)
         self.base_dir = Path(self.settings.base_dir)
         self.prestart = prestart
-        self._lock = threading.Lock()
-        self._warm: _Launcher | None = None
+        self.cgroups = probe(self.settings.cgroup_root)
+        self.launchers = LauncherPool(self.settings, self.python, self.base_dir)
         atexit.register(self.close)
 
     def close(self) -> None:
         """Stop the launcher kept ready, if any."""
-        with self._lock:
-            warm, self._warm = self._warm, None
-        if warm is not None:
-            warm.discard()
+        self.launchers.close()
 
     def run(self, payload: Any) -> SandboxResult:
         """Validate a raw payload and run it; a bad payload gives a ``rejected`` result."""
         try:
             request, limits = parse_request(payload, self.settings)
             mode = choose_mode(self.settings)
-        except (RequestError, IsolationUnavailable) as exc:
+            compile_filter()
+        except (RequestError, IsolationUnavailable, FilterUnavailable) as exc:
             return SandboxResult.rejected(str(exc))
         return self.run_checked(request.source, request.stdin, limits, mode)
 
@@ -105,57 +76,30 @@ class SandboxExecutor:
     ) -> SandboxResult:
         """Run an already validated program in ``mode``."""
         started = time.monotonic()
-        proc_launcher = self._take_launcher(mode)
+        try:
+            cgroup = self._cgroup(limits)
+        except OSError as exc:
+            return SandboxResult(status="sandbox_error", error=f"run cgroup: {exc}", mode=mode)
+        proc_launcher = self.launchers.take(mode)
         run = RunState.start(limits, mode, proc_launcher.ids)
+        run.cgroup, run.limits_note = cgroup, self.cgroups.note()
         run_dir = self._prepare_host_dirs(run, source, stdin)
         try:
             rusage = self._drive(proc_launcher, run, source, stdin, run_dir)
         finally:
+            if cgroup is not None:
+                run.killed_for = run.killed_for or cgroup.close()
             if run_dir is not None:
                 shutil.rmtree(run_dir, ignore_errors=True)
             if self.prestart:
-                self._prestart(mode)
+                self.launchers.prestart(mode)
         return build_result(run, rusage, time.monotonic() - started)
 
-    # -- launchers ---------------------------------------------------------------------------
-
-    def _spawn(self, mode: Mode) -> _Launcher:
-        self.base_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
-        (self.base_dir / "root").mkdir(mode=0o755, exist_ok=True)
-        status_r, status_w = os.pipe()
-        control_r, control_w = os.pipe()
-        argv = [self.python, "-I", "-S", "-B", launcher.__file__]
-        try:
-            proc = subprocess.Popen(
-                [*argv, str(status_w), str(control_r), mode, sys.base_prefix],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                pass_fds=(status_w, control_r),
-                env={},
-                cwd="/",
-                start_new_session=True,
-            )
-        finally:
-            os.close(status_w)
-            os.close(control_r)
-        return _Launcher(proc, mode, HostIds.allocate(self.settings), status_r, control_w)
-
-    def _take_launcher(self, mode: Mode) -> _Launcher:
-        with self._lock:
-            warm, self._warm = self._warm, None
-        if warm is not None and warm.mode == mode and warm.proc.poll() is None:
-            return warm
-        if warm is not None:
-            warm.discard()
-        return self._spawn(mode)
-
-    def _prestart(self, mode: Mode) -> None:
-        fresh = self._spawn(mode)
-        with self._lock:
-            previous, self._warm = self._warm, fresh
-        if previous is not None:
-            previous.discard()
+    def _cgroup(self, limits: SandboxLimits) -> RunCgroup | None:
+        """The run's own cgroup where the worker has a delegated one (``cgroups``)."""
+        if self.cgroups.root is None:
+            return None
+        return RunCgroup.create(self.cgroups.root, limits, self.settings.cgroup_cpus)
 
     # -- one run -----------------------------------------------------------------------------
 
@@ -179,7 +123,9 @@ class SandboxExecutor:
             "python": self.python,
             "python_prefix": sys.base_prefix,
             "work_dir_mount": f"size={self.settings.work_dir_bytes},mode=700",
+            "mount_proc": self.settings.mount_proc,
             "rlimits": run.limits.rlimits(),
+            "seccomp_bpf": compile_filter(),
             "env": SANDBOX_ENV,
             "wall_time_s": run.limits.wall_time_s,
             "stdin": stdin,
@@ -190,7 +136,7 @@ class SandboxExecutor:
         }
 
     def _drive(
-        self, ready: _Launcher, run: RunState, source: str, stdin: str | None, run_dir: Path | None
+        self, ready: Launcher, run: RunState, source: str, stdin: str | None, run_dir: Path | None
     ) -> resource.struct_rusage | None:
         proc = ready.proc
         try:
@@ -206,7 +152,7 @@ class SandboxExecutor:
         return rusage
 
     def _handshake(
-        self, ready: _Launcher, run: RunState, config: dict[str, Any], source: str
+        self, ready: Launcher, run: RunState, config: dict[str, Any], source: str
     ) -> bool:
         """Wait for ``U``, install id maps, send config and source. False if that failed."""
         with selectors.DefaultSelector() as selector:
@@ -216,6 +162,8 @@ class SandboxExecutor:
         try:
             if not chunk.startswith(b"U"):
                 raise OSError("the launcher did not start")
+            if run.cgroup is not None:
+                run.cgroup.attach(ready.proc.pid)  # before it forks: the whole run is in it
             if run.mode == "namespaces":
                 run.ids.write_maps(ready.proc.pid)
             with os.fdopen(ready.control_w, "wb") as control:
@@ -226,7 +174,7 @@ class SandboxExecutor:
             return False
         return True
 
-    def _capture(self, ready: _Launcher, run: RunState, deadline: float) -> None:
+    def _capture(self, ready: Launcher, run: RunState, deadline: float) -> None:
         """Read stdout, stderr and status until all close, killing the run at a limit."""
         proc = ready.proc
         assert proc.stdout is not None
@@ -241,7 +189,11 @@ class SandboxExecutor:
                     self._kill(proc, run, "wall_time")
                     deadline = float("inf")
                     continue
-                for key, _ in selector.select(min(remaining, 1.0)):
+                events = selector.select(min(remaining, 1.0))
+                breached = run.cgroup.breached() if run.cgroup and not events else None
+                if breached and run.killed_for is None:  # pids.max: a fork failed somewhere
+                    self._kill(proc, run, breached)
+                for key, _ in events:
                     fd = int(key.fd)
                     chunk = os.read(fd, READ_CHUNK)
                     if not chunk:
@@ -257,7 +209,9 @@ class SandboxExecutor:
     def _kill(proc: subprocess.Popen[bytes], run: RunState, limit: LimitName | None = None) -> None:
         """Kill the launcher's group (the namespace's init with it) and every run process."""
         run.killed_for = run.killed_for or limit
-        _kill_group(proc.pid)
+        if run.cgroup is not None:
+            run.cgroup.kill()
+        kill_group(proc.pid)
         sweep(run.ids)
 
     @staticmethod

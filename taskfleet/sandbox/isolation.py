@@ -18,6 +18,8 @@ from taskfleet.sandbox.launcher import NAMESPACE_FLAGS, SANDBOX_UID
 from taskfleet.sandbox.result import Mode
 
 PROBE_TIMEOUT_S = 10.0
+#: Capability bits (``CapEff`` in /proc/self/status) needed to write a run's uid/gid maps.
+CAP_SETGID, CAP_SETUID = 6, 7
 SWEEP_TIMEOUT_S = 5.0
 SWEEP_INTERVAL_S = 0.01
 _PROBE = (
@@ -30,14 +32,31 @@ class IsolationUnavailable(RuntimeError):
     """Namespaces are unavailable and the operator did not allow rlimits-only mode."""
 
 
-@lru_cache(maxsize=1)
-def namespaces_available() -> bool:
-    """Whether this host lets a process unshare user, mount, net, PID, IPC and UTS namespaces.
+def _can_map_ids() -> bool:
+    """Whether this process may map a run to two host uids of its choice (CAP_SETUID, SETGID)."""
+    status = Path("/proc/self/status").read_text()
+    effective = int(
+        next(ln.split()[1] for ln in status.splitlines() if ln.startswith("CapEff")), 16
+    )
+    return all(effective & (1 << cap) for cap in (CAP_SETUID, CAP_SETGID))
 
-    Probed once per process in a throwaway child (unshare changes the caller for good).
+
+@lru_cache(maxsize=1)
+def namespaces_unavailable_reason() -> str | None:
+    """Why namespace mode cannot work here, or None when it can.
+
+    It needs Linux, a process allowed to unshare user, mount, net, PID, IPC and UTS namespaces
+    (probed once per process in a throwaway child: unshare changes the caller for good), and
+    CAP_SETUID and CAP_SETGID to map each run to two fresh host uids.
     """
     if sys.platform != "linux":
-        return False
+        return f"namespaces need Linux, not {sys.platform}"
+    if not _can_map_ids():
+        return (
+            f"the worker (uid {os.geteuid()}) lacks CAP_SETUID/CAP_SETGID, which map each run "
+            "to two fresh host uids: run it as root, or in a container as root with only those "
+            "capabilities added (see README, Sandbox)"
+        )
     try:
         probe = subprocess.run(
             [sys.executable, "-I", "-S", "-c", _PROBE],
@@ -46,9 +65,19 @@ def namespaces_available() -> bool:
             timeout=PROBE_TIMEOUT_S,
             check=False,
         )
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return probe.returncode == 0
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"the namespace probe failed: {exc}"
+    if probe.returncode != 0:
+        return (
+            "this host does not let the worker unshare user/PID/network/mount namespaces "
+            "(user namespaces disabled, or a container seccomp/AppArmor profile refusing them)"
+        )
+    return None
+
+
+def namespaces_available() -> bool:
+    """Whether runs can use namespace mode here (``namespaces_unavailable_reason`` says why not)."""
+    return namespaces_unavailable_reason() is None
 
 
 def choose_mode(settings: SandboxSettings) -> Mode:
@@ -62,8 +91,8 @@ def choose_mode(settings: SandboxSettings) -> Mode:
     if settings.allow_degraded:
         return "rlimits_only"
     raise IsolationUnavailable(
-        "sandbox isolation unavailable: this host does not allow user/PID/network/mount "
-        "namespaces; set TASKFLEET_SANDBOX_ALLOW_DEGRADED=true to run with rlimits only"
+        f"sandbox isolation unavailable: {namespaces_unavailable_reason()}; set "
+        "TASKFLEET_SANDBOX_ALLOW_DEGRADED=true to run with rlimits only"
     )
 
 

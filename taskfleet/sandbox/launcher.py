@@ -7,8 +7,11 @@ namespaces and reports ``U``; the executor (root outside) maps ns-root and the s
 (uid 1000 inside) to two unprivileged host uids and sends the run config. The launcher forks
 the namespace's init, which builds a private root (read-only binds of the system and the
 interpreter, a fresh ``/proc``, a tmpfs work dir), pivots into it and forks the user program.
-When the program exits, or its wall time ends, init reports and exits: the kernel then kills
-everything left in the PID namespace, including ``setsid`` grandchildren.
+The program process sets its rlimits, drops to the sandbox user, sets ``no_new_privs`` and,
+last, loads the seccomp-bpf filter the worker compiled (``seccomp_policy``) before the
+untrusted code runs. When the program exits, or its wall time ends, init reports and exits:
+the kernel then kills everything left in the PID namespace, including ``setsid``
+grandchildren.
 
 Rlimits-only mode (operator opt-in): no namespaces; the launcher itself supervises.
 
@@ -42,6 +45,8 @@ MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 MNT_DETACH = 2
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS = 1, 4, 38
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
+SOCK_FILTER_BYTES = 8  # struct sock_filter: u16 code, u8 jt, u8 jf, u32 k
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
 SYS_OPEN_TREE, SYS_MOVE_MOUNT, SYS_MOUNT_SETATTR = 428, 429, 442  # same number on every arch
 AT_FDCWD, AT_EMPTY_PATH, AT_RECURSIVE, OPEN_TREE_CLONE = -100, 0x1000, 0x8000, 1
@@ -108,6 +113,35 @@ def _detached_readonly_tree(path: str) -> int:
     return fd
 
 
+class _SockFprog(ctypes.Structure):
+    _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
+
+
+def _install_seccomp(program: bytes) -> None:
+    """Load the seccomp-bpf program the worker compiled (``taskfleet.sandbox.seccomp_policy``).
+
+    Needs ``no_new_privs`` first. Inherited by every process the program starts, kept across
+    ``execve``, and never removable: the last step before the untrusted code runs.
+    """
+    if not program or len(program) % SOCK_FILTER_BYTES:
+        raise SetupError("seccomp: no filter program")  # never run the program unfiltered
+    code = ctypes.create_string_buffer(program, len(program))
+    fprog = _SockFprog(len(program) // SOCK_FILTER_BYTES, ctypes.addressof(code))
+    _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0), "seccomp")
+
+
+def _needs_prefix_tree(argv: list[str]) -> bool:
+    """Whether the interpreter's prefix lies outside the system dirs the root binds anyway.
+
+    ``open_tree`` before ``unshare`` needs ``CAP_SYS_ADMIN`` on the host: a container worker
+    without it (``/usr/local`` prefix) must not need it.
+    """
+    prefix = argv[4]
+    return argv[3] == "namespaces" and not any(
+        prefix == path or prefix.startswith(path + "/") for path in SYSTEM_DIRS
+    )
+
+
 def _send(fd: int, message: str) -> None:
     os.write(fd, f"{message}\n".encode())
 
@@ -146,7 +180,13 @@ def _build_root(root: str, config: dict[str, Any], source: bytes, prefix_fd: int
     os.symlink("/proc/self/fd/1", f"{root}/dev/stdout")
     os.symlink("/proc/self/fd/2", f"{root}/dev/stderr")
     os.makedirs(root + "/proc")
-    _mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    if config["mount_proc"]:  # off: an empty /proc (a container whose /proc has masked paths)
+        try:
+            _mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        except SetupError as exc:
+            raise SetupError(
+                f"{exc} (a masked /proc? TASKFLEET_SANDBOX_MOUNT_PROC=false)"
+            ) from None
     os.makedirs(root + WORK_DIR)
     _mount("tmpfs", root + WORK_DIR, "tmpfs", MS_NOSUID | MS_NODEV, config["work_dir_mount"])
     os.chown(root + WORK_DIR, SANDBOX_UID, SANDBOX_UID)
@@ -165,7 +205,7 @@ def _build_root(root: str, config: dict[str, Any], source: bytes, prefix_fd: int
 
 
 def _run_source(script: str) -> int:
-    """Run the program as ``__main__`` in this (forked, already started) interpreter.
+    """Run the program as ``__main__`` in this (forked, already started, filtered) interpreter.
 
     Forking the waiting launcher instead of exec-ing a fresh interpreter saves an interpreter
     start-up per run; the launcher holds nothing secret (empty environment, no worker state).
@@ -219,6 +259,7 @@ def _exec_program(config: dict[str, Any], status_fd: int, uid: int, work_dir: st
         os.closerange(3, 65536)
         os.environ.clear()
         os.environ.update(config["env"])
+        _install_seccomp(config["seccomp_bpf"])
     except BaseException as exc:
         _send(status_fd, f"E program start failed: {exc}")
         os._exit(127)
@@ -272,7 +313,8 @@ def _isolated(config: dict[str, Any], source: bytes, status_fd: int, prefix_fd: 
     os.setresuid(0, 0, 0)
     _libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)  # /proc/<init> owned by its uid: host sweeps see it
     _build_root(config["root"], config, source, prefix_fd)
-    os.close(prefix_fd)
+    if prefix_fd >= 0:
+        os.close(prefix_fd)
     config["script"] = f"{SOURCE_DIR}/main.py"
     config["stdin_path"] = f"{SOURCE_DIR}/stdin" if config["stdin"] is not None else None
     _supervise(config, status_fd, SANDBOX_UID, WORK_DIR)
@@ -284,7 +326,7 @@ def main(argv: list[str]) -> None:
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     isolated = argv[3] == "namespaces"
     try:
-        prefix_fd = _detached_readonly_tree(argv[4]) if isolated else -1
+        prefix_fd = _detached_readonly_tree(argv[4]) if _needs_prefix_tree(argv) else -1
         if isolated:
             _check(_libc.unshare(NAMESPACE_FLAGS), "unshare")
         _send(status_fd, "U")

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from taskfleet.sandbox.capture import BoundedStream, limit_from_exception, uncaught_exception
+from taskfleet.sandbox.cgroups import RunCgroup
 from taskfleet.sandbox.isolation import HostIds
 from taskfleet.sandbox.limits import LimitName, SandboxLimits
 from taskfleet.sandbox.result import Mode, SandboxResult, Status
@@ -27,6 +28,8 @@ class RunState:
     stderr: BoundedStream
     status: bytearray = field(default_factory=bytearray)
     killed_for: LimitName | None = None
+    cgroup: RunCgroup | None = None
+    limits_note: str | None = None
 
     @classmethod
     def start(cls, limits: SandboxLimits, mode: Mode, ids: HostIds) -> RunState:
@@ -55,7 +58,8 @@ def build_result(
 ) -> SandboxResult:
     """Classify a finished run.
 
-    Precedence: limits the executor enforced (output, wall time), then the signal that ended the
+    Precedence: limits the executor enforced (output, wall time, a whole-run cgroup limit:
+    memory.max or pids.max), then the signal that ended the
     program (SIGXCPU, SIGXFSZ), then its uncaught exception (MemoryError under RLIMIT_AS, EFBIG,
     EMFILE, EAGAIN from fork under RLIMIT_NPROC); otherwise its exit code decides.
     """
@@ -76,6 +80,8 @@ def build_result(
         "peak_memory_bytes": peak,
         "wall_time_s": round(wall, 6),
         "overhead_s": round(max(elapsed - wall, 0.0), 6),
+        "limits_scope": "whole_run" if run.cgroup else "per_process",
+        "limits_note": run.limits_note,
     }
     if (ended is None or setup_error is not None) and run.killed_for is None:
         failure = setup_error or "the sandbox ended without reporting a status"

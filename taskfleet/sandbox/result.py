@@ -14,6 +14,9 @@ from taskfleet.sandbox.limits import LimitName, SandboxLimits
 #: (nothing ran). ``sandbox_error``: the sandbox itself could not be set up.
 Status = Literal["succeeded", "failed", "limit_exceeded", "rejected", "sandbox_error"]
 Mode = Literal["namespaces", "rlimits_only"]
+#: ``whole_run``: memory, processes and CPU bound the run's whole tree (a cgroup v2 per run).
+#: ``per_process``: rlimits only, each process of the run on its own (no delegated cgroup).
+LimitsScope = Literal["whole_run", "per_process"]
 #: A UTF-8 sequence is at most 4 bytes; a cut inside one at the end is not an encoding error.
 MAX_UTF8_SEQUENCE = 4
 
@@ -69,6 +72,9 @@ class SandboxResult(BaseModel):
     peak_memory_bytes: int = 0
     overhead_s: float = 0.0
     limits: SandboxLimits | None = None
+    limits_scope: LimitsScope | None = None
+    #: Where the limits apply, and why only per process when so.
+    limits_note: str | None = None
 
     @classmethod
     def rejected(cls, error: str, limits: SandboxLimits | None = None) -> SandboxResult:

@@ -103,6 +103,10 @@ def test_runs_code_with_stdin_and_reports_usage(run_job: Callable[..., dict[str,
     assert result["cpu_time_s"] > 0
     assert result["peak_memory_bytes"] > 1024 * 1024
     assert result["limits"]["wall_time_s"] == get_sandbox_settings().default_wall_time_s
+    # No delegated cgroup v2 here: the result says the limits bind each process only.
+    assert result["limits_scope"] == "per_process"
+    assert result["limits_note"].startswith("limits are per process only")
+    assert "TASKFLEET_SANDBOX_CGROUP_ROOT" in result["limits_note"]
 
 
 @pytest.mark.parametrize(
@@ -350,3 +354,38 @@ def test_rlimits_only_mode_when_the_operator_allows_it() -> None:
     # Returned when the program did, not when its detached grandchild (1000 s) or the limit would.
     assert result.wall_time_s < RLIMITS_WALL_S
     wait_for(lambda: not sandbox_processes(settings), CLEANUP_TIMEOUT_S, "no orphan left")
+
+
+def test_an_unusable_cgroup_root_gives_per_process_limits_and_says_why() -> None:
+    # The real cgroup filesystem: a v2 directory without the memory/pids/cpu controllers
+    # (this host's v1 holds them), or one that does not exist.
+    root = "/sys/fs/cgroup/unified"
+    if not Path(root, "cgroup.controllers").is_file():
+        root = "/nonexistent-cgroup"
+    executor = SandboxExecutor(load_sandbox_settings(cgroup_root=root))
+    try:
+        result = executor.run(_payload("print('ran')"))
+    finally:
+        executor.close()
+    assert result.status == "succeeded", result
+    assert result.stdout.data == "ran\n"
+    assert result.limits_scope == "per_process"
+    assert result.limits_note is not None
+    assert root in result.limits_note
+
+
+def test_without_a_proc_mount_runs_still_work_and_see_no_proc() -> None:
+    # TASKFLEET_SANDBOX_MOUNT_PROC=false: what the compose CPU worker uses (Docker masks paths
+    # under its /proc, and the kernel then refuses a fresh procfs to a user namespace).
+    executor = SandboxExecutor(load_sandbox_settings(mount_proc=False))
+    source = (
+        "import os, subprocess, sys\n"
+        "child = subprocess.run([sys.executable, '-c', 'print(1)'], capture_output=True)\n"
+        "print(os.listdir('/proc'), child.stdout.decode().strip())\n"
+    )
+    try:
+        result = executor.run(_payload(source))
+    finally:
+        executor.close()
+    assert result.status == "succeeded", result
+    assert result.stdout.data == "[] 1\n"

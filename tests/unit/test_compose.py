@@ -18,13 +18,19 @@ from typing import Any
 import pytest
 import yaml
 
+from taskfleet.config.sandbox import ENV_PREFIX as SANDBOX_ENV_PREFIX
+from taskfleet.config.sandbox import SandboxSettings
 from taskfleet.config.settings import ENV_PREFIX, Settings
+from taskfleet.sandbox import worker_profile
 from taskfleet.workers.profiles import APP_PATH, WorkerProfile, cpu_profile, io_profile
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
+WORKER_SECCOMP = ROOT / "docker" / "seccomp-cpu-worker.json"
+#: The CPU worker's capabilities: the uid maps of a run (SETUID, SETGID), the sweep (KILL).
+SANDBOX_CAPS = {"SETUID", "SETGID", "KILL"}
 
 INFRA_SERVICES = {"redis", "postgres", "rabbitmq"}
 APP_SERVICES = {"cpu-worker", "io-worker", "beat", "flower"}
@@ -192,7 +198,9 @@ def test_postgres_database_and_password_from_the_environment(
 
 
 def test_every_taskfleet_variable_is_a_settings_field(compose: dict[str, Any]) -> None:
-    known = {f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields}
+    known = {f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields} | {
+        f"{SANDBOX_ENV_PREFIX}{name.upper()}" for name in SandboxSettings.model_fields
+    }
     used = {
         key
         for service in [compose["x-taskfleet"], *compose["services"].values()]
@@ -460,3 +468,61 @@ def test_no_secret_is_put_on_a_command_line(name: str, compose: dict[str, Any]) 
                 before = line[: use.start()].splitlines()[-1] if line[: use.start()] else ""
                 shell_only = before.strip() in ("requirepass", "") or "test -n" in before
                 assert shell_only, (name, line)
+
+
+def test_the_cpu_worker_runs_sandboxes_with_least_privilege(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    # Namespace mode in the image (README "Sandbox"): root in the container for the uid maps,
+    # with three capabilities, a seccomp profile of its own, never privileged.
+    worker = services["cpu-worker"]
+    assert not worker.get("privileged")
+    assert str(worker["user"]) == "0:0"
+    assert worker["cap_drop"] == ["ALL"]
+    assert set(worker["cap_add"]) == SANDBOX_CAPS
+    options = worker["security_opt"]
+    assert "no-new-privileges:true" in options
+    assert f"seccomp=./{WORKER_SECCOMP.relative_to(ROOT)}" in options
+    assert "seccomp=unconfined" not in options
+    assert "systempaths=unconfined" not in options  # /proc stays masked: runs get none
+    assert env_of(worker)["TASKFLEET_SANDBOX_MOUNT_PROC"] == "false"
+    assert (
+        SandboxSettings(mount_proc=env_of(worker)["TASKFLEET_SANDBOX_MOUNT_PROC"]).mount_proc
+        is False
+    )  # type: ignore[arg-type]
+    assert not str(worker.get("working_dir", "/tmp")).startswith("/home/"), "root without DAC caps"
+
+
+def test_no_other_service_gets_privileges(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        assert not service.get("privileged"), name
+        if name != "cpu-worker":
+            assert not service.get("cap_add"), name
+            assert "user" not in service, name  # the image's uid 10001
+            for option in service.get("security_opt", []):
+                assert "unconfined" not in option, (name, option)
+
+
+def test_the_worker_seccomp_profile_is_current_and_strict() -> None:
+    assert WORKER_SECCOMP.read_text() == worker_profile.render(), (
+        "regenerate: python -m taskfleet.sandbox.worker_profile > docker/seccomp-cpu-worker.json"
+    )
+    profile = json.loads(WORKER_SECCOMP.read_text())
+    assert profile["defaultAction"] == "SCMP_ACT_ERRNO"
+    assert {arch["architecture"] for arch in profile["archMap"]} == {
+        "SCMP_ARCH_X86_64",
+        "SCMP_ARCH_AARCH64",
+    }
+    assert all(arch["subArchitectures"] == [] for arch in profile["archMap"])  # no i386, x32
+    unconditional = {
+        name
+        for rule in profile["syscalls"]
+        if rule["action"] == "SCMP_ACT_ALLOW" and not rule.get("args")
+        for name in rule["names"]
+    }
+    assert set(worker_profile.WORKER_SETUP) <= unconditional
+    for refused in ("ptrace", "io_uring_setup", "bpf", "keyctl", "add_key", "setns", "kexec_load",
+                    "init_module", "userfaultfd", "perf_event_open", "process_vm_readv", "clone3"):  # fmt: skip
+        assert refused not in unconditional, refused
+    clone = next(rule for rule in profile["syscalls"] if rule["names"] == ["clone"])
+    assert clone["args"][0]["op"] == "SCMP_CMP_MASKED_EQ"

@@ -148,3 +148,15 @@ def test_each_run_gets_two_fresh_unprivileged_host_uids() -> None:
     assert ids.program == ids.root + 1
     assert ids.root >= settings.uid_base
     assert ids.id_map() == f"0 {ids.root} 1\n1000 {ids.program} 1\n"
+
+
+def test_a_worker_without_setuid_capabilities_is_told_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The image's uid 10001: namespace mode cannot map runs to host uids, and says so.
+    monkeypatch.setattr(isolation, "_can_map_ids", lambda: False)
+    isolation.namespaces_unavailable_reason.cache_clear()
+    try:
+        assert not isolation.namespaces_available()
+        with pytest.raises(isolation.IsolationUnavailable, match="lacks CAP_SETUID/CAP_SETGID"):
+            isolation.choose_mode(load_sandbox_settings())
+    finally:
+        isolation.namespaces_unavailable_reason.cache_clear()
