@@ -12,67 +12,37 @@ import psutil
 import pytest
 
 import taskfleet.tasks.sandbox_jobs  # noqa: F401 - registers sandbox.run for the client's router
-from taskfleet.client import Client
-from taskfleet.config import load_settings
 from taskfleet.config.sandbox import get_sandbox_settings, load_sandbox_settings
-from taskfleet.sandbox import SandboxExecutor, namespaces_available
+from taskfleet.sandbox import SandboxExecutor
 from taskfleet.sandbox.isolation import sandbox_processes
 from taskfleet.sandbox.limits import resolve_limits
-from taskfleet.workers.profiles import cpu_profile
-from tests.support.services import missing_service
+from tests.support.sandbox_fleet import CLEANUP_TIMEOUT_S, job_runner, require_namespaces
+from tests.support.sandbox_fleet import sandbox_fleet as sandbox_fleet_of
 from tests.support.waiting import wait_for
 from tests.support.workers import Fleet
 
 REPO = Path(__file__).resolve().parents[2]
-RESULT_TIMEOUT_S = 30.0
-CLEANUP_TIMEOUT_S = 5.0
 #: Wall limit of the rlimits-only run: far above the program's own run time.
 RLIMITS_WALL_S = 60
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _namespaces() -> None:
-    """Skip locally without user/PID/net/mount namespaces; fail when CI is set."""
-    if not namespaces_available():
-        missing_service("user/PID/net/mount namespaces for the sandbox", "not available")
+    require_namespaces()
 
 
 @pytest.fixture(scope="module")
 def sandbox_fleet(
     redis_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Fleet]:
-    """One prefork CPU worker (one process) on queues of its own."""
-    suffix = uuid.uuid4().hex[:8]
-    env = {
-        **redis_env,
-        "TASKFLEET_CPU_QUEUE": f"cpu-sbx-{suffix}",
-        "TASKFLEET_IO_QUEUE": f"io-sbx-{suffix}",
-        "TASKFLEET_SECRET_CANARY": f"canary-{suffix}",
-    }
-    fleet = Fleet(env, tmp_path_factory.mktemp("sandbox-fleet"))
-    profile = cpu_profile(load_settings(**fleet.settings_overrides), 1)
-    try:
-        fleet.start(profile, "cpu")
+    canary = {"TASKFLEET_SECRET_CANARY": f"canary-{uuid.uuid4().hex[:8]}"}
+    with sandbox_fleet_of(redis_env, tmp_path_factory.mktemp("sandbox-fleet"), canary) as fleet:
         yield fleet
-    finally:
-        fleet.stop()
 
 
 @pytest.fixture(scope="module")
 def run_job(sandbox_fleet: Fleet) -> Callable[..., dict[str, Any]]:
-    """Send one sandbox.run job and return its result dict, checking nothing outlives it."""
-    client = Client(sandbox_fleet.app())
-
-    def run(payload: Any) -> dict[str, Any]:
-        result: dict[str, Any] = client.enqueue("sandbox.run", payload).result(RESULT_TIMEOUT_S)
-        wait_for(
-            lambda: not sandbox_processes(get_sandbox_settings()),
-            CLEANUP_TIMEOUT_S,
-            "no sandbox process left on the host",
-        )
-        return result
-
-    return run
+    return job_runner(sandbox_fleet)
 
 
 def _worker_tree(fleet: Fleet) -> int:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -19,13 +18,10 @@ import pyseccomp
 import pytest
 
 import taskfleet.tasks.sandbox_jobs  # noqa: F401 - registers sandbox.run for the client's router
-from taskfleet.client import Client
-from taskfleet.config import load_settings
-from taskfleet.config.sandbox import get_sandbox_settings
-from taskfleet.sandbox import SandboxExecutor, namespaces_available
+from taskfleet.sandbox import SandboxExecutor
 from taskfleet.sandbox import executor as executor_module
-from taskfleet.sandbox.isolation import sandbox_processes
-from taskfleet.workers.profiles import cpu_profile
+from tests.support.sandbox_fleet import job_runner, require_namespaces
+from tests.support.sandbox_fleet import sandbox_fleet as sandbox_fleet_of
 from tests.support.seccomp_vectors import (
     VECTORS,
     X32_SYSCALL_BIT,
@@ -33,12 +29,8 @@ from tests.support.seccomp_vectors import (
     outcome,
     syscall_number,
 )
-from tests.support.services import missing_service
-from tests.support.waiting import wait_for
 from tests.support.workers import Fleet
 
-RESULT_TIMEOUT_S = 30.0
-CLEANUP_TIMEOUT_S = 5.0
 #: Refused with EPERM without the filter too: the program holds no capability.
 CAPABILITY_GATED = {"pivot_root", "clone_newns", "reboot", "swapoff", "acct"}
 #: The control filter itself refuses foreign ABIs (libseccomp's bad-arch action).
@@ -48,42 +40,22 @@ IS_X86_64 = os.uname().machine == "x86_64"
 
 @pytest.fixture(scope="module", autouse=True)
 def _namespaces() -> None:
-    if not namespaces_available():
-        missing_service("user/PID/net/mount namespaces for the sandbox", "not available")
+    require_namespaces()
 
 
 @pytest.fixture(scope="module")
 def sandbox_fleet(
     redis_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Fleet]:
-    """One prefork CPU worker (one process) on queues of its own."""
-    suffix = uuid.uuid4().hex[:8]
-    env = {**redis_env, "TASKFLEET_CPU_QUEUE": f"cpu-sec-{suffix}"}
-    fleet = Fleet(env, tmp_path_factory.mktemp("seccomp-fleet"))
-    try:
-        fleet.start(cpu_profile(load_settings(**fleet.settings_overrides), 1), "cpu")
+    with sandbox_fleet_of(redis_env, tmp_path_factory.mktemp("seccomp-fleet")) as fleet:
         yield fleet
-    finally:
-        fleet.stop()
 
 
 @pytest.fixture(scope="module")
 def run_job(sandbox_fleet: Fleet) -> Callable[[str], dict[str, Any]]:
     """Run one program through sandbox.run; wait until no sandbox process is left."""
-    client = Client(sandbox_fleet.app())
-
-    def run(source: str) -> dict[str, Any]:
-        result: dict[str, Any] = client.enqueue(
-            "sandbox.run", {"source": source, "limits": {"wall_time_s": 10}}
-        ).result(RESULT_TIMEOUT_S)
-        wait_for(
-            lambda: not sandbox_processes(get_sandbox_settings()),
-            CLEANUP_TIMEOUT_S,
-            "no sandbox process left on the host",
-        )
-        return result
-
-    return run
+    run = job_runner(sandbox_fleet)
+    return lambda source: run({"source": source, "limits": {"wall_time_s": 10}})
 
 
 def _number(vector: Vector) -> int:
