@@ -1,0 +1,64 @@
+-- GCRA over several keys at once, with batch cost, slot booking and counters.
+-- KEYS: n state keys (one per policy), the job's booked-slot key, the counters' index,
+--       then the counter hashes to bump.
+-- ARGV: now, cost, horizon, n, slot_ttl_grace, tally_ttl, tally_cap,
+--       name_allowed, name_reserved, name_refused, then per state key: interval, tolerance.
+-- Returns {outcome, wait}: 0 allowed now; 1 reserved (its slot is `wait` s from now, booked
+-- in the slot key); 2 refused (admissible with a booking in `wait` s); 3 allowed on a slot
+-- booked earlier (the slot key existed; nothing else is charged).
+local now = tonumber(ARGV[1])
+local cost = tonumber(ARGV[2])
+local horizon = tonumber(ARGV[3])
+local n = tonumber(ARGV[4])
+local slot_key = KEYS[n + 1]
+local index_key = KEYS[n + 2]
+
+local function tally(field, amount)
+  local cap = tonumber(ARGV[7])
+  for i = n + 3, #KEYS do
+    redis.call('HINCRBY', KEYS[i], field, amount)
+    redis.call('EXPIRE', KEYS[i], ARGV[6])
+    redis.call('ZADD', index_key, now, KEYS[i])
+  end
+  if #KEYS > n + 2 then
+    redis.call('ZREMRANGEBYRANK', index_key, 0, -cap - 1)
+    redis.call('EXPIRE', index_key, ARGV[6])
+  end
+end
+
+if slot_key ~= '' and redis.call('DEL', slot_key) == 1 then
+  tally(ARGV[8], cost)
+  return {3, '0'}
+end
+
+local at = now
+local tats = {}
+for i = 1, n do
+  local interval = tonumber(ARGV[9 + 2 * i])
+  local tolerance = tonumber(ARGV[10 + 2 * i])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
+  if tat < now then tat = now end
+  tats[i] = tat
+  local earliest = tat + (cost - 1) * interval - tolerance
+  if earliest > at then at = earliest end
+end
+
+local wait = at - now
+if wait > horizon + 1e-6 then  -- float noise must not refuse a call that exactly fits
+  tally(ARGV[10], cost)
+  return {2, string.format('%.6f', wait - horizon)}
+end
+for i = 1, n do
+  local interval = tonumber(ARGV[9 + 2 * i])
+  local new = math.max(tats[i], at) + cost * interval
+  redis.call('SET', KEYS[i], string.format('%.6f', new), 'PX', math.ceil((new - now) * 1000) + 1)
+end
+if wait <= 0 then
+  tally(ARGV[8], cost)
+  return {0, '0'}
+end
+if slot_key ~= '' then
+  redis.call('SET', slot_key, '1', 'PX', math.ceil((wait + tonumber(ARGV[5])) * 1000))
+end
+tally(ARGV[9], cost)
+return {1, string.format('%.6f', wait)}
