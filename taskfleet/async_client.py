@@ -42,6 +42,9 @@ class AsyncClient:
         return self._publisher
 
     async def _publish(self, jobs: PreparedJobs, client_id: str | None) -> list[JobHandle]:
+        client_id = self.client.sender(client_id)
+        if self.client.gate is not None:  # its Redis call runs off the event loop
+            await asyncio.to_thread(self.client.admit, jobs, client_id)
         publisher = self._async_publisher()
         if publisher is not None:
             fresh = await publisher.publish(jobs, client_id)
