@@ -23,6 +23,7 @@ JOB_MODULES: Final[tuple[str, ...]] = (
     "taskfleet.tasks.builtin",
     "taskfleet.tasks.contract_jobs",
     "taskfleet.resilience.testing_jobs",
+    "taskfleet.ratelimit.testing_jobs",
     "taskfleet.tasks.sandbox_jobs",
     "taskfleet.scheduler.tasks",
 )
@@ -59,6 +60,9 @@ JOB_POOLS: Final[Mapping[str, Pool]] = MappingProxyType(
         "diag.gate": CPU,
         "diag.record": CPU,
         "diag.record_io": IO,
+        # taskfleet.ratelimit.testing_jobs
+        "diag.limited": CPU,
+        "diag.sender": CPU,
         # taskfleet.tasks.sandbox_jobs
         "sandbox.run": CPU,
         # taskfleet.scheduler.tasks (TICK_TASK)
