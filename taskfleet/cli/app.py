@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from taskfleet.ratelimit.cli import limits_cli
 from taskfleet.resilience.cli import dlq_cli
 from taskfleet.results.cli import results_cli
 from taskfleet.scheduler.cli import scale_cli
@@ -23,3 +24,4 @@ cli.add_typer(services_cli, name="services")
 cli.add_typer(dlq_cli, name="dlq")
 cli.add_typer(scale_cli, name="scale")
 cli.add_typer(results_cli, name="results")
+cli.add_typer(limits_cli, name="limits")
