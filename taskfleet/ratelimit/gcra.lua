@@ -2,10 +2,12 @@
 -- KEYS: n state keys (one per policy), the job's booked-slot key, the counters' index,
 --       then the counter hashes to bump.
 -- ARGV: now, cost, horizon, n, slot_ttl_grace, tally_ttl, tally_cap,
---       name_allowed, name_reserved, name_refused, then per state key: interval, tolerance.
+--       name_allowed, name_reserved, name_refused, late, then per state key: interval,
+--       tolerance.
 -- Returns {outcome, wait}: 0 allowed now; 1 reserved (its slot is `wait` s from now, booked
 -- in the slot key); 2 refused (admissible with a booking in `wait` s); 3 allowed on a slot
--- booked earlier (the slot key existed; nothing else is charged).
+-- booked earlier (nothing else is charged). A slot missed by more than `late` seconds is
+-- dropped and the call checked afresh: running late jobs together would exceed the rate.
 local now = tonumber(ARGV[1])
 local cost = tonumber(ARGV[2])
 local horizon = tonumber(ARGV[3])
@@ -26,16 +28,22 @@ local function tally(field, amount)
   end
 end
 
-if slot_key ~= '' and redis.call('DEL', slot_key) == 1 then
-  tally(ARGV[8], cost)
-  return {3, '0'}
+if slot_key ~= '' then
+  local slot = redis.call('GET', slot_key)
+  if slot then
+    redis.call('DEL', slot_key)
+    if now <= tonumber(slot) + tonumber(ARGV[11]) then
+      tally(ARGV[8], cost)
+      return {3, '0'}
+    end
+  end
 end
 
 local at = now
 local tats = {}
 for i = 1, n do
-  local interval = tonumber(ARGV[9 + 2 * i])
-  local tolerance = tonumber(ARGV[10 + 2 * i])
+  local interval = tonumber(ARGV[10 + 2 * i])
+  local tolerance = tonumber(ARGV[11 + 2 * i])
   local tat = tonumber(redis.call('GET', KEYS[i]) or now)
   if tat < now then tat = now end
   tats[i] = tat
@@ -49,7 +57,7 @@ if wait > horizon + 1e-6 then  -- float noise must not refuse a call that exactl
   return {2, string.format('%.6f', wait - horizon)}
 end
 for i = 1, n do
-  local interval = tonumber(ARGV[9 + 2 * i])
+  local interval = tonumber(ARGV[10 + 2 * i])
   local new = math.max(tats[i], at) + cost * interval
   redis.call('SET', KEYS[i], string.format('%.6f', new), 'PX', math.ceil((new - now) * 1000) + 1)
 end
@@ -58,7 +66,8 @@ if wait <= 0 then
   return {0, '0'}
 end
 if slot_key ~= '' then
-  redis.call('SET', slot_key, '1', 'PX', math.ceil((wait + tonumber(ARGV[5])) * 1000))
+  local ttl_ms = math.ceil((wait + tonumber(ARGV[5])) * 1000)
+  redis.call('SET', slot_key, string.format('%.6f', at), 'PX', ttl_ms)
 end
 tally(ARGV[9], cost)
 return {1, string.format('%.6f', wait)}

@@ -47,10 +47,12 @@ SOCKET_TIMEOUT_S = 1.0
 
 @dataclass(frozen=True)
 class Limit:
-    """A policy applied under a scope (``client:<id>``, ``kind:<kind>``)."""
+    """A policy applied under a scope (``client:<id>``, ``kind:<kind>``), counted under
+    ``stats`` (default: the scope; a kind split per key is counted once, by kind)."""
 
     scope: str
     policy: Policy
+    stats: str = ""
 
 
 def store_for(url: str) -> GcraStore:
@@ -136,7 +138,7 @@ class Limiter:
         slot_key: str,
     ) -> Verdict:
         allowed, reserved, refused = TALLY_NAMES[context]
-        stats = [STATS_PREFIX + limit.scope for limit in limits]
+        stats = [STATS_PREFIX + (limit.stats or limit.scope) for limit in limits]
         for limit in limits:
             if isinstance(limit.policy, SlidingWindow):
                 verdict = windows.acquire(f"{context}:{limit.scope}", limit.policy, cost)

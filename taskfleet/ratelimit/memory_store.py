@@ -34,8 +34,8 @@ class MemoryGcraStore:
         self._lock = threading.Lock()
         #: key -> (theoretical arrival time, expires at)
         self._tats: dict[str, tuple[float, float]] = {}
-        #: slot key -> expires at
-        self._slots: dict[str, float] = {}
+        #: slot key -> (slot time, expires at)
+        self._slots: dict[str, tuple[float, float]] = {}
         self._tallies: dict[str, Counter[str]] = {}
 
     def __len__(self) -> int:
@@ -61,7 +61,8 @@ class MemoryGcraStore:
         tally = call.tally
         with self._lock:
             self._sweep(now)
-            if call.slot_key and self._slots.pop(call.slot_key, -math.inf) > now:
+            slot, expires = self._slots.pop(call.slot_key, (-math.inf, -math.inf))
+            if expires > now and now <= slot + call.late_s:
                 self._tally(call, tally.allowed)
                 return Verdict(ON_SLOT)
             tats = []
@@ -82,7 +83,7 @@ class MemoryGcraStore:
                 self._tally(call, tally.allowed)
                 return Verdict(ALLOWED)
             if call.slot_key:
-                self._slots[call.slot_key] = now + wait + SLOT_GRACE_S
+                self._slots[call.slot_key] = (at, now + wait + SLOT_GRACE_S)
             self._tally(call, tally.reserved)
             return Verdict(RESERVED, wait)
 
@@ -97,5 +98,5 @@ class MemoryGcraStore:
             return [k for k in reversed(self._tallies) if k.startswith(prefix)]
 
 
-def _expiry(value: float | tuple[float, float]) -> float:
-    return value[1] if isinstance(value, tuple) else value
+def _expiry(value: tuple[float, float]) -> float:
+    return value[1]

@@ -9,9 +9,10 @@ client (the ``taskfleet_client_id`` header) across all its kinds.
 
 A job over a limit is deferred, never failed: it books the next free slot (up to
 ``TASKFLEET_LIMITS_MAX_DEFER`` seconds ahead; a leaky bucket up to its capacity) and is
-re-queued with a countdown to it, like a breaker's deferral (Celery's retry with a countdown,
-not counted against the retry policy's budget). It holds no worker slot while it waits: the
-broker message waits, not a process. At its slot it runs without being charged again.
+re-queued with an ETA at it (:mod:`~taskfleet.ratelimit.deferral`), not counted against the
+retry policy's budget. It holds no process while it waits (a worker's timer holds it), and
+at its slot it runs without being charged again; a job that misses its slot by more than
+``SLOT_LATE_S`` books a new one.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from taskfleet.config.limits import LimitSettings, get_limit_settings
 from taskfleet.publishing.base import CLIENT_HEADER
+from taskfleet.ratelimit.deferral import defer
 from taskfleet.ratelimit.enqueue import client_policy
 from taskfleet.ratelimit.errors import RateLimited
 from taskfleet.ratelimit.limiter import Limit, Limiter
@@ -34,8 +36,6 @@ if TYPE_CHECKING:
 
 #: Where a deferred job's booked slot is kept (``<prefix><job id>``).
 SLOT_PREFIX = KEY_PREFIX + "slot:"
-#: Celery's retry needs a bound; deferrals must never reach it.
-DEFER_MAX_RETRIES = 1_000_000
 #: Shortest deferral (seconds): a refusal whose wait rounds to nothing still leaves the slot.
 MIN_DEFER_S = 0.01
 
@@ -117,13 +117,6 @@ class RateLimitMiddleware(Middleware):
         )
         if verdict.admitted and verdict.wait <= 0:
             return NOT_HANDLED
-        scope = limits[0].scope if len(limits) == 1 else "+".join(x.scope for x in limits)
-        client_id = getattr(task.request, CLIENT_HEADER, None)
-        # The re-queued message keeps its sender (a header Celery's retry would not copy).
-        options = {} if client_id is None else {"headers": {CLIENT_HEADER: client_id}}
-        raise task.retry(
-            countdown=max(verdict.wait, MIN_DEFER_S),
-            max_retries=DEFER_MAX_RETRIES,
-            exc=RateLimited(verdict.wait, scope),
-            **options,
-        )
+        scope = "+".join(limit.scope for limit in limits)
+        wait = max(verdict.wait, MIN_DEFER_S)
+        raise defer(task, args, kwargs, wait, RateLimited(verdict.wait, scope))

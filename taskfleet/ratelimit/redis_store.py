@@ -47,6 +47,7 @@ class RedisGcraStore:
             tally.allowed,
             tally.reserved,
             tally.refused,
+            repr(call.late_s),
         ]
         for policy in call.policies:
             argv += [repr(policy.rate.interval), repr(policy.tolerance)]

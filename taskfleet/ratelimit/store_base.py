@@ -19,6 +19,8 @@ from taskfleet.ratelimit.policies import Gcra
 ALLOWED, RESERVED, REFUSED, ON_SLOT = 0, 1, 2, 3
 #: Seconds a booked slot outlives its time (a late worker still finds it).
 SLOT_GRACE_S = 300.0
+#: A booked slot missed by more than this (seconds) is dropped and the call checked afresh.
+SLOT_LATE_S = 0.1
 #: Counter hashes the index lists (the least recently bumped beyond this are dropped).
 TALLY_CAP = 10_000
 
@@ -53,6 +55,7 @@ class GcraCall:
     Attributes:
         horizon: How far ahead (seconds) the call may book a slot; 0 books none.
         slot_key: Where a booking is recorded (and found by the job's next run); "" for none.
+        late_s: How late a booked slot may still be used.
     """
 
     keys: Sequence[str]
@@ -61,6 +64,7 @@ class GcraCall:
     horizon: float = 0.0
     slot_key: str = ""
     tally: Tally = field(default_factory=Tally)
+    late_s: float = SLOT_LATE_S
 
 
 class GcraStore(Protocol):

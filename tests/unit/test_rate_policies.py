@@ -179,3 +179,15 @@ def test_storage_down_follows_the_configured_fallback(fallback: str, expected: l
     assert [v.outcome for v in verdicts] == expected
     if fallback == "deny":
         assert verdicts[0].wait == lim.deny_retry_after
+
+
+def test_a_slot_missed_by_more_than_the_grace_is_booked_afresh() -> None:
+    clock = Clock()
+    lim = limiter(clock)
+    limits = [Limit("kind:n", TokenBucket("10/s", burst=1))]
+    assert lim.check(limits, context="execution", horizon=5.0).outcome == ALLOWED
+    booked = lim.check(limits, context="execution", horizon=5.0, slot_key="slot:late")
+    assert booked.outcome == RESERVED
+    clock.now += booked.wait + 0.5  # the worker ran it half a second late
+    again = lim.check(limits, context="execution", horizon=5.0, slot_key="slot:late")
+    assert again.outcome == ALLOWED  # checked afresh (the bucket has room again), not on its slot
