@@ -16,7 +16,14 @@ from typing import Any
 from bench.report import Table
 from bench.services import stop_started
 from bench.systems import SYSTEM_NAMES
-from bench.workloads import features, w1_end_to_end, w2_enqueue, w3_latency, w7_autoscale
+from bench.workloads import (
+    features,
+    w1_end_to_end,
+    w2_enqueue,
+    w3_latency,
+    w7_autoscale,
+    w_limits,
+)
 from bench.workloads.base import (
     DEFAULT_LATENCY_RATE,
     DEFAULT_LATENCY_SECONDS,
@@ -27,7 +34,7 @@ from bench.workloads.base import (
     Options,
 )
 
-WORKLOADS = ("W1", "W2", "W3", "R1", "W4", "W5", "W6", "W7")
+WORKLOADS = ("W1", "W2", "W3", "R1", "W4", "W5", "W6", "W7", "L1")
 RESULTS_DIR = Path(__file__).parent / "results"
 LATEST_MD = "latest.md"
 LATEST_JSON = "latest.json"
@@ -59,7 +66,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--only",
         type=lambda v: _csv(v.upper(), WORKLOADS, "workload"),
         default=WORKLOADS,
-        help="workloads, e.g. W1,W2 (R1 = resilience-layer overhead)",
+        help="workloads, e.g. W1,W2 (R1 = resilience-layer overhead, L1 = rate-limit overhead)",
     )
     parser.add_argument(
         "--systems",
@@ -117,7 +124,7 @@ def run_workload(workload: str, options: Options) -> list[Table]:
     """Run one workload.
 
     Args:
-        workload: ``W1``..``W7`` or ``R1``.
+        workload: ``W1``..``W7``, ``R1`` or ``L1``.
         options: Options.
 
     Returns:
@@ -132,6 +139,8 @@ def run_workload(workload: str, options: Options) -> list[Table]:
         return [w3_latency.run(options), *([at_target] if at_target else [])]
     if workload == "W7":
         return [w7_autoscale.table(options)]
+    if workload == "L1":
+        return [w_limits.table(options)]
     return [features.TABLES[workload](options)]
 
 

@@ -82,7 +82,12 @@ class Client(JobPreparer):
         self.publisher = publisher_for(self.publisher_config)
         self.client_id = client_id
         queues = [self.topology.cpu_queue, self.topology.io_queue]
-        gate = EnqueueGate(limits or get_limit_settings(), self.urls.redis_url, queues)
+        gate = EnqueueGate(
+            limits or get_limit_settings(),
+            self.urls.redis_url,
+            queues,
+            broker_url=self.urls.broker_url,
+        )
         #: Admission control and per-client limits; None when neither is configured.
         self.gate = gate if gate.active else None
 
@@ -91,14 +96,15 @@ class Client(JobPreparer):
         """The client id a call goes out with: its own, else the client's."""
         return self.client_id if client_id is None else client_id
 
-    def admit(self, jobs: PreparedJobs, client_id: str | None) -> None:
-        """Pass ``jobs`` through the enqueue gate (nothing when none is configured).
+    def publish(self, jobs: PreparedJobs, client_id: str | None) -> list[bool]:
+        """Publish ``jobs`` through the enqueue gate when one is configured.
 
         Raises:
-            Overloaded, RateLimited, BatchTooLarge: nothing may be published.
+            Overloaded, RateLimited, BatchTooLarge: nothing was published.
         """
         if self.gate is not None:
-            self.gate.admit(jobs.queues, jobs.priorities, client_id)
+            return self.gate.publish(jobs, client_id, self.publisher)
+        return self.publisher.publish(jobs, client_id)
 
     # -- publishing -----------------------------------------------------------------------
     def _before_publish(self, job_ids: Sequence[str]) -> None:
@@ -143,9 +149,7 @@ class Client(JobPreparer):
             ClaimPending: another call's claim on the key neither resolved nor expired.
         """
         jobs = self.prepare([JobSpec(kind, payload, priority, idempotency_key)])
-        sender = self.sender(client_id)
-        self.admit(jobs, sender)
-        return self.handles_for(jobs, self.publisher.publish(jobs, sender))[0]
+        return self.handles_for(jobs, self.publish(jobs, self.sender(client_id)))[0]
 
     def enqueue_many(
         self,
@@ -170,9 +174,7 @@ class Client(JobPreparer):
             BatchTooLarge: the batch exceeds the client's burst; it could never be admitted.
         """
         prepared = self.prepare(list(jobs), priority)
-        sender = self.sender(client_id)
-        self.admit(prepared, sender)
-        return self.handles_for(prepared, self.publisher.publish(prepared, sender))
+        return self.handles_for(prepared, self.publish(prepared, self.sender(client_id)))
 
     def handle(self, job_id: str, kind: str = "") -> JobHandle:
         """A handle for a job published earlier (by id)."""

@@ -26,7 +26,7 @@ from typing import NamedTuple
 import redis
 
 from taskfleet.ratelimit.errors import Overloaded
-from taskfleet.ratelimit.redis_store import KEY_PREFIX
+from taskfleet.ratelimit.store_base import KEY_PREFIX
 from taskfleet.routing.depth import redis_priority_keys
 from taskfleet.routing.transport import ALL_PRIORITY_STEPS
 

@@ -23,8 +23,15 @@ from urllib.parse import urlsplit
 from taskfleet.ratelimit.errors import LimitStorageError
 from taskfleet.ratelimit.memory_store import MemoryGcraStore
 from taskfleet.ratelimit.policies import Policy, SlidingWindow
-from taskfleet.ratelimit.redis_store import KEY_PREFIX
-from taskfleet.ratelimit.store_base import ALLOWED, REFUSED, GcraCall, GcraStore, Tally, Verdict
+from taskfleet.ratelimit.store_base import (
+    ALLOWED,
+    KEY_PREFIX,
+    REFUSED,
+    GcraCall,
+    GcraStore,
+    Tally,
+    Verdict,
+)
 from taskfleet.ratelimit.window import WindowStore
 
 log = logging.getLogger(__name__)
@@ -39,16 +46,22 @@ TALLY_NAMES: dict[str, tuple[str, str, str]] = {
 #: Where each scope's state and counters live (``<prefix><scope>``).
 STATE_PREFIX = KEY_PREFIX + "gcra:"
 STATS_PREFIX = KEY_PREFIX + "stats:"
+#: Calls kept for reuse per limiter (cleared when full: a plan is cheap to rebuild).
+PLAN_CACHE_SIZE = 4096
 #: A storage outage is logged at most this often (seconds).
 OUTAGE_LOG_INTERVAL_S = 10.0
-#: Socket timeouts of the limiter's own Redis connection: a hung Redis is an outage.
-SOCKET_TIMEOUT_S = 1.0
+#: Connect timeout of the limiter's own Redis connection: an unreachable Redis is an outage
+#: (replies have no timeout, as the publisher's: a call that publishes may take a while).
+CONNECT_TIMEOUT_S = 1.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Limit:
     """A policy applied under a scope (``client:<id>``, ``kind:<kind>``), counted under
-    ``stats`` (default: the scope; a kind split per key is counted once, by kind)."""
+    ``stats`` (default: the scope; a kind split per key is counted once, by kind).
+
+    Compared by identity: a caller that reuses its ``Limit`` objects reuses their call plan.
+    """
 
     scope: str
     policy: Policy
@@ -65,9 +78,7 @@ def store_for(url: str) -> GcraStore:
 
         from taskfleet.ratelimit.redis_store import RedisGcraStore
 
-        client = redis.Redis.from_url(
-            url, socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=SOCKET_TIMEOUT_S
-        )
+        client = redis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT_S)
         return RedisGcraStore(client)
     raise ValueError(f"unknown rate-limit storage {url!r}: use redis://, rediss:// or memory://")
 
@@ -95,6 +106,8 @@ class Limiter:
         self.local = MemoryGcraStore()
         self.local_windows = WindowStore("memory://")
         self._logged_at = -OUTAGE_LOG_INTERVAL_S
+        #: Calls built for a set of limits, reused (a client's limit at enqueue, say).
+        self._plans: dict[tuple[object, ...], GcraCall] = {}
 
     def check(
         self,
@@ -104,6 +117,7 @@ class Limiter:
         context: Context = "enqueue",
         horizon: float = 0.0,
         slot_key: str = "",
+        push: Sequence[tuple[str, Sequence[bytes | str]]] = (),
     ) -> Verdict:
         """Check and charge ``limits`` for ``cost`` units.
 
@@ -111,9 +125,14 @@ class Limiter:
             horizon: How far ahead (seconds) a GCRA policy without a queue of its own
                 (a token bucket) may book a slot; a leaky bucket books up to its capacity.
             slot_key: Where a booking is kept for the caller's next try ("" for none).
+            push: Envelopes the Redis store pushes in the same step if admitted
+                (``Verdict.pushed``). Such a call has no fallback: a Redis error is raised
+                as it is (it may have come after the push, and the broker is down anyway).
         """
         try:
-            return self._check(self.store, self.windows, limits, cost, context, horizon, slot_key)
+            return self._check(
+                self.store, self.windows, limits, cost, context, horizon, slot_key, push
+            )
         except LimitStorageError as exc:
             now = time.monotonic()
             if now - self._logged_at >= OUTAGE_LOG_INTERVAL_S:
@@ -124,7 +143,7 @@ class Limiter:
             if self.fallback == "deny":
                 return Verdict(REFUSED, self.deny_retry_after)
             return self._check(
-                self.local, self.local_windows, limits, cost, context, horizon, slot_key
+                self.local, self.local_windows, limits, cost, context, horizon, slot_key, ()
             )
 
     def _check(
@@ -136,33 +155,51 @@ class Limiter:
         context: Context,
         horizon: float,
         slot_key: str,
+        push: Sequence[tuple[str, Sequence[bytes | str]]],
     ) -> Verdict:
-        allowed, reserved, refused = TALLY_NAMES[context]
-        stats = [STATS_PREFIX + (limit.stats or limit.scope) for limit in limits]
         for limit in limits:
             if isinstance(limit.policy, SlidingWindow):
                 verdict = windows.acquire(f"{context}:{limit.scope}", limit.policy, cost)
-                if not verdict.admitted:  # counted as refused (an empty GCRA call)
-                    store.acquire(self._call((), cost, 0.0, "", stats, refused), self.clock())
+                if not verdict.admitted:  # counted as refused (a call with no policy)
+                    counts_only = self._plan(limits, context, horizon, "", refused=True)
+                    store.acquire(counts_only, self.clock(), cost)
                     return verdict
-        buckets = [limit for limit in limits if not isinstance(limit.policy, SlidingWindow)]
-        # A leaky bucket books up to its own queue; a token bucket up to the caller's horizon.
-        reach = [horizon if b.policy.queue_s is None else b.policy.queue_s for b in buckets]  # type: ignore[union-attr]
-        horizon = min(reach, default=horizon)
-        call = GcraCall(
-            keys=[f"{STATE_PREFIX}{context}:{limit.scope}" for limit in buckets],
-            policies=[limit.policy for limit in buckets],  # type: ignore[misc]
-            cost=cost,
-            horizon=horizon,
-            slot_key=slot_key,
-            tally=Tally(stats, allowed, reserved, refused, self.counter_ttl),
-        )
-        return store.acquire(call, self.clock())
+        call = self._plan(limits, context, horizon, slot_key)
+        return store.acquire(call, self.clock(), cost, push)
 
-    def _call(
-        self, keys: Sequence[str], cost: int, horizon: float, slot: str, stats: list[str], name: str
+    def _plan(
+        self,
+        limits: Sequence[Limit],
+        context: Context,
+        horizon: float,
+        slot_key: str,
+        *,
+        refused: bool = False,
     ) -> GcraCall:
-        """A call that only counts ``cost`` under ``name`` (no policy to charge)."""
-        return GcraCall(
-            keys, (), cost, horizon, slot, Tally(stats, name, name, name, self.counter_ttl)
-        )
+        """The GCRA call of ``limits`` (kept for reuse unless it names a job's slot)."""
+        key = (tuple(limits), context, horizon, refused)
+        if not slot_key:
+            cached = self._plans.get(key)
+            if cached is not None:
+                return cached
+        names = TALLY_NAMES[context]
+        stats = [STATS_PREFIX + (limit.stats or limit.scope) for limit in limits]
+        if refused:  # a window refused: count it, charge no bucket
+            tally = Tally(stats, names[2], names[2], names[2], self.counter_ttl)
+            call = GcraCall((), (), 0.0, "", tally)
+        else:
+            buckets = [limit for limit in limits if not isinstance(limit.policy, SlidingWindow)]
+            # A leaky bucket books up to its own queue; a token bucket up to the horizon.
+            reach = [horizon if b.policy.queue_s is None else b.policy.queue_s for b in buckets]  # type: ignore[union-attr]
+            call = GcraCall(
+                keys=[f"{STATE_PREFIX}{context}:{limit.scope}" for limit in buckets],
+                policies=[limit.policy for limit in buckets],  # type: ignore[misc]
+                horizon=min(reach, default=horizon),
+                slot_key=slot_key,
+                tally=Tally(stats, *names, self.counter_ttl),
+            )
+        if not slot_key:
+            if len(self._plans) >= PLAN_CACHE_SIZE:
+                self._plans.clear()
+            self._plans[key] = call
+        return call

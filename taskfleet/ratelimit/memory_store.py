@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import Counter
+from collections.abc import Sequence
 
 from taskfleet.ratelimit.store_base import (
     ALLOWED,
@@ -48,22 +49,28 @@ class MemoryGcraStore:
                 for key in [k for k, v in table.items() if _expiry(v) <= now]:
                     del table[key]
 
-    def _tally(self, call: GcraCall, field: str) -> None:
+    def _tally(self, call: GcraCall, field: str, cost: int) -> None:
         for key in call.tally.keys:  # re-inserted: the table is ordered by last bump
             counter = self._tallies.pop(key, None) or Counter()
-            counter[field] += call.cost
+            counter[field] += cost
             self._tallies[key] = counter
         while len(self._tallies) > TALLY_CAP:
             del self._tallies[next(iter(self._tallies))]
 
-    def acquire(self, call: GcraCall, now: float) -> Verdict:
-        """See :meth:`taskfleet.ratelimit.store_base.GcraStore.acquire`."""
+    def acquire(
+        self,
+        call: GcraCall,
+        now: float,
+        cost: int = 1,
+        push: Sequence[tuple[str, Sequence[bytes | str]]] = (),
+    ) -> Verdict:
+        """See :meth:`taskfleet.ratelimit.store_base.GcraStore.acquire` (never pushes)."""
         tally = call.tally
         with self._lock:
             self._sweep(now)
             slot, expires = self._slots.pop(call.slot_key, (-math.inf, -math.inf))
             if expires > now and now <= slot + call.late_s:
-                self._tally(call, tally.allowed)
+                self._tally(call, tally.allowed, cost)
                 return Verdict(ON_SLOT)
             tats = []
             at = now
@@ -71,20 +78,20 @@ class MemoryGcraStore:
                 tat, expires = self._tats.get(key, (now, now))
                 tat = now if expires <= now else max(tat, now)
                 tats.append(tat)
-                at = max(at, tat + (call.cost - 1) * policy.rate.interval - policy.tolerance)
+                at = max(at, tat + (cost - 1) * policy.rate.interval - policy.tolerance)
             wait = at - now
             if wait > call.horizon + EPSILON_S:
-                self._tally(call, tally.refused)
+                self._tally(call, tally.refused, cost)
                 return Verdict(REFUSED, wait - call.horizon)
             for key, policy, tat in zip(call.keys, call.policies, tats, strict=True):
-                new = max(tat, at) + call.cost * policy.rate.interval
+                new = max(tat, at) + cost * policy.rate.interval
                 self._tats[key] = (new, new)
             if wait <= 0:
-                self._tally(call, tally.allowed)
+                self._tally(call, tally.allowed, cost)
                 return Verdict(ALLOWED)
             if call.slot_key:
                 self._slots[call.slot_key] = (at, now + wait + SLOT_GRACE_S)
-            self._tally(call, tally.reserved)
+            self._tally(call, tally.reserved, cost)
             return Verdict(RESERVED, wait)
 
     def counters(self, key: str) -> dict[str, int]:

@@ -28,7 +28,7 @@ from taskfleet.ratelimit.enqueue import client_policy
 from taskfleet.ratelimit.errors import RateLimited
 from taskfleet.ratelimit.limiter import Limit, Limiter
 from taskfleet.ratelimit.policies import Policy, policy_from_spec
-from taskfleet.ratelimit.redis_store import KEY_PREFIX
+from taskfleet.ratelimit.store_base import KEY_PREFIX
 from taskfleet.tasks.middleware import NOT_HANDLED, Middleware, task_option
 
 if TYPE_CHECKING:

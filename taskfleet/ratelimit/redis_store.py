@@ -4,24 +4,23 @@ Written as a script rather than taken from ``limits``: ``limits`` has no GCRA, i
 answer only yes or no (a refusal needs a second call for the reset time, ``retry_after``
 here comes back with the verdict), it checks one limit per call (a job under a kind's and a
 client's limit must be charged on both or neither), and it cannot book a future slot for a
-deferred job. The script does all of that in one round trip. Each state key expires when its
+deferred job. The script does all of that in one round trip, and at enqueue it also pushes
+the jobs it admits (on a Redis broker that is also the limits' storage), so a limited
+``enqueue`` costs the same one round trip as an unlimited one. Each state key expires when its
 bucket is full again (its state then says nothing), so idle clients cost nothing.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import redis
 
 from taskfleet.ratelimit.errors import LimitStorageError
-from taskfleet.ratelimit.store_base import SLOT_GRACE_S, TALLY_CAP, GcraCall, Verdict
+from taskfleet.ratelimit.store_base import INDEX_KEY, REFUSED, GcraCall, Verdict
 
 LUA_PATH = Path(__file__).with_name("gcra.lua")
-#: Key prefix of everything the rate limits keep in Redis.
-KEY_PREFIX = "taskfleet:limits:"
-#: Sorted set of counter hashes, by when each was last bumped (``limits status``).
-INDEX_KEY = KEY_PREFIX + "index"
 UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, OSError)
 
 
@@ -32,25 +31,25 @@ class RedisGcraStore:
         self.client = client
         self._script = client.register_script(LUA_PATH.read_text())
 
-    def acquire(self, call: GcraCall, now: float) -> Verdict:
+    def acquire(
+        self,
+        call: GcraCall,
+        now: float,
+        cost: int = 1,
+        push: Sequence[tuple[str, Sequence[bytes | str]]] = (),
+    ) -> Verdict:
         """See :meth:`taskfleet.ratelimit.store_base.GcraStore.acquire`."""
-        tally = call.tally
-        keys = [*call.keys, call.slot_key, INDEX_KEY, *tally.keys]
-        argv: list[str | int | float] = [
-            repr(now),
-            call.cost,
-            repr(call.horizon),
-            len(call.keys),
-            SLOT_GRACE_S,
-            tally.ttl_s,
-            TALLY_CAP,
-            tally.allowed,
-            tally.reserved,
-            tally.refused,
-            repr(call.late_s),
-        ]
-        for policy in call.policies:
-            argv += [repr(policy.rate.interval), repr(policy.tolerance)]
+        keys, tail = call.redis_args
+        argv = [repr(now), cost, *tail]
+        if push:
+            keys = list(keys)
+            for list_key, values in push:
+                keys.append(list_key)
+                argv.append(len(values))
+                argv += values
+        if push:  # a failure may come after the push: it is the publish's, not ours
+            outcome, wait = self._script(keys=keys, args=argv)
+            return Verdict(int(outcome), float(wait), int(outcome) != REFUSED)
         try:
             outcome, wait = self._script(keys=keys, args=argv)
         except UNREACHABLE as exc:

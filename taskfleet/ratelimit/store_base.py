@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import NamedTuple, Protocol
 
 from taskfleet.ratelimit.policies import Gcra
@@ -21,7 +22,11 @@ ALLOWED, RESERVED, REFUSED, ON_SLOT = 0, 1, 2, 3
 SLOT_GRACE_S = 300.0
 #: A booked slot missed by more than this (seconds) is dropped and the call checked afresh.
 SLOT_LATE_S = 0.1
-#: Counter hashes the index lists (the least recently bumped beyond this are dropped).
+#: Key prefix of everything the rate limits keep in Redis.
+KEY_PREFIX = "taskfleet:limits:"
+#: Sorted set of counter hashes, by when each first counted (``limits status``).
+INDEX_KEY = KEY_PREFIX + "index"
+#: Counter hashes the index lists (the oldest beyond this are dropped).
 TALLY_CAP = 10_000
 
 
@@ -30,6 +35,8 @@ class Verdict(NamedTuple):
 
     outcome: int
     wait: float = 0.0
+    #: Whether the call's ``push`` was published with it (Redis store, admitted).
+    pushed: bool = False
 
     @property
     def admitted(self) -> bool:
@@ -48,9 +55,12 @@ class Tally:
     ttl_s: int = 7 * 24 * 3600
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class GcraCall:
-    """One atomic check of ``policies`` (state under ``keys``) for ``cost`` units.
+    """One atomic check of ``policies`` (state under ``keys``), without its cost.
+
+    The same call is reused for every check of the same limits (a client's, at enqueue):
+    what does not change between checks is derived once (:attr:`redis_args`).
 
     Attributes:
         horizon: How far ahead (seconds) the call may book a slot; 0 books none.
@@ -60,18 +70,51 @@ class GcraCall:
 
     keys: Sequence[str]
     policies: Sequence[Gcra]
-    cost: int = 1
     horizon: float = 0.0
     slot_key: str = ""
     tally: Tally = field(default_factory=Tally)
     late_s: float = SLOT_LATE_S
 
+    @cached_property
+    def redis_args(self) -> tuple[list[str], list[bytes | str | int | float]]:
+        """``gcra.lua``'s KEYS and ARGV after ``now`` and ``cost``, for this call."""
+        tally = self.tally
+        keys = [*self.keys, self.slot_key, INDEX_KEY, *tally.keys]
+        argv: list[bytes | str | int | float] = [
+            repr(self.horizon),
+            len(self.keys),
+            SLOT_GRACE_S,
+            tally.ttl_s,
+            TALLY_CAP,
+            tally.allowed,
+            tally.reserved,
+            tally.refused,
+            repr(self.late_s),
+            len(tally.keys),
+        ]
+        for policy in self.policies:
+            argv += [repr(policy.rate.interval), repr(policy.tolerance)]
+        return keys, argv
+
 
 class GcraStore(Protocol):
-    """Applies GCRA calls atomically. Raises only ``LimitStorageError`` when unreachable."""
+    """Applies GCRA calls atomically. Raises only ``LimitStorageError`` when unreachable
+    (a call with a ``push`` raises the broker's own error instead)."""
 
-    def acquire(self, call: GcraCall, now: float) -> Verdict:
-        """Check and charge ``call`` at time ``now`` (seconds)."""
+    def acquire(
+        self,
+        call: GcraCall,
+        now: float,
+        cost: int = 1,
+        push: Sequence[tuple[str, Sequence[bytes | str]]] = (),
+    ) -> Verdict:
+        """Check and charge ``call`` for ``cost`` units at time ``now`` (seconds).
+
+        Args:
+            push: Envelopes to push if admitted, as ``(list, values)`` LPUSHes, in the same
+                atomic step (a store that cannot leaves ``Verdict.pushed`` False: the caller
+                publishes them).
+        """
         ...
 
     def counters(self, key: str) -> dict[str, int]:
@@ -79,5 +122,5 @@ class GcraStore(Protocol):
         ...
 
     def tallies(self, prefix: str) -> list[str]:
-        """Tally keys starting with ``prefix``, most recently bumped first."""
+        """Tally keys starting with ``prefix``, most recent first."""
         ...

@@ -157,7 +157,7 @@ def test_idle_state_expires_by_itself() -> None:
 class DownStore:
     """A store whose backend is unreachable."""
 
-    def acquire(self, call: GcraCall, now: float) -> Verdict:
+    def acquire(self, call: GcraCall, now: float, cost: int = 1, push: object = ()) -> Verdict:
         raise LimitStorageError("down")
 
     def counters(self, key: str) -> dict[str, int]:
