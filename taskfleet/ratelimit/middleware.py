@@ -5,7 +5,8 @@
 the place of Celery's own ``rate_limit``, which holds per worker process (N processes allow
 N times the rate). ``rate_limit_key=fn`` (``fn(args, kwargs) -> str | None``) splits a kind's
 limit per key (one bucket per customer, say). ``TASKFLEET_LIMITS_EXECUTION`` limits each
-client (the ``taskfleet_client_id`` header) across all its kinds.
+client (the ``taskfleet_client_id`` header, else a ``client_id`` keyword argument, as
+``contract.process`` takes) across all its kinds.
 
 A job over a limit is deferred, never failed: it books the next free slot (up to
 ``TASKFLEET_LIMITS_MAX_DEFER`` seconds ahead; a leaky bucket up to its capacity) and is
@@ -95,7 +96,7 @@ class RateLimitMiddleware(Middleware):
             key_fn = task_option(task, "rate_limit_key")
             key = key_fn(args, kwargs) if key_fn is not None else None
             limits.append(Limit(f"{scope}:{key}" if key else scope, policy, stats=scope))
-        client_id = getattr(task.request, CLIENT_HEADER, None)
+        client_id = getattr(task.request, CLIENT_HEADER, None) or kwargs.get("client_id")
         if client_id is not None and self.settings.execution:
             policy = client_policy(self.settings.execution, str(client_id))
             if policy is not None:

@@ -188,3 +188,29 @@ def test_a_limited_enqueue_publishes_in_the_limits_script(
         for m in reversed(redis_client.lrange(client.topology.cpu_queue + "\x06\x165", 0, -1))
     ]
     client.close()
+
+
+def test_contract_process_takes_a_client_id(app: Celery, redis_client: redis.Redis) -> None:
+    """``process_contract(..., client_id=)``: the client's enqueue limit, and the header."""
+    from taskfleet.contracts.api import process_contract
+    from taskfleet.tasks.contract_jobs import process_contract as contract_job
+    from tests.unit.test_contracts import AS_OF, doc
+
+    who = f"contracts-{uuid.uuid4().hex[:6]}"
+    client = Client(app, limits=load_limit_settings(enqueue={who: "1/s burst=1"}))
+    process_contract(doc(), client, as_of=AS_OF, client_id=who)
+    (published,) = [
+        json.loads(m)
+        for key in redis_priority_keys(client.topology.cpu_queue)
+        for m in redis_client.lrange(key, 0, -1)
+    ]
+    assert published["headers"][CLIENT_HEADER] == who
+    with pytest.raises(RateLimited):
+        process_contract(doc(), client, as_of="2025-03-02", client_id=who)
+    assert _depth(client, redis_client) == 1
+    # The job itself accepts the client id (a bare send_task caller may pass it).
+    with_id, without = contract_job(doc(), AS_OF, client_id=who), contract_job(doc(), AS_OF)
+    with_id.pop("cache_hit", None)
+    without.pop("cache_hit", None)
+    assert with_id == without
+    client.close()
