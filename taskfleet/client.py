@@ -29,6 +29,7 @@ from taskfleet.preparing import JobItem, JobPreparer
 from taskfleet.publishing import PreparedJobs, PublisherConfig, publisher_for
 from taskfleet.ratelimit.enqueue import EnqueueGate
 from taskfleet.ratelimit.errors import BatchTooLarge, Overloaded, RateLimited
+from taskfleet.ratelimit.stale import stale_answers
 from taskfleet.routing.priority import Priority, PriorityError
 from taskfleet.routing.topology import Topology, UnknownJobKind
 
@@ -90,6 +91,8 @@ class Client(JobPreparer):
         )
         #: Admission control and per-client limits; None when neither is configured.
         self.gate = gate if gate.active else None
+        #: Kinds answered from a stale cached result while overloaded (None: none).
+        self.stale = stale_answers(app, gate.settings, self.urls.redis_url)
 
     # -- admitting -------------------------------------------------------------------------
     def sender(self, client_id: str | None) -> str | None:
@@ -145,11 +148,18 @@ class Client(JobPreparer):
         Raises:
             UnknownJobKind, PayloadError, PriorityError: nothing was published.
             RateLimited: over the client's enqueue limit (``retry_after``).
-            Overloaded: the queue is overloaded, the priority below the bar (``retry_after``).
+            Overloaded: the queue is overloaded, the priority below the bar (``retry_after``),
+                and no stale result may answer (``TASKFLEET_LIMITS_OVERLOAD_STALE``).
             ClaimPending: another call's claim on the key neither resolved nor expired.
         """
         jobs = self.prepare([JobSpec(kind, payload, priority, idempotency_key)])
-        return self.handles_for(jobs, self.publish(jobs, self.sender(client_id)))[0]
+        try:
+            return self.handles_for(jobs, self.publish(jobs, self.sender(client_id)))[0]
+        except Overloaded as exc:
+            answer = None if self.stale is None else self.stale.answer(kind, payload, exc.queue)
+            if answer is None:
+                raise
+            return answer
 
     def enqueue_many(
         self,

@@ -71,6 +71,10 @@ class LimitSettings(BaseSettings):
     overload_admit_priority: int = Field(DEFAULT_OVERLOAD_ADMIT_PRIORITY, ge=0, le=9)
     overload_refresh_ms: int = Field(DEFAULT_OVERLOAD_REFRESH_MS, ge=1, le=60_000)
     overload_retry_after: float = Field(DEFAULT_OVERLOAD_RETRY_AFTER_S, gt=0, le=3600)
+    overload_stale: list[str] = Field(
+        default_factory=list,
+        description="kinds answered from their cached result (marked stale) while overloaded",
+    )
 
     @field_validator("storage_url")
     @classmethod

@@ -214,3 +214,68 @@ def test_contract_process_takes_a_client_id(app: Celery, redis_client: redis.Red
     without.pop("cache_hit", None)
     assert with_id == without
     client.close()
+
+
+def test_an_opted_in_kind_is_answered_stale_while_overloaded(
+    app: Celery, redis_client: redis.Redis, services: dict[str, str]
+) -> None:
+    from taskfleet.cache.factory import open_cache
+    from taskfleet.cache.reuse import REUSE_PREFIX
+    from taskfleet.contracts.pipeline import reuse_key
+    from tests.unit.test_contracts import doc
+
+    document = doc(reference=f"C-{uuid.uuid4().hex[:6]}")
+    cached = {"summary": "computed earlier", "cache_hit": False}
+    cache = open_cache([services["TASKFLEET_REDIS_URL"]], listen=False)
+    cache.set(f"{REUSE_PREFIX}:contract.process:{reuse_key((document,), {})}", cached)
+    limits = _overload_settings(overload_backlog=3, overload_stale=["contract.process"])
+    client = Client(app, limits=limits)
+    client.enqueue_many([("cpu.noop", i) for i in range(5)])
+
+    def shed() -> bool:
+        try:
+            client.enqueue("cpu.noop")
+        except Overloaded:
+            return True
+        return False
+
+    wait_for(shed, DEADLINE_S, "the queue to be overloaded")
+    depth = _depth(client, redis_client)
+    handle = client.enqueue("contract.process", document)
+    assert handle.result(5) == {**cached, "cache_hit": True, "stale": True}
+    assert _depth(client, redis_client) == depth  # answered, not published
+    with pytest.raises(Overloaded):  # nothing cached for this one: shed as usual
+        client.enqueue("contract.process", doc(reference=f"C-{uuid.uuid4().hex[:6]}"))
+    queue = client.topology.cpu_queue
+    assert redis_client.hget(f"{STATS_PREFIX}queue:{queue}", "stale") == b"1"
+    client.close()
+
+
+def test_limits_status_shows_counters_limits_and_shedding(
+    app: Celery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from taskfleet.cli.app import cli
+
+    who = f"status-{uuid.uuid4().hex[:6]}"
+    table = {who: "2/s burst=2"}
+    client = Client(app, client_id=who, limits=load_limit_settings(enqueue=table))
+    client.enqueue_many([("cpu.noop", 1), ("cpu.noop", 2)])
+    with pytest.raises(RateLimited):
+        client.enqueue("cpu.noop")
+    monkeypatch.setenv("TASKFLEET_LIMITS_ENQUEUE", json.dumps(table))
+    monkeypatch.setenv("TASKFLEET_LIMITS_OVERLOAD_BACKLOG", "1")
+    monkeypatch.setenv("TASKFLEET_CPU_QUEUE", client.topology.cpu_queue)
+    runner = CliRunner()
+    one = runner.invoke(cli, ["limits", "status", who, "--json"])
+    assert one.exit_code == 0, one.output
+    (scope,) = json.loads(one.output)["scopes"]
+    assert scope["counters"] == {"allowed": 2, "refused": 1}
+    assert "TokenBucket" in scope["limits"]["enqueue"]
+    every = runner.invoke(cli, ["limits", "status"])
+    assert every.exit_code == 0, every.output
+    assert f"client:{who}  allowed 2  refused 1" in every.output
+    assert f"queue {client.topology.cpu_queue}: backlog 2" in every.output
+    assert "SHEDDING" in every.output
+    client.close()
