@@ -62,6 +62,24 @@ def _timed(body: Callable[[], object], reset: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
+def _cpu_costs(clients: dict[str, Client], n: int, server: redis.Redis) -> dict[str, float]:
+    """CPU per ``enqueue``, which the machine's load moves less than wall time: the
+    producer's (``process_time``) and Redis's (``INFO commandstats``), plain and limited."""
+    out: dict[str, float] = {}
+    for name in ("plain", "limited"):
+        client = clients[name]
+        server.config_resetstat()
+        started = time.process_time()
+        for i in range(n):
+            client.enqueue("cpu.noop", i)
+        out[f"{name}_client_cpu_us"] = round((time.process_time() - started) / n * 1e6, 1)
+        stats = server.info("commandstats")
+        used = sum(v["usec"] for k, v in stats.items() if k != "cmdstat_config")
+        out[f"{name}_redis_cpu_us"] = round(used / n, 1)
+        server.flushdb()
+    return out
+
+
 def run(n: int = L1_N, batch: int = BATCH) -> dict[str, Any]:
     """Per-call and per-job figures in microseconds (medians over ``ROUNDS`` rounds)."""
     svc = services()
@@ -82,6 +100,7 @@ def run(n: int = L1_N, batch: int = BATCH) -> dict[str, Any]:
                 _timed(lambda c=client: [c.enqueue("cpu.noop", i) for i in range(n)], flush)
             )
             batches[name].append(_timed(lambda c=client: c.enqueue_many(jobs), flush))
+    out |= _cpu_costs(clients, n, redis.Redis.from_url(url))
     for name, client in clients.items():
         out[f"{name}_enqueue_us"] = round(statistics.median(loops[name]) / n * 1e6, 2)
         out[f"{name}_batch_job_us"] = round(statistics.median(batches[name]) / batch * 1e6, 3)
@@ -131,6 +150,14 @@ def table(options: Options) -> Table:
             f"{med('limited_added_batch_job_us'):.3f}",
             f"< {ENQUEUE_TARGET_US:.0f} µs / < {BATCH_TARGET_US:.0f} µs",
             "met" if ok else "MISSED",
+        ],
+        [
+            "CPU added per `enqueue`: producer + Redis",
+            f"{med('limited_client_cpu_us') - med('plain_client_cpu_us'):.1f} + "
+            f"{med('limited_redis_cpu_us') - med('plain_redis_cpu_us'):.1f}",
+            "",
+            "",
+            "",
         ],
         [
             "added by an overload bound (cached reading)",

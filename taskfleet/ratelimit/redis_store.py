@@ -39,8 +39,8 @@ class RedisGcraStore:
         push: Sequence[tuple[str, Sequence[bytes | str]]] = (),
     ) -> Verdict:
         """See :meth:`taskfleet.ratelimit.store_base.GcraStore.acquire`."""
-        keys, tail = call.redis_args
-        argv = [repr(now), cost, *tail]
+        keys: list[bytes | str] = call.redis_args[0]  # type: ignore[assignment]
+        argv: list[bytes | str | int] = [b"%.6f" % now, b"%d" % cost, *call.redis_args[1]]
         if push:
             keys = list(keys)
             for list_key, values in push:

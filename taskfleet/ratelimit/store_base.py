@@ -76,11 +76,12 @@ class GcraCall:
     late_s: float = SLOT_LATE_S
 
     @cached_property
-    def redis_args(self) -> tuple[list[str], list[bytes | str | int | float]]:
-        """``gcra.lua``'s KEYS and ARGV after ``now`` and ``cost``, for this call."""
+    def redis_args(self) -> tuple[list[bytes], list[bytes]]:
+        """``gcra.lua``'s KEYS and ARGV after ``now`` and ``cost``, for this call, encoded
+        once (the Redis client sends bytes as they are)."""
         tally = self.tally
         keys = [*self.keys, self.slot_key, INDEX_KEY, *tally.keys]
-        argv: list[bytes | str | int | float] = [
+        argv: list[object] = [
             repr(self.horizon),
             len(self.keys),
             SLOT_GRACE_S,
@@ -94,7 +95,7 @@ class GcraCall:
         ]
         for policy in self.policies:
             argv += [repr(policy.rate.interval), repr(policy.tolerance)]
-        return keys, argv
+        return [k.encode() for k in keys], [str(a).encode() for a in argv]
 
 
 class GcraStore(Protocol):
