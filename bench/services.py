@@ -36,6 +36,7 @@ REDIS_DBS = {
     "autoscale_celery": 11,
     "taskfleet_per_core": 12,
     "taskfleet_solo": 13,
+    "limits": 14,
 }
 
 

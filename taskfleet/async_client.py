@@ -42,6 +42,10 @@ class AsyncClient:
         return self._publisher
 
     async def _publish(self, jobs: PreparedJobs, client_id: str | None) -> list[JobHandle]:
+        client_id = self.client.sender(client_id)
+        gate = self.client.gate
+        if gate is not None:  # its Redis call runs off the event loop
+            await asyncio.to_thread(gate.admit, jobs.queues, jobs.priorities, client_id)
         publisher = self._async_publisher()
         if publisher is not None:
             fresh = await publisher.publish(jobs, client_id)

@@ -8,12 +8,14 @@ scheme picked (:mod:`taskfleet.publishing`): on Redis one pipeline of multi-valu
 (one per priority sub-list and ``PUSH_CHUNK`` jobs), or one claim-and-push script when a job
 is keyed; on RabbitMQ one transaction per chunk on a reused connection. Idempotency keys are
 claimed so that a crash never leaves a key on a job that was not sent
-(:mod:`taskfleet.claims`).
+(:mod:`taskfleet.claims`). Before publishing, a batch passes the enqueue gate when one is
+configured (:mod:`taskfleet.ratelimit.enqueue`: admission control, then the client's rate
+limit); refused, nothing of it is published.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from celery import Celery
@@ -21,24 +23,18 @@ from celery import Celery
 from taskfleet.claims import CLAIM_WINDOW_S, IDEMPOTENCY_PREFIX, ClaimPending, idempotency_ttl
 from taskfleet.config import resolve_services
 from taskfleet.config.app_settings import settings_of
-from taskfleet.handles import (
-    DEFAULT_RESULT_TIMEOUT_S,
-    JobFailed,
-    JobHandle,
-    JobSpec,
-    PayloadError,
-    as_spec,
-)
+from taskfleet.config.limits import LimitSettings, get_limit_settings
+from taskfleet.handles import DEFAULT_RESULT_TIMEOUT_S, JobFailed, JobHandle, JobSpec, PayloadError
+from taskfleet.preparing import JobItem, JobPreparer
 from taskfleet.publishing import PreparedJobs, PublisherConfig, publisher_for
-from taskfleet.routing.priority import Priority, PriorityError, parse_priority
+from taskfleet.ratelimit.enqueue import EnqueueGate
+from taskfleet.ratelimit.errors import BatchTooLarge, Overloaded, RateLimited
+from taskfleet.ratelimit.stale import stale_answers
+from taskfleet.routing.priority import Priority, PriorityError
 from taskfleet.routing.topology import Topology, UnknownJobKind
-from taskfleet.routing.wire import encode_single_arg_body, job_id_for, new_job_ids
-
-#: One ``enqueue_many`` item: a spec, a ``(kind, payload)`` pair, or a mapping of JobSpec's fields.
-JobItem = JobSpec | tuple[str, Any] | Mapping[str, Any]
 
 
-class Client:
+class Client(JobPreparer):
     """Publishes jobs to a taskfleet fleet. Thread-safe; reuse one per process.
 
     Idempotency keys are claimed so that a producer crash never strands a key on a job that
@@ -50,7 +46,16 @@ class Client:
     #: read when the client is built (set it on a subclass).
     claim_window_s: float = CLAIM_WINDOW_S
 
-    def __init__(self, app: Celery | None = None) -> None:
+    def __init__(
+        self,
+        app: Celery | None = None,
+        *,
+        client_id: str | None = None,
+        limits: LimitSettings | None = None,
+    ) -> None:
+        """``client_id``: who this producer is, for calls that name none (the
+        ``taskfleet_client_id`` header, the key of per-client limits); ``limits``: rate-limit
+        and admission settings (default: ``TASKFLEET_LIMITS_*``)."""
         # A light producer: the job table is data, and the default app declares no job and
         # installs no worker hook (no job module, middleware or worker hook is imported).
         from taskfleet.app_config import producer_app
@@ -76,69 +81,33 @@ class Client:
             before_publish=self._before_publish,
         )
         self.publisher = publisher_for(self.publisher_config)
+        self.client_id = client_id
+        queues = [self.topology.cpu_queue, self.topology.io_queue]
+        gate = EnqueueGate(
+            limits or get_limit_settings(),
+            self.urls.redis_url,
+            queues,
+            broker_url=self.urls.broker_url,
+        )
+        #: Admission control and per-client limits; None when neither is configured.
+        self.gate = gate if gate.active else None
+        #: Kinds answered from a stale cached result while overloaded (None: none).
+        self.stale = stale_answers(app, gate.settings, self.urls.redis_url)
 
-    # -- validating -----------------------------------------------------------------------
-    def _queue_of(self, kind: str) -> str:
-        """The work queue of a job kind.
+    # -- admitting -------------------------------------------------------------------------
+    def sender(self, client_id: str | None) -> str | None:
+        """The client id a call goes out with: its own, else the client's."""
+        return self.client_id if client_id is None else client_id
 
-        Raises:
-            UnknownJobKind: no task of that kind is registered.
-        """
-        pool = self._pools.get(kind)
-        if pool is None:
-            known = ", ".join(sorted(self._pools))
-            raise UnknownJobKind(f"unknown job kind {kind!r}; known kinds: {known}")
-        return self.topology.queue_for_pool(pool)
-
-    def _body(self, kind: str, payload: Any) -> bytes:
-        """The JSON body of a job with ``payload`` as its one argument, validated."""
-        try:
-            body = encode_single_arg_body(payload)
-        except (TypeError, ValueError) as exc:
-            raise PayloadError(f"payload for {kind!r} is not JSON-serialisable: {exc}") from None
-        if len(body) > self.settings.max_payload_bytes:
-            raise PayloadError(
-                f"payload for {kind!r} is {len(body)} bytes, over the "
-                f"{self.settings.max_payload_bytes}-byte limit (TASKFLEET_MAX_PAYLOAD_BYTES)"
-            )
-        return body
-
-    def prepare(self, jobs: Sequence[JobItem], priority: Priority | None = None) -> PreparedJobs:
-        """Validate ``jobs`` and fix their ids, sending nothing (what ``enqueue_many`` sends).
-
-        Args:
-            jobs: The jobs, in order.
-            priority: The priority of a job that names none.
+    def publish(self, jobs: PreparedJobs, client_id: str | None) -> list[bool]:
+        """Publish ``jobs`` through the enqueue gate when one is configured.
 
         Raises:
-            UnknownJobKind, PayloadError, PriorityError: a job cannot be sent.
-            TypeError: an item is not a job.
+            Overloaded, RateLimited, BatchTooLarge: nothing was published.
         """
-        default = parse_priority(priority)
-        prepared = PreparedJobs(job_ids=new_job_ids(len(jobs)))
-        kinds, bodies, queues = prepared.kinds, prepared.bodies, prepared.queues
-        levels, keys = prepared.priorities, prepared.keys
-        queue_of: dict[str, str] = {}
-        encode = self._body
-        for at, item in enumerate(jobs):
-            if type(item) is tuple and len(item) == 2:  # the common (kind, payload) form
-                kind, payload = item
-                spec_priority, key = None, None
-            else:
-                spec = as_spec(item)
-                kind, payload = spec.kind, spec.payload
-                spec_priority, key = spec.priority, spec.idempotency_key
-            queue = queue_of.get(kind)
-            if queue is None:
-                queue = queue_of[kind] = self._queue_of(kind)
-            levels.append(default if spec_priority is None else parse_priority(spec_priority))
-            if key is not None:
-                prepared.job_ids[at] = job_id_for(kind, key)
-            bodies.append(encode(kind, payload))
-            kinds.append(kind)
-            queues.append(queue)
-            keys.append(key)
-        return prepared
+        if self.gate is not None:
+            return self.gate.publish(jobs, client_id, self.publisher)
+        return self.publisher.publish(jobs, client_id)
 
     # -- publishing -----------------------------------------------------------------------
     def _before_publish(self, job_ids: Sequence[str]) -> None:
@@ -173,14 +142,24 @@ class Client:
                 handle to it (``deduplicated``). A call made while another is still
                 publishing that job waits for it (RabbitMQ); if that call crashed, this one
                 publishes the job once its claim expires (``claim_window_s``).
-            client_id: Who sent it, carried in the message headers.
+            client_id: Who sent it (default: the client's ``client_id``), carried in the
+                ``taskfleet_client_id`` header; its enqueue limit applies.
 
         Raises:
             UnknownJobKind, PayloadError, PriorityError: nothing was published.
+            RateLimited: over the client's enqueue limit (``retry_after``).
+            Overloaded: the queue is overloaded, the priority below the bar (``retry_after``),
+                and no stale result may answer (``TASKFLEET_LIMITS_OVERLOAD_STALE``).
             ClaimPending: another call's claim on the key neither resolved nor expired.
         """
         jobs = self.prepare([JobSpec(kind, payload, priority, idempotency_key)])
-        return self.handles_for(jobs, self.publisher.publish(jobs, client_id))[0]
+        try:
+            return self.handles_for(jobs, self.publish(jobs, self.sender(client_id)))[0]
+        except Overloaded as exc:
+            answer = None if self.stale is None else self.stale.answer(kind, payload, exc.queue)
+            if answer is None:
+                raise
+            return answer
 
     def enqueue_many(
         self,
@@ -195,13 +174,17 @@ class Client:
             jobs: :class:`JobSpec` items, ``(kind, payload)`` pairs or mappings of their
                 fields.
             priority: The priority of a job that names none.
-            client_id: Who sent them, carried in the message headers.
+            client_id: Who sent them (default: the client's ``client_id``).
+
+        The batch is admitted whole or refused whole (all or nothing): one check of
+        ``len(jobs)`` units against the client's limit.
 
         Raises:
             See :meth:`enqueue`; nothing was published.
+            BatchTooLarge: the batch exceeds the client's burst; it could never be admitted.
         """
         prepared = self.prepare(list(jobs), priority)
-        return self.handles_for(prepared, self.publisher.publish(prepared, client_id))
+        return self.handles_for(prepared, self.publish(prepared, self.sender(client_id)))
 
     def handle(self, job_id: str, kind: str = "") -> JobHandle:
         """A handle for a job published earlier (by id)."""
@@ -215,13 +198,16 @@ class Client:
 __all__ = [
     "DEFAULT_RESULT_TIMEOUT_S",
     "IDEMPOTENCY_PREFIX",
+    "BatchTooLarge",
     "ClaimPending",
     "Client",
     "JobFailed",
     "JobHandle",
     "JobItem",
     "JobSpec",
+    "Overloaded",
     "PayloadError",
     "PriorityError",
+    "RateLimited",
     "UnknownJobKind",
 ]

@@ -28,6 +28,8 @@ from taskfleet.client import DEFAULT_RESULT_TIMEOUT_S, Client, JobFailed
 from taskfleet.contracts.canonical import fingerprint_of, normalise
 from taskfleet.contracts.model import Contract, validate_document
 from taskfleet.contracts.pipeline import PHASES, Phase, parse_as_of
+from taskfleet.publishing.base import CLIENT_HEADER
+from taskfleet.routing.priority import DEFAULT_PRIORITY
 from taskfleet.routing.wire import job_id_for
 
 Pipeline = Literal["fast", "chain"]
@@ -96,6 +98,22 @@ def _app(client: Client | None) -> Celery:
     return producer_app()
 
 
+def _admit(client: Client | None, client_id: str | None, jobs: int) -> dict[str, Any]:
+    """Pass ``jobs`` contract jobs through ``client``'s enqueue gate (its admission control
+    and ``client_id``'s enqueue limit); the ``apply_async`` options that name the sender.
+
+    Raises:
+        Overloaded, RateLimited, BatchTooLarge: nothing may be published.
+    """
+    if client is None:
+        return {"headers": {CLIENT_HEADER: client_id}} if client_id is not None else {}
+    client_id = client.sender(client_id)
+    if client.gate is not None:
+        queue = client.topology.cpu_queue
+        client.gate.admit([queue] * jobs, [DEFAULT_PRIORITY] * jobs, client_id)
+    return {"headers": {CLIENT_HEADER: client_id}} if client_id is not None else {}
+
+
 def _stored_success(app: Celery, job_id: str) -> bool:
     return bool(app.backend.get_task_meta(job_id).get("status") == "SUCCESS")
 
@@ -107,12 +125,16 @@ def process_contract(
     as_of: str | dt.date | None = None,
     pipeline: Pipeline = "fast",
     notify_url: str | None = None,
+    client_id: str | None = None,
 ) -> ContractHandle:
     """Run the whole pipeline on ``document``; the handle's result is the summary.
 
     Args:
         document: A contract document (a JSON object).
         client: Whose app (broker, result store) to use; the default app when None.
+        client_id: Who asks (default: ``client``'s own): its enqueue limit and ``client``'s
+            admission control apply, and the job carries it (``taskfleet_client_id``) to its
+            execution limit. Raises ``RateLimited`` or ``Overloaded``, publishing nothing.
         as_of: Evaluation date (ISO string or date); today (UTC) when None.
         pipeline: ``fast`` (one job) or ``chain`` (one job per phase).
         notify_url: Also POST the result to this http(s) webhook (a ``contract.notify``
@@ -124,13 +146,14 @@ def process_contract(
     job_id = job_id_for(PROCESS_KIND, f"{key}:{day}")
     if _stored_success(app, job_id):
         return ContractHandle(job_id, app, fingerprint, deduplicated=True)
+    options = _admit(client, client_id, 1)
     canvas = contract_signature(app, document, day, pipeline)
     if notify_url is not None:
         from taskfleet.contracts.notify import check_url
 
         check_url(notify_url)  # refuse a bad URL now, not later on a worker
         canvas = canvas.set(link=app.signature(NOTIFY_KIND, args=(notify_url,)))
-    canvas.apply_async(task_id=job_id)
+    canvas.apply_async(task_id=job_id, **options)
     return ContractHandle(job_id, app, fingerprint)
 
 
@@ -140,11 +163,13 @@ def process_batch(
     *,
     as_of: str | dt.date | None = None,
     pipeline: Pipeline = "fast",
+    client_id: str | None = None,
 ) -> ContractHandle:
     """Fan ``documents`` out (a chord) and gather their results in order.
 
     The handle's result is ``{"count", "accepted", "rejected", "value_by_currency",
     "results"}``; a batch identical to one already finished is served from the store.
+    ``client_id`` as in :func:`process_contract`: the batch is admitted whole or not at all.
     """
     if not documents:
         raise ValueError("process_batch needs at least one document")
@@ -154,8 +179,9 @@ def process_batch(
     batch_id = job_id_for(GATHER_KIND, hashlib.sha256("\n".join(keys).encode()).hexdigest() + day)
     if _stored_success(app, batch_id):
         return ContractHandle(batch_id, app, deduplicated=True)
+    options = _admit(client, client_id, len(documents))
     header = group(contract_signature(app, doc, day, pipeline) for doc in documents)
-    chord(header, app.signature(GATHER_KIND)).apply_async(task_id=batch_id)
+    chord(header, app.signature(GATHER_KIND)).apply_async(task_id=batch_id, **options)
     return ContractHandle(batch_id, app)
 
 

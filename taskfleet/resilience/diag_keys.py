@@ -22,6 +22,8 @@ GATE_PREFIX = DIAG_PREFIX + "gate:"
 #: ``diag.record``'s execution logs (``payload["log"]``), and the suffix of their release keys.
 RECORD_PREFIX = DIAG_PREFIX + "record:"
 RECORD_RELEASE_SUFFIX = ":release"
+#: The run-time logs of ``diag.limited`` and ``diag.sender`` (``payload["log"]``).
+RATE_LOG_PREFIX = DIAG_PREFIX + "rate:"
 #: How long a key a diagnostic job wrote lives after its last write.
 DIAG_KEY_TTL_S = 24 * 3600
 
@@ -54,3 +56,8 @@ def record_log_key(name: str) -> str:
 def record_release_key(name: str) -> str:
     """The Redis key that ends the holds of the ``diag.record`` jobs logging to ``name``."""
     return RECORD_PREFIX + name + RECORD_RELEASE_SUFFIX
+
+
+def rate_log_key(name: str) -> str:
+    """The Redis list of the times ``diag.limited`` / ``diag.sender`` jobs logging to ``name`` ran."""
+    return RATE_LOG_PREFIX + name

@@ -47,8 +47,15 @@ def summarise(payload: Any, as_of: str | None = None) -> dict[str, Any]:
 
 
 @job(app, "contract.process", "cpu", cache=reuse_key)  # answered by fingerprint + as_of
-def process_contract(payload: Any, as_of: str | None = None) -> dict[str, Any]:
-    """Every phase in one job: the fast path (no hop through the broker between phases)."""
+def process_contract(
+    payload: Any, as_of: str | None = None, client_id: str | None = None
+) -> dict[str, Any]:
+    """Every phase in one job: the fast path (no hop through the broker between phases).
+
+    ``client_id`` names who asked, as the system this implements took it: a bare
+    ``send_task`` caller may pass it here instead of the ``taskfleet_client_id`` header;
+    either way the client's execution limit applies. It does not change the answer.
+    """
     return process(payload, as_of)
 
 

@@ -25,6 +25,7 @@ MIDDLEWARE_CLASSES: tuple[str, ...] = (
     "taskfleet.cache.reuse:ResultReuseMiddleware",
     "taskfleet.resilience.middleware:DeadLetterMiddleware",
     "taskfleet.resilience.middleware:RetryMiddleware",
+    "taskfleet.ratelimit.middleware:RateLimitMiddleware",
     "taskfleet.resilience.middleware:BreakerMiddleware",
 )
 

@@ -29,7 +29,10 @@ JOB_MODULES: Final[tuple[str, ...]] = (
 #: after :data:`JOB_MODULES` only when ``TASKFLEET_DIAG_JOBS`` is true (tests, chaos runs).
 #: Their kinds stay in :data:`JOB_POOLS`, so a producer routes them; a worker without them
 #: dead-letters such a message as an unknown task.
-DIAG_JOB_MODULES: Final[tuple[str, ...]] = ("taskfleet.resilience.testing_jobs",)
+DIAG_JOB_MODULES: Final[tuple[str, ...]] = (
+    "taskfleet.resilience.testing_jobs",
+    "taskfleet.ratelimit.testing_jobs",
+)
 
 CPU: Final[Pool] = "cpu"
 IO: Final[Pool] = "io"
@@ -63,6 +66,9 @@ JOB_POOLS: Final[Mapping[str, Pool]] = MappingProxyType(
         "diag.gate": CPU,
         "diag.record": CPU,
         "diag.record_io": IO,
+        # taskfleet.ratelimit.testing_jobs
+        "diag.limited": CPU,
+        "diag.sender": CPU,
         # taskfleet.tasks.sandbox_jobs
         "sandbox.run": CPU,
         # taskfleet.scheduler.tasks (TICK_TASK)
