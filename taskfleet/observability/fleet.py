@@ -1,0 +1,189 @@
+"""Gauges of the whole fleet, read from Redis when ``/metrics`` is scraped.
+
+Queue levels, dead letters, the persistence stream, breakers, the autoscaler's published
+decision and the workers' heartbeats all live in Redis already, so any process on any host
+reads the same values: they are computed at scrape time (one pipelined read of each kind)
+and reused for ``TASKFLEET_METRICS_CACHE_S``, so several scrapers cost one read. A read that
+fails leaves its gauges out and sets ``taskfleet_scrape_error{source}`` to 1.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Final
+
+import redis
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from taskfleet.config import Settings
+from taskfleet.config.cache import load_cache_settings
+from taskfleet.observability.queues import dead_letter_depths, read_levels
+from taskfleet.results.backlog import stream_health
+from taskfleet.results.stream import PERSIST_GROUP, PERSIST_STREAM
+from taskfleet.routing.owners import REGISTRY_PREFIX, alive_key
+from taskfleet.routing.topology import Topology
+from taskfleet.scheduler.store import AutoscaleStore
+
+BREAKER_PREFIX: Final = "taskfleet:breaker:"
+#: Keys under the breaker prefix that are not breakers (window hashes, the event channel).
+BREAKER_NOT_STATE: Final = (":w", "events")
+#: A breaker state -> the gauge value (what alerting rules compare against).
+BREAKER_STATES: Final[dict[str, float]] = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
+UNKNOWN_BREAKER_STATE: Final = -1.0
+SCAN_COUNT: Final = 500
+#: The store's interval only sizes its lock and gate, which a reader never takes.
+AUTOSCALE_INTERVAL_UNUSED_S: Final = 1.0
+
+
+@dataclass
+class FleetSources:
+    """Where the fleet gauges come from."""
+
+    settings: Settings
+    results: redis.Redis
+    broker: redis.Redis | None  # None on RabbitMQ: queue gauges are then left out
+
+    @property
+    def broker_or_redis(self) -> redis.Redis:
+        """The broker's Redis (where worker heartbeats are), else the results Redis."""
+        return self.broker if self.broker is not None else self.results
+
+    @property
+    def queues(self) -> list[str]:
+        """The pools' work queues."""
+        return [self.settings.cpu_queue, self.settings.io_queue]
+
+    @property
+    def dlqs(self) -> list[str]:
+        """The pools' dead-letter queues."""
+        topology = Topology.from_settings(self.settings)
+        return [topology.dlq_for(q) for q in self.queues]
+
+
+def _gauge(name: str, doc: str, labels: list[str] | None = None) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, labels=labels or [])
+
+
+def queue_gauges(src: FleetSources) -> Iterator[GaugeMetricFamily]:
+    """Depth and oldest-job age per queue and priority, dead letters per queue."""
+    if src.broker is None:
+        return
+    depth = _gauge("taskfleet_queue_depth", "Jobs waiting", ["queue", "priority"])
+    age = _gauge("taskfleet_queue_oldest_age_seconds", "Oldest waiting job", ["queue", "priority"])
+    for level in read_levels(src.broker, src.queues):
+        depth.add_metric([level.queue, str(level.priority)], level.depth)
+        age.add_metric([level.queue, str(level.priority)], level.oldest_age_s)
+    dead = _gauge("taskfleet_dead_letters", "Dead letters waiting", ["queue"])
+    for dlq, size in dead_letter_depths(src.broker, src.dlqs).items():
+        dead.add_metric([dlq], size)
+    yield from (depth, age, dead)
+
+
+def persister_gauges(src: FleetSources) -> Iterator[GaugeMetricFamily]:
+    """The persistence stream: length, pending, oldest entry and oldest pending age."""
+    maxlen = load_cache_settings().persist_stream_maxlen
+    health = stream_health(src.results, PERSIST_STREAM, PERSIST_GROUP, maxlen)
+    yield GaugeMetricFamily(
+        "taskfleet_persist_stream_length", "Results not yet in Postgres", value=health.length
+    )
+    yield GaugeMetricFamily(
+        "taskfleet_persist_pending", "Results read, not yet written", value=health.pending
+    )
+    yield GaugeMetricFamily(
+        "taskfleet_persist_lag_seconds",
+        "Age of the oldest result not yet in Postgres",
+        value=health.oldest_entry_age_s or 0.0,
+    )
+
+
+def breaker_gauges(src: FleetSources) -> Iterator[GaugeMetricFamily]:
+    """Each breaker's fleet-wide state: 0 closed, 1 half-open, 2 open (-1 unknown)."""
+    names = [
+        key.decode()[len(BREAKER_PREFIX) :]
+        for key in src.results.scan_iter(f"{BREAKER_PREFIX}*", count=SCAN_COUNT)
+        if not key.decode().endswith(BREAKER_NOT_STATE)
+    ]
+    pipe = src.results.pipeline(transaction=False)
+    for name in names:
+        pipe.hget(BREAKER_PREFIX + name, "state")
+    state = _gauge("taskfleet_breaker_state", "0 closed, 1 half-open, 2 open", ["breaker"])
+    for name, raw in zip(names, pipe.execute(), strict=True):
+        value = (raw or b"closed").decode()
+        state.add_metric([name], BREAKER_STATES.get(value, UNKNOWN_BREAKER_STATE))
+    yield state
+
+
+def autoscale_gauges(src: FleetSources) -> Iterator[GaugeMetricFamily]:
+    """The autoscaler's desired hosts per pool and the prefork processes it last set."""
+    store = AutoscaleStore(src.results, AUTOSCALE_INTERVAL_UNUSED_S)
+    replicas = _gauge("taskfleet_autoscale_desired_replicas", "Desired hosts", ["pool"])
+    for pool, count in store.replicas().items():
+        replicas.add_metric([pool], count)
+    yield replicas
+    yield GaugeMetricFamily(
+        "taskfleet_autoscale_prefork_processes",
+        "Prefork pool processes the autoscaler last set, summed over workers",
+        value=sum(size for _, size in store.prefork_sizes().values()),
+    )
+
+
+def heartbeat_gauges(src: FleetSources) -> Iterator[GaugeMetricFamily]:
+    """Worker processes whose heartbeat is live, and those registered but silent."""
+    client = src.broker_or_redis
+    owners: list[str] = [
+        member.decode() if isinstance(member, bytes) else str(member)
+        for key in client.scan_iter(f"{REGISTRY_PREFIX}*", count=SCAN_COUNT)
+        for member in client.zrange(key, 0, -1)
+    ]
+    pipe = client.pipeline(transaction=False)
+    for owner in owners:
+        pipe.exists(alive_key(owner))
+    live = sum(1 for found in pipe.execute() if found) if owners else 0
+    beats = _gauge("taskfleet_worker_heartbeats", "Worker processes by heartbeat", ["state"])
+    beats.add_metric(["live"], live)
+    beats.add_metric(["silent"], len(owners) - live)
+    yield beats
+
+
+#: Each source of gauges, by the name ``taskfleet_scrape_error`` reports it under.
+SOURCES: Final[dict[str, Callable[[FleetSources], Iterator[GaugeMetricFamily]]]] = {
+    "queues": queue_gauges,
+    "persister": persister_gauges,
+    "breakers": breaker_gauges,
+    "autoscaler": autoscale_gauges,
+    "heartbeats": heartbeat_gauges,
+}
+
+
+class FleetCollector(Collector):
+    """A collector of the fleet gauges, cached for ``cache_s`` between scrapes."""
+
+    def __init__(self, sources: FleetSources, cache_s: float) -> None:
+        self.sources = sources
+        self.cache_s = cache_s
+        self._lock = threading.Lock()
+        self._at = float("-inf")
+        self._cached: list[GaugeMetricFamily] = []
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """The gauges, read again when the cached ones are older than ``cache_s``."""
+        with self._lock:
+            if time.monotonic() - self._at >= self.cache_s:
+                self._cached = self._read()
+                self._at = time.monotonic()
+            yield from self._cached
+
+    def _read(self) -> list[GaugeMetricFamily]:
+        found: list[GaugeMetricFamily] = []
+        errors = _gauge("taskfleet_scrape_error", "1 when a source could not be read", ["source"])
+        for name, source in SOURCES.items():
+            try:
+                found.extend(source(self.sources))
+                errors.add_metric([name], 0)
+            except (redis.RedisError, OSError):
+                errors.add_metric([name], 1)
+        return [*found, errors]
