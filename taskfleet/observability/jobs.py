@@ -66,11 +66,11 @@ class JobMetrics:
             registry=None,
         )
     )
-    _children: dict[tuple[str, ...], Any] = field(default_factory=dict)
+    _children: dict[tuple[int | str, ...], Any] = field(default_factory=dict)
 
     def child(self, metric: Counter | Histogram, *labels: str) -> Any:
         """``metric.labels(*labels)``, looked up once per process."""
-        key = (metric._name, *labels)
+        key: tuple[int | str, ...] = (id(metric), *labels)
         found = self._children.get(key)
         if found is None:
             found = self._children[key] = metric.labels(*labels)
