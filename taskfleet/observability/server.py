@@ -56,8 +56,20 @@ class Endpoint:
         return hmac.compare_digest(given, self.credentials)
 
 
-def build_endpoint(settings: Settings, app: Celery, obs: ObservabilitySettings) -> Endpoint:
-    """Connect to the services (clients only, nothing is contacted yet) and build the registry."""
+def build_endpoint(
+    settings: Settings,
+    app: Celery,
+    obs: ObservabilitySettings,
+    multiproc_dir: str | None = None,
+) -> Endpoint:
+    """Build the registry and the service clients (nothing is contacted yet).
+
+    Args:
+        settings: The fleet's settings (queues, service URLs).
+        app: An app on the fleet's broker (readiness asks its workers).
+        obs: Where to listen, credentials, readiness bounds.
+        multiproc_dir: The workers' metric files (default: ``PROMETHEUS_MULTIPROC_DIR``).
+    """
     urls = resolve_services(settings)
     timeout = obs.ready_probe_timeout_s
     client_options = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
@@ -73,10 +85,11 @@ def build_endpoint(settings: Settings, app: Celery, obs: ObservabilitySettings) 
         connect_args={"connect_timeout": max(1, round(timeout))},
     )
     registry = CollectorRegistry(auto_describe=False)
-    if os.environ.get(MULTIPROC_ENV):
+    folder = multiproc_dir or os.environ.get(MULTIPROC_ENV)
+    if folder:
         from prometheus_client import multiprocess
 
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        multiprocess.MultiProcessCollector(registry, path=folder)  # type: ignore[no-untyped-call]
     registry.register(FleetCollector(sources, obs.metrics_cache_s))
     auth = obs.metrics_basic_auth
     credentials = auth.get_secret_value().encode() if auth is not None else None
