@@ -25,6 +25,8 @@ from taskfleet.workers.profiles import (
 )
 
 LOG_DIR_NAME = "logs"
+#: The module Flower runs through (``celery`` with the Broker page fixed).
+FLOWER_SHIM = "taskfleet.observability.flower_broker"
 BEAT_SCHEDULE_NAME = "beat-schedule"
 #: Under the data folder: the workers' metric files (``PROMETHEUS_MULTIPROC_DIR``), emptied
 #: by ``up`` before the workers start.
@@ -110,16 +112,18 @@ def plan_children(
                 role="flower",
                 # The credentials go in Flower's environment, not its argv: a command
                 # line is readable by every user of the machine (ps, /proc).
-                argv=celery_argv(
-                    [
-                        "celery",
-                        "-A",
-                        APP_PATH,
-                        "flower",
-                        f"--port={port}",
-                        f"--address={FLOWER_HOST}",
-                    ]
-                ),
+                # Through taskfleet's shim, so Flower's Broker page reads taskfleet's Redis
+                # transport (taskfleet/observability/flower_broker.py says why).
+                argv=[
+                    sys.executable,
+                    "-m",
+                    FLOWER_SHIM,
+                    "-A",
+                    APP_PATH,
+                    "flower",
+                    f"--port={port}",
+                    f"--address={FLOWER_HOST}",
+                ],
                 log_path=log_dir / "flower.log",
                 url=f"http://{FLOWER_HOST}:{port}",
                 detail=f"basic auth, user {auth.user}",

@@ -24,6 +24,7 @@ from taskfleet.observability.cli import (
     exit_code,
     serve,
 )
+from taskfleet.observability.flower_broker import flower_uri
 from taskfleet.observability.jobs import JobMetrics
 from taskfleet.observability.labels import OTHER_KIND, STATE_LABELS, kind_label, kind_labels
 from taskfleet.observability.readiness import Check, Probes
@@ -113,3 +114,27 @@ def test_up_plans_the_endpoint_and_gives_only_workers_the_metrics_folder(tmp_pat
             assert child.extra_env[MULTIPROC_ENV] == folder
         elif child.role != "metrics":
             assert MULTIPROC_ENV not in child.extra_env
+
+
+class _Conn:
+    def __init__(self, uri: str, driver: str, ssl: bool = False) -> None:
+        self._uri, self.ssl = uri, ssl
+        self.transport = type("T", (), {"driver_type": driver})()
+
+    def as_uri(self, include_password: bool = False) -> str:
+        return self._uri
+
+
+def test_flower_gets_a_redis_scheme_instead_of_the_transport_class_path() -> None:
+    """kombu writes a custom transport's class path as the scheme; Flower knows ``redis``."""
+    custom = "taskfleet.routing.transport:Transport://:pw@127.0.0.1:6379/0"
+    assert flower_uri(_Conn(custom, "redis"), True) == "redis://:pw@127.0.0.1:6379/0"
+    assert flower_uri(_Conn(custom, "redis", ssl=True), True).startswith("rediss://")
+    assert flower_uri(_Conn("amqp://g@h//", "amqp"), True) == "amqp://g@h//"
+
+
+def test_the_autoscaler_tick_sends_no_task_events() -> None:
+    """Internal jobs stay off Flower's Tasks page."""
+    from taskfleet.scheduler.tasks import autoscale_tick
+
+    assert autoscale_tick.send_events is False
