@@ -7,6 +7,8 @@ it, and the values scraped are compared with the jobs the test ran.
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import threading
 import time
@@ -18,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from taskfleet.app_config import create_app
@@ -29,6 +32,7 @@ from taskfleet.devstack.redis_server import redis_executable, redis_ping
 from taskfleet.observability.jobs import SENT_AT_HEADER
 from taskfleet.observability.server import build_endpoint, make_server
 from taskfleet.routing.depth import redis_priority_keys
+from taskfleet.scheduler.store import REPLICAS_KEY, AutoscaleStore
 from taskfleet.workers.profiles import cpu_profile, io_profile
 from tests.support.waiting import wait_for
 from tests.support.workers import Fleet
@@ -41,6 +45,11 @@ RESULT_TIMEOUT_S = 30.0
 SCRAPE_DEADLINE_S = 20.0
 READY_DEADLINE_S = 20.0
 REDIS_START_DEADLINE_S = 10.0
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "observability"
+METRIC = re.compile(r"\btaskfleet_[a-z_]+\b")
+#: ``metric{matchers}`` and each ``label op "value"`` inside.
+SELECTOR = re.compile(r"\b(taskfleet_[a-z_]+)\{([^}]*)\}")
+MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"([^"]*)"')
 
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -169,6 +178,84 @@ def test_job_metrics_count_what_ran(fleets: dict[str, Served], pool: str) -> Non
         assert io_done == io
     kinds = {dict(labels).get("kind") for name, labels in samples if name == "taskfleet_jobs_total"}
     assert kinds <= {"cpu.checksum", "io.wait", "scheduler.autoscale_tick"}
+
+
+def deploy_queries() -> dict[str, list[str]]:
+    """Every PromQL expression (or HPA metric selector) in ``deploy/observability``, by file."""
+    found: dict[str, list[str]] = {}
+    alerts = yaml.safe_load((DEPLOY / "prometheus-alerts.yaml").read_text())
+    found["alerts"] = [rule["expr"] for group in alerts["groups"] for rule in group["rules"]]
+    keda = yaml.safe_load((DEPLOY / "keda-scaledobject.yaml").read_text())
+    found["keda"] = [t["metadata"]["query"] for t in keda["spec"]["triggers"]]
+    hpa, adapter = yaml.safe_load_all((DEPLOY / "hpa-external.yaml").read_text())
+    external = [m["external"]["metric"] for m in hpa["spec"]["metrics"]]
+    found["hpa"] = [
+        m["name"]
+        + "{"
+        + ",".join(f'{k}="{v}"' for k, v in m["selector"]["matchLabels"].items())
+        + "}"
+        for m in external
+    ] + [rule["seriesQuery"] for rule in adapter["externalRules"]]
+    dashboard = json.loads((DEPLOY / "grafana-dashboard.json").read_text())
+    found["grafana"] = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    return found
+
+
+def matching(samples: Samples, metric: str, matchers: dict[str, str]) -> list[float]:
+    """Values of ``metric``'s samples whose labels equal ``matchers``."""
+    return [
+        v
+        for (name, labels), v in samples.items()
+        if name == metric and matchers.items() <= dict(labels).items()
+    ]
+
+
+def test_deploy_examples_query_metrics_the_endpoint_serves(
+    fleets: dict[str, Served], redis_env: dict[str, str]
+) -> None:
+    """Alert rules, KEDA, HPA and Grafana name only served metrics and labels; the scaling
+    queries select the desired-replicas gauge the autoscaler publishes and the queue depth."""
+    served = fleets["prefork"]
+    client = redis.Redis.from_url(redis_env["TASKFLEET_REDIS_URL"])
+    store = AutoscaleStore(client, 1.0)
+    saved = client.hgetall(REPLICAS_KEY)
+    published = {"cpu": 3, "io": 2}
+    store.set_replicas(published)
+    try:
+        text = httpx.get(f"{served.url}/metrics", timeout=5).text
+    finally:
+        client.delete(REPLICAS_KEY)
+        if saved:
+            client.hset(REPLICAS_KEY, mapping=saved)
+    families = list(text_string_to_metric_families(text))
+    samples: Samples = {
+        (s.name, frozenset(s.labels.items())): s.value for f in families for s in f.samples
+    }
+    names = {f.name for f in families} | {name for name, _ in samples}
+    labels_of: dict[str, set[str]] = {}
+    for name, labels in samples:
+        labels_of.setdefault(name, set()).update(k for k, _ in labels)
+    queues = {
+        "cpu": served.fleet.env["TASKFLEET_CPU_QUEUE"],
+        "io": served.fleet.env["TASKFLEET_IO_QUEUE"],
+    }
+    queries = deploy_queries()
+    assert all(queries.values()), queries
+    for source, exprs in queries.items():
+        for expr in exprs:
+            metrics = set(METRIC.findall(expr))
+            assert metrics, f"{source}: no taskfleet metric in {expr!r}"
+            assert metrics <= names, f"{source}: {sorted(metrics - names)} not served ({expr!r})"
+            for metric, body in SELECTOR.findall(expr):
+                for label, op, wanted in MATCHER.findall(body):
+                    assert label in labels_of.get(metric, set()), (
+                        f"{source}: {metric} has no {label}"
+                    )
+                    if source in ("keda", "hpa") and "!" not in op:
+                        value = queues.get(wanted, wanted) if label == "queue" else wanted
+                        assert matching(samples, metric, {label: value}), (source, expr)
+    for pool, count in published.items():
+        assert matching(samples, "taskfleet_autoscale_desired_replicas", {"pool": pool}) == [count]
 
 
 def test_queue_gauges_show_depth_and_oldest_age_per_priority(
