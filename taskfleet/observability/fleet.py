@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Final
 
 import redis
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from taskfleet.config import Settings
@@ -34,6 +34,8 @@ BREAKER_NOT_STATE: Final = (":w", "events")
 #: A breaker state -> the gauge value (what alerting rules compare against).
 BREAKER_STATES: Final[dict[str, float]] = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
 UNKNOWN_BREAKER_STATE: Final = -1.0
+#: The breaker hash's call counters (``n_<name>``, written by ``breaker.lua``).
+BREAKER_CALL_COUNTERS: Final = ("allowed", "rejected", "successes", "failures")
 SCAN_COUNT: Final = 500
 #: The store's interval only sizes its lock and gate, which a reader never takes.
 AUTOSCALE_INTERVAL_UNUSED_S: Final = 1.0
@@ -68,7 +70,7 @@ def _gauge(name: str, doc: str, labels: list[str] | None = None) -> GaugeMetricF
     return GaugeMetricFamily(name, doc, labels=labels or [])
 
 
-def queue_gauges(src: FleetSources) -> Iterator[GaugeMetricFamily]:
+def queue_gauges(src: FleetSources) -> Iterator[Metric]:
     """Depth and oldest-job age per queue and priority, dead letters per queue."""
     if src.broker is None:
         return
@@ -83,7 +85,7 @@ def queue_gauges(src: FleetSources) -> Iterator[GaugeMetricFamily]:
     yield from (depth, age, dead)
 
 
-def persister_gauges(src: FleetSources) -> Iterator[GaugeMetricFamily]:
+def persister_gauges(src: FleetSources) -> Iterator[Metric]:
     """The persistence stream: length, pending, oldest entry and oldest pending age."""
     maxlen = load_cache_settings().persist_stream_maxlen
     health = stream_health(src.results, PERSIST_STREAM, PERSIST_GROUP, maxlen)
@@ -100,8 +102,9 @@ def persister_gauges(src: FleetSources) -> Iterator[GaugeMetricFamily]:
     )
 
 
-def breaker_gauges(src: FleetSources) -> Iterator[GaugeMetricFamily]:
-    """Each breaker's fleet-wide state: 0 closed, 1 half-open, 2 open (-1 unknown)."""
+def breaker_gauges(src: FleetSources) -> Iterator[Metric]:
+    """Each breaker's fleet-wide state (0 closed, 1 half-open, 2 open, -1 unknown) and its
+    fleet-wide counters (calls allowed, rejected, succeeded, failed; times opened)."""
     names = [
         key.decode()[len(BREAKER_PREFIX) :]
         for key in src.results.scan_iter(f"{BREAKER_PREFIX}*", count=SCAN_COUNT)
@@ -109,15 +112,28 @@ def breaker_gauges(src: FleetSources) -> Iterator[GaugeMetricFamily]:
     ]
     pipe = src.results.pipeline(transaction=False)
     for name in names:
-        pipe.hget(BREAKER_PREFIX + name, "state")
+        pipe.hgetall(BREAKER_PREFIX + name)
     state = _gauge("taskfleet_breaker_state", "0 closed, 1 half-open, 2 open", ["breaker"])
+    calls = CounterMetricFamily(
+        "taskfleet_breaker_calls",
+        "Calls through a breaker, fleet-wide",
+        labels=["breaker", "outcome"],
+    )
+    opened = CounterMetricFamily(
+        "taskfleet_breaker_opened", "Times a breaker opened, fleet-wide", labels=["breaker"]
+    )
     for name, raw in zip(names, pipe.execute(), strict=True):
-        value = (raw or b"closed").decode()
-        state.add_metric([name], BREAKER_STATES.get(value, UNKNOWN_BREAKER_STATE))
-    yield state
+        data = {k.decode(): v.decode() for k, v in raw.items()}
+        state.add_metric(
+            [name], BREAKER_STATES.get(data.get("state", "closed"), UNKNOWN_BREAKER_STATE)
+        )
+        for outcome in BREAKER_CALL_COUNTERS:
+            calls.add_metric([name, outcome], float(data.get(f"n_{outcome}", 0)))
+        opened.add_metric([name], float(data.get("n_opened", 0)))
+    yield from (state, calls, opened)
 
 
-def autoscale_gauges(src: FleetSources) -> Iterator[GaugeMetricFamily]:
+def autoscale_gauges(src: FleetSources) -> Iterator[Metric]:
     """The autoscaler's desired hosts per pool and the prefork processes it last set."""
     store = AutoscaleStore(src.results, AUTOSCALE_INTERVAL_UNUSED_S)
     replicas = _gauge("taskfleet_autoscale_desired_replicas", "Desired hosts", ["pool"])
@@ -131,7 +147,7 @@ def autoscale_gauges(src: FleetSources) -> Iterator[GaugeMetricFamily]:
     )
 
 
-def heartbeat_gauges(src: FleetSources) -> Iterator[GaugeMetricFamily]:
+def heartbeat_gauges(src: FleetSources) -> Iterator[Metric]:
     """Worker processes whose heartbeat is live, and those registered but silent."""
     client = src.broker_or_redis
     owners: list[str] = [
@@ -150,7 +166,7 @@ def heartbeat_gauges(src: FleetSources) -> Iterator[GaugeMetricFamily]:
 
 
 #: Each source of gauges, by the name ``taskfleet_scrape_error`` reports it under.
-SOURCES: Final[dict[str, Callable[[FleetSources], Iterator[GaugeMetricFamily]]]] = {
+SOURCES: Final[dict[str, Callable[[FleetSources], Iterator[Metric]]]] = {
     "queues": queue_gauges,
     "persister": persister_gauges,
     "breakers": breaker_gauges,
@@ -167,9 +183,9 @@ class FleetCollector(Collector):
         self.cache_s = cache_s
         self._lock = threading.Lock()
         self._at = float("-inf")
-        self._cached: list[GaugeMetricFamily] = []
+        self._cached: list[Metric] = []
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         """The gauges, read again when the cached ones are older than ``cache_s``."""
         with self._lock:
             if time.monotonic() - self._at >= self.cache_s:
@@ -177,8 +193,8 @@ class FleetCollector(Collector):
                 self._at = time.monotonic()
             yield from self._cached
 
-    def _read(self) -> list[GaugeMetricFamily]:
-        found: list[GaugeMetricFamily] = []
+    def _read(self) -> list[Metric]:
+        found: list[Metric] = []
         errors = _gauge("taskfleet_scrape_error", "1 when a source could not be read", ["source"])
         for name, source in SOURCES.items():
             try:

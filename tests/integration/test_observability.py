@@ -305,6 +305,28 @@ def test_queue_gauges_show_depth_and_oldest_age_per_priority(
         broker.delete(*redis_priority_keys(idle))
 
 
+def test_breaker_state_and_counters_are_read_from_the_shared_hash(
+    fleets: dict[str, Served], redis_env: dict[str, str]
+) -> None:
+    """A breaker open fleet-wide shows as 2, with its fleet-wide counters."""
+    served = fleets["prefork"]
+    name = f"obs-{uuid.uuid4().hex[:6]}"
+    client = redis.Redis.from_url(redis_env["TASKFLEET_REDIS_URL"])
+    client.hset(
+        f"taskfleet:breaker:{name}",
+        mapping={"state": "open", "n_opened": 2, "n_failures": 5, "n_rejected": 7},
+    )
+    try:
+        samples = scrape(served.url)
+    finally:
+        client.delete(f"taskfleet:breaker:{name}")
+    assert value(samples, "taskfleet_scrape_error", source="breakers") == 0
+    assert value(samples, "taskfleet_breaker_state", breaker=name) == 2
+    assert value(samples, "taskfleet_breaker_opened_total", breaker=name) == 2
+    assert value(samples, "taskfleet_breaker_calls_total", breaker=name, outcome="failures") == 5
+    assert value(samples, "taskfleet_breaker_calls_total", breaker=name, outcome="rejected") == 7
+
+
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[dict[str, Any]]:
     """A redis-server of this test's own (never the shared one), stoppable and restartable."""
