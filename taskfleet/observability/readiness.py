@@ -51,11 +51,19 @@ def _guard(name: str, fn: Callable[[], Check]) -> Check:
         return Check(name, False, f"{type(exc).__name__}: {exc}")
 
 
-def _ping(name: str, client: redis.Redis | None) -> Check:
-    if client is None:
-        return Check(name, True, "not a Redis broker")
+def _ping(name: str, client: redis.Redis) -> Check:
     client.ping()
     return Check(name, True, "answers")
+
+
+def _broker(probes: Probes) -> Check:
+    """A Redis broker answers a PING; another (RabbitMQ) accepts a connection."""
+    if probes.sources.broker is not None:
+        return _ping("broker", probes.sources.broker)
+    timeout = probes.limits.ready_probe_timeout_s
+    with probes.app.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, timeout=timeout)
+    return Check("broker", True, "accepts a connection")
 
 
 def _postgres(engine: Engine) -> Check:
@@ -100,7 +108,7 @@ def _persist_lag(probes: Probes) -> Check:
 def run_checks(probes: Probes) -> list[Check]:
     """Every readiness check, in a fixed order (a failing one does not stop the others)."""
     return [
-        _guard("broker", lambda: _ping("broker", probes.sources.broker)),
+        _guard("broker", lambda: _broker(probes)),
         _guard("redis", lambda: _ping("redis", probes.sources.results)),
         _guard("postgres", lambda: _postgres(probes.engine)),
         _guard("consumers", lambda: _consumers(probes)),
