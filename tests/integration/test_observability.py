@@ -8,8 +8,10 @@ it, and the values scraped are compared with the jobs the test ran.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -405,6 +407,27 @@ def test_readyz_fails_when_the_database_is_unreachable(fleets: dict[str, Served]
         assert "ok redis" in answer.text
     finally:
         watcher.close()
+
+
+def health_exit(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``taskfleet health`` in a fresh process with ``env``."""
+    argv = [sys.executable, "-m", "taskfleet.cli", "health"]
+    return subprocess.run(
+        argv, env={**os.environ, **env}, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_taskfleet_health_exit_code_per_state(fleets: dict[str, Served]) -> None:
+    """0 with the prefork fleet's workers up; 3 with Postgres on a dead loopback port."""
+    env = dict(fleets["prefork"].fleet.env)
+    ready = health_exit(env)
+    assert ready.returncode == 0, ready.stdout + ready.stderr
+    dead = choose_port(None, set())
+    down = health_exit(
+        {**env, "TASKFLEET_DATABASE_URL": f"postgresql://nobody@{LOOPBACK}:{dead}/none"}
+    )
+    assert down.returncode == 3, down.stdout + down.stderr
+    assert "FAIL postgres" in down.stdout
 
 
 def test_readyz_goes_unready_when_a_pools_last_worker_stops(fleets: dict[str, Served]) -> None:
