@@ -88,6 +88,11 @@ class JobMetrics:
             self.child(self.run, kind).observe(ran_s)
 
 
+#: Most jobs a process can have between prerun and postrun before :data:`_started` is
+#: cleared (a job killed without a postrun, e.g. a greenlet killed at its hard limit, would
+#: otherwise stay): far above any pool's concurrency.
+STARTED_CAP: Final = 10_000
+
 _metrics: JobMetrics | None = None
 #: Task id -> when its job started (monotonic), between prerun and postrun.
 _started: dict[str, float] = {}
@@ -105,6 +110,8 @@ def on_task_prerun(task_id: str | None = None, task: Any = None, **_: Any) -> No
     """``task_prerun``: note the start, and the queue wait of a stamped message."""
     if task_id is None or task is None:
         return
+    if len(_started) >= STARTED_CAP:
+        _started.clear()  # those jobs' run times are lost; their counts are not
     _started[task_id] = time.monotonic()
     sent_at = getattr(task.request, SENT_AT_HEADER, None)
     if sent_at is not None:

@@ -138,3 +138,18 @@ def test_the_autoscaler_tick_sends_no_task_events() -> None:
     from taskfleet.scheduler.tasks import autoscale_tick
 
     assert autoscale_tick.send_events is False
+
+
+def test_start_times_stay_bounded_when_postrun_never_comes() -> None:
+    """Jobs that never reach postrun cannot grow the per-process start table without bound."""
+    from types import SimpleNamespace
+
+    from taskfleet.observability import jobs
+
+    task = SimpleNamespace(name="cpu.noop", request=SimpleNamespace())
+    for index in range(jobs.STARTED_CAP + 5):
+        jobs.on_task_prerun(task_id=f"lost-{index}", task=task)
+    try:
+        assert len(jobs._started) <= jobs.STARTED_CAP
+    finally:
+        jobs._started.clear()
