@@ -102,6 +102,9 @@ def job_metrics() -> JobMetrics:
     """This process's job metrics (built on first use, never at import)."""
     global _metrics
     if _metrics is None:
+        folder = os.environ.get(MULTIPROC_ENV)
+        if folder:  # prometheus-client writes there but does not create it
+            os.makedirs(folder, exist_ok=True)
         _metrics = JobMetrics()
     return _metrics
 
