@@ -11,8 +11,10 @@ process serves; ``/readyz`` answers 200 or 503 with one line per check. With
 from __future__ import annotations
 
 import base64
+import glob
 import hmac
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,6 +23,8 @@ from typing import Final
 import redis
 from celery import Celery
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
 from sqlalchemy import create_engine
 
 from taskfleet.config import Settings, resolve_services
@@ -32,6 +36,26 @@ from taskfleet.results.store import sqlalchemy_url
 
 TEXT_PLAIN: Final = "text/plain; charset=utf-8"
 REALM: Final = 'Basic realm="taskfleet"'
+
+
+class WorkerFiles(Collector):
+    """The job metrics in a multiprocess folder and its sub-folders, summed.
+
+    ``taskfleet up`` gives its workers one folder; containers sharing a volume each write to
+    a sub-folder of their own (their pids would collide in one folder), and this endpoint
+    reads them all, as prometheus-client's ``MultiProcessCollector`` reads one folder.
+    """
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def collect(self) -> Iterable[Metric]:
+        """Every metric of every ``*.db`` file under the folder, merged."""
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        files = glob.glob(os.path.join(self.folder, "**", "*.db"), recursive=True)
+        merged: Iterable[Metric] = MultiProcessCollector.merge(files, accumulate=True)  # type: ignore[no-untyped-call]
+        return merged
 
 
 @dataclass
@@ -87,9 +111,7 @@ def build_endpoint(
     registry = CollectorRegistry(auto_describe=False)
     folder = multiproc_dir or os.environ.get(MULTIPROC_ENV)
     if folder:
-        from prometheus_client import multiprocess
-
-        multiprocess.MultiProcessCollector(registry, path=folder)  # type: ignore[no-untyped-call]
+        registry.register(WorkerFiles(folder))
     registry.register(FleetCollector(sources, obs.metrics_cache_s))
     auth = obs.metrics_basic_auth
     credentials = auth.get_secret_value().encode() if auth is not None else None

@@ -153,3 +153,29 @@ def test_start_times_stay_bounded_when_postrun_never_comes() -> None:
         assert len(jobs._started) <= jobs.STARTED_CAP
     finally:
         jobs._started.clear()
+
+
+RECORD_ONE_JOB = (
+    "from taskfleet.observability.jobs import job_metrics; "
+    "job_metrics().finished('cpu.noop', 'succeeded', 0.01)"
+)
+
+
+def test_worker_files_in_sub_folders_are_summed(tmp_path: Path) -> None:
+    """Two processes writing to sub-folders of one folder (containers sharing a volume)."""
+    import os
+    import subprocess
+    import sys
+
+    from taskfleet.observability.server import WorkerFiles
+
+    for sub in ("cpu-worker", "io-worker"):
+        env = {**os.environ, MULTIPROC_ENV: str(tmp_path / sub)}
+        subprocess.run([sys.executable, "-c", RECORD_ONE_JOB], env=env, check=True, timeout=60)
+    samples = {
+        (s.name, s.labels.get("kind"), s.labels.get("state")): s.value
+        for family in WorkerFiles(str(tmp_path)).collect()
+        for s in family.samples
+    }
+    assert samples[("taskfleet_jobs_total", "cpu.noop", "succeeded")] == 2
+    assert samples[("taskfleet_job_run_seconds_count", "cpu.noop", None)] == 2
