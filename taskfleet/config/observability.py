@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from taskfleet.config.settings import ENV_PREFIX, load_validated
@@ -43,6 +43,20 @@ class ObservabilitySettings(BaseSettings):
     ready_max_job_age_s: float = Field(DEFAULT_READY_MAX_JOB_AGE_S, gt=0)
     ready_max_persist_lag_s: float = Field(DEFAULT_READY_MAX_PERSIST_LAG_S, gt=0)
     ready_probe_timeout_s: float = Field(DEFAULT_PROBE_TIMEOUT_S, gt=0, le=30)
+
+    @field_validator("metrics_basic_auth", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("metrics_basic_auth")
+    @classmethod
+    def _user_and_password(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            user, sep, password = value.get_secret_value().partition(":")
+            if not (user and sep and password):
+                raise ValueError("must be user:password, both non-empty")
+        return value
 
 
 def load_observability_settings(**overrides: object) -> ObservabilitySettings:

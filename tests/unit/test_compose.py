@@ -18,7 +18,9 @@ from typing import Any
 import pytest
 import yaml
 
+from taskfleet.config.observability import ObservabilitySettings
 from taskfleet.config.settings import ENV_PREFIX, Settings
+from taskfleet.fleet.plan import FLOWER_SHIM
 from taskfleet.workers.profiles import APP_PATH, WorkerProfile, cpu_profile, io_profile
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,7 +29,7 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
 INFRA_SERVICES = {"redis", "postgres", "rabbitmq"}
-APP_SERVICES = {"cpu-worker", "io-worker", "beat", "flower"}
+APP_SERVICES = {"cpu-worker", "io-worker", "beat", "flower", "metrics"}
 HEALTHCHECKED = {"redis", "postgres", "rabbitmq", "cpu-worker", "io-worker"}
 WORKERS = {"cpu-worker": cpu_profile, "io-worker": io_profile}
 
@@ -192,7 +194,8 @@ def test_postgres_database_and_password_from_the_environment(
 
 
 def test_every_taskfleet_variable_is_a_settings_field(compose: dict[str, Any]) -> None:
-    known = {f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields}
+    fields = [*Settings.model_fields, *ObservabilitySettings.model_fields]
+    known = {f"{ENV_PREFIX}{name.upper()}" for name in fields}
     used = {
         key
         for service in [compose["x-taskfleet"], *compose["services"].values()]
@@ -276,8 +279,10 @@ def test_beat_and_flower_commands(services: dict[str, dict[str, Any]]) -> None:
     assert beat[beat.index("-s") + 1].startswith("/tmp/")
 
     flower = as_argv(services["flower"]["command"])
-    # Flower itself, no shell: its credentials come from its environment, not its argv.
-    assert flower[:5] == ["celery", "-A", APP_PATH, "flower", "--address=0.0.0.0"], flower
+    # Flower itself (through the Broker page shim), no shell: its credentials come from its
+    # environment, not its argv.
+    shim = ["python", "-m", FLOWER_SHIM]
+    assert flower[:7] == [*shim, "-A", APP_PATH, "flower", "--address=0.0.0.0"], flower
     assert "--port=5555" in flower
     assert not [arg for arg in flower if "$" in arg or "auth" in arg.lower()], flower
     assert "127.0.0.1:5555:5555" in services["flower"]["ports"]

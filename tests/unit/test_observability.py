@@ -179,3 +179,16 @@ def test_worker_files_in_sub_folders_are_summed(tmp_path: Path) -> None:
     }
     assert samples[("taskfleet_jobs_total", "cpu.noop", "succeeded")] == 2
     assert samples[("taskfleet_job_run_seconds_count", "cpu.noop", None)] == 2
+
+
+def test_metrics_credentials_must_be_user_and_password() -> None:
+    from taskfleet.config import ConfigError
+    from taskfleet.config.observability import load_observability_settings
+
+    assert load_observability_settings(metrics_basic_auth="").metrics_basic_auth is None
+    found = load_observability_settings(metrics_basic_auth="a:b").metrics_basic_auth
+    assert found is not None
+    assert found.get_secret_value() == "a:b"
+    for bad in ("nocolon", ":pw", "user:"):
+        with pytest.raises(ConfigError, match="METRICS_BASIC_AUTH"):
+            load_observability_settings(metrics_basic_auth=bad)
