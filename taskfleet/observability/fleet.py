@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 import redis
@@ -24,7 +24,7 @@ from taskfleet.config.cache import load_cache_settings
 from taskfleet.observability.queues import dead_letter_depths, read_levels
 from taskfleet.results.backlog import stream_health
 from taskfleet.results.stream import PERSIST_GROUP, PERSIST_STREAM
-from taskfleet.routing.owners import REGISTRY_PREFIX, alive_key
+from taskfleet.routing.owners import alive_key, registry_key
 from taskfleet.routing.topology import Topology
 from taskfleet.scheduler.store import AutoscaleStore
 
@@ -37,6 +37,10 @@ UNKNOWN_BREAKER_STATE: Final = -1.0
 #: The breaker hash's call counters (``n_<name>``, written by ``breaker.lua``).
 BREAKER_CALL_COUNTERS: Final = ("allowed", "rejected", "successes", "failures")
 SCAN_COUNT: Final = 500
+#: How often the breaker names are looked for again (a new breaker shows within this).
+BREAKER_RESCAN_S: Final = 60.0
+#: kombu's default name of the Redis transport's unacked hash.
+DEFAULT_UNACKED_KEY: Final = "unacked"
 #: The store's interval only sizes its lock and gate, which a reader never takes.
 AUTOSCALE_INTERVAL_UNUSED_S: Final = 1.0
 
@@ -48,6 +52,25 @@ class FleetSources:
     settings: Settings
     results: redis.Redis
     broker: redis.Redis | None  # None on RabbitMQ: queue gauges are then left out
+    #: kombu's unacked hash on the broker; the heartbeat registry is named after it.
+    unacked_key: str = DEFAULT_UNACKED_KEY
+    _breakers: list[str] = field(default_factory=list)
+    _breakers_at: float = float("-inf")
+
+    def breaker_names(self) -> list[str]:
+        """The breakers in Redis, found by a SCAN at most every ``BREAKER_RESCAN_S``.
+
+        A SCAN walks the whole keyspace (millions of result keys on a busy fleet), so names
+        are looked for rarely; a breaker's state is read on every scrape.
+        """
+        if time.monotonic() - self._breakers_at >= BREAKER_RESCAN_S:
+            self._breakers = sorted(
+                key.decode()[len(BREAKER_PREFIX) :]
+                for key in self.results.scan_iter(f"{BREAKER_PREFIX}*", count=SCAN_COUNT)
+                if not key.decode().endswith(BREAKER_NOT_STATE)
+            )
+            self._breakers_at = time.monotonic()
+        return self._breakers
 
     @property
     def broker_or_redis(self) -> redis.Redis:
@@ -105,11 +128,7 @@ def persister_gauges(src: FleetSources) -> Iterator[Metric]:
 def breaker_gauges(src: FleetSources) -> Iterator[Metric]:
     """Each breaker's fleet-wide state (0 closed, 1 half-open, 2 open, -1 unknown) and its
     fleet-wide counters (calls allowed, rejected, succeeded, failed; times opened)."""
-    names = [
-        key.decode()[len(BREAKER_PREFIX) :]
-        for key in src.results.scan_iter(f"{BREAKER_PREFIX}*", count=SCAN_COUNT)
-        if not key.decode().endswith(BREAKER_NOT_STATE)
-    ]
+    names = src.breaker_names()
     pipe = src.results.pipeline(transaction=False)
     for name in names:
         pipe.hgetall(BREAKER_PREFIX + name)
@@ -152,8 +171,7 @@ def heartbeat_gauges(src: FleetSources) -> Iterator[Metric]:
     client = src.broker_or_redis
     owners: list[str] = [
         member.decode() if isinstance(member, bytes) else str(member)
-        for key in client.scan_iter(f"{REGISTRY_PREFIX}*", count=SCAN_COUNT)
-        for member in client.zrange(key, 0, -1)
+        for member in client.zrange(registry_key(src.unacked_key), 0, -1)
     ]
     pipe = client.pipeline(transaction=False)
     for owner in owners:

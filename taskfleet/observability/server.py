@@ -29,7 +29,7 @@ from sqlalchemy import create_engine
 
 from taskfleet.config import Settings, resolve_services
 from taskfleet.config.observability import ObservabilitySettings
-from taskfleet.observability.fleet import FleetCollector, FleetSources
+from taskfleet.observability.fleet import DEFAULT_UNACKED_KEY, FleetCollector, FleetSources
 from taskfleet.observability.jobs import MULTIPROC_ENV
 from taskfleet.observability.readiness import Probes, run_checks
 from taskfleet.results.store import sqlalchemy_url
@@ -101,7 +101,9 @@ def build_endpoint(
     broker = (
         None if settings.broker_is_amqp else redis.Redis.from_url(urls.broker_url, **client_options)
     )
-    sources = FleetSources(settings, results, broker)
+    options = dict(app.conf.broker_transport_options or {})
+    unacked = str(options.get("unacked_key", DEFAULT_UNACKED_KEY))
+    sources = FleetSources(settings, results, broker, unacked)
     engine = create_engine(
         sqlalchemy_url(urls.database_url),
         pool_size=1,

@@ -178,6 +178,7 @@ def test_job_metrics_count_what_ran(fleets: dict[str, Served], pool: str) -> Non
             "io.wait jobs counted (gevent worker)",
         )
         assert io_done == io
+    assert value(samples, "taskfleet_worker_heartbeats", state="live") >= 1
     kinds = {dict(labels).get("kind") for name, labels in samples if name == "taskfleet_jobs_total"}
     assert kinds <= {"cpu.checksum", "io.wait", "scheduler.autoscale_tick"}
 
@@ -311,16 +312,19 @@ def test_breaker_state_and_counters_are_read_from_the_shared_hash(
     fleets: dict[str, Served], redis_env: dict[str, str]
 ) -> None:
     """A breaker open fleet-wide shows as 2, with its fleet-wide counters."""
-    served = fleets["prefork"]
+    fleet = fleets["prefork"].fleet
     name = f"obs-{uuid.uuid4().hex[:6]}"
     client = redis.Redis.from_url(redis_env["TASKFLEET_REDIS_URL"])
     client.hset(
         f"taskfleet:breaker:{name}",
         mapping={"state": "open", "n_opened": 2, "n_failures": 5, "n_rejected": 7},
     )
+    # A fresh endpoint: breaker names are looked for once a minute.
+    watcher = Served(fleet, Path(fleet.env["PROMETHEUS_MULTIPROC_DIR"]))
     try:
-        samples = scrape(served.url)
+        samples = scrape(watcher.url)
     finally:
+        watcher.close()
         client.delete(f"taskfleet:breaker:{name}")
     assert value(samples, "taskfleet_scrape_error", source="breakers") == 0
     assert value(samples, "taskfleet_breaker_state", breaker=name) == 2
