@@ -11,9 +11,12 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
 
+# /home/taskfleet/metrics: the compose file's shared metrics volume is mounted there (a new
+# named volume takes the owner of the folder it is mounted on).
 RUN groupadd --system --gid 10001 taskfleet \
     && useradd --system --uid 10001 --gid taskfleet --create-home \
-        --home-dir /home/taskfleet --shell /usr/sbin/nologin taskfleet
+        --home-dir /home/taskfleet --shell /usr/sbin/nologin taskfleet \
+    && install -d -o taskfleet -g taskfleet /home/taskfleet/metrics
 
 # Install exactly the runtime dependencies uv.lock pins (hashes checked): the core and the
 # flower extra (the compose file's flower service); no embedded, test or bench extras. Then

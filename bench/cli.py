@@ -24,6 +24,7 @@ from bench.workloads import (
     w7_autoscale,
     w_balancing,
     w_limits,
+    w_metrics,
 )
 from bench.workloads.base import (
     DEFAULT_LATENCY_RATE,
@@ -35,7 +36,7 @@ from bench.workloads.base import (
     Options,
 )
 
-WORKLOADS = ("W1", "W2", "W3", "R1", "W4", "W5", "W6", "W7", "B1", "L1")
+WORKLOADS = ("W1", "W2", "W3", "R1", "W4", "W5", "W6", "W7", "B1", "L1", "M1")
 RESULTS_DIR = Path(__file__).parent / "results"
 LATEST_MD = "latest.md"
 LATEST_JSON = "latest.json"
@@ -67,7 +68,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--only",
         type=lambda v: _csv(v.upper(), WORKLOADS, "workload"),
         default=WORKLOADS,
-        help="workloads, e.g. W1,W2 (R1 = resilience-layer overhead, B1 = balancer overhead, L1 = rate-limit overhead)",
+        help="workloads, e.g. W1,W2 (R1 = resilience-layer overhead, B1 = balancer overhead, "
+        "L1 = rate-limit overhead, M1 = job metrics per job)",
     )
     parser.add_argument(
         "--systems",
@@ -125,7 +127,7 @@ def run_workload(workload: str, options: Options) -> list[Table]:
     """Run one workload.
 
     Args:
-        workload: ``W1``..``W7``, ``R1``, ``B1`` or ``L1``.
+        workload: ``W1``..``W7``, ``R1``, ``B1``, ``L1`` or ``M1``.
         options: Options.
 
     Returns:
@@ -144,6 +146,8 @@ def run_workload(workload: str, options: Options) -> list[Table]:
         return [w_balancing.table(options)]
     if workload == "L1":
         return [w_limits.table(options)]
+    if workload == "M1":
+        return [w_metrics.table(options)]
     return [features.TABLES[workload](options)]
 
 

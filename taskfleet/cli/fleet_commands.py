@@ -54,6 +54,7 @@ def _fleet(
     flower_port: int,
     beat: bool,
     keep_services: bool,
+    metrics: bool = False,
 ) -> Fleet:
     """The supervised fleet ``up`` and ``demo`` run."""
     options = FleetOptions(
@@ -62,6 +63,7 @@ def _fleet(
         flower=flower,
         flower_port=flower_port,
         beat=beat,
+        metrics=metrics,
         keep_services=keep_services,
     )
     return Fleet(settings(), options)
@@ -147,18 +149,23 @@ def up(
     ] = DEFAULT_FLOWER_PORT,
     flower: Annotated[bool, typer.Option("--flower/--no-flower", help="Run Flower.")] = True,
     beat: Annotated[bool, typer.Option("--beat/--no-beat", help="Run celery beat.")] = True,
+    metrics: Annotated[
+        bool, typer.Option("--metrics/--no-metrics", help="Serve /metrics, /healthz, /readyz.")
+    ] = True,
     keep_services: KeepOption = False,
     ready_timeout: ReadyOption = DEFAULT_READY_TIMEOUT_S,
     stop_timeout: StopOption = DEFAULT_STOP_TIMEOUT_S,
 ) -> None:
-    """Run a CPU worker, an I/O worker, beat and Flower until Ctrl-C or SIGTERM.
+    """Run a CPU worker, an I/O worker, beat, Flower and the metrics endpoint until Ctrl-C.
 
     Unset service URLs are served by the embedded Redis + PostgreSQL, started if needed
     and stopped again on exit unless --keep-services. Logs go to <data dir>/logs/.
     """
     code = EXIT_OK
     with friendly_errors():
-        fleet = _fleet(cpu_concurrency, io_concurrency, flower, flower_port, beat, keep_services)
+        fleet = _fleet(
+            cpu_concurrency, io_concurrency, flower, flower_port, beat, keep_services, metrics
+        )
         with signals_raise_interrupt():
             try:
                 _start_and_wait(fleet, ready_timeout)

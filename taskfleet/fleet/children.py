@@ -9,7 +9,7 @@ from typing import Literal
 
 from taskfleet.fleet.flower import DEFAULT_FLOWER_PORT
 
-ChildRole = Literal["worker", "beat", "flower"]
+ChildRole = Literal["worker", "beat", "flower", "metrics"]
 
 
 class FleetError(RuntimeError):
@@ -30,6 +30,7 @@ class FleetOptions:
         flower: Run Flower.
         flower_port: Flower's port on 127.0.0.1.
         beat: Run ``celery beat``.
+        metrics: Run the host's metrics endpoint (``taskfleet metrics serve``).
         keep_services: Leave an embedded stack this fleet started running on stop.
     """
 
@@ -38,6 +39,7 @@ class FleetOptions:
     flower: bool = True
     flower_port: int = DEFAULT_FLOWER_PORT
     beat: bool = True
+    metrics: bool = False
     keep_services: bool = False
 
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from taskfleet.config import Settings
-from taskfleet.fleet.children import Child, FleetOptions
+from taskfleet.config.observability import get_observability_settings
+from taskfleet.devstack.processes import port_free
+from taskfleet.fleet.children import Child, FleetError, FleetOptions
 from taskfleet.fleet.environment import FLOWER_AUTH_ENV
 from taskfleet.fleet.flower import FLOWER_HOST, FlowerAuth
 from taskfleet.fleet.processes import celery_argv
@@ -21,7 +25,15 @@ from taskfleet.workers.profiles import (
 )
 
 LOG_DIR_NAME = "logs"
+#: The module Flower runs through (``celery`` with the Broker page fixed).
+FLOWER_SHIM = "taskfleet.observability.flower_broker"
 BEAT_SCHEDULE_NAME = "beat-schedule"
+#: Under the data folder: the workers' metric files (``PROMETHEUS_MULTIPROC_DIR``), emptied
+#: by ``up`` before the workers start.
+METRICS_DIR_NAME = "metrics"
+#: The variable prometheus-client reads its multiprocess folder from (workers only: Flower's
+#: own metrics stay in Flower).
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def plan_children(
@@ -42,7 +54,8 @@ def plan_children(
         auth: Flower's credentials (required when ``options.flower``).
 
     Returns:
-        The children: CPU worker, I/O worker, then beat and Flower if asked for.
+        The children: CPU worker, I/O worker, then beat, Flower and the metrics endpoint if
+        asked for.
     """
     host = socket.gethostname()
     tag = os.getpid()
@@ -72,7 +85,8 @@ def plan_children(
                 ),
                 nodename=nodename,
                 # One result persister per CPU pool is plenty (they share a consumer group).
-                extra_env={DISABLE_PERSISTER_ENV: "1"} if 0 < index < len(cpu) else {},
+                extra_env={MULTIPROC_ENV: str(data_dir / METRICS_DIR_NAME)}
+                | ({DISABLE_PERSISTER_ENV: "1"} if 0 < index < len(cpu) else {}),
             )
         )
     if options.beat:
@@ -98,20 +112,59 @@ def plan_children(
                 role="flower",
                 # The credentials go in Flower's environment, not its argv: a command
                 # line is readable by every user of the machine (ps, /proc).
-                argv=celery_argv(
-                    [
-                        "celery",
-                        "-A",
-                        APP_PATH,
-                        "flower",
-                        f"--port={port}",
-                        f"--address={FLOWER_HOST}",
-                    ]
-                ),
+                # Through taskfleet's shim, so Flower's Broker page reads taskfleet's Redis
+                # transport (taskfleet/observability/flower_broker.py says why).
+                argv=[
+                    sys.executable,
+                    "-m",
+                    FLOWER_SHIM,
+                    "-A",
+                    APP_PATH,
+                    "flower",
+                    f"--port={port}",
+                    f"--address={FLOWER_HOST}",
+                ],
                 log_path=log_dir / "flower.log",
                 url=f"http://{FLOWER_HOST}:{port}",
                 detail=f"basic auth, user {auth.user}",
                 extra_env={FLOWER_AUTH_ENV: auth.env_value},
             )
         )
+    if options.metrics:
+        plan.append(metrics_child(data_dir, log_dir))
     return plan
+
+
+def metrics_child(data_dir: Path, log_dir: Path) -> Child:
+    """The host's metrics endpoint, reading the workers' metric files."""
+    obs = get_observability_settings()
+    return Child(
+        name="metrics",
+        role="metrics",
+        argv=[sys.executable, "-m", "taskfleet.cli", "metrics", "serve"],
+        log_path=log_dir / "metrics.log",
+        url=f"http://{obs.metrics_host}:{obs.metrics_port}/metrics",
+        detail="/metrics, /healthz, /readyz"
+        + (", basic auth" if obs.metrics_basic_auth is not None else ""),
+        extra_env={MULTIPROC_ENV: str(data_dir / METRICS_DIR_NAME)},
+    )
+
+
+def prepare_metrics(data_dir: Path) -> None:
+    """Before the workers start: the endpoint's port is free, their metrics folder empty.
+
+    A previous run's files would add its counts to this run's (prometheus-client sums
+    every file in the folder).
+
+    Raises:
+        FleetError: The endpoint's port is taken.
+    """
+    obs = get_observability_settings()
+    if not port_free(obs.metrics_host, obs.metrics_port):
+        raise FleetError(
+            f"port {obs.metrics_port} on {obs.metrics_host} is in use; "
+            "set TASKFLEET_METRICS_PORT or use --no-metrics"
+        )
+    folder = data_dir / METRICS_DIR_NAME
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)

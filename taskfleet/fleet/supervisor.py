@@ -24,7 +24,7 @@ from taskfleet.fleet.flower import (
     flower_auth,
     flower_installed,
 )
-from taskfleet.fleet.plan import LOG_DIR_NAME, plan_children
+from taskfleet.fleet.plan import LOG_DIR_NAME, plan_children, prepare_metrics
 from taskfleet.fleet.processes import (
     KILL_TIMEOUT_S,
     PING_TIMEOUT_S,
@@ -146,6 +146,8 @@ class Fleet:
             )
         if self.options.flower:
             self.auth = flower_auth(self.settings)  # validated before anything starts
+        if self.options.metrics:
+            prepare_metrics(self.data_dir)
         urls = self.resolve()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         plan = plan_children(

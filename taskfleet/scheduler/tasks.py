@@ -13,7 +13,9 @@ from taskfleet.tasks.job_app import app
 from taskfleet.workers.resources import open_resources
 
 
-@job(app, TICK_TASK, "io", ignore_result=True)
+# send_events=False: an internal job sends no task events, so Flower's Tasks page shows
+# jobs, not a tick every few seconds.
+@job(app, TICK_TASK, "io", ignore_result=True, send_events=False)
 def autoscale_tick(payload: Any = None) -> dict[str, Any]:
     """Measure the fleet, decide per pool, resize workers, log the decision.
 

@@ -25,9 +25,14 @@ of one signal in the order they were connected):
 
 ``worker_process_shutdown``
     9. ``signals.close_child_pools``: land the process's result writes, close its pools.
+    10. ``observability.jobs.mark_child_dead``: drop the process's live metric gauges.
 
 ``worker_shutdown``
-    10. ``signals.stop_main_process``: land result writes, stop the persister, close pools.
+    11. ``signals.stop_main_process``: land result writes, stop the persister, close pools.
+
+``task_prerun`` / ``task_postrun`` (the process running the job)
+    12. ``observability.jobs.on_task_prerun``: the job's start and queue wait.
+    13. ``observability.jobs.on_task_postrun``: jobs by kind and state, run time.
 
 Bootsteps, :data:`BOOTSTEPS`, added to the app's blueprints (Celery orders them by their
 ``requires``, not by this list):
@@ -46,6 +51,7 @@ from typing import Any, Final
 from celery import Celery, signals
 from celery.utils.dispatch import Signal
 
+from taskfleet.observability import jobs as job_metrics
 from taskfleet.resilience.consumer import DeadLetterConsumerStep
 from taskfleet.workers import signals as lifecycle
 from taskfleet.workers.inline_limits import enforce_in_solo_worker
@@ -63,7 +69,10 @@ SIGNAL_HOOKS: Final[tuple[tuple[Signal, Callable[..., Any]], ...]] = (
     (signals.worker_ready, lifecycle.check_redis_policy),
     (signals.worker_ready, lifecycle.settle_when_ready),
     (signals.worker_process_shutdown, lifecycle.close_child_pools),
+    (signals.worker_process_shutdown, job_metrics.mark_child_dead),
     (signals.worker_shutdown, lifecycle.stop_main_process),
+    (signals.task_prerun, job_metrics.on_task_prerun),
+    (signals.task_postrun, job_metrics.on_task_postrun),
 )
 
 #: (blueprint, bootstep class): ``"worker"`` or ``"consumer"`` steps of the worker's app.

@@ -113,6 +113,7 @@ def start_up(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Up:
         TASKFLEET_HARD_TIME_LIMIT="30",
         TASKFLEET_VISIBILITY_TIMEOUT="40",  # a job lost in a crash comes back soon
         TASKFLEET_DIAG_JOBS="true",  # diag.gate holds a job across a SIGTERM
+        TASKFLEET_METRICS_PORT=str(free_port()),  # up's metrics endpoint, off the default port
         COLUMNS="200",
         NO_COLOR="1",
     )

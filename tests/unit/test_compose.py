@@ -18,9 +18,11 @@ from typing import Any
 import pytest
 import yaml
 
+from taskfleet.config.observability import ObservabilitySettings
 from taskfleet.config.sandbox import ENV_PREFIX as SANDBOX_ENV_PREFIX
 from taskfleet.config.sandbox import SandboxSettings
 from taskfleet.config.settings import ENV_PREFIX, Settings
+from taskfleet.fleet.plan import FLOWER_SHIM
 from taskfleet.sandbox import worker_profile
 from taskfleet.workers.profiles import APP_PATH, WorkerProfile, cpu_profile, io_profile
 
@@ -33,7 +35,7 @@ WORKER_SECCOMP = ROOT / "docker" / "seccomp-cpu-worker.json"
 SANDBOX_CAPS = {"SETUID", "SETGID", "KILL"}
 
 INFRA_SERVICES = {"redis", "postgres", "rabbitmq"}
-APP_SERVICES = {"cpu-worker", "io-worker", "beat", "flower"}
+APP_SERVICES = {"cpu-worker", "io-worker", "beat", "flower", "metrics"}
 HEALTHCHECKED = {"redis", "postgres", "rabbitmq", "cpu-worker", "io-worker"}
 WORKERS = {"cpu-worker": cpu_profile, "io-worker": io_profile}
 
@@ -147,6 +149,25 @@ def compose() -> dict[str, Any]:
     return document
 
 
+def _duplicate_keys(node: yaml.Node, path: str = "") -> Iterator[str]:
+    """Keys given twice in one mapping: YAML keeps the last, so the first is silently lost."""
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key, value in node.value:
+            name = str(key.value)
+            if name in seen and name != "<<":
+                yield f"{path}/{name}"
+            seen.add(name)
+            yield from _duplicate_keys(value, f"{path}/{name}")
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            yield from _duplicate_keys(item, f"{path}[{index}]")
+
+
+def test_no_key_is_given_twice() -> None:
+    assert list(_duplicate_keys(yaml.compose(COMPOSE_FILE.read_text()))) == []
+
+
 @pytest.fixture(scope="module")
 def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return compose["services"]  # type: ignore[no-any-return]
@@ -198,7 +219,8 @@ def test_postgres_database_and_password_from_the_environment(
 
 
 def test_every_taskfleet_variable_is_a_settings_field(compose: dict[str, Any]) -> None:
-    known = {f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields} | {
+    fields = [*Settings.model_fields, *ObservabilitySettings.model_fields]
+    known = {f"{ENV_PREFIX}{name.upper()}" for name in fields} | {
         f"{SANDBOX_ENV_PREFIX}{name.upper()}" for name in SandboxSettings.model_fields
     }
     used = {
@@ -284,8 +306,10 @@ def test_beat_and_flower_commands(services: dict[str, dict[str, Any]]) -> None:
     assert beat[beat.index("-s") + 1].startswith("/tmp/")
 
     flower = as_argv(services["flower"]["command"])
-    # Flower itself, no shell: its credentials come from its environment, not its argv.
-    assert flower[:5] == ["celery", "-A", APP_PATH, "flower", "--address=0.0.0.0"], flower
+    # Flower itself (through the Broker page shim), no shell: its credentials come from its
+    # environment, not its argv.
+    shim = ["python", "-m", FLOWER_SHIM]
+    assert flower[:7] == [*shim, "-A", APP_PATH, "flower", "--address=0.0.0.0"], flower
     assert "--port=5555" in flower
     assert not [arg for arg in flower if "$" in arg or "auth" in arg.lower()], flower
     assert "127.0.0.1:5555:5555" in services["flower"]["ports"]

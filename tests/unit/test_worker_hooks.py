@@ -83,6 +83,7 @@ print(json.dumps({"once": once, "twice": twice, "serves": lifecycle._app is app}
 )
 
 SIGNALS = "taskfleet.workers.signals"
+METRICS = "taskfleet.observability.jobs"
 #: What a worker gets, per signal in connection order (the list in ``workers/hooks.py``).
 EXPECTED_SIGNALS = {
     "worker_init": [
@@ -97,8 +98,10 @@ EXPECTED_SIGNALS = {
         f"{SIGNALS}.check_redis_policy",
         f"{SIGNALS}.settle_when_ready",
     ],
-    "worker_process_shutdown": [f"{SIGNALS}.close_child_pools"],
+    "worker_process_shutdown": [f"{SIGNALS}.close_child_pools", f"{METRICS}.mark_child_dead"],
     "worker_shutdown": [f"{SIGNALS}.stop_main_process"],
+    "task_prerun": [f"{METRICS}.on_task_prerun"],
+    "task_postrun": [f"{METRICS}.on_task_postrun"],
 }
 EXPECTED_STEPS = {
     "worker": ["taskfleet.workers.timers.PurgeCancelledTimers"],

@@ -1,0 +1,83 @@
+"""``taskfleet metrics serve`` (the endpoint, alone) and ``taskfleet health`` (readiness once).
+
+``taskfleet health`` exits with the fleet's state: 0 ready; 1 degraded (the services answer
+but a pool has no consumer, a job waits too long or results lag); 3 a service (broker, Redis,
+Postgres) does not answer; 2 bad configuration.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Final
+
+import typer
+
+from taskfleet.app_config import create_app
+from taskfleet.config import ConfigError, load_settings
+from taskfleet.config.observability import load_observability_settings
+from taskfleet.observability.readiness import Check, run_checks
+from taskfleet.observability.server import Endpoint, build_endpoint, make_server
+
+EXIT_READY: Final = 0
+EXIT_DEGRADED: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_UNREACHABLE: Final = 3
+#: Checks whose failure means a service is down (exit 3), not a degraded fleet (exit 1).
+SERVICE_CHECKS: Final = frozenset({"broker", "redis", "postgres"})
+
+metrics_cli = typer.Typer(
+    help="The host's /metrics, /healthz and /readyz endpoint.", no_args_is_help=True
+)
+
+
+def _endpoint() -> Endpoint:
+    try:
+        settings = load_settings()
+        return build_endpoint(settings, create_app(settings), load_observability_settings())
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_USAGE) from None
+
+
+def exit_code(checks: list[Check]) -> int:
+    """The exit code of a set of checks (see the module docstring)."""
+    failed = {c.name for c in checks if not c.ok}
+    if failed & SERVICE_CHECKS:
+        return EXIT_UNREACHABLE
+    return EXIT_DEGRADED if failed else EXIT_READY
+
+
+@metrics_cli.command("serve")
+def serve(
+    host: Annotated[
+        str | None, typer.Option(help="Address (default TASKFLEET_METRICS_HOST).")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default TASKFLEET_METRICS_PORT).")] = None,
+) -> None:
+    """Serve /metrics, /healthz and /readyz until interrupted (credentials from the environment)."""
+    endpoint = _endpoint()
+    obs = endpoint.probes.limits
+    server = make_server(
+        endpoint, host or obs.metrics_host, obs.metrics_port if port is None else port
+    )
+    bound_host, bound_port = server.server_address[:2]
+    typer.echo(f"metrics: serving http://{bound_host!s}:{bound_port}/metrics", err=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+def health(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Check readiness once: exit 0 ready, 1 degraded, 3 a service unreachable."""
+    checks = run_checks(_endpoint().probes)
+    if as_json:
+        typer.echo(json.dumps([c.__dict__ for c in checks], indent=2))
+    else:
+        for check in checks:
+            typer.echo(f"{'ok  ' if check.ok else 'FAIL'} {check.name}: {check.detail}")
+    raise typer.Exit(exit_code(checks))

@@ -1,0 +1,112 @@
+"""Flower's Broker page, run the way ``taskfleet up`` runs it, lists taskfleet's queues.
+
+A Flower of this test's own, on a free loopback port, through
+``taskfleet.observability.flower_broker``, over queues no worker consumes: the page lists
+the CPU and I/O queues with their depths, every priority sub-list summed.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from taskfleet.app_config import create_app
+from taskfleet.config import load_settings
+from taskfleet.devstack.common import choose_port
+from taskfleet.fleet.plan import FLOWER_SHIM
+from taskfleet.routing.depth import redis_priority_keys
+from taskfleet.workers.profiles import APP_PATH
+from tests.support.waiting import wait_for
+
+LOOPBACK = "127.0.0.1"
+USER, PASSWORD = "admin", f"pw-{uuid.uuid4().hex}"
+FLOWER_START_DEADLINE_S = 60.0
+PAGE_DEADLINE_S = 20.0
+#: Jobs put on each queue, by priority: the page must show their sums.
+CPU_JOBS = {7: 3, 0: 2, 9: 1}
+IO_JOBS = {5: 4}
+
+
+@pytest.fixture
+def idle_env(redis_env: dict[str, str]) -> Iterator[dict[str, str]]:
+    suffix = uuid.uuid4().hex[:6]
+    env = {
+        **redis_env,
+        "TASKFLEET_CPU_QUEUE": f"cpu-flower-{suffix}",
+        "TASKFLEET_IO_QUEUE": f"io-flower-{suffix}",
+    }
+    yield env
+    client = redis.Redis.from_url(env["TASKFLEET_BROKER_URL"])
+    for queue in (env["TASKFLEET_CPU_QUEUE"], env["TASKFLEET_IO_QUEUE"]):
+        client.delete(*redis_priority_keys(queue))
+
+
+@pytest.fixture
+def flower_url(idle_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
+    port = choose_port(None, set())
+    env = {**idle_env, "FLOWER_BASIC_AUTH": f"{USER}:{PASSWORD}"}
+    argv = [sys.executable, "-m", FLOWER_SHIM, "-A", APP_PATH, "flower"]
+    argv += [f"--port={port}", f"--address={LOOPBACK}", f"--db={tmp_path / 'flower.db'}"]
+    log = open(tmp_path / "flower.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://{LOOPBACK}:{port}"
+
+    def answers() -> bool:
+        assert proc.poll() is None, (tmp_path / "flower.log").read_text()[-3000:]
+        try:
+            return httpx.get(f"{url}/healthcheck", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_for(answers, FLOWER_START_DEADLINE_S, "Flower to answer")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def depth_on_page(html: str, queue: str) -> int | None:
+    """The Messages column of ``queue``'s row, or None if the page has no such row."""
+    row = re.search(rf"<td>{re.escape(queue)}</td>\s*<td[^>]*>\s*([^<\s]+)\s*</td>", html)
+    return int(row.group(1)) if row else None
+
+
+def test_broker_page_lists_cpu_and_io_with_their_depths(
+    idle_env: dict[str, str], flower_url: str
+) -> None:
+    settings = load_settings(
+        **{
+            k.removeprefix("TASKFLEET_").lower(): v
+            for k, v in idle_env.items()
+            if k.startswith("TASKFLEET_")
+        }
+    )
+    app = create_app(settings)
+    cpu, io = settings.cpu_queue, settings.io_queue
+    for queue, jobs in ((cpu, CPU_JOBS), (io, IO_JOBS)):
+        for priority, count in jobs.items():
+            for _ in range(count):
+                app.send_task("cpu.noop", queue=queue, priority=priority)
+
+    def page() -> str | None:
+        html = httpx.get(f"{flower_url}/broker", auth=(USER, PASSWORD), timeout=10).text
+        found = (depth_on_page(html, cpu), depth_on_page(html, io))
+        return html if found == (sum(CPU_JOBS.values()), sum(IO_JOBS.values())) else None
+
+    html = wait_for(page, PAGE_DEADLINE_S, "the Broker page to list both queues with their depths")
+    assert "is not supported" not in html
+    assert "redis://" in html  # the broker URL shown has a scheme, not a class path
