@@ -1,0 +1,143 @@
+"""The shard map: versioned, kept in the catalog database, changed only by a command.
+
+The catalog is the first physical shard's primary. The map lives there (table
+``taskfleet_shard_map``, one row per version, never updated), not in Redis: Redis is a
+bounded cache that may be flushed, and the map decides where durable results are, so it
+must be as durable as they are. Every process reads the newest version when it opens the
+cluster; ``taskfleet shards ...`` commands write a new version (compare-and-set on the
+version number, so two concurrent commands cannot both win).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    func,
+    insert,
+    select,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.exc import IntegrityError
+
+from taskfleet.sharding.keys import LOGICAL_SHARDS
+from taskfleet.sharding.strategies import Placement, strategy_named
+
+MAP_TABLE = "taskfleet_shard_map"
+
+catalog_metadata = MetaData()
+map_table = Table(
+    MAP_TABLE,
+    catalog_metadata,
+    Column("version", Integer, primary_key=True),
+    Column("strategy", String, nullable=False),
+    Column("shards", JSONB, nullable=False),
+    Column("placement", JSONB, nullable=False),
+    Column("promoted", JSONB, nullable=False),
+    Column("created_at", DateTime(timezone=True), server_default=func.now(), nullable=False),
+)
+
+
+class MapConflict(RuntimeError):
+    """Another command wrote this map version first: read the map again and retry."""
+
+
+@dataclass(frozen=True)
+class ShardMap:
+    """One version of the map.
+
+    Attributes:
+        version: increases by one with every change.
+        strategy: the strategy that computed ``placement``.
+        shards: the physical shards, in configuration order.
+        placement: item ``i`` is the physical shard of logical shard ``i``.
+        promoted: shards whose replica was promoted (it is their primary now).
+    """
+
+    version: int
+    strategy: str
+    shards: tuple[str, ...]
+    placement: Placement
+    promoted: frozenset[str] = field(default_factory=frozenset)
+
+    def with_promoted(self, shard: str) -> ShardMap:
+        """The next version, with ``shard``'s replica as its primary."""
+        return replace(self, version=self.version + 1, promoted=self.promoted | {shard})
+
+
+def initial_map(shards: Sequence[str], strategy: str, count: int = LOGICAL_SHARDS) -> ShardMap:
+    """Version 1: ``shards`` placed by ``strategy``."""
+    placement = strategy_named(strategy).place(shards, count)
+    return ShardMap(1, strategy, tuple(shards), placement)
+
+
+def ensure_catalog(engine: Engine) -> None:
+    """Create the map table if missing."""
+    with engine.begin() as conn:
+        catalog_metadata.create_all(conn, checkfirst=True)
+
+
+def load_map(engine: Engine) -> ShardMap | None:
+    """The newest version, or None before the first one is written."""
+    query = select(map_table).order_by(map_table.c.version.desc()).limit(1)
+    with engine.connect() as conn:
+        row = conn.execute(query).first()
+    if row is None:
+        return None
+    return ShardMap(
+        version=row.version,
+        strategy=row.strategy,
+        shards=tuple(row.shards),
+        placement=tuple(row.placement),
+        promoted=frozenset(row.promoted),
+    )
+
+
+def write_map(engine: Engine, shard_map: ShardMap) -> None:
+    """Store ``shard_map`` as a new version.
+
+    Raises:
+        MapConflict: that version exists already.
+    """
+    row = {
+        "version": shard_map.version,
+        "strategy": shard_map.strategy,
+        "shards": list(shard_map.shards),
+        "placement": list(shard_map.placement),
+        "promoted": sorted(shard_map.promoted),
+    }
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert(map_table).values(**row))
+    except IntegrityError as exc:
+        raise MapConflict(f"shard map version {shard_map.version} exists already") from exc
+
+
+def load_or_create(engine: Engine, shards: Sequence[str], strategy: str) -> ShardMap:
+    """The newest map; the first process to find none writes version 1.
+
+    Raises:
+        ValueError: the stored map names other shards than the configuration.
+    """
+    ensure_catalog(engine)
+    current = load_map(engine)
+    if current is None:
+        with contextlib.suppress(MapConflict):  # another process wrote it first: read theirs
+            write_map(engine, initial_map(shards, strategy))
+        current = load_map(engine)
+    assert current is not None
+    if current.shards != tuple(shards):
+        raise ValueError(
+            f"the shard map (version {current.version}) has shards {list(current.shards)}, "
+            f"the configuration {list(shards)}: change the map with 'taskfleet shards'"
+        )
+    return current
