@@ -18,10 +18,10 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from taskfleet.config.sharding import DEFAULT_REPLICA_MAX_LAG_S, ShardEndpoints
+from taskfleet.config.sharding import DEFAULT_REPLICA_MAX_LAG_S, ShardEndpoints, ShardingSettings
 from taskfleet.results.store import fetch_result, sqlalchemy_url
 from taskfleet.sharding.router import ShardRouter
-from taskfleet.sharding.shardmap import ShardMap, load_or_create
+from taskfleet.sharding.shardmap import ShardMap, load_map, load_or_create
 
 #: Seconds a connection attempt may take (a shard that does not answer is down).
 CONNECT_TIMEOUT_S = 2
@@ -77,13 +77,44 @@ class ShardCluster:
     def open(
         cls, endpoints: Sequence[ShardEndpoints], strategy: str, **options: Any
     ) -> ShardCluster:
-        """Read (or, the first time, write) the map in the catalog, the first shard."""
-        catalog = shard_engine(endpoints[0].primary, 1)
-        try:
-            shard_map = load_or_create(catalog, [e.name for e in endpoints], strategy)
-        finally:
-            catalog.dispose()
-        return cls(endpoints, shard_map, **options)
+        """Read the newest map in the catalog (the first shard), writing version 1 if none.
+
+        The catalog's replica is read too: once it was promoted, it holds the newer map.
+
+        Raises:
+            SQLAlchemyError: neither the catalog nor its replica answered.
+        """
+        found: list[ShardMap] = []
+        failure: SQLAlchemyError | None = None
+        names = [e.name for e in endpoints]
+        for index, url in enumerate((endpoints[0].primary, *endpoints[0].replicas)):
+            engine = shard_engine(url, 1)
+            try:
+                latest = load_or_create(engine, names, strategy) if index == 0 else load_map(engine)
+            except SQLAlchemyError as exc:
+                failure = exc
+                continue
+            finally:
+                engine.dispose()
+            if latest is not None:
+                found.append(latest)
+        if not found:
+            assert failure is not None
+            raise failure
+        return cls(endpoints, max(found, key=lambda m: m.version), **options)
+
+    @classmethod
+    def from_settings(cls, settings: ShardingSettings) -> ShardCluster | None:
+        """The cluster ``TASKFLEET_DATABASE_URLS`` describes; None when it is unset."""
+        if not settings.shards:
+            return None
+        return cls.open(
+            settings.shards, settings.shard_strategy, max_lag_s=settings.replica_max_lag
+        )
+
+    def switch(self, shard_map: ShardMap) -> None:
+        """Follow ``shard_map`` from now on (a newer version)."""
+        self.router = ShardRouter(shard_map)
 
     @property
     def names(self) -> list[str]:
