@@ -31,7 +31,7 @@ REPLICA_SHARD = 1
 LAND_TIMEOUT_S = 60.0
 PRODUCE_BATCH = 20
 #: Persister pacing for tests: short waits, the breaker retried quickly.
-FAST = {
+FAST: dict[str, Any] = {
     "batch_size": 100,
     "block_ms": 20,
     "linger_s": 0.01,
