@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from taskfleet.config.settings import DATABASE_SCHEMES, load_validated
 
 SHARDING_ENV_PREFIX = "TASKFLEET_"
+DATABASE_URLS_ENV: Final = "TASKFLEET_DATABASE_URLS"
 SHARD_SEPARATOR: Final = ","
 REPLICA_SEPARATOR: Final = "|"
 SHARD_NAME_PREFIX: Final = "shard"

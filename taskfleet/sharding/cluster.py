@@ -18,10 +18,16 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from taskfleet.config.sharding import DEFAULT_REPLICA_MAX_LAG_S, ShardEndpoints, ShardingSettings
+from taskfleet.config.sharding import (
+    DEFAULT_REPLICA_MAX_LAG_S,
+    SHARD_NAME_PREFIX,
+    ShardEndpoints,
+    ShardingSettings,
+)
 from taskfleet.results.store import fetch_result, sqlalchemy_url
 from taskfleet.sharding.router import ShardRouter
-from taskfleet.sharding.shardmap import ShardMap, load_map, load_or_create
+from taskfleet.sharding.shardmap import ShardMap, initial_map, load_map, load_or_create
+from taskfleet.sharding.strategies import HashMod
 
 #: Seconds a connection attempt may take (a shard that does not answer is down).
 CONNECT_TIMEOUT_S = 2
@@ -111,6 +117,12 @@ class ShardCluster:
         return cls.open(
             settings.shards, settings.shard_strategy, max_lag_s=settings.replica_max_lag
         )
+
+    @classmethod
+    def single(cls, url: str, **options: Any) -> ShardCluster:
+        """One database as a one-shard cluster (unsharded mode), writing no map."""
+        endpoints = [ShardEndpoints(f"{SHARD_NAME_PREFIX}0", url)]
+        return cls(endpoints, initial_map([endpoints[0].name], HashMod().name), **options)
 
     def switch(self, shard_map: ShardMap) -> None:
         """Follow ``shard_map`` from now on (a newer version)."""

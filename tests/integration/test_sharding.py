@@ -17,7 +17,9 @@ from typing import Any
 import pytest
 import redis
 from sqlalchemy import Engine, text
+from typer.testing import CliRunner
 
+from taskfleet.cli import cli
 from taskfleet.config.sharding import ShardEndpoints, parse_database_urls
 from taskfleet.resilience.storage import KEY_PREFIX
 from taskfleet.sharding.admin import promote, status
@@ -270,6 +272,39 @@ def test_scatter_gather_is_partial_while_a_shard_is_down(
         assert store.count(kind=kind, state="FAILURE").value == 0
     finally:
         store.close()
+
+
+def test_the_cli_counts_queries_and_shows_the_shards(
+    redis_client: redis.Redis,
+    cluster: ShardCluster,
+    pg: PgCluster,
+    stream: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    prefix, keys = new_keys(40)
+    kind = f"test.cli.{prefix[-10:-1]}"
+    produce(redis_client, stream, keys, kind=kind)
+    persister(redis_client, cluster, stream).drain()
+    monkeypatch.setenv("TASKFLEET_DATABASE_URLS", pg.database_urls)
+    runner = CliRunner()
+    wait_for(
+        lambda: (
+            json.loads(runner.invoke(cli, ["results", "count", "--kind", kind, "--json"]).output)[
+                "result"
+            ]
+            == len(keys)
+        ),
+        30,
+        "the CLI to count every row (the replica replays shard1's)",
+    )
+    found = runner.invoke(cli, ["results", "query", "--kind", kind, "--since", "600", "--json"])
+    assert found.exit_code == 0, found.output
+    assert {r["key"] for r in json.loads(found.output)["result"]} == set(keys)
+    shown = runner.invoke(cli, ["shards", "status", "--json"])
+    assert shown.exit_code == 0, shown.output
+    report = json.loads(shown.output)
+    assert sum(s["logical_shards"] for s in report["shards"].values()) == 256
+    assert {s["breaker"] for s in report["shards"].values()} == {"closed"}
 
 
 def test_promotion_makes_the_replica_the_primary_in_the_map(
