@@ -23,6 +23,7 @@ from bench.workloads import (
     w3_latency,
     w7_autoscale,
     w_balancing,
+    w_sharding,
 )
 from bench.workloads.base import (
     DEFAULT_LATENCY_RATE,
@@ -34,7 +35,7 @@ from bench.workloads.base import (
     Options,
 )
 
-WORKLOADS = ("W1", "W2", "W3", "R1", "W4", "W5", "W6", "W7", "B1")
+WORKLOADS = ("W1", "W2", "W3", "R1", "W4", "W5", "W6", "W7", "B1", "S1")
 RESULTS_DIR = Path(__file__).parent / "results"
 LATEST_MD = "latest.md"
 LATEST_JSON = "latest.json"
@@ -66,7 +67,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--only",
         type=lambda v: _csv(v.upper(), WORKLOADS, "workload"),
         default=WORKLOADS,
-        help="workloads, e.g. W1,W2 (R1 = resilience-layer overhead, B1 = balancer overhead)",
+        help="workloads, e.g. W1,W2 (R1 = resilience-layer overhead, B1 = balancer overhead, S1 = sharding)",
     )
     parser.add_argument(
         "--systems",
@@ -141,6 +142,8 @@ def run_workload(workload: str, options: Options) -> list[Table]:
         return [w7_autoscale.table(options)]
     if workload == "B1":
         return [w_balancing.table(options)]
+    if workload == "S1":
+        return [w_sharding.table(options)]
     return [features.TABLES[workload](options)]
 
 

@@ -87,7 +87,7 @@ class TaskfleetResultBackend(RedisBackend):  # type: ignore[misc]
     def __init__(self, app: Any = None, url: str | None = None, **kwargs: Any) -> None:
         url = url or app.conf.get(RESULT_URL_SETTING)
         super().__init__(app=app, url=url, **kwargs)
-        self._durable: Any = None
+        self.durable_reader: Any = None
         self.l1 = MemoryTier(policy="lru", max_entries=RESULT_L1_ENTRIES, ttl=RESULT_L1_TTL_S)
         #: The clock of the absent-key memory (tests replace it).
         self.clock: Callable[[], float] = time.monotonic
@@ -198,12 +198,13 @@ class TaskfleetResultBackend(RedisBackend):  # type: ignore[misc]
         ttl = int(self.expires or 0)
         return min(ttl, BACKFILL_TTL_S) if ttl > 0 else BACKFILL_TTL_S
 
-    def _fetch_durable(self, key: str) -> Any:
-        if self._durable is None:
+    def fetch_durable(self, key: str) -> Any:
+        """The durable copy of ``key``: the one database, or (sharded) the key's shard."""
+        if self.durable_reader is None:
             from taskfleet.results.durable import DurableReader
 
-            self._durable = DurableReader.from_conf(self.app.conf)
-        return self._durable.fetch(key)
+            self.durable_reader = DurableReader.from_conf(self.app.conf)
+        return self.durable_reader.fetch(key)
 
     def _remember(self, key: str, value: str) -> None:
         if any(marker in value for marker in FINAL_STATE_MARKERS):
@@ -235,7 +236,7 @@ class TaskfleetResultBackend(RedisBackend):  # type: ignore[misc]
             if skey in self._absent:
                 return None
         try:
-            stored = self._fetch_durable(skey)
+            stored = self.fetch_durable(skey)
         except SQLAlchemyError:
             return None
         if stored is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from taskfleet.results.store import fetch_result, make_engine
+from taskfleet.results import store
 
 #: The app settings (``taskfleet.app_config``) naming the database(s).
 DATABASE_URL_SETTING = "taskfleet_database_url"
@@ -49,5 +49,5 @@ class DurableReader:
             found: dict[str, Any] | None = self._cluster.fetch_result(key)
             return found
         if self._engine is None:
-            self._engine = make_engine(str(self.database_url), pool_size=READ_POOL_SIZE)
-        return fetch_result(self._engine, key)
+            self._engine = store.make_engine(str(self.database_url), pool_size=READ_POOL_SIZE)
+        return store.fetch_result(self._engine, key)  # looked up at call time (tests patch it)

@@ -32,6 +32,7 @@ from taskfleet.results.persister import ResultPersister
 from taskfleet.results.store import ensure_schema
 from taskfleet.results.stream import PERSIST_GROUP, StreamEntry
 from taskfleet.sharding.cluster import ShardCluster
+from taskfleet.sharding.router import ShardRouter
 
 #: Name of a shard's write breaker (``taskfleet:breaker:`` + this in Redis).
 BREAKER_PREFIX = "taskfleet-shard-write:"
@@ -54,6 +55,16 @@ def shard_breaker(
     return CircuitBreaker(
         f"{BREAKER_PREFIX}{shard}", RedisStorage(client), config, failure_types=SHARD_DOWN_ERRORS
     )
+
+
+def shard_of_entry(router: ShardRouter, catalog: str, entry: StreamEntry) -> str:
+    """The shard a stream entry lands on: its key's; the catalog for cache writes and
+    malformed entries (which the catalog's batch quarantines)."""
+    fields = entry[1]
+    key = fields.get(KEY_FIELD)
+    if key is None or fields.get(TABLE_FIELD) is not None:
+        return catalog
+    return router.shard_of(key.decode("utf-8", "replace"))
 
 
 class ShardedPersister(ResultPersister):
@@ -80,13 +91,6 @@ class ShardedPersister(ResultPersister):
         self._ready: set[str] = set()
         self._retry_at = float("inf")
         self._pool = ThreadPoolExecutor(len(cluster.names), thread_name_prefix="tf-shard")
-
-    def _shard_of(self, entry: StreamEntry) -> str:
-        fields = entry[1]
-        key = fields.get(KEY_FIELD)
-        if key is None or fields.get(TABLE_FIELD) is not None:
-            return self.catalog  # cache writes, and malformed entries for the quarantine
-        return self.cluster.router.shard_of(key.decode("utf-8", "replace"))
 
     def _land(self, shard: str, group: Sequence[StreamEntry]) -> bool:
         breaker = self.breakers[shard]
@@ -118,7 +122,7 @@ class ShardedPersister(ResultPersister):
             return 0
         groups: defaultdict[str, list[StreamEntry]] = defaultdict(list)
         for entry in entries:
-            groups[self._shard_of(entry)].append(entry)
+            groups[shard_of_entry(self.cluster.router, self.catalog, entry)].append(entry)
         futures = {s: self._pool.submit(self._land, s, g) for s, g in groups.items()}
         landed: list[bytes | str] = []
         for shard, future in futures.items():

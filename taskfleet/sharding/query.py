@@ -106,9 +106,9 @@ class ResultStore:
         t = results_table.c
         statement = _filtered(select(t.key, t.status, t.updated_at, t.value), kind, state, since)
         statement = statement.order_by(t.updated_at.desc()).limit(limit)
-        ok, missing = self._split(self.gather(lambda c: c.execute(statement).all()))
+        ok, missing = self._split(self.gather(lambda c: c.execute(statement).mappings().all()))
         rows = sorted(
-            (dict(r._mapping) for found in ok.values() for r in found),
+            (dict(r) for found in ok.values() for r in found),
             key=lambda r: r["updated_at"],
             reverse=True,
         )

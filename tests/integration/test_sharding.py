@@ -21,12 +21,12 @@ from typer.testing import CliRunner
 
 from taskfleet.cli import cli
 from taskfleet.config.sharding import ShardEndpoints, parse_database_urls
+from taskfleet.devstack.pgcluster import PgCluster, start_cluster
 from taskfleet.resilience.storage import KEY_PREFIX
 from taskfleet.sharding.admin import promote, status
 from taskfleet.sharding.cluster import ShardCluster, shard_engine
 from taskfleet.sharding.persister import BREAKER_PREFIX, ShardedPersister
 from taskfleet.sharding.query import ResultStore
-from tests.support.pgcluster import PgCluster, start_cluster
 from tests.support.waiting import wait_for
 
 REPLICA_SHARD = 1

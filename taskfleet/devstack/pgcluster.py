@@ -1,4 +1,4 @@
-"""Throwaway PostgreSQL servers for the sharding tests: primaries and streaming replicas.
+"""Throwaway PostgreSQL servers for sharding (tests, benchmarks): primaries and replicas.
 
 Each server is its own cluster in a temporary folder (initdb, trust auth), listening only on
 127.0.0.1 on a free port, started with the binaries the embedded stack uses (``pgserver``'s,
