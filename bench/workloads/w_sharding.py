@@ -94,11 +94,13 @@ def _truncate(servers: PgCluster) -> None:
         engine.dispose()
 
 
-def _drain_rate(client: redis.Redis, servers: PgCluster, shards: int, rows: int) -> float:
+def _drain_rate(
+    client: redis.Redis, servers: PgCluster, shards: int, rows: int, batch: int = BATCH
+) -> tuple[float, float]:
+    """Rows/s of one drain, and the persister's own CPU µs per row."""
     _truncate(servers)
     stream = f"bench-shard-{uuid.uuid4().hex[:8]}"
-    _fill(client, stream, rows)
-    urls = ",".join(p.url for p in servers.primaries[:shards])
+    urls = ",".join(p.url for p in servers.primaries[: max(shards, 1)])
     endpoints = parse_database_urls(urls)
     cluster = ShardCluster(endpoints, initial_map([e.name for e in endpoints], "consistent"))
     try:
@@ -108,14 +110,17 @@ def _drain_rate(client: redis.Redis, servers: PgCluster, shards: int, rows: int)
                 client, engine, stream=stream, batch_size=BATCH
             )
         else:
-            writer = ShardedPersister(client, cluster, stream=stream, batch_size=BATCH)
-        start = time.perf_counter()
+            writer = ShardedPersister(client, cluster, stream=stream, batch_size=batch)
+        _fill(client, stream, BATCH * 2)
+        writer.drain()  # warm-up: schema checked, connections opened
+        _fill(client, stream, rows)
+        start, cpu = time.perf_counter(), time.process_time()
         written = writer.drain()
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
         writer.stop()
         if written != rows:
             raise RuntimeError(f"{written} of {rows} rows written")
-        return rows / elapsed
+        return rows / elapsed, cpu / rows * 1e6
     finally:
         cluster.dispose()
         client.delete(stream, f"{stream}:q")
@@ -130,9 +135,13 @@ def run(quick: bool = False, redis_url: str | None = None) -> dict[str, Any]:
     client = redis.Redis.from_url(redis_url or services().redis_url)
     try:
         out["rows"] = rows
-        out["rows_per_s"] = {
-            str(k): round(_drain_rate(client, servers, k, rows)) for k in (0, *SHARD_COUNTS)
-        }
+        out["rows_per_s"], out["cpu_us_per_row"] = {}, {}
+        for shards in (0, *SHARD_COUNTS):
+            for label, batch in ((str(shards), BATCH), (f"{shards}x", BATCH * max(shards, 1))):
+                if label.endswith("x") and shards <= 1:
+                    continue
+                rate, cpu = _drain_rate(client, servers, shards, rows, batch)
+                out["rows_per_s"][label], out["cpu_us_per_row"][label] = round(rate), round(cpu, 1)
     finally:
         servers.stop_all()
         shutil.rmtree(base, ignore_errors=True)
@@ -154,11 +163,14 @@ def table(options: Options) -> Table:
         ["persister split of a batch, per entry", f"{split:.2f} µs", f"< {TARGET_US:.0f} µs", ""],
     ]
     one = statistics.median(r["rows_per_s"]["1"] for r in runs)
-    for shards in ("0", *map(str, SHARD_COUNTS)):
+    for shards in runs[0]["rows_per_s"]:
         rate = statistics.median(r["rows_per_s"][shards] for r in runs)
-        label = "unsharded ResultPersister" if shards == "0" else f"{shards} shard(s)"
+        cpu = statistics.median(r["cpu_us_per_row"][shards] for r in runs)
+        label = "unsharded ResultPersister" if shards == "0" else f"{shards.rstrip('x')} shard(s)"
+        if shards.endswith("x"):
+            label += f", batch {BATCH} per shard"
         result.rows.append([f"persister drain, {label}", f"{rate:,.0f} rows/s", "",
-                            f"x{rate / one:.2f} of 1 shard"])  # fmt: skip
+                            f"x{rate / one:.2f} of 1 shard; persister CPU {cpu} µs/row"])  # fmt: skip
     result.notes.append(
         f"{runs[0]['rows']:,} results per drain, batches of {BATCH}, one persister; every "
         "server on this machine (loopback), so extra shards add parallel commits, not cores."
