@@ -1,7 +1,7 @@
 """Sharded durable results: logical shards over physical Postgres primaries and replicas.
 
 A result key maps to one of ``LOGICAL_SHARDS`` logical shards by CRC-32
-(:mod:`taskfleet.sharding.keys`); the versioned shard map (:mod:`taskfleet.sharding.shardmap`,
+(:mod:`taskfleet.sharding.strategies`); the versioned shard map (:mod:`taskfleet.sharding.shardmap`,
 kept in the catalog database) places logical shards on physical ones with a strategy
 (:mod:`taskfleet.sharding.strategies`). :mod:`taskfleet.sharding.cluster` holds the engines
 and picks replica or primary for reads, :mod:`taskfleet.sharding.persister` lands each batch

@@ -25,8 +25,7 @@ from taskfleet.config.sharding import (
     ShardingSettings,
 )
 from taskfleet.results.store import fetch_result, sqlalchemy_url
-from taskfleet.sharding.router import ShardRouter
-from taskfleet.sharding.shardmap import ShardMap, initial_map, load_map, load_or_create
+from taskfleet.sharding.shardmap import ShardMap, ShardRouter, initial_map, load_map, load_or_create
 from taskfleet.sharding.strategies import HashMod
 
 #: Seconds a connection attempt may take (a shard that does not answer is down).
@@ -127,6 +126,23 @@ class ShardCluster:
     def switch(self, shard_map: ShardMap) -> None:
         """Follow ``shard_map`` from now on (a newer version)."""
         self.router = ShardRouter(shard_map)
+
+    def refresh(self) -> bool:
+        """Follow a newer map version if the catalog (or its replica) has one."""
+        catalog = self.endpoints[self.names[0]]
+        newest = self.router.map
+        for url in dict.fromkeys((self.primary_url(catalog.name), *catalog.replicas)):
+            try:
+                found = load_map(self._engine(url))
+            except SQLAlchemyError:
+                continue
+            if found is not None and found.version > newest.version:
+                newest = found
+        if newest is self.router.map:
+            return False
+        log.warning("shard map: version %d -> %d", self.router.version, newest.version)
+        self.switch(newest)
+        return True
 
     @property
     def names(self) -> list[str]:

@@ -32,12 +32,14 @@ from taskfleet.results.persister import ResultPersister
 from taskfleet.results.store import ensure_schema
 from taskfleet.results.stream import PERSIST_GROUP, StreamEntry
 from taskfleet.sharding.cluster import ShardCluster
-from taskfleet.sharding.router import ShardRouter
+from taskfleet.sharding.shardmap import ShardRouter
 
 #: Name of a shard's write breaker (``taskfleet:breaker:`` + this in Redis).
 BREAKER_PREFIX = "taskfleet-shard-write:"
 #: Errors that mean a shard is down (the batch stays pending), not that a row is bad.
 SHARD_DOWN_ERRORS = (SQLAlchemyError, OSError)
+#: Seconds between two reads of the shard map by a running persister.
+DEFAULT_MAP_REFRESH_S = 10.0
 KEY_FIELD = b"key"
 TABLE_FIELD = b"table"
 
@@ -77,9 +79,14 @@ class ShardedPersister(ResultPersister):
         *,
         fail_max: int = DEFAULT_SHARD_FAIL_MAX,
         retry_s: float = DEFAULT_SHARD_RETRY_S,
+        map_refresh_s: float = DEFAULT_MAP_REFRESH_S,
         **options: Any,
     ) -> None:
-        """Consume the stream into ``cluster``; ``options`` as :class:`ResultPersister`."""
+        """Consume the stream into ``cluster``; ``options`` as :class:`ResultPersister`.
+
+        The map is read again every ``map_refresh_s`` (one query to the catalog), so a
+        promotion reaches running persisters without a restart.
+        """
         catalog = cluster.names[0]
         super().__init__(client, cluster.primary(catalog), **options)
         self.cluster = cluster
@@ -90,6 +97,8 @@ class ShardedPersister(ResultPersister):
         self.held: set[bytes | str] = set()
         self._ready: set[str] = set()
         self._retry_at = float("inf")
+        self.map_refresh_s = map_refresh_s
+        self._refreshed = time.monotonic()
         self._pool = ThreadPoolExecutor(len(cluster.names), thread_name_prefix="tf-shard")
 
     def _land(self, shard: str, group: Sequence[StreamEntry]) -> bool:
@@ -145,7 +154,12 @@ class ShardedPersister(ResultPersister):
 
     def step(self, block_ms: int | None = None, *, full: bool = False) -> int:
         """As :meth:`ResultPersister.step`; every ``retry_s``, held entries are read again."""
-        if self.held and time.monotonic() >= self._retry_at:
+        now = time.monotonic()
+        if now - self._refreshed >= self.map_refresh_s:
+            self._refreshed = now
+            if self.cluster.refresh():
+                self._ready.clear()
+        if self.held and now >= self._retry_at:
             self._retry_at = float("inf")
             self.reader.reset()
         return super().step(block_ms, full=full)

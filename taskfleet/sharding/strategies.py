@@ -1,4 +1,4 @@
-"""Placement strategies: which physical shard holds each logical shard.
+"""Key -> logical shard (a stable hash), and the strategies placing logical shards.
 
 Each strategy turns the list of physical shard names into a placement, a tuple whose
 item ``i`` names the physical shard of logical shard ``i``. The placement is computed once,
@@ -14,14 +14,16 @@ strategy, it reads the stored placement.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from uhashring import HashRing
 
-from taskfleet.sharding.keys import LOGICAL_SHARDS
-
+#: Logical shards: many more than physical ones, so a placement moves in small units. Fixed
+#: for the life of a deployment: physical shards are added by moving logical ones.
+LOGICAL_SHARDS = 256
 #: Virtual nodes per physical shard on the ring (uhashring's ketama default is 40 per weight).
 DEFAULT_VNODES = 160
 RING_KEY_PREFIX = "logical-"
@@ -38,6 +40,14 @@ class PlacementStrategy(Protocol):
 
     def place(self, shards: Sequence[str], count: int = LOGICAL_SHARDS) -> Placement:
         """The physical shard of each logical shard."""
+
+
+def logical_shard(key: str, count: int = LOGICAL_SHARDS) -> int:
+    """The logical shard of ``key``: CRC-32 (zlib, in C) of its UTF-8 bytes, modulo ``count``.
+
+    Stable across processes and releases (Python's ``hash()`` is salted per process).
+    """
+    return zlib.crc32(key.encode("utf-8", "surrogatepass")) % count
 
 
 def _require(shards: Sequence[str]) -> None:

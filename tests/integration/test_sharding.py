@@ -316,24 +316,32 @@ def test_promotion_makes_the_replica_the_primary_in_the_map(
 ) -> None:
     shard = f"shard{REPLICA_SHARD}"
     version = cluster.router.version
-    pg.primaries[REPLICA_SHARD].stop("immediate")  # stays down: the replica takes over
-    new_map = promote(cluster, shard)
-    assert new_map.version == version + 1
-    assert shard in new_map.promoted
-    reopened = ShardCluster.open(endpoints, "consistent")  # what every other process reads
+    running = ShardedPersister(  # started before the promotion, on the old map
+        redis_client, cluster, stream=stream, quarantine_key=f"{stream}-q",
+        **FAST | {"map_refresh_s": 0.2},
+    )  # fmt: skip
+    running.start()
+    admin = ShardCluster.open(endpoints, "consistent")  # the operator's process
     try:
-        assert reopened.router.version == new_map.version
-        assert reopened.primary_url(shard) == endpoints[REPLICA_SHARD].replicas[0]
+        pg.primaries[REPLICA_SHARD].stop("immediate")  # stays down: the replica takes over
+        new_map = promote(admin, shard)
+        assert new_map.version == version + 1
+        assert shard in new_map.promoted
+        assert admin.primary_url(shard) == endpoints[REPLICA_SHARD].replicas[0]
         prefix, keys = new_keys(100)
         produce(redis_client, stream, keys)
-        assert persister(redis_client, reopened, stream).drain() == len(keys)
-        mine = {k for k in keys if reopened.router.shard_of(k) == shard}
-        assert set(keys_on(reopened.primary(shard), prefix)) == mine
-        with reopened.primary(shard).connect() as conn:
+        wait_for(
+            lambda: tally(admin, prefix, keys)["ok"] == len(keys),
+            LAND_TIMEOUT_S,
+            "the running persister to follow the new map and land every row",
+        )
+        assert cluster.router.version == new_map.version
+        with admin.primary(shard).connect() as conn:
             assert conn.execute(text("SELECT pg_is_in_recovery()")).scalar() is False
-        report: dict[str, Any] = status(reopened, redis_client)
+        report: dict[str, Any] = status(admin, redis_client)
         assert report["shards"][shard]["promoted"] is True
         assert report["shards"][shard]["replica_lag_s"] is None
         assert report["shards"]["shard0"]["rows"] > 0
     finally:
-        reopened.dispose()
+        running.stop()
+        admin.dispose()

@@ -12,18 +12,22 @@ import pytest
 from taskfleet.config import ConfigError
 from taskfleet.config.sharding import load_sharding_settings, parse_database_urls
 from taskfleet.sharding.cluster import ShardCluster
-from taskfleet.sharding.keys import LOGICAL_SHARDS, logical_shard
-from taskfleet.sharding.router import ShardRouter
-from taskfleet.sharding.shardmap import initial_map
-from taskfleet.sharding.strategies import STRATEGIES, ConsistentHash, Directory, HashMod
+from taskfleet.sharding.shardmap import ShardRouter, initial_map
+from taskfleet.sharding.strategies import (
+    LOGICAL_SHARDS,
+    STRATEGIES,
+    ConsistentHash,
+    Directory,
+    HashMod,
+    logical_shard,
+)
 
 SHARDS = ["shard0", "shard1", "shard2"]
 KEYS = [f"celery-task-meta-{i:08x}" for i in range(2000)]
 #: Run in a fresh interpreter with another hash seed: prints each key's shard.
 PLACE_IN_SUBPROCESS = """
 import json, sys
-from taskfleet.sharding.router import ShardRouter
-from taskfleet.sharding.shardmap import initial_map
+from taskfleet.sharding.shardmap import ShardRouter, initial_map
 keys = json.load(sys.stdin)
 router = ShardRouter(initial_map(["shard0", "shard1", "shard2"], "consistent"))
 print(json.dumps([router.shard_of(k) for k in keys]))
