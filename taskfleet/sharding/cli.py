@@ -18,6 +18,7 @@ from taskfleet.sharding.admin import promote as promote_shard
 from taskfleet.sharding.admin import status as cluster_status
 from taskfleet.sharding.cluster import ShardCluster
 from taskfleet.sharding.query import DEFAULT_QUERY_LIMIT, ResultStore, ShardAnswer
+from taskfleet.sharding.rebalance import DEFAULT_GRACE_S, rebalance
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -138,3 +139,40 @@ def promote(shard: Annotated[str, typer.Argument(help="The shard, e.g. shard1")]
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(EXIT_FAILED) from None
     typer.echo(f"{shard}: replica promoted; map version {new_map.version}")
+
+
+GraceOpt = Annotated[
+    float, typer.Option("--grace", min=0, help="Seconds between the switch and the re-copy.")
+]
+
+
+def _move(target: Any, grace: float) -> None:
+    with _cluster(sharded_only=True) as cluster:
+        shards = target(cluster)
+        try:
+            move = rebalance(cluster, shards, grace_s=grace)
+        except (ValueError, RuntimeError, SQLAlchemyError) as exc:
+            typer.echo(f"error: {exc} (run the command again to resume)", err=True)
+            raise typer.Exit(EXIT_FAILED) from None
+    typer.echo(
+        f"map version {move.target.version}: {len(move.moved)} logical shards moved "
+        f"({move.moved_fraction:.1%}), {move.copied} rows copied, {move.deleted} deleted"
+    )
+
+
+@shards_cli.command("rebalance")
+def rebalance_cmd(grace: GraceOpt = DEFAULT_GRACE_S) -> None:
+    """Place the logical shards over every configured shard (or finish an unfinished move)."""
+    _move(lambda cluster: cluster.names, grace)
+
+
+@shards_cli.command("add")
+def add(shard: Annotated[str, typer.Argument()], grace: GraceOpt = DEFAULT_GRACE_S) -> None:
+    """Add SHARD (listed in TASKFLEET_DATABASE_URLS) to the map, moving ~1/N of the rows."""
+    _move(lambda cluster: list(dict.fromkeys([*cluster.router.map.shards, shard])), grace)
+
+
+@shards_cli.command("remove")
+def remove(shard: Annotated[str, typer.Argument()], grace: GraceOpt = DEFAULT_GRACE_S) -> None:
+    """Move SHARD's rows to the other shards and take it out of the map."""
+    _move(lambda cluster: [s for s in cluster.router.map.shards if s != shard], grace)

@@ -66,7 +66,8 @@ class ResultStore:
             with self.cluster.read_engine(shard, fresh=fresh).connect() as conn:
                 return ask(conn)
 
-        futures: dict[str, Future[T]] = {s: self._pool.submit(one, s) for s in self.cluster.names}
+        shards = self.cluster.router.map.shards  # a configured shard not in the map holds nothing
+        futures: dict[str, Future[T]] = {s: self._pool.submit(one, s) for s in shards}
         wait(futures.values(), timeout=self.deadline_s)
         answers: dict[str, Any] = {}
         for shard, future in futures.items():

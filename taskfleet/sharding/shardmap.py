@@ -94,9 +94,11 @@ def ensure_catalog(engine: Engine) -> None:
         catalog_metadata.create_all(conn, checkfirst=True)
 
 
-def load_map(engine: Engine) -> ShardMap | None:
-    """The newest version, or None before the first one is written."""
+def load_map(engine: Engine, version: int | None = None) -> ShardMap | None:
+    """The newest version (or ``version``), or None before the first one is written."""
     query = select(map_table).order_by(map_table.c.version.desc()).limit(1)
+    if version is not None:
+        query = query.where(map_table.c.version == version)
     with engine.connect() as conn:
         row = conn.execute(query).first()
     if row is None:
@@ -134,7 +136,8 @@ def load_or_create(engine: Engine, shards: Sequence[str], strategy: str) -> Shar
     """The newest map; the first process to find none writes version 1.
 
     Raises:
-        ValueError: the stored map names other shards than the configuration.
+        ValueError: the stored map names shards the configuration does not list (the
+            configuration may list more: shards being added, or removed from the map).
     """
     ensure_catalog(engine)
     current = load_map(engine)
@@ -143,7 +146,7 @@ def load_or_create(engine: Engine, shards: Sequence[str], strategy: str) -> Shar
             write_map(engine, initial_map(shards, strategy))
         current = load_map(engine)
     assert current is not None
-    if current.shards != tuple(shards):
+    if not set(current.shards) <= set(shards):
         raise ValueError(
             f"the shard map (version {current.version}) has shards {list(current.shards)}, "
             f"the configuration {list(shards)}: change the map with 'taskfleet shards'"
