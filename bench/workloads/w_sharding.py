@@ -34,6 +34,8 @@ from taskfleet.results.persister import ResultPersister
 from taskfleet.results.store import ensure_schema
 from taskfleet.sharding.cluster import ShardCluster, shard_engine
 from taskfleet.sharding.persister import ShardedPersister, shard_of_entry
+from taskfleet.sharding.query import ResultStore
+from taskfleet.sharding.rebalance import rebalance
 from taskfleet.sharding.shardmap import initial_map
 
 ROUNDS = 5
@@ -42,6 +44,8 @@ ROWS, QUICK_ROWS = 20_000, 3_000
 SHARD_COUNTS = (1, 2, 4)
 BATCH = 500
 TARGET_US = 5.0
+#: Cross-shard queries timed (count, then the newest 100 rows) after the rebalance.
+QUERY_ROUNDS = 20
 
 
 def _routing_us(n: int) -> dict[str, float]:
@@ -126,6 +130,40 @@ def _drain_rate(
         client.delete(stream, f"{stream}:q")
 
 
+def _rebalance_and_query(client: redis.Redis, servers: PgCluster, rows: int) -> dict[str, Any]:
+    """3 -> 4 shards: moved fraction and rows/s; then cross-shard count and query latency."""
+    _truncate(servers)
+    endpoints = parse_database_urls(",".join(p.url for p in servers.primaries))
+    three = ShardCluster.open(endpoints[:3], "consistent")
+    stream = f"bench-shard-{uuid.uuid4().hex[:8]}"
+    _fill(client, stream, rows)
+    ShardedPersister(client, three, stream=stream, batch_size=BATCH).drain()
+    client.delete(stream, f"{stream}:q")
+    four = ShardCluster.open(endpoints, "consistent")
+    store = ResultStore(four)
+    try:
+        start = time.perf_counter()
+        move = rebalance(four, four.names, grace_s=0)
+        elapsed = time.perf_counter() - start
+        timings: dict[str, list[float]] = {"count": [], "query": []}
+        for _ in range(QUERY_ROUNDS):
+            for name, ask in (("count", store.count), ("query", store.query)):
+                begin = time.perf_counter()
+                ask(kind="bench.add", state="SUCCESS")
+                timings[name].append((time.perf_counter() - begin) * 1e3)
+        return {
+            "moved_fraction": round(move.moved_fraction, 3),
+            "moved_rows": move.deleted,
+            "rebalance_rows_per_s": round(move.deleted / elapsed),
+            "count_ms": round(statistics.median(timings["count"]), 2),
+            "query_ms": round(statistics.median(timings["query"]), 2),
+        }
+    finally:
+        store.close()
+        three.dispose()
+        four.dispose()
+
+
 def run(quick: bool = False, redis_url: str | None = None) -> dict[str, Any]:
     """Routing cost (µs) and drain rates (rows/s) by shard count (0: unsharded)."""
     out: dict[str, Any] = _routing_us(QUICK_KEYS if quick else KEYS)
@@ -142,6 +180,7 @@ def run(quick: bool = False, redis_url: str | None = None) -> dict[str, Any]:
                     continue
                 rate, cpu = _drain_rate(client, servers, shards, rows, batch)
                 out["rows_per_s"][label], out["cpu_us_per_row"][label] = round(rate), round(cpu, 1)
+        out |= _rebalance_and_query(client, servers, rows)
     finally:
         servers.stop_all()
         shutil.rmtree(base, ignore_errors=True)
@@ -171,6 +210,19 @@ def table(options: Options) -> Table:
             label += f", batch {BATCH} per shard"
         result.rows.append([f"persister drain, {label}", f"{rate:,.0f} rows/s", "",
                             f"x{rate / one:.2f} of 1 shard; persister CPU {cpu} µs/row"])  # fmt: skip
+    for name, key, unit in (
+        ("rebalance 3 -> 4 shards: logical shards moved", "moved_fraction", ""),
+        ("rebalance 3 -> 4 shards: rows moved", "moved_rows", ""),
+        (
+            "rebalance 3 -> 4 shards: rows/s (copy, switch, re-copy, delete)",
+            "rebalance_rows_per_s",
+            "",
+        ),
+        ("cross-shard count, 4 shards (kind + state)", "count_ms", " ms"),
+        ("cross-shard query, newest 100 rows, 4 shards", "query_ms", " ms"),
+    ):
+        value = statistics.median(r[key] for r in runs)
+        result.rows.append([name, f"{value:,}{unit}", "", ""])
     result.notes.append(
         f"{runs[0]['rows']:,} results per drain, batches of {BATCH}, one persister; every "
         "server on this machine (loopback), so extra shards add parallel commits, not cores."
