@@ -115,6 +115,15 @@ class ResultStore:
         )
         return ShardAnswer(rows[:limit], missing)
 
+    def oldest(self, *, kind: str | None = None, state: str | None = "PENDING") -> ShardAnswer:
+        """The least recently updated row matching (default: the oldest pending), or None."""
+        t = results_table.c
+        statement = _filtered(select(t.key, t.status, t.updated_at), kind, state, None)
+        statement = statement.order_by(t.updated_at).limit(1)
+        ok, missing = self._split(self.gather(lambda c: c.execute(statement).mappings().all()))
+        rows = [dict(r) for found in ok.values() for r in found]
+        return ShardAnswer(min(rows, key=lambda r: r["updated_at"], default=None), missing)
+
     def count(
         self, *, kind: str | None = None, state: str | None = None, since: datetime | None = None
     ) -> ShardAnswer:

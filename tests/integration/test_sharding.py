@@ -270,6 +270,8 @@ def test_scatter_gather_is_partial_while_a_shard_is_down(
             k for k in keys if cluster.router.shard_of(k) != "shard2"
         }
         assert store.count(kind=kind, state="FAILURE").value == 0
+        assert store.oldest(kind=kind, state="SUCCESS").value["key"] in keys
+        assert store.oldest(kind=kind).value is None  # no pending row of this kind
     finally:
         store.close()
 
