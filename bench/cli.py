@@ -25,6 +25,7 @@ from bench.workloads import (
     w_balancing,
     w_limits,
     w_metrics,
+    w_sharding,
 )
 from bench.workloads.base import (
     DEFAULT_LATENCY_RATE,
@@ -36,7 +37,7 @@ from bench.workloads.base import (
     Options,
 )
 
-WORKLOADS = ("W1", "W2", "W3", "R1", "W4", "W5", "W6", "W7", "B1", "L1", "M1")
+WORKLOADS = ("W1", "W2", "W3", "R1", "W4", "W5", "W6", "W7", "B1", "L1", "M1", "S1")
 RESULTS_DIR = Path(__file__).parent / "results"
 LATEST_MD = "latest.md"
 LATEST_JSON = "latest.json"
@@ -69,7 +70,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=lambda v: _csv(v.upper(), WORKLOADS, "workload"),
         default=WORKLOADS,
         help="workloads, e.g. W1,W2 (R1 = resilience-layer overhead, B1 = balancer overhead, "
-        "L1 = rate-limit overhead, M1 = job metrics per job)",
+        "L1 = rate-limit overhead, M1 = job metrics per job, S1 = sharding)",
     )
     parser.add_argument(
         "--systems",
@@ -127,7 +128,7 @@ def run_workload(workload: str, options: Options) -> list[Table]:
     """Run one workload.
 
     Args:
-        workload: ``W1``..``W7``, ``R1``, ``B1``, ``L1`` or ``M1``.
+        workload: ``W1``..``W7``, ``R1``, ``B1``, ``L1``, ``M1`` or ``S1``.
         options: Options.
 
     Returns:
@@ -148,6 +149,8 @@ def run_workload(workload: str, options: Options) -> list[Table]:
         return [w_limits.table(options)]
     if workload == "M1":
         return [w_metrics.table(options)]
+    if workload == "S1":
+        return [w_sharding.table(options)]
     return [features.TABLES[workload](options)]
 
 

@@ -15,6 +15,7 @@ from celery import Celery
 
 from taskfleet.config import Settings, resolve_services
 from taskfleet.config.app_settings import SETTINGS_ATTR, settings_of
+from taskfleet.config.sharding import load_sharding_settings
 from taskfleet.routing.priority import DEFAULT_PRIORITY
 from taskfleet.routing.topology import DEFAULT_INBOX, Pool, Topology, pool_for_kind
 from taskfleet.routing.transport import ALL_PRIORITY_STEPS, TRANSPORT_PATH
@@ -62,6 +63,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_backend": RESULT_BACKEND_PATH,
         "taskfleet_redis_url": urls.redis_url,
         "taskfleet_database_url": urls.database_url,
+        "taskfleet_database_urls": load_sharding_settings().database_urls,  # None: unsharded
         # JSON only: a pickle body is refused by the worker, never deserialised.
         "task_serializer": "json",
         "result_serializer": "json",

@@ -10,6 +10,9 @@ from taskfleet.ratelimit.cli import limits_cli
 from taskfleet.resilience.cli import dlq_cli
 from taskfleet.results.cli import results_cli
 from taskfleet.scheduler.cli import scale_cli
+from taskfleet.sharding.cli import count as results_count
+from taskfleet.sharding.cli import query as results_query
+from taskfleet.sharding.cli import shards_cli
 
 cli = typer.Typer(
     name="taskfleet",
@@ -26,6 +29,9 @@ cli.add_typer(services_cli, name="services")
 cli.add_typer(dlq_cli, name="dlq")
 cli.add_typer(scale_cli, name="scale")
 cli.add_typer(results_cli, name="results")
+cli.add_typer(shards_cli, name="shards")
+results_cli.command("query")(results_query)
+results_cli.command("count")(results_count)
 cli.add_typer(backends_cli, name="backends")
 cli.add_typer(limits_cli, name="limits")
 cli.add_typer(metrics_cli, name="metrics")

@@ -42,6 +42,7 @@ from taskfleet.results.stream import PERSIST_STREAM
 
 RESULT_URL_SETTING = "taskfleet_redis_url"
 DATABASE_URL_SETTING = "taskfleet_database_url"
+DATABASE_URLS_SETTING = "taskfleet_database_urls"  # sharded: reads go to the key's shard
 #: Seconds Postgres keeps a result (``Settings.result_retention``; see ``retention``).
 RETENTION_SETTING = "taskfleet_result_retention"
 #: Redis TTL of a result read back from Postgres (never more than the backend's own TTL).
@@ -86,7 +87,7 @@ class TaskfleetResultBackend(RedisBackend):  # type: ignore[misc]
     def __init__(self, app: Any = None, url: str | None = None, **kwargs: Any) -> None:
         url = url or app.conf.get(RESULT_URL_SETTING)
         super().__init__(app=app, url=url, **kwargs)
-        self._engine: Any = None
+        self.durable_reader: Any = None
         self.l1 = MemoryTier(policy="lru", max_entries=RESULT_L1_ENTRIES, ttl=RESULT_L1_TTL_S)
         #: The clock of the absent-key memory (tests replace it).
         self.clock: Callable[[], float] = time.monotonic
@@ -197,12 +198,13 @@ class TaskfleetResultBackend(RedisBackend):  # type: ignore[misc]
         ttl = int(self.expires or 0)
         return min(ttl, BACKFILL_TTL_S) if ttl > 0 else BACKFILL_TTL_S
 
-    def _database(self) -> Any:
-        if self._engine is None:
-            from taskfleet.results.store import make_engine
+    def fetch_durable(self, key: str) -> Any:
+        """The durable copy of ``key``: the one database, or (sharded) the key's shard."""
+        if self.durable_reader is None:
+            from taskfleet.results.durable import DurableReader
 
-            self._engine = make_engine(self.app.conf.get(DATABASE_URL_SETTING), pool_size=2)
-        return self._engine
+            self.durable_reader = DurableReader.from_conf(self.app.conf)
+        return self.durable_reader.fetch(key)
 
     def _remember(self, key: str, value: str) -> None:
         if any(marker in value for marker in FINAL_STATE_MARKERS):
@@ -224,18 +226,17 @@ class TaskfleetResultBackend(RedisBackend):  # type: ignore[misc]
         if value is not None:
             self._remember(skey, bytes_to_str(value))
             return value
-        if not self.app.conf.get(DATABASE_URL_SETTING):
+        conf = self.app.conf
+        if not (conf.get(DATABASE_URL_SETTING) or conf.get(DATABASE_URLS_SETTING)):
             return value
 
         from sqlalchemy.exc import SQLAlchemyError
-
-        from taskfleet.results.store import fetch_result
 
         with self._absent_lock:
             if skey in self._absent:
                 return None
         try:
-            stored = fetch_result(self._database(), skey)
+            stored = self.fetch_durable(skey)
         except SQLAlchemyError:
             return None
         if stored is None:

@@ -62,6 +62,11 @@ class GroupReader:
         self._group_ready = False
         self._pending_clean = False
 
+    def skip_pending(self) -> None:
+        """Read new entries next although own pending ones remain (held back on purpose,
+        e.g. for a shard that is down); :meth:`reset` reads them again."""
+        self._pending_clean = True
+
     def next_batch(self, block_ms: int | None = None, *, full: bool = False) -> list[StreamEntry]:
         """Own pending entries, else orphans, else new entries (waiting up to ``block_ms``).
 

@@ -17,6 +17,7 @@ from typing import Any
 from celery import Celery
 
 from taskfleet.config.app_settings import settings_of
+from taskfleet.config.sharding import DATABASE_URLS_ENV
 from taskfleet.results.backend import TaskfleetResultBackend
 from taskfleet.routing.bookkeeping import run_jobs_inline
 from taskfleet.workers.capacity import size_for_green_worker
@@ -137,9 +138,9 @@ def start_persister(sender: Any = None, **_: Any) -> None:
     global _persister
     if os.environ.get(DISABLE_PERSISTER_ENV) == "1":
         return
-    _persister = subprocess.Popen(
-        [sys.executable, "-m", "taskfleet.results.persister"], close_fds=True
-    )
+    sharded = os.environ.get(DATABASE_URLS_ENV)
+    module = "taskfleet.sharding.service" if sharded else "taskfleet.results.persister"
+    _persister = subprocess.Popen([sys.executable, "-m", module], close_fds=True)
     log.info("taskfleet: result persister started (pid %s)", _persister.pid)
 
 
