@@ -60,7 +60,7 @@ from taskfleet.results.group_reader import (
     GroupReader,
 )
 from taskfleet.results.quarantine import QUARANTINE_KEY, Quarantine
-from taskfleet.results.store import ensure_schema
+from taskfleet.results.store import ensure_schema, purge_expired_results
 from taskfleet.results.stream import PERSIST_GROUP, PERSIST_STREAM, StreamEntry
 
 DEFAULT_BATCH_SIZE = 500
@@ -200,9 +200,14 @@ class ResultPersister:
             self._stop.wait(self.linger_s)
         if time.monotonic() - self._last_purge >= self.purge_interval_s:
             self._last_purge = time.monotonic()
-            purge_expired(self.engine)
+            self._purge()
             forget_idle_consumers(self.client, self.stream, PERSIST_GROUP)
         self.check_backlog()
+
+    def _purge(self) -> None:
+        """Delete expired cache rows and old tombstones, and results past their retention."""
+        purge_expired(self.engine)
+        purge_expired_results(self.engine)
 
     def _before_retry(self, state: RetryCallState) -> None:
         self._schema_ready = False

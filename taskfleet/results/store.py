@@ -196,6 +196,34 @@ def upsert_result_text(engine: Engine, row: ResultRow) -> None:
         conn.execute(TEXT_UPSERT_SQL, params)
 
 
+#: Rows deleted per statement by :func:`purge_expired_results` (short transactions, short locks).
+PURGE_BATCH = 10_000
+#: Expired results past their retention: a batch of them, oldest first (the index on
+#: ``expires_at`` finds them).
+PURGE_RESULTS_SQL = text(
+    """
+    DELETE FROM taskfleet_results WHERE key IN (
+        SELECT key FROM taskfleet_results WHERE expires_at <= now()
+        ORDER BY expires_at LIMIT :batch
+    )
+    """
+)
+
+
+def purge_expired_results(engine: Engine, batch: int = PURGE_BATCH) -> int:
+    """Delete the results whose retention (``expires_at``) has passed; return how many went.
+
+    In batches of ``batch`` rows, each its own transaction, until none is left.
+    """
+    total = 0
+    while True:
+        with engine.begin() as conn:
+            deleted = int(conn.execute(PURGE_RESULTS_SQL, {"batch": batch}).rowcount)
+        total += deleted
+        if deleted < batch:
+            return total
+
+
 def fetch_result(engine: Engine, key: str) -> dict[str, Any] | None:
     """The stored meta for ``key`` (from ``value`` or, if kept as text, ``value_text``)."""
     with engine.connect() as conn:

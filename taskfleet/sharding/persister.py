@@ -24,12 +24,13 @@ from typing import Any
 import redis
 from sqlalchemy.exc import SQLAlchemyError
 
+from taskfleet.cache.l3 import purge_expired
 from taskfleet.config.sharding import DEFAULT_SHARD_FAIL_MAX, DEFAULT_SHARD_RETRY_S
 from taskfleet.resilience.breaker import CircuitBreaker
 from taskfleet.resilience.storage import BreakerConfig, RedisStorage
 from taskfleet.results.batch import write_batch
 from taskfleet.results.persister import ResultPersister
-from taskfleet.results.store import ensure_schema
+from taskfleet.results.store import ensure_schema, purge_expired_results
 from taskfleet.results.stream import PERSIST_GROUP, StreamEntry
 from taskfleet.sharding.cluster import ShardCluster
 from taskfleet.sharding.shardmap import ShardRouter
@@ -100,6 +101,18 @@ class ShardedPersister(ResultPersister):
         self.map_refresh_s = map_refresh_s
         self._refreshed = time.monotonic()
         self._pool = ThreadPoolExecutor(len(cluster.names), thread_name_prefix="tf-shard")
+
+    def _purge(self) -> None:
+        """The catalog's cache rows as unsharded; results past their retention on every shard.
+
+        A shard that is down is skipped (it is purged on a later round, once it is back).
+        """
+        purge_expired(self.engine)
+        for shard in self.cluster.names:
+            try:
+                purge_expired_results(self.cluster.primary(shard))
+            except SQLAlchemyError as exc:
+                log.info("shard %s: expired results not purged this round (%s)", shard, exc)
 
     def _land(self, shard: str, group: Sequence[StreamEntry]) -> bool:
         breaker = self.breakers[shard]

@@ -20,6 +20,7 @@ from taskfleet.app import create_app, settings_of
 from taskfleet.config import load_settings
 from taskfleet.results.backend import BACKFILL_TTL_S
 from taskfleet.results.persister import ResultPersister
+from taskfleet.results.store import purge_expired_results
 from tests.support.waiting import wait_for
 
 LAND_TIMEOUT_S = 60.0
@@ -114,3 +115,39 @@ def test_polls_of_an_expired_result_read_the_backfill_not_postgres(
     assert queries == [key]
     assert first is not None
     assert task_id in (first if isinstance(first, str) else first.decode())
+
+
+def _age_out(engine: Engine, *keys: str) -> None:
+    """Set the rows' ``expires_at`` in the past, as if their retention had passed."""
+    with engine.begin() as conn:
+        for key in keys:
+            conn.execute(
+                text(
+                    "UPDATE taskfleet_results SET expires_at = now() - interval '1 second' "
+                    "WHERE key = :k"
+                ),
+                {"k": key},
+            )
+
+
+def test_results_past_their_retention_are_purged_and_the_others_kept(
+    services: dict[str, str], redis_client: redis.Redis, engine: Engine
+) -> None:
+    """Postgres keeps a result for its retention, not forever: the persister's purge round."""
+    app = _app(services)
+    kept, gone, batched_a, batched_b = (
+        _write_and_land(app, redis_client, engine)[1] for _ in range(4)
+    )
+    _age_out(engine, gone)
+    persister = ResultPersister(redis_client, engine, purge_interval_s=0)
+    persister._cycle()  # one round of the loop: a step, then the purge it is due
+    assert _seconds_left(engine, gone) is None
+    left = _seconds_left(engine, kept)
+    assert left is not None
+    assert left > 0
+
+    _age_out(engine, batched_a, batched_b)
+    assert purge_expired_results(engine, batch=1) >= 2  # one row per statement, until none
+    assert _seconds_left(engine, batched_a) is None
+    assert _seconds_left(engine, batched_b) is None
+    assert _seconds_left(engine, kept) is not None
