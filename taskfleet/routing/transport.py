@@ -38,13 +38,12 @@ from taskfleet.routing.atomic_fetch import (
 )
 from taskfleet.routing.bookkeeping import ACK_BATCH_MAX, ACK_FLUSH_INTERVAL_S, BatchedQoS
 from taskfleet.routing.fetch_channel import WAIT, FetchScriptChannel
-from taskfleet.routing.priority import MAX_PRIORITY, MIN_PRIORITY
+from taskfleet.routing.priority import ALL_PRIORITY_STEPS, MAX_PRIORITY, MIN_PRIORITY
 from taskfleet.routing.reply_skip import known_to_skip_replies, skips_replies, without_replies
 from taskfleet.workers.late_replies import Command
 
 __all__ = ["ACK_BATCH_MAX", "ACK_FLUSH_INTERVAL_S", "ALL_PRIORITY_STEPS", "TRANSPORT_PATH"]
 
-ALL_PRIORITY_STEPS = list(range(MIN_PRIORITY, MAX_PRIORITY + 1))
 TRANSPORT_PATH = "taskfleet.routing.transport:Transport"
 #: Attribute of a fetch connection holding the bytes to send in front of its next command.
 PREFIX_ATTR = "fetch_prefix"
