@@ -1,0 +1,165 @@
+"""``TASKFLEET_FAST_TRANSPORT=false``: workers on stock kombu's Redis transport, end to end.
+
+The setting must reach the worker's own broker connection (not just the app's config), jobs
+must run and be acked on both pools, and a dead worker's deliveries must come back without
+the fast path's owner tags: by kombu's visibility-timeout restore. These fleets set the
+switch themselves, so they run in both passes of ``make test``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import redis
+
+from taskfleet.client import Client
+from taskfleet.config import load_settings
+from taskfleet.resilience.testing_jobs import record_log_key, record_release_key
+from taskfleet.routing.stock_transport import STOCK_TRANSPORT_PATH
+from taskfleet.workers.profiles import cpu_profile, io_profile
+from tests.support.waiting import wait_for
+from tests.support.workers import Fleet, kill_tree
+
+#: Short enough for a test to outwait, above the hard limit (the settings require it).
+VISIBILITY_S = 6
+SOFT_LIMIT_S = 3
+HARD_LIMIT_S = 4
+JOBS = 60
+PREFORK_PROCESSES = 2
+#: A killed prefork worker of two processes holds two running jobs and a spare.
+HELD_BY_PREFORK = PREFORK_PROCESSES + 1
+HOLD_MS = 60_000
+RESULT_TIMEOUT_S = 60.0
+SETTLE_S = 30.0
+STATS_TIMEOUT_S = 2.0
+#: kombu restores on a new worker's first poll, then every ~100 s: well inside this.
+RESTORE_DEADLINE_S = 90.0
+
+
+@pytest.fixture
+def stock_env(redis_env: dict[str, str]) -> dict[str, str]:
+    """Queues of their own, the stock transport and a visibility timeout a test can outwait."""
+    suffix = uuid.uuid4().hex[:6]
+    return {
+        **redis_env,
+        "TASKFLEET_FAST_TRANSPORT": "false",
+        "TASKFLEET_CPU_QUEUE": f"cpu-stock-{suffix}",
+        "TASKFLEET_IO_QUEUE": f"io-stock-{suffix}",
+        "TASKFLEET_VISIBILITY_TIMEOUT": str(VISIBILITY_S),
+        "TASKFLEET_SOFT_TIME_LIMIT": str(SOFT_LIMIT_S),
+        "TASKFLEET_HARD_TIME_LIMIT": str(HARD_LIMIT_S),
+        "TASKFLEET_NO_PERSISTER": "1",
+    }
+
+
+@pytest.fixture
+def fleets() -> Iterator[list[Fleet]]:
+    """Fleets a test starts; all stopped at its end."""
+    started: list[Fleet] = []
+    yield started
+    for fleet in started:
+        fleet.stop()
+
+
+def _start(
+    fleets: list[Fleet], env: dict[str, str], log_dir: Path, pool: str, n: int, name: str = ""
+) -> Fleet:
+    """One worker (CPU: prefork of ``n`` processes; I/O: gevent of ``n`` greenlets), named
+    ``name`` (default: its pool) in the fleet and its log file."""
+    fleet = Fleet(env, log_dir)
+    fleets.append(fleet)
+    profile = cpu_profile if pool == "cpu" else io_profile
+    fleet.start(profile(load_settings(**fleet.settings_overrides), n), name or pool)
+    return fleet
+
+
+def _unacked_of(client: redis.Redis, queue: str) -> list[bytes]:
+    return [r for r in client.hvals("unacked") if queue.encode() in r]
+
+
+def _broker_transport(fleet: Fleet, pid: int) -> str | None:
+    """The transport class of the broker connection of the worker whose main process is
+    ``pid`` (other tests' workers on the same broker answer the broadcast too)."""
+    stats = fleet.app().control.inspect(timeout=STATS_TIMEOUT_S).stats() or {}
+    return next((s["broker"]["transport"] for s in stats.values() if s["pid"] == pid), None)
+
+
+def test_workers_run_stock_kombus_transport_and_every_job_end_to_end(
+    stock_env: dict[str, str], redis_client: redis.Redis, fleets: list[Fleet], tmp_path: Path
+) -> None:
+    cpu = _start(fleets, stock_env, tmp_path, "cpu", PREFORK_PROCESSES)
+    io = _start(fleets, stock_env, tmp_path, "io", 5)
+    for fleet in (cpu, io):
+        (proc,) = fleet.procs.values()
+        transport = wait_for(
+            lambda f=fleet, pid=proc.pid: _broker_transport(f, pid), SETTLE_S, "worker stats"
+        )
+        assert transport == STOCK_TRANSPORT_PATH
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert not [p for p in children if "taskfleet.sidecar" in p.cmdline()]  # no owner tags
+
+    client = Client(cpu.app())
+    try:
+        handles = [client.enqueue("cpu.checksum", {"rounds": 1 + i % 5}) for i in range(JOBS)]
+        handles += [client.enqueue("io.wait", {"ms": i % 20}) for i in range(JOBS)]
+        results = [h.result(RESULT_TIMEOUT_S) for h in handles]
+    finally:
+        client.close()
+    assert all(len(r["sha256"]) == 64 for r in results[:JOBS])
+    assert all(r["waited_ms"] >= 0 for r in results[JOBS:])
+    for queue in (stock_env["TASKFLEET_CPU_QUEUE"], stock_env["TASKFLEET_IO_QUEUE"]):
+        wait_for(lambda q=queue: not _unacked_of(redis_client, q), SETTLE_S, f"{queue} acked")
+
+
+def test_a_killed_workers_jobs_come_back_after_the_visibility_timeout(
+    stock_env: dict[str, str], redis_client: redis.Redis, fleets: list[Fleet], tmp_path: Path
+) -> None:
+    """No owner tags, no sidecar: kombu's own restore brings a dead worker's jobs back."""
+    log = uuid.uuid4().hex
+    first = _start(fleets, stock_env, tmp_path, "cpu", PREFORK_PROCESSES, "first")
+    queue = stock_env["TASKFLEET_CPU_QUEUE"]
+    client = Client(first.app())
+
+    def starts() -> dict[str, int]:
+        entries = [json.loads(e) for e in redis_client.lrange(record_log_key(log), 0, -1)]
+        counted: dict[str, int] = {}
+        for entry in (e for e in entries if e["phase"] == "start"):
+            counted[entry["id"]] = counted.get(entry["id"], 0) + 1
+        return counted
+
+    try:
+        handles = [
+            client.enqueue("diag.record", {"log": log, "ms": HOLD_MS})
+            for _ in range(HELD_BY_PREFORK)
+        ]
+        wait_for(
+            lambda: (
+                len(starts()) == PREFORK_PROCESSES
+                and len(_unacked_of(redis_client, queue)) == HELD_BY_PREFORK
+            ),
+            SETTLE_S,
+            "two jobs running and a spare reserved, each recorded as unacked",
+        )
+        kill_tree(first.procs["first"].pid)
+        held = [t for t, r in redis_client.hgetall("unacked").items() if queue.encode() in r]
+        newest = max(float(s) for s in redis_client.zmscore("unacked_index", held) if s)
+
+        def past_visibility() -> bool:
+            return time.time() - newest > VISIBILITY_S
+
+        wait_for(past_visibility, 2 * VISIBILITY_S, "the held deliveries to become visible")
+        redis_client.set(record_release_key(log), 1)
+        _start(fleets, stock_env, tmp_path, "cpu", PREFORK_PROCESSES, "second")
+        results: list[Any] = [h.result(RESTORE_DEADLINE_S) for h in handles]
+    finally:
+        client.close()
+    assert len(results) == HELD_BY_PREFORK
+    assert set(starts()) == {h.id for h in handles}  # nothing lost
+    wait_for(lambda: not _unacked_of(redis_client, queue), SETTLE_S, "every delivery acked")
