@@ -19,6 +19,10 @@ Three changes to stock kombu, each a subclass hook rather than a hand-written tr
   Lua call that records the delivery before it pops it, so no job is ever held only in
   flight (:mod:`taskfleet.routing.atomic_fetch`). ``TASKFLEET_ATOMIC_FETCH=false`` goes
   back to BRPOP.
+
+All of it relies on private kombu and redis-py internals (``tests/unit/test_private_hooks.py``
+lists them): ``TASKFLEET_FAST_TRANSPORT=false`` runs stock kombu's transport instead, with
+only the priority order kept (:mod:`taskfleet.routing.stock_transport`).
 """
 
 from __future__ import annotations
