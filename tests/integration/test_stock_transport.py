@@ -68,18 +68,6 @@ def fleets() -> Iterator[list[Fleet]]:
         fleet.stop()
 
 
-def _start(
-    fleets: list[Fleet], env: dict[str, str], log_dir: Path, pool: str, n: int, name: str = ""
-) -> Fleet:
-    """One worker (CPU: prefork of ``n`` processes; I/O: gevent of ``n`` greenlets), named
-    ``name`` (default: its pool) in the fleet and its log file."""
-    fleet = Fleet(env, log_dir)
-    fleets.append(fleet)
-    profile = cpu_profile if pool == "cpu" else io_profile
-    fleet.start(profile(load_settings(**fleet.settings_overrides), n), name or pool)
-    return fleet
-
-
 def _unacked_of(client: redis.Redis, queue: str) -> list[bytes]:
     return [r for r in client.hvals("unacked") if queue.encode() in r]
 
@@ -91,75 +79,72 @@ def _broker_transport(fleet: Fleet, pid: int) -> str | None:
     return next((s["broker"]["transport"] for s in stats.values() if s["pid"] == pid), None)
 
 
-def test_workers_run_stock_kombus_transport_and_every_job_end_to_end(
+def test_workers_on_stock_kombus_transport_run_every_job_and_lose_none_to_a_kill(
     stock_env: dict[str, str], redis_client: redis.Redis, fleets: list[Fleet], tmp_path: Path
 ) -> None:
-    cpu = _start(fleets, stock_env, tmp_path, "cpu", PREFORK_PROCESSES)
-    io = _start(fleets, stock_env, tmp_path, "io", 5)
-    for fleet in (cpu, io):
-        (proc,) = fleet.procs.values()
+    """The switch reaches each worker's own connection; jobs run to their acks on both
+    pools; a killed worker's jobs come back without owner tags or a sidecar, by kombu's own
+    visibility-timeout restore."""
+    fleet = Fleet(stock_env, tmp_path)
+    fleets.append(fleet)
+    settings = load_settings(**fleet.settings_overrides)
+    fleet.start_all(
+        [(cpu_profile(settings, PREFORK_PROCESSES), "first"), (io_profile(settings, 5), "io")]
+    )
+    for proc in fleet.procs.values():
         transport = wait_for(
-            lambda f=fleet, pid=proc.pid: _broker_transport(f, pid), SETTLE_S, "worker stats"
+            lambda pid=proc.pid: _broker_transport(fleet, pid), SETTLE_S, "worker stats"
         )
         assert transport == STOCK_TRANSPORT_PATH
         children = psutil.Process(proc.pid).children(recursive=True)
         assert not [p for p in children if "taskfleet.sidecar" in p.cmdline()]  # no owner tags
 
-    client = Client(cpu.app())
+    client = Client(fleet.app())
     try:
         handles = [client.enqueue("cpu.checksum", {"rounds": 1 + i % 5}) for i in range(JOBS)]
         handles += [client.enqueue("io.wait", {"ms": i % 20}) for i in range(JOBS)]
         results = [h.result(RESULT_TIMEOUT_S) for h in handles]
+        assert all(len(r["sha256"]) == 64 for r in results[:JOBS])
+        assert all(r["waited_ms"] >= 0 for r in results[JOBS:])
+        for queue in (stock_env["TASKFLEET_CPU_QUEUE"], stock_env["TASKFLEET_IO_QUEUE"]):
+            wait_for(lambda q=queue: not _unacked_of(redis_client, q), SETTLE_S, f"{queue} acked")
+        _kill_and_restore(fleet, client, redis_client, stock_env["TASKFLEET_CPU_QUEUE"])
     finally:
         client.close()
-    assert all(len(r["sha256"]) == 64 for r in results[:JOBS])
-    assert all(r["waited_ms"] >= 0 for r in results[JOBS:])
-    for queue in (stock_env["TASKFLEET_CPU_QUEUE"], stock_env["TASKFLEET_IO_QUEUE"]):
-        wait_for(lambda q=queue: not _unacked_of(redis_client, q), SETTLE_S, f"{queue} acked")
 
 
-def test_a_killed_workers_jobs_come_back_after_the_visibility_timeout(
-    stock_env: dict[str, str], redis_client: redis.Redis, fleets: list[Fleet], tmp_path: Path
-) -> None:
-    """No owner tags, no sidecar: kombu's own restore brings a dead worker's jobs back."""
+def _kill_and_restore(fleet: Fleet, client: Client, redis_client: redis.Redis, queue: str) -> None:
+    """Kill the CPU worker holding jobs; a new one runs them once they are past the
+    visibility timeout, and none is lost."""
     log = uuid.uuid4().hex
-    first = _start(fleets, stock_env, tmp_path, "cpu", PREFORK_PROCESSES, "first")
-    queue = stock_env["TASKFLEET_CPU_QUEUE"]
-    client = Client(first.app())
 
-    def starts() -> dict[str, int]:
+    def starts() -> set[str]:
         entries = [json.loads(e) for e in redis_client.lrange(record_log_key(log), 0, -1)]
-        counted: dict[str, int] = {}
-        for entry in (e for e in entries if e["phase"] == "start"):
-            counted[entry["id"]] = counted.get(entry["id"], 0) + 1
-        return counted
+        return {e["id"] for e in entries if e["phase"] == "start"}
 
-    try:
-        handles = [
-            client.enqueue("diag.record", {"log": log, "ms": HOLD_MS})
-            for _ in range(HELD_BY_PREFORK)
-        ]
-        wait_for(
-            lambda: (
-                len(starts()) == PREFORK_PROCESSES
-                and len(_unacked_of(redis_client, queue)) == HELD_BY_PREFORK
-            ),
-            SETTLE_S,
-            "two jobs running and a spare reserved, each recorded as unacked",
-        )
-        kill_tree(first.procs["first"].pid)
-        held = [t for t, r in redis_client.hgetall("unacked").items() if queue.encode() in r]
-        newest = max(float(s) for s in redis_client.zmscore("unacked_index", held) if s)
+    handles = [
+        client.enqueue("diag.record", {"log": log, "ms": HOLD_MS}) for _ in range(HELD_BY_PREFORK)
+    ]
+    wait_for(
+        lambda: (
+            len(starts()) == PREFORK_PROCESSES
+            and len(_unacked_of(redis_client, queue)) == HELD_BY_PREFORK
+        ),
+        SETTLE_S,
+        "two jobs running and a spare reserved, each recorded as unacked",
+    )
+    kill_tree(fleet.procs["first"].pid)
+    held = [t for t, r in redis_client.hgetall("unacked").items() if queue.encode() in r]
+    newest = max(float(s) for s in redis_client.zmscore("unacked_index", held) if s)
 
-        def past_visibility() -> bool:
-            return time.time() - newest > VISIBILITY_S
+    def past_visibility() -> bool:
+        return time.time() - newest > VISIBILITY_S
 
-        wait_for(past_visibility, 2 * VISIBILITY_S, "the held deliveries to become visible")
-        redis_client.set(record_release_key(log), 1)
-        _start(fleets, stock_env, tmp_path, "cpu", PREFORK_PROCESSES, "second")
-        results: list[Any] = [h.result(RESTORE_DEADLINE_S) for h in handles]
-    finally:
-        client.close()
+    wait_for(past_visibility, 2 * VISIBILITY_S, "the held deliveries to become visible")
+    redis_client.set(record_release_key(log), 1)
+    settings = load_settings(**fleet.settings_overrides)
+    fleet.start(cpu_profile(settings, PREFORK_PROCESSES), "second")
+    results: list[Any] = [h.result(RESTORE_DEADLINE_S) for h in handles]
     assert len(results) == HELD_BY_PREFORK
-    assert set(starts()) == {h.id for h in handles}  # nothing lost
+    assert starts() == {h.id for h in handles}  # nothing lost
     wait_for(lambda: not _unacked_of(redis_client, queue), SETTLE_S, "every delivery acked")
