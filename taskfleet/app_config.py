@@ -16,9 +16,10 @@ from celery import Celery
 from taskfleet.config import Settings, resolve_services
 from taskfleet.config.app_settings import SETTINGS_ATTR, settings_of
 from taskfleet.config.sharding import load_sharding_settings
-from taskfleet.routing.priority import DEFAULT_PRIORITY
+from taskfleet.routing.priority import ALL_PRIORITY_STEPS, DEFAULT_PRIORITY
+from taskfleet.routing.stock_transport import STOCK_TRANSPORT_PATH
 from taskfleet.routing.topology import DEFAULT_INBOX, Pool, Topology, pool_for_kind
-from taskfleet.routing.transport import ALL_PRIORITY_STEPS, TRANSPORT_PATH
+from taskfleet.routing.transport import TRANSPORT_PATH
 from taskfleet.scheduler.schedule import autoscale_schedule
 from taskfleet.tasks.table import JOB_POOLS
 
@@ -52,6 +53,12 @@ def make_router(topology: Topology) -> Any:
         return {"queue": topology.queue_for_pool(pool)}
 
     return route_task
+
+
+def redis_transport_path(settings: Settings) -> str:
+    """The kombu transport of a Redis broker: taskfleet's, or with ``fast_transport`` off
+    stock kombu's (with taskfleet's priority order, ``routing/stock_transport.py``)."""
+    return TRANSPORT_PATH if settings.fast_transport else STOCK_TRANSPORT_PATH
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -110,12 +117,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "beat_schedule": autoscale_schedule(),  # the autoscaler tick (issue 7)
     }
     if settings.broker_is_redis:
-        config["broker_transport"] = TRANSPORT_PATH
+        config["broker_transport"] = redis_transport_path(settings)
         config["broker_transport_options"] |= {
             "priority_steps": ALL_PRIORITY_STEPS,
             "queue_order_strategy": "priority",
-            "atomic_fetch": settings.atomic_fetch,
         }
+        if settings.fast_transport:  # stock kombu has no such option
+            config["broker_transport_options"]["atomic_fetch"] = settings.atomic_fetch
     else:
         config["broker_transport_options"] = {"confirm_publish": True}
     return config

@@ -11,6 +11,7 @@ import pytest
 import redis
 from sqlalchemy import text
 
+from taskfleet.config.settings import load_settings
 from taskfleet.results.store import ensure_schema, make_engine
 from taskfleet.routing.depth import redis_priority_keys
 
@@ -127,11 +128,26 @@ def clean_state(redis_client: redis.Redis, engine, redis_env: dict[str, str]) ->
     flush()
 
 
+#: Why a ``fast_transport`` test is skipped when the workers run stock kombu's transport.
+STOCK_TRANSPORT_SKIP = (
+    "TASKFLEET_FAST_TRANSPORT=false: the workers run stock kombu's Redis transport, which has "
+    "no such fast path (README, 'TASKFLEET_FAST_TRANSPORT')"
+)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Integration and reliability tests get a longer default timeout; tests that restart a
-    shared service (``disruptive``) run last, so no session-wide fleet meets the restart."""
+    shared service (``disruptive``) run last, so no session-wide fleet meets the restart.
+    With ``TASKFLEET_FAST_TRANSPORT=false`` the tests of the fast transport's own paths
+    (``fast_transport``) are skipped; every other test runs against the stock transport."""
+    fast = load_settings().fast_transport
     for item in items:
         path = Path(str(item.fspath))
         if "integration" in path.parts or "reliability" in path.parts:
             item.add_marker(pytest.mark.timeout(240), append=False)
+        marker = item.get_closest_marker("fast_transport")
+        if not fast and marker is not None:
+            why = marker.kwargs.get("reason")
+            reason = STOCK_TRANSPORT_SKIP if why is None else f"{STOCK_TRANSPORT_SKIP}: {why}"
+            item.add_marker(pytest.mark.skip(reason=reason))
     items.sort(key=lambda item: item.get_closest_marker("disruptive") is not None)

@@ -30,6 +30,7 @@ MAX_BREAKER_LEASE_S = 5.0
 DEFAULT_BOOKKEEPING_TTL_S = 7 * 24 * 3600
 #: Whether workers on Redis tie deliveries to themselves and run heartbeat sidecars, so a
 #: dead worker's jobs are restored in seconds (false: after the visibility timeout only).
+#: Only taskfleet's transport ties them: with ``TASKFLEET_FAST_TRANSPORT=false`` it is off.
 DEFAULT_FAST_RECLAIM = True
 #: A worker's heartbeat sidecar refreshes its consumer's alive key this often (seconds)...
 DEFAULT_HEARTBEAT_INTERVAL_S = 2.0

@@ -120,6 +120,16 @@ class Settings(BaseSettings):
         description="Prefork pool processes send result writes without waiting for Redis",
     )
 
+    fast_transport: bool = Field(
+        True,
+        description=(
+            "Redis workers run taskfleet's transport (merged unacked bookkeeping, atomic "
+            "fetch, owner-tagged deliveries restored within seconds of a worker's death), "
+            "which relies on private kombu and redis-py internals (false: stock kombu's "
+            "Redis transport, reading the most urgent priority first; a dead worker's jobs "
+            "wait for the visibility timeout, and atomic_fetch has no effect)"
+        ),
+    )
     atomic_fetch: bool = Field(
         True,
         description=(

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import redis
 from kombu import Connection
 
-from taskfleet.routing.transport import ALL_PRIORITY_STEPS
+from taskfleet.routing.priority import ALL_PRIORITY_STEPS
 
 #: kombu's separator between a queue name and its priority step on Redis.
 REDIS_PRIORITY_SEP = "\x06\x16"

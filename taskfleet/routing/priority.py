@@ -1,8 +1,9 @@
 """One priority meaning on every broker: 0..9, where 9 is the most urgent.
 
-RabbitMQ already orders that way (``x-max-priority``); on Redis taskfleet's transport
-(``taskfleet.routing.transport``) consumes the priority sub-lists from 9 down to 0, so a
-message carries the same number on both brokers, including from bare ``send_task`` callers.
+RabbitMQ already orders that way (``x-max-priority``); on Redis both of taskfleet's
+transports (``taskfleet.routing.transport`` and, with ``TASKFLEET_FAST_TRANSPORT=false``,
+``taskfleet.routing.stock_transport``) consume the priority sub-lists from 9 down to 0, so
+a message carries the same number on both brokers, including from bare ``send_task`` callers.
 A message with no priority is 0, the least urgent: it never jumps the queue.
 """
 
@@ -12,6 +13,8 @@ MIN_PRIORITY = 0
 MAX_PRIORITY = 9
 PRIORITY_LEVELS: dict[str, int] = {"low": 2, "normal": 5, "high": 7, "critical": 9}
 DEFAULT_PRIORITY = PRIORITY_LEVELS["normal"]
+#: Redis keeps one sub-list per priority (kombu's ``priority_steps``): all ten of them.
+ALL_PRIORITY_STEPS = list(range(MIN_PRIORITY, MAX_PRIORITY + 1))
 
 Priority = int | str
 

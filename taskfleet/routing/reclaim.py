@@ -15,6 +15,11 @@ has it with that score and ``unacked`` has the very record that was read. It dro
 from the owner as it goes, so a second reclaimer racing on the same owner restores nothing
 twice, and a tag restored and delivered to another consumer since (a new score) is left alone.
 
+**Only owner-tagged deliveries.** A delivery with no owner entry (a worker on stock
+kombu's transport, ``TASKFLEET_FAST_TRANSPORT=false``, or one whose sidecar never started)
+is never touched here: it stays in ``unacked`` until kombu's own visibility-timeout restore
+(``QoS.restore_visible``, which every worker on either transport runs) puts it back.
+
 Hand-written Lua, because nothing fits: kombu's ``restore_by_tag`` is one WATCH/MULTI per tag
 on the whole ``unacked`` hash, which every ack of the fleet modifies (on a busy fleet it
 retries without end), and it cannot tell whose delivery a tag is.

@@ -19,6 +19,10 @@ Three changes to stock kombu, each a subclass hook rather than a hand-written tr
   Lua call that records the delivery before it pops it, so no job is ever held only in
   flight (:mod:`taskfleet.routing.atomic_fetch`). ``TASKFLEET_ATOMIC_FETCH=false`` goes
   back to BRPOP.
+
+All of it relies on private kombu and redis-py internals (``tests/unit/test_private_hooks.py``
+lists them): ``TASKFLEET_FAST_TRANSPORT=false`` runs stock kombu's transport instead, with
+only the priority order kept (:mod:`taskfleet.routing.stock_transport`).
 """
 
 from __future__ import annotations
@@ -39,12 +43,11 @@ from taskfleet.routing.atomic_fetch import (
 )
 from taskfleet.routing.bookkeeping import ACK_BATCH_MAX, ACK_FLUSH_INTERVAL_S, BatchedQoS
 from taskfleet.routing.fetch_channel import WAIT, FetchScriptChannel
-from taskfleet.routing.priority import MAX_PRIORITY, MIN_PRIORITY
+from taskfleet.routing.priority import ALL_PRIORITY_STEPS, MAX_PRIORITY, MIN_PRIORITY
 from taskfleet.routing.reply_skip import known_to_skip_replies, skips_replies, without_replies
 
 __all__ = ["ACK_BATCH_MAX", "ACK_FLUSH_INTERVAL_S", "ALL_PRIORITY_STEPS", "TRANSPORT_PATH"]
 
-ALL_PRIORITY_STEPS = list(range(MIN_PRIORITY, MAX_PRIORITY + 1))
 TRANSPORT_PATH = "taskfleet.routing.transport:Transport"
 #: Attribute of a fetch connection holding the bytes to send in front of its next command.
 PREFIX_ATTR = "fetch_prefix"

@@ -13,7 +13,8 @@ of one signal in the order they were connected):
     2. ``signals.open_solo_pools``: a gevent or solo worker opens its pools (a green one
        sized to its greenlets); every main process settles its heap.
     3. ``signals.record_before_inline_jobs``: a solo worker records deliveries at once.
-    4. ``signals.start_heartbeat``: the heartbeat sidecar, before the first delivery.
+    4. ``signals.start_heartbeat``: the heartbeat sidecar, before the first delivery (on
+       taskfleet's own Redis transport only: stock kombu's tags no delivery with its owner).
 
 ``worker_process_init`` (each prefork pool process)
     5. ``signals.open_child_pools``: its own pools, pipelined result writes, heap settled.

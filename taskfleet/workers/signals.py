@@ -84,13 +84,17 @@ def start_heartbeat(sender: Any = None, **_: Any) -> None:
 
     Before the consumer starts: every delivery it records is tied to the worker from the
     first one, so a dead worker's jobs are restored in seconds (``workers/heartbeat.py``).
-    The sidecar leaves by itself when this process exits.
+    The sidecar leaves by itself when this process exits. Only taskfleet's transport ties
+    deliveries to their worker: on stock kombu's (``TASKFLEET_FAST_TRANSPORT=false``) no
+    sidecar starts, and kombu's visibility-timeout restore brings a dead worker's jobs back.
     """
     global _heartbeat
     from taskfleet.config.resilience import get_resilience_settings
 
     app = getattr(sender, "app", None)
     if app is None or not settings_of(app).broker_is_redis:
+        return
+    if not settings_of(app).fast_transport:
         return
     knobs = get_resilience_settings()
     if not knobs.fast_reclaim:

@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import redis
 from kombu import Connection
 
@@ -27,7 +28,7 @@ from taskfleet.routing.depth import redis_priority_key
 from taskfleet.routing.reclaim import Reclaimer
 from taskfleet.routing.transport import TRANSPORT_PATH
 from taskfleet.workers.profiles import cpu_profile
-from tests.integration.test_reclaim import HEARTBEAT_INTERVAL_S, SETTLE_S
+from tests.integration.test_reclaim import HEARTBEAT_INTERVAL_S, OWNER_TAGS, SETTLE_S
 from tests.integration.test_reclaim import _env as reclaim_env
 from tests.integration.test_reclaim import _held as held
 from tests.integration.test_reclaim import _hold as hold
@@ -119,6 +120,7 @@ def test_a_job_that_waited_starts_only_if_its_owner_still_holds_it(
     assert not ownership.handed_over(unstamped, redis_client, THRESHOLD_S)
 
 
+@pytest.mark.fast_transport(reason=OWNER_TAGS)
 def test_a_reserved_job_handed_over_while_it_waited_is_not_run_here(
     redis_env: dict[str, str], redis_client: redis.Redis, tmp_path: Path
 ) -> None:

@@ -57,6 +57,11 @@ HELD_BY_PREFORK = PREFORK_PROCESSES + 1
 PASSES_WHILE_SLOW = 6
 RACE_DELIVERIES = 20
 GREENLETS = 3
+#: Why the fleet tests here need the workers on taskfleet's transport (the rest build it).
+OWNER_TAGS = (
+    "a dead worker's deliveries come back within seconds only when the workers' transport "
+    "tags them with their owner (stock kombu: after the visibility timeout)"
+)
 
 
 @pytest.fixture
@@ -118,6 +123,7 @@ def _hold(client: Client, log: str, n: int, kind: str = "diag.record") -> list[J
     return [client.enqueue(kind, {"log": log, "ms": HOLD_MS}) for _ in range(n)]
 
 
+@pytest.mark.fast_transport(reason=OWNER_TAGS)
 def test_a_killed_prefork_workers_jobs_run_again_within_seconds(
     redis_env: dict[str, str], redis_client: redis.Redis, fleets: list[Fleet], tmp_path: Path
 ) -> None:
@@ -157,6 +163,7 @@ def test_a_killed_prefork_workers_jobs_run_again_within_seconds(
     wait_for(lambda: not _unacked_of(redis_client, queue), SETTLE_S, "every delivery acked")
 
 
+@pytest.mark.fast_transport(reason=OWNER_TAGS)
 def test_a_slow_live_worker_is_not_robbed(
     redis_env: dict[str, str], redis_client: redis.Redis, fleets: list[Fleet], tmp_path: Path
 ) -> None:
@@ -197,6 +204,7 @@ def test_a_slow_live_worker_is_not_robbed(
     assert _starts(redis_client, log) == Counter({handle.id: 1})
 
 
+@pytest.mark.fast_transport(reason=OWNER_TAGS)
 @pytest.mark.parametrize("death", ["sigxcpu", "sigkill-tree"])
 def test_a_dead_solo_workers_job_runs_again_within_seconds(
     death: str,
@@ -235,6 +243,7 @@ def test_a_dead_solo_workers_job_runs_again_within_seconds(
     assert _held(redis_client, owner) == 0
 
 
+@pytest.mark.fast_transport(reason=OWNER_TAGS)
 def test_a_killed_green_workers_jobs_run_again_within_seconds(
     redis_env: dict[str, str], redis_client: redis.Redis, fleets: list[Fleet], tmp_path: Path
 ) -> None:
@@ -312,6 +321,7 @@ def test_a_redelivered_job_whose_result_is_final_is_acked_not_run(
     assert worker_log.count("redelivered but already finished") == 2
 
 
+@pytest.mark.fast_transport(reason=OWNER_TAGS)
 def test_a_poison_pill_is_dead_lettered_with_fast_reclaim(
     redis_env: dict[str, str], redis_client: redis.Redis, fleets: list[Fleet], tmp_path: Path
 ) -> None:

@@ -58,11 +58,13 @@ FETCH_CHANNEL = "taskfleet/routing/fetch_channel.py"
 TIMERS = "taskfleet/workers/timers.py"
 REPLY_SKIP = "taskfleet/routing/reply_skip.py"
 OUTBOUND = "taskfleet/outbound/transport.py"
+STOCK_TRANSPORT = "taskfleet/routing/stock_transport.py"
 
 #: The switches back to stock code, quoted in the rows below.
-NO_TRANSPORT_SWITCH = (
-    "no switch back: a Redis broker always runs taskfleet.routing.transport:Transport "
-    "(taskfleet.app sets broker_transport); only event-loop consumers (prefork, solo) batch"
+TRANSPORT_SWITCH = (
+    "TASKFLEET_FAST_TRANSPORT=false runs stock kombu's Redis transport instead "
+    "(taskfleet.routing.stock_transport, public API only); only event-loop consumers "
+    "(prefork, solo) batch"
 )
 PIPELINE_SWITCH = "TASKFLEET_PIPELINE_RESULT_WRITES=false goes back to synchronous result writes"
 ATOMIC_FETCH_SWITCH = "TASKFLEET_ATOMIC_FETCH=false goes back to kombu's BRPOP"
@@ -130,7 +132,7 @@ HOOKS: list[Hook] = [
         "override",
         TRANSPORT,
         "one reused redis.Redis per channel and pool instead of one per ack and delivery; "
-        + NO_TRANSPORT_SWITCH,
+        + TRANSPORT_SWITCH,
         subclass="taskfleet.routing.transport:Channel",
     ),
     Hook(
@@ -148,7 +150,7 @@ HOOKS: list[Hook] = [
         "override",
         TRANSPORT,
         "wraps the fetch (asynchronous) pool's connection_class so BRPOP carries the "
-        "bookkeeping; " + NO_TRANSPORT_SWITCH,
+        "bookkeeping; " + TRANSPORT_SWITCH,
         subclass="taskfleet.routing.transport:Channel",
     ),
     Hook(
@@ -157,7 +159,7 @@ HOOKS: list[Hook] = [
         "override",
         TRANSPORT,
         "unacked records and removals ride in the same write as the next BRPOP; "
-        + NO_TRANSPORT_SWITCH,
+        + TRANSPORT_SWITCH,
         subclass="taskfleet.routing.transport:Channel",
     ),
     Hook(
@@ -165,8 +167,7 @@ HOOKS: list[Hook] = [
         "_brpop_read",
         "override",
         TRANSPORT,
-        "the BRPOP reply confirms every write sent before it (fetch_answered); "
-        + NO_TRANSPORT_SWITCH,
+        "the BRPOP reply confirms every write sent before it (fetch_answered); " + TRANSPORT_SWITCH,
         subclass="taskfleet.routing.transport:Channel",
     ),
     Hook(
@@ -175,7 +176,7 @@ HOOKS: list[Hook] = [
         "override",
         TRANSPORT,
         "writes a dropped fetch connection never confirmed are queued again (fetch_lost); "
-        + NO_TRANSPORT_SWITCH,
+        + TRANSPORT_SWITCH,
         subclass="taskfleet.routing.transport:Channel",
     ),
     Hook(
@@ -251,7 +252,7 @@ HOOKS: list[Hook] = [
         "attribute",
         BOOKKEEPING,
         "the unacked hash value [message._raw, exchange, routing_key], as kombu writes it "
-        "and restores it; " + NO_TRANSPORT_SWITCH,
+        "and restores it; " + TRANSPORT_SWITCH,
         where="instance",
     ),
     Hook(
@@ -261,7 +262,9 @@ HOOKS: list[Hook] = [
         RECLAIM,
         "a dead consumer's deliveries are restored exactly as kombu's restore_by_tag would "
         "(redelivered marks, exchange lookup, priority sub-list, push side), its pushes "
-        "recorded and moved by one Lua call; no switch back (the visibility timeout stays)",
+        "recorded and moved by one Lua call; TASKFLEET_FAST_TRANSPORT=false (or "
+        "TASKFLEET_RESILIENCE_FAST_RECLAIM=false) runs no reclaimer: kombu's "
+        "visibility-timeout restore alone",
         call=(4, ("leftmost",)),
     ),
     Hook(
@@ -365,7 +368,7 @@ HOOKS: list[Hook] = [
         "attribute",
         LATE_REPLIES,
         "None while disconnected: owed replies of a closed link are reported, not read "
-        "(result writes: " + PIPELINE_SWITCH + "; transport bookkeeping: no switch)",
+        "(result writes: " + PIPELINE_SWITCH + "; transport bookkeeping: " + TRANSPORT_SWITCH + ")",
         where="instance",
     ),
     Hook(
@@ -604,6 +607,8 @@ OWN: list[Own] = [
         "_prefixes",
     ),
     *_own(TRANSPORT, "kombu.transport.redis.Transport", "_flush_acks", "batch_acks"),
+    # The stock path's only name of its own (public: it adds no private hook).
+    *_own(STOCK_TRANSPORT, "kombu.transport.redis.Channel", "ascending_priority_steps"),
     *_own(TRANSPORT, "redis.connection.Connection", "fetch_prefix"),
     *_own(REPLY_SKIP, "redis.connection.Connection", "_taskfleet_skips_replies"),
     *_own(
@@ -985,7 +990,7 @@ def test_fetch_connections_are_built_from_connparams_connection_class() -> None:
     assert is_connection_class, (
         "kombu.transport.redis.Channel._connparams(asynchronous=True) no longer returns a "
         "redis connection class under 'connection_class' (wrapped in "
-        f"{TRANSPORT}): got {connection_class!r}. {NO_TRANSPORT_SWITCH}"
+        f"{TRANSPORT}): got {connection_class!r}. {TRANSPORT_SWITCH}"
     )
 
 
@@ -1040,3 +1045,35 @@ def test_priority_keys_match_kombus_layout() -> None:
 # only so the scan accepts them):
 #   taskfleet/sandbox/launcher.py: os._exit, atexit._run_exitfuncs,
 #   sys.modules["threading"]._shutdown (threading._shutdown)
+
+
+def test_the_stock_path_reads_the_most_urgent_sublist_first() -> None:
+    """The stock path (``TASKFLEET_FAST_TRANSPORT=false``) changes kombu through public API
+    only: the ``priority_steps`` transport option, reordered, and ``priority()``, which
+    kombu's BRPOP must still map each step through, in the order of ``priority_steps``."""
+    from taskfleet.routing.depth import redis_priority_key
+    from taskfleet.routing.priority import ALL_PRIORITY_STEPS
+    from taskfleet.routing.stock_transport import Transport
+
+    options = {"priority_steps": ALL_PRIORITY_STEPS}
+    connection = kombu.Connection(
+        "redis://127.0.0.1:1/0", transport=Transport, transport_options=options
+    )
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(redis.Redis, "ping", lambda self, **_: True)
+            channel = connection.default_channel
+        channel.basic_consume("q", no_ack=True, callback=lambda _: None, consumer_tag="t")
+        recorder = _RecordingConnection()
+        channel.client.connection = recorder
+        channel._brpop_start(1)
+        channel._in_poll = False  # no BRPOP reply to read at close
+        channel.client.connection = None
+    finally:
+        connection.release()
+    (brpop,) = recorder.sent
+    expected = [redis_priority_key("q", step) for step in reversed(ALL_PRIORITY_STEPS)]
+    assert list(brpop[1:-1]) == expected, (
+        "kombu.transport.redis.Channel._brpop_start no longer names the sub-lists in the "
+        f"order of priority_steps (reversed in {STOCK_TRANSPORT}): sent {brpop!r}"
+    )

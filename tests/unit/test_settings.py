@@ -67,3 +67,42 @@ def test_invalid_values_name_their_variable(
 def test_same_queue_for_both_pools_is_refused() -> None:
     with pytest.raises(ConfigError, match="TASKFLEET_CPU_QUEUE and TASKFLEET_IO_QUEUE"):
         load_settings(cpu_queue="jobs", io_queue="jobs")
+
+
+#: Every URL set: building the Celery config starts no embedded stack.
+NO_EMBEDDED_STACK = {
+    "embedded": False,
+    "broker_url": "redis://127.0.0.1:6379/0",
+    "redis_url": "redis://127.0.0.1:6379/0",
+    "database_url": "postgresql://taskfleet@127.0.0.1:5432/test",
+}
+
+
+@pytest.mark.parametrize(
+    ("value", "transport"),
+    [
+        (None, "taskfleet.routing.transport:Transport"),
+        ("true", "taskfleet.routing.transport:Transport"),
+        ("false", "taskfleet.routing.stock_transport:Transport"),
+    ],
+)
+def test_fast_transport_picks_the_redis_transport(
+    monkeypatch: pytest.MonkeyPatch, value: str | None, transport: str
+) -> None:
+    from taskfleet.app_config import celery_config
+
+    if value is not None:
+        monkeypatch.setenv("TASKFLEET_FAST_TRANSPORT", value)
+    config = celery_config(load_settings(**NO_EMBEDDED_STACK))
+    assert config["broker_transport"] == transport
+    options = config["broker_transport_options"]
+    assert options["priority_steps"] == list(range(10))  # the same sub-lists either way
+    assert ("atomic_fetch" in options) is (value != "false")  # stock kombu has no such option
+
+
+def test_fast_transport_does_not_touch_rabbitmq(monkeypatch: pytest.MonkeyPatch) -> None:
+    from taskfleet.app_config import celery_config
+
+    monkeypatch.setenv("TASKFLEET_FAST_TRANSPORT", "false")
+    amqp = {**NO_EMBEDDED_STACK, "broker_url": "amqp://guest:guest@127.0.0.1:5672//"}
+    assert "broker_transport" not in celery_config(load_settings(**amqp))
