@@ -25,7 +25,7 @@ from taskfleet.resilience.testing_jobs import record_log_key, record_release_key
 from taskfleet.routing.stock_transport import STOCK_TRANSPORT_PATH
 from taskfleet.workers.profiles import cpu_profile, io_profile
 from tests.support.waiting import wait_for
-from tests.support.workers import Fleet, kill_tree
+from tests.support.workers import DIAG_JOBS_ENV, Fleet, kill_tree
 
 #: Short enough for a test to outwait, above the hard limit (the settings require it).
 VISIBILITY_S = 6
@@ -49,6 +49,7 @@ def stock_env(redis_env: dict[str, str]) -> dict[str, str]:
     suffix = uuid.uuid4().hex[:6]
     return {
         **redis_env,
+        **DIAG_JOBS_ENV,  # diag.record holds the jobs the kill strands
         "TASKFLEET_FAST_TRANSPORT": "false",
         "TASKFLEET_CPU_QUEUE": f"cpu-stock-{suffix}",
         "TASKFLEET_IO_QUEUE": f"io-stock-{suffix}",

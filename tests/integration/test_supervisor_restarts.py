@@ -48,6 +48,8 @@ JOB_TIMEOUT_S = 90
 GIVE_UP_TIMEOUT_S = 120
 STOP_TIMEOUT_S = 60
 PING_TIMEOUT_S = 0.5
+#: The children of `taskfleet up`: CPU and I/O workers, beat, Flower, the metrics endpoint.
+UP_CHILDREN = 5
 JOBS_ACROSS_REDIS_KILL = 50
 CPU_QUEUE = "cpu"
 #: What a control call raises while its broker connection is stale or down.
@@ -317,7 +319,7 @@ def test_sigterm_is_still_a_warm_shutdown_that_finishes_running_jobs(up: Up) -> 
     text = up.text()
     assert code == 0, text
     assert "warning: killed" not in text  # every child exited on SIGTERM in time
-    assert "stopped 4 processes" in text
+    assert f"stopped {UP_CHILDREN} processes" in text
     assert handle.result(timeout=JOB_TIMEOUT_S)["opened"] is True  # --keep-services
 
 
@@ -346,7 +348,7 @@ def test_a_child_crashing_in_a_tight_loop_makes_up_give_up_naming_it(tmp_path: P
         assert f"giving up on flower: it crashed {GIVE_UP_CRASHES} times within 60s" in text
         assert "last exit status" in text
         assert "--- last lines of" in text
-        assert "stopped 4 processes" in text  # everything else was stopped
+        assert f"stopped {UP_CHILDREN} processes" in text  # everything else was stopped
         status = read_status(up.data_dir)
         assert status is not None
         assert status["supervisor_running"] is False
