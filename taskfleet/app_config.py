@@ -16,6 +16,7 @@ from celery import Celery
 from taskfleet.config import Settings, resolve_services
 from taskfleet.config.app_settings import SETTINGS_ATTR, settings_of
 from taskfleet.config.sharding import load_sharding_settings
+from taskfleet.observability.alert_schedule import alert_schedule
 from taskfleet.routing.priority import DEFAULT_PRIORITY
 from taskfleet.routing.topology import DEFAULT_INBOX, Pool, Topology, pool_for_kind
 from taskfleet.routing.transport import ALL_PRIORITY_STEPS, TRANSPORT_PATH
@@ -107,7 +108,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_send_sent_event": False,
         "worker_hijack_root_logger": False,
         "broker_transport_options": {"visibility_timeout": settings.visibility_timeout},
-        "beat_schedule": autoscale_schedule(),  # the autoscaler tick (issue 7)
+        # The autoscaler tick (issue 7) and the alert evaluation (issue 22).
+        "beat_schedule": autoscale_schedule() | alert_schedule(),
     }
     if settings.broker_is_redis:
         config["broker_transport"] = TRANSPORT_PATH
