@@ -5,8 +5,9 @@ every tick measures each pool fleet-wide by conservation (arrivals, completions,
 waiting and in flight, the processes of each worker; see ``taskfleet.scheduler.measure``),
 so any host reads the same figures, with no worker hook and no per-host metric file. The
 rates are averaged over the decisions of the last ``window_s``; the mean service time is
-Little's law on the service stage, ``S = in flight / completion rate`` (unknown while a pool
-completes nothing). The maths and its assumptions are :mod:`~taskfleet.observability.queueing`.
+Little's law on the service stage, ``S = busy processes / completion rate``, where busy is
+the jobs in flight capped at the pool's processes (a job a worker reserved but has not
+started is not being served); unknown while a pool completes nothing. The maths and its assumptions are :mod:`~taskfleet.observability.queueing`.
 """
 
 from __future__ import annotations
@@ -74,12 +75,12 @@ def loads_from_history(entries: list[dict[str, Any]], window_s: float) -> dict[s
     for pool, newest in decided[0]["pools"].items():
         inputs = [e["pools"][pool]["inputs"] for e in recent if pool in e["pools"]]
         completion = fmean(float(i["completion_rate"]) for i in inputs)
-        in_flight = fmean(float(i["in_flight"]) for i in inputs)
+        busy = fmean(min(float(i["in_flight"]), sum(i.get("workers", {}).values())) for i in inputs)
         sizes: dict[str, int] = newest["inputs"].get("workers", {})
         loads[pool] = PoolLoad(
             pool=pool,
             arrival_rate=fmean(float(i["arrival_rate"]) for i in inputs),
-            service_time_s=in_flight / completion if completion > 0 else 0.0,
+            service_time_s=busy / completion if completion > 0 else 0.0,
             processes=sum(sizes.values()),
             workers=len(sizes),
             backlog=int(newest["inputs"]["depth"]),
