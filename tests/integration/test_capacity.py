@@ -95,3 +95,17 @@ def test_the_report_reads_a_real_pools_processes_and_service_time(
         redis_client.delete(log_key)
         producer.close()
         app.close()
+
+
+def test_taskfleet_capacity_prints_json_from_the_fleet_redis(redis_env: dict[str, str]) -> None:
+    """``taskfleet capacity --json`` reads the fleet's Redis and prints a JSON list (one entry
+    per pool the autoscaler measured; none if it never ticked on this Redis)."""
+    from typer.testing import CliRunner
+
+    from taskfleet.cli.app import cli
+
+    result = CliRunner().invoke(cli, ["capacity", "--json", "--target-wait", "0.5"], env=redis_env)
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert isinstance(rows, list)
+    assert all(row["target_wait_s"] == 0.5 for row in rows)
