@@ -5,7 +5,9 @@ Off by default: when ``TASKFLEET_ALERT_ENABLED`` is true, beat schedules one eva
 ones (:data:`taskfleet.observability.alert_rules.DEFAULT_RULES`) unless
 ``TASKFLEET_ALERT_RULES_FILE`` names a JSON list of rules. Firing and resolve messages go to
 the log, and to ``TASKFLEET_ALERT_WEBHOOK_URL`` when set (through the outbound client, so a
-private address needs ``TASKFLEET_OUTBOUND_ALLOW``).
+private address needs ``TASKFLEET_OUTBOUND_ALLOW``). The error rate reads the job counters
+in the worker metric files of ``TASKFLEET_ALERT_METRICS_DIR`` (default
+``PROMETHEUS_MULTIPROC_DIR``, and their sub-folders); with neither, that rule is skipped.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ class AlertSettings(BaseSettings):
     webhook_url: str | None = Field(None, description="POSTed one JSON message per change")
     webhook_timeout_s: float = Field(DEFAULT_WEBHOOK_TIMEOUT_S, gt=0, le=60)
     state_ttl_s: float = Field(DEFAULT_STATE_TTL_S, gt=0)
+    metrics_dir: Path | None = Field(
+        None,
+        description="Worker metric files for the error rate (default PROMETHEUS_MULTIPROC_DIR)",
+    )
 
 
 def load_alert_settings(**overrides: object) -> AlertSettings:

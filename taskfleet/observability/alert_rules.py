@@ -3,7 +3,8 @@
 A rule reads one metric of the fleet gauges (:mod:`taskfleet.observability.fleet`, the same
 families ``/metrics`` serves), optionally filtered by labels and aggregated by some of them,
 and compares each resulting series with a threshold. ``growth_s`` compares the increase over
-that window instead of the value (dead letters growing). A series breaching for ``for_s``
+that window instead of the value (dead letters growing); with ``denominator``, the ratio of
+two growths (the error rate). A series breaching for ``for_s``
 seconds fires. :func:`promql` writes the same rule as a Prometheus expression, and
 ``tests/unit/test_alert_rules.py`` checks that ``deploy/observability/prometheus-alerts.yaml``
 holds exactly these expressions, so the two rule sets cannot drift.
@@ -44,6 +45,9 @@ class Rule:
     match: Mapping[str, str] = field(default_factory=dict)
     for_s: float = 0.0
     growth_s: float = 0.0
+    #: Set: the value is the growth of ``metric{match}`` over the growth of
+    #: ``metric{denominator}`` (both summed over every series, e.g. failed / all jobs).
+    denominator: Mapping[str, str] | None = None
     severity: str = "warning"
     summary: str = ""
 
@@ -55,16 +59,16 @@ class Rule:
             raise ValueError(f"rule {self.name}: agg must be one of {sorted(AGGREGATIONS)}")
         if self.by and self.agg is None:
             raise ValueError(f"rule {self.name}: 'by' needs an 'agg'")
+        if self.denominator is not None and not (self.growth_s and self.agg == "sum"):
+            raise ValueError(f"rule {self.name}: a ratio needs growth_s and agg 'sum'")
 
     def breaches(self, value: float) -> bool:
         """Whether ``value`` is past the threshold."""
         return OPS[self.op](value, self.threshold)
 
 
-#: Alerts only the Prometheus file has: the error rate needs the job counters, which live in
-#: each host's metric files (no single process reads them all), and a scrape error is
-#: Prometheus's view of the endpoint.
-PROMETHEUS_ONLY: Final = frozenset({"TaskfleetErrorRate", "TaskfleetMetricsSourceDown"})
+#: Alerts only the Prometheus file has: a scrape error is Prometheus's view of the endpoint.
+PROMETHEUS_ONLY: Final = frozenset({"TaskfleetMetricsSourceDown"})
 DEFAULT_RULES: Final[tuple[Rule, ...]] = (
     Rule("TaskfleetQueueBacklog", "taskfleet_queue_depth", 1000, by=("queue",), agg="sum",
          for_s=300, summary="jobs waiting on a queue"),
@@ -79,6 +83,9 @@ DEFAULT_RULES: Final[tuple[Rule, ...]] = (
          summary="no worker process has a live heartbeat"),
     Rule("TaskfleetPersisterLag", "taskfleet_persist_lag_seconds", 120, for_s=300,
          summary="seconds results wait to reach Postgres"),
+    Rule("TaskfleetErrorRate", "taskfleet_jobs_total", 0.05, agg="sum",
+         match={"state": "failed"}, denominator={}, growth_s=300, for_s=600,
+         summary="fraction of jobs that failed in the window"),
 )  # fmt: skip
 
 
@@ -98,6 +105,11 @@ def load_rules(path: Path | None) -> tuple[Rule, ...]:
         Rule(**{**entry, "by": tuple(entry.get("by", ())), "match": dict(entry.get("match", {}))})
         for entry in entries
     )
+
+
+def _selector(metric: str, labels: Mapping[str, str]) -> str:
+    matchers = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    return f"{metric}{{{matchers}}}" if matchers else metric
 
 
 def series_name(labels: Mapping[str, str]) -> str:
@@ -128,8 +140,14 @@ def _number(value: float) -> str:
 
 def promql(rule: Rule) -> str:
     """The Prometheus expression of ``rule`` (as written in the shipped rules file)."""
-    matchers = ",".join(f'{k}="{v}"' for k, v in rule.match.items())
-    selector = f"{rule.metric}{{{matchers}}}" if matchers else rule.metric
+    selector = _selector(rule.metric, rule.match)
+    if rule.denominator is not None:
+        window = _duration(rule.growth_s)
+        below = _selector(rule.metric, rule.denominator)
+        return (
+            f"sum(rate({selector}[{window}])) / "
+            f"clamp_min(sum(rate({below}[{window}])), 1e-9) {rule.op} {_number(rule.threshold)}"
+        )
     inner = f"delta({selector}[{_duration(rule.growth_s)}])" if rule.growth_s else selector
     if rule.agg:
         inner = f"{rule.agg} by ({', '.join(rule.by)}) ({inner})"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import redis
@@ -15,6 +16,8 @@ from taskfleet.observability.alert_rules import load_rules
 from taskfleet.observability.alert_schedule import ALERT_TASK
 from taskfleet.observability.alerting import AlertEvaluator
 from taskfleet.observability.fleet import DEFAULT_UNACKED_KEY, FleetSources
+from taskfleet.observability.jobs import MULTIPROC_ENV
+from taskfleet.observability.server import WorkerFiles
 from taskfleet.tasks.base import job
 from taskfleet.tasks.job_app import app
 from taskfleet.workers.resources import open_resources
@@ -40,8 +43,11 @@ def evaluate_alerts(
     )
     notifier = WebhookNotifier(settings.webhook_url, settings.webhook_timeout_s)
     sources = fleet_sources(celery_app, results)
+    folder = settings.metrics_dir or os.environ.get(MULTIPROC_ENV)
     try:
-        return evaluator.tick(sources, notifier)
+        return evaluator.tick(
+            sources, notifier, job_metrics=WorkerFiles(str(folder)) if folder else None
+        )
     finally:
         notifier.close()
         if sources.broker is not None:

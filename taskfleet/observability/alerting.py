@@ -10,7 +10,11 @@ continues where the last left off:
 * ``firing`` -- a hash ``<rule>|<series>`` -> the firing message. ``HSETNX`` decides the one
   firing message of an episode, ``HDEL`` the one resolve; it expires after
   ``TASKFLEET_ALERT_STATE_TTL_S`` without an evaluation.
-* ``growth:<rule>|<series>`` -- a sorted set of recent values (``growth_s`` rules).
+* ``growth:<rule>|<series>`` -- a sorted set of recent values (``growth_s`` rules; a ratio
+  keeps its ``numerator`` and ``denominator``).
+
+The error rate reads the job counters of the worker metric files (``job_metrics``); without
+them its rule is skipped.
 
 A rule whose metric could not be read this tick is skipped: it neither fires nor resolves.
 """
@@ -18,14 +22,17 @@ A rule whose metric could not be read this tick is skipped: it neither fires nor
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 import redis
 from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
 from redis.exceptions import LockError
 
 from taskfleet.observability.alert_rules import Rule, Sample, rule_values
@@ -43,18 +50,26 @@ TRANSIENT_FAULTS: Final = (redis.RedisError, OSError, TimeoutError)
 Notify = Callable[[dict[str, Any]], None]
 
 
-def read_samples(sources: FleetSources) -> tuple[list[Sample], set[str]]:
-    """Every fleet gauge sample, and the names of the metric families that could be read."""
+def read_samples(
+    sources: FleetSources, job_metrics: Collector | None = None
+) -> tuple[list[Sample], set[str]]:
+    """Every fleet gauge sample (and job metric, with ``job_metrics``), and the names of the
+    metrics that could be read (a counter under its name and its ``_total``)."""
+    readers: dict[str, Callable[[], Iterable[Metric]]] = {
+        name: functools.partial(source, sources) for name, source in SOURCES.items()
+    }
+    if job_metrics is not None:
+        readers["jobs"] = job_metrics.collect
     samples: list[Sample] = []
     read: set[str] = set()
-    for name, source in SOURCES.items():
+    for name, reader in readers.items():
         try:
-            families: list[Metric] = list(source(sources))
+            families: list[Metric] = list(reader())
         except TRANSIENT_FAULTS as exc:
             log.warning("alerts: %s unreadable, its rules skipped: %s", name, exc)
             continue
         for family in families:
-            read.add(family.name)
+            read.update({family.name, f"{family.name}_total"})
             samples.extend((s.name, s.labels, s.value) for s in family.samples)
     return samples, read
 
@@ -81,7 +96,11 @@ class AlertEvaluator:
         self.pending_prefix, self.growth_prefix = prefix + "pending:", prefix + "growth:"
 
     def tick(
-        self, sources: FleetSources, notify: Notify, now: float | None = None
+        self,
+        sources: FleetSources,
+        notify: Notify,
+        now: float | None = None,
+        job_metrics: Collector | None = None,
     ) -> dict[str, Any]:
         """One evaluation under the lock and gate; returns what fired and resolved, or why not.
 
@@ -100,7 +119,7 @@ class AlertEvaluator:
             gate_ms = max(1, int(self.interval_s * GATE_FRACTION * 1000))
             if not self.client.set(self.gate_key, tick_id, nx=True, px=gate_ms):
                 return {"status": "skipped", "reason": "evaluated less than an interval ago"}
-            samples, read = read_samples(sources)
+            samples, read = read_samples(sources, job_metrics)
             return self.evaluate(samples, read, notify, now if now is not None else time.time())
         except TRANSIENT_FAULTS as exc:
             log.warning("alerts: evaluation %s failed, Redis unreachable: %s", tick_id, exc)
@@ -123,7 +142,9 @@ class AlertEvaluator:
             if rule.metric not in read:
                 continue
             values = rule_values(rule, samples)
-            if rule.growth_s:
+            if rule.denominator is not None:
+                values = self._ratio(rule, samples, now)
+            elif rule.growth_s:
                 values = {s: self._growth(rule, s, v, now) for s, v in values.items()}
             breaching = {s: v for s, v in values.items() if rule.breaches(v)}
             for series, value in breaching.items():
@@ -155,6 +176,13 @@ class AlertEvaluator:
             return False
         notify(message)
         return True
+
+    def _ratio(self, rule: Rule, samples: list[Sample], now: float) -> dict[str, float]:
+        """The growth of ``metric{match}`` over that of ``metric{denominator}`` (0 if none)."""
+        below = dataclasses.replace(rule, match=rule.denominator or {}, denominator=None)
+        above = self._growth(rule, "numerator", sum(rule_values(rule, samples).values()), now)
+        total = self._growth(rule, "denominator", sum(rule_values(below, samples).values()), now)
+        return {"": above / total if total > 0 else 0.0}
 
     def _growth(self, rule: Rule, series: str, value: float, now: float) -> float:
         """The increase of ``series`` over the last ``growth_s`` (0 for its first value)."""

@@ -8,6 +8,7 @@ interval; each is waited for with a deadline.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -23,7 +24,7 @@ import redis
 from taskfleet.config import load_settings
 from taskfleet.config.exposure import get_exposure_settings
 from taskfleet.observability.alert_notify import WebhookNotifier
-from taskfleet.observability.alert_rules import Rule
+from taskfleet.observability.alert_rules import DEFAULT_RULES, Rule, Sample
 from taskfleet.observability.alerting import AlertEvaluator, Notify
 from taskfleet.observability.fleet import FleetSources
 from taskfleet.routing.depth import redis_priority_key
@@ -183,5 +184,37 @@ def test_dead_letters_growing_fire_at_once_and_resolve_when_the_window_passes(
         assert later["resolved"] == [series]
     finally:
         redis_client.delete(dlq)
+        for key in redis_client.scan_iter(f"{prefix}*"):
+            redis_client.delete(key)
+
+
+def test_the_error_rate_fires_on_failures_in_its_window_and_resolves_after(
+    redis_client: redis.Redis,
+) -> None:
+    """The shipped error-rate rule (with ``for`` 0): 10 of 100 new jobs failed is 10% > 5%,
+    fires; a window later with no new jobs the rate is 0, resolves. Job counters injected as
+    the worker metric files would give them."""
+    (shipped,) = [r for r in DEFAULT_RULES if r.name == "TaskfleetErrorRate"]
+    rule = dataclasses.replace(shipped, for_s=0.0)
+    prefix = f"test:alerts:{uuid.uuid4().hex[:8]}:"
+    evaluator = AlertEvaluator(redis_client, (rule,), INTERVAL_S, 60.0, prefix=prefix)
+    notifier = WebhookNotifier(None, 1.0)
+    read = {"taskfleet_jobs", "taskfleet_jobs_total"}
+
+    def jobs(succeeded: float, failed: float) -> list[Sample]:
+        return [
+            ("taskfleet_jobs_total", {"kind": "cpu.noop", "state": "succeeded"}, succeeded),
+            ("taskfleet_jobs_total", {"kind": "cpu.noop", "state": "failed"}, failed),
+        ]
+
+    try:
+        assert evaluator.evaluate(jobs(100, 0), read, notifier, T0)["fired"] == []
+        assert evaluator.evaluate(jobs(190, 10), read, notifier, T0 + 60)["fired"] == [
+            "TaskfleetErrorRate|"
+        ]
+        after = evaluator.evaluate(jobs(190, 10), read, notifier, T0 + 60 + rule.growth_s + 1)
+        assert after["resolved"] == ["TaskfleetErrorRate|"]
+        assert evaluator.evaluate([], set(), notifier, T0 + 9999)["resolved"] == []
+    finally:
         for key in redis_client.scan_iter(f"{prefix}*"):
             redis_client.delete(key)
