@@ -16,16 +16,20 @@ import time
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
+from taskfleet.app_config import create_app
 from taskfleet.config import load_settings
+from taskfleet.config.alerts import load_alert_settings
 from taskfleet.config.exposure import get_exposure_settings
 from taskfleet.observability.alert_notify import WebhookNotifier
 from taskfleet.observability.alert_rules import DEFAULT_RULES, Rule, Sample
-from taskfleet.observability.alerting import AlertEvaluator, Notify
+from taskfleet.observability.alert_tasks import evaluate_alerts
+from taskfleet.observability.alerting import KEY_PREFIX, AlertEvaluator, Notify
 from taskfleet.observability.fleet import FleetSources
 from taskfleet.routing.depth import redis_priority_key
 from taskfleet.routing.topology import Topology
@@ -218,3 +222,35 @@ def test_the_error_rate_fires_on_failures_in_its_window_and_resolves_after(
     finally:
         for key in redis_client.scan_iter(f"{prefix}*"):
             redis_client.delete(key)
+
+
+def test_the_beat_tasks_evaluation_reads_the_apps_queues_and_logs(
+    redis_client: redis.Redis, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``evaluate_alerts`` (the body of ``observability.alert_tick``) builds the sources from
+    the app's settings and the rules from ``TASKFLEET_ALERT_RULES_FILE``: a rule on the app's
+    own queue fires into the log."""
+    tag = uuid.uuid4().hex[:8]
+    settings = load_settings(cpu_queue=f"alr-{tag}-cpu", io_queue=f"alr-{tag}-io")
+    rules = tmp_path / "rules.json"
+    rules.write_text(json.dumps([{"name": f"Any{tag}", "metric": "taskfleet_queue_depth",
+                                  "threshold": 0, "by": ["queue"], "agg": "sum"}]))  # fmt: skip
+    alerts = load_alert_settings(rules_file=rules, interval_s=INTERVAL_S, webhook_url=None)
+    app = create_app(settings)
+    redis_client.lpush(settings.cpu_queue, json.dumps({"properties": {"delivery_tag": tag}}))
+    series = f"Any{tag}|queue={settings.cpu_queue}"
+    caplog.set_level(logging.INFO, logger="taskfleet.observability.alert_notify")
+    try:
+        result: dict[str, Any] = {}
+        deadline = time.monotonic() + TICK_DEADLINE_S
+        while time.monotonic() < deadline and result.get("status") != "evaluated":
+            result = evaluate_alerts(app, alerts, redis_client)
+            time.sleep(POLL_INTERVAL_S)
+        assert result["fired"] == [series], result
+        assert f"alert firing Any{tag}" in caplog.text
+    finally:
+        redis_client.delete(settings.cpu_queue)
+        redis_client.hdel(f"{KEY_PREFIX}firing", series)
+        for key in redis_client.scan_iter(f"{KEY_PREFIX}*{tag}*"):
+            redis_client.delete(key)
+        app.close()
