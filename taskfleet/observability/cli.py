@@ -9,6 +9,7 @@ Postgres) does not answer; 2 bad configuration.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from typing import Annotated, Final
 
 import redis
@@ -18,6 +19,7 @@ from taskfleet.app_config import create_app
 from taskfleet.config import ConfigError, load_settings, resolve_services
 from taskfleet.config.observability import load_observability_settings
 from taskfleet.observability.capacity import PoolCapacity, capacity_report
+from taskfleet.observability.capacity_kinds import KindLoad, read_kind_loads
 from taskfleet.observability.readiness import Check, run_checks
 from taskfleet.observability.server import Endpoint, build_endpoint, make_server
 
@@ -108,9 +110,16 @@ def capacity(
         float | None,
         typer.Option(help="Target mean wait, s (default TASKFLEET_CAPACITY_TARGET_WAIT_S)."),
     ] = None,
+    metrics_dir: Annotated[
+        str | None,
+        typer.Option(
+            help="Worker metric files for the split by kind (default PROMETHEUS_MULTIPROC_DIR)."
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Utilisation, expected wait (M/M/c), drain time and the size for a target wait, per pool.
+    """Utilisation, expected wait (M/M/c), drain time and the size for a target wait, per pool,
+    and each kind's share of its pool when worker metric files are at hand.
 
     Reads the autoscaler's measurements in Redis (the autoscaler must be ticking).
     """
@@ -125,9 +134,24 @@ def capacity(
         report = capacity_report(client, wait, obs.capacity_window_s)
     finally:
         client.close()
+    kinds = read_kind_loads(metrics_dir, {row.load.pool: row.load for row in report})
     if as_json:
-        typer.echo(json.dumps([row.as_dict() for row in report], indent=2))
-    elif not report:
+        rows = [
+            row.as_dict() | {"kinds": [asdict(k) for k in kinds if k.pool == row.load.pool]}
+            for row in report
+        ]
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not report:
         typer.echo("no measurements: the autoscaler has not ticked (TASKFLEET_AUTOSCALE_*)")
-    for row in [] if as_json else report:
+    for row in report:
         typer.echo(_line(row))
+        for kind in (k for k in kinds if k.pool == row.load.pool):
+            typer.echo(_kind_line(kind))
+
+
+def _kind_line(kind: KindLoad) -> str:
+    return (
+        f"  {kind.kind}: {kind.share:.0%} of arrivals ({kind.arrival_rate:.3g}/s), service "
+        f"{kind.service_time_s:.3g}s, {kind.offered_load:.3g} processes busy"
+    )

@@ -21,6 +21,9 @@ import redis
 from taskfleet.client import Client
 from taskfleet.config import load_settings
 from taskfleet.observability.capacity import capacity_report
+from taskfleet.observability.capacity_kinds import RUN_COUNT, read_kind_loads
+from taskfleet.observability.jobs import MULTIPROC_ENV
+from taskfleet.observability.server import WorkerFiles
 from taskfleet.routing.topology import Topology
 from taskfleet.scheduler.measure import measure
 from taskfleet.scheduler.model import PoolSample
@@ -41,12 +44,19 @@ def io_fleet(redis_env: dict[str, str], tmp_path: Path) -> Iterator[Fleet]:
     """One I/O worker of 4 greenlets on queues of its own."""
     suffix = uuid.uuid4().hex[:6]
     env = {**redis_env, "TASKFLEET_CPU_QUEUE": f"cpu-cap-{suffix}",
-           "TASKFLEET_IO_QUEUE": f"io-cap-{suffix}"}  # fmt: skip
+           "TASKFLEET_IO_QUEUE": f"io-cap-{suffix}",
+           MULTIPROC_ENV: str(tmp_path / "metrics")}  # fmt: skip
     with running_fleet(env, tmp_path, io=GREENLETS, pools=("io",)) as fleet:
         yield fleet
 
 
 Measured = tuple[dict[str, PoolSample], dict[str, Any]]
+
+
+def runs(folder: str) -> float:
+    """Jobs the worker metric files under ``folder`` say ran."""
+    families = WorkerFiles(folder).collect()
+    return sum(s.value for f in families for s in f.samples if s.name == RUN_COUNT)
 
 
 def busy(measured: Measured) -> Measured | None:
@@ -59,7 +69,8 @@ def test_the_report_reads_a_real_pools_processes_and_service_time(
     io_fleet: Fleet, redis_client: redis.Redis
 ) -> None:
     """Two real measurements while 80 jobs of 200 ms run: 4 processes on 1 worker and a
-    service time in the job's range."""
+    service time in the job's range; the worker's metric files put every job under
+    ``io.wait``, with a mean run time of 200-400 ms."""
     app = io_fleet.app()
     topology = Topology.from_settings(load_settings(**io_fleet.settings_overrides))
     producer = Client(app)
@@ -91,6 +102,11 @@ def test_the_report_reads_a_real_pools_processes_and_service_time(
         low, high = SERVICE_BOUNDS_S
         assert low <= row.load.service_time_s <= high, row
         wait_for(lambda: all(h.ready() for h in handles), DRAIN_DEADLINE_S, "the jobs to finish")
+        folder = io_fleet.env[MULTIPROC_ENV]
+        wait_for(lambda: runs(folder) == JOBS, DRAIN_DEADLINE_S, "every job in the metric files")
+        (kind,) = read_kind_loads(folder, {"io": row.load})
+        assert (kind.kind, kind.share) == ("io.wait", 1.0)
+        assert JOB_MS / 1000 <= kind.service_time_s <= 2 * JOB_MS / 1000
     finally:
         redis_client.delete(log_key)
         producer.close()
