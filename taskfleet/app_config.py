@@ -14,9 +14,9 @@ from typing import Any
 from celery import Celery
 
 from taskfleet.config import Settings, resolve_services
+from taskfleet.config.alerts import alert_schedule
 from taskfleet.config.app_settings import SETTINGS_ATTR, settings_of
 from taskfleet.config.sharding import load_sharding_settings
-from taskfleet.observability.alert_schedule import alert_schedule
 from taskfleet.routing.priority import DEFAULT_PRIORITY
 from taskfleet.routing.topology import DEFAULT_INBOX, Pool, Topology, pool_for_kind
 from taskfleet.routing.transport import ALL_PRIORITY_STEPS, TRANSPORT_PATH

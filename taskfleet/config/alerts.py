@@ -1,4 +1,5 @@
-"""Alert evaluation settings, read from ``TASKFLEET_ALERT_*`` and validated at start.
+"""Alert evaluation settings, read from ``TASKFLEET_ALERT_*`` and validated at start, and the
+beat entry that runs the evaluation (no app import: ``app_config`` uses it).
 
 Off by default: when ``TASKFLEET_ALERT_ENABLED`` is true, beat schedules one evaluation every
 ``TASKFLEET_ALERT_INTERVAL_S`` (run by one I/O worker fleet-wide). The rules are the shipped
@@ -13,11 +14,13 @@ in the worker metric files of ``TASKFLEET_ALERT_METRICS_DIR`` (default
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Final
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from taskfleet.config.settings import load_validated
+from taskfleet.routing.priority import MAX_PRIORITY
 
 ALERT_ENV_PREFIX = "TASKFLEET_ALERT_"
 DEFAULT_ALERT_ENABLED = False
@@ -49,3 +52,29 @@ class AlertSettings(BaseSettings):
 def load_alert_settings(**overrides: object) -> AlertSettings:
     """Read and validate the settings, as one ConfigError naming each bad variable."""
     return load_validated(AlertSettings, "alert settings", **overrides)
+
+
+ALERT_TASK: Final = "observability.alert_tick"
+SCHEDULE_NAME: Final = "taskfleet-alerts"
+#: The evaluation jumps ahead of queued I/O jobs: a backlog must not delay its own alert.
+ALERT_PRIORITY: Final = MAX_PRIORITY
+
+
+def alert_schedule(settings: AlertSettings | None = None) -> dict[str, Any]:
+    """``beat_schedule`` entries: one evaluation every interval, or none when disabled.
+
+    An evaluation not started within one interval expires (the next one reads afresh).
+
+    Raises:
+        ConfigError: the alert settings are invalid (names the variable).
+    """
+    chosen = settings or load_alert_settings()
+    if not chosen.enabled:
+        return {}
+    return {
+        SCHEDULE_NAME: {
+            "task": ALERT_TASK,
+            "schedule": chosen.interval_s,
+            "options": {"expires": chosen.interval_s, "priority": ALERT_PRIORITY},
+        }
+    }

@@ -8,12 +8,11 @@ from typing import Any
 import redis
 from celery import Celery
 
-from taskfleet.config.alerts import AlertSettings, load_alert_settings
+from taskfleet.config.alerts import ALERT_TASK, AlertSettings, load_alert_settings
 from taskfleet.config.app_settings import settings_of
 from taskfleet.config.services import resolve_services
 from taskfleet.observability.alert_notify import WebhookNotifier
 from taskfleet.observability.alert_rules import load_rules
-from taskfleet.observability.alert_schedule import ALERT_TASK
 from taskfleet.observability.alerting import AlertEvaluator
 from taskfleet.observability.fleet import DEFAULT_UNACKED_KEY, FleetSources
 from taskfleet.observability.jobs import MULTIPROC_ENV

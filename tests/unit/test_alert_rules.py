@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from taskfleet.config.alerts import load_alert_settings
+from taskfleet.config.alerts import ALERT_TASK, alert_schedule, load_alert_settings
 from taskfleet.observability.alert_rules import (
     DEFAULT_RULES,
     PROMETHEUS_ONLY,
@@ -18,7 +18,6 @@ from taskfleet.observability.alert_rules import (
     promql,
     rule_values,
 )
-from taskfleet.observability.alert_schedule import ALERT_TASK, alert_schedule
 
 PROMETHEUS_FILE = (
     Path(__file__).resolve().parents[2] / "deploy" / "observability" / "prometheus-alerts.yaml"
