@@ -14,6 +14,7 @@ from typing import Any
 from celery import Celery
 
 from taskfleet.config import Settings, resolve_services
+from taskfleet.config.alerts import alert_schedule
 from taskfleet.config.app_settings import SETTINGS_ATTR, settings_of
 from taskfleet.config.sharding import load_sharding_settings
 from taskfleet.routing.priority import ALL_PRIORITY_STEPS, DEFAULT_PRIORITY
@@ -114,7 +115,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_send_sent_event": False,
         "worker_hijack_root_logger": False,
         "broker_transport_options": {"visibility_timeout": settings.visibility_timeout},
-        "beat_schedule": autoscale_schedule(),  # the autoscaler tick (issue 7)
+        # The autoscaler tick (issue 7) and the alert evaluation (issue 22).
+        "beat_schedule": autoscale_schedule() | alert_schedule(),
     }
     if settings.broker_is_redis:
         config["broker_transport"] = redis_transport_path(settings)

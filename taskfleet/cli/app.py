@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from taskfleet.balancing.cli import backends_cli
-from taskfleet.observability.cli import health, metrics_cli
+from taskfleet.observability.cli import capacity, health, metrics_cli
 from taskfleet.ratelimit.cli import limits_cli
 from taskfleet.resilience.cli import dlq_cli
 from taskfleet.results.cli import results_cli
@@ -36,3 +36,4 @@ cli.add_typer(backends_cli, name="backends")
 cli.add_typer(limits_cli, name="limits")
 cli.add_typer(metrics_cli, name="metrics")
 cli.command("health")(health)
+cli.command("capacity")(capacity)

@@ -1,6 +1,6 @@
 """Where the metrics endpoint listens, its credentials, and the bounds ``/readyz`` checks.
 
-Read from ``TASKFLEET_METRICS_*`` and ``TASKFLEET_READY_*``. The endpoint binds to loopback
+Read from ``TASKFLEET_METRICS_*``, ``TASKFLEET_READY_*`` and ``TASKFLEET_CAPACITY_*``. The endpoint binds to loopback
 by default; its basic-auth credentials come from ``TASKFLEET_METRICS_BASIC_AUTH``
 (``user:password``), from the environment only, never from a command line.
 """
@@ -23,6 +23,10 @@ DEFAULT_SCRAPE_CACHE_S = 2.0
 DEFAULT_READY_MAX_JOB_AGE_S = 600.0
 #: ``/readyz`` fails when the persistence stream's oldest entry is older than this.
 DEFAULT_READY_MAX_PERSIST_LAG_S = 120.0
+#: The mean queue wait capacity planning sizes pools for.
+DEFAULT_CAPACITY_TARGET_WAIT_S = 1.0
+#: Capacity planning averages the autoscaler's measurements over this window.
+DEFAULT_CAPACITY_WINDOW_S = 60.0
 #: How long each readiness probe (ping, query, worker inspect) may take.
 DEFAULT_PROBE_TIMEOUT_S = 1.0
 
@@ -43,6 +47,8 @@ class ObservabilitySettings(BaseSettings):
     ready_max_job_age_s: float = Field(DEFAULT_READY_MAX_JOB_AGE_S, gt=0)
     ready_max_persist_lag_s: float = Field(DEFAULT_READY_MAX_PERSIST_LAG_S, gt=0)
     ready_probe_timeout_s: float = Field(DEFAULT_PROBE_TIMEOUT_S, gt=0, le=30)
+    capacity_target_wait_s: float = Field(DEFAULT_CAPACITY_TARGET_WAIT_S, ge=0)
+    capacity_window_s: float = Field(DEFAULT_CAPACITY_WINDOW_S, gt=0)
 
     @field_validator("metrics_basic_auth", mode="before")
     @classmethod

@@ -1,4 +1,5 @@
-"""``taskfleet metrics serve`` (the endpoint, alone) and ``taskfleet health`` (readiness once).
+"""``taskfleet metrics serve`` (the endpoint, alone), ``taskfleet health`` (readiness once)
+and ``taskfleet capacity`` (capacity planning per pool).
 
 ``taskfleet health`` exits with the fleet's state: 0 ready; 1 degraded (the services answer
 but a pool has no consumer, a job waits too long or results lag); 3 a service (broker, Redis,
@@ -8,13 +9,17 @@ Postgres) does not answer; 2 bad configuration.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from typing import Annotated, Final
 
+import redis
 import typer
 
 from taskfleet.app_config import create_app
-from taskfleet.config import ConfigError, load_settings
+from taskfleet.config import ConfigError, load_settings, resolve_services
 from taskfleet.config.observability import load_observability_settings
+from taskfleet.observability.capacity import PoolCapacity, capacity_report
+from taskfleet.observability.capacity_kinds import KindLoad, read_kind_loads
 from taskfleet.observability.readiness import Check, run_checks
 from taskfleet.observability.server import Endpoint, build_endpoint, make_server
 
@@ -81,3 +86,72 @@ def health(
         for check in checks:
             typer.echo(f"{'ok  ' if check.ok else 'FAIL'} {check.name}: {check.detail}")
     raise typer.Exit(exit_code(checks))
+
+
+def _seconds(value: float) -> str:
+    return "never" if value == float("inf") else f"{value:.3g}s"
+
+
+def _line(row: PoolCapacity) -> str:
+    load = row.load
+    if load.service_time_s <= 0:
+        return f"{load.pool}: arrivals {load.arrival_rate:.3g}/s, no completions measured yet"
+    return (
+        f"{load.pool}: arrivals {load.arrival_rate:.3g}/s, service {load.service_time_s:.3g}s, "
+        f"{load.processes} processes on {load.workers} workers, utilisation "
+        f"{row.utilisation:.0%}, expected wait {_seconds(row.expected_wait_s)}, "
+        f"backlog {load.backlog} drains in {_seconds(row.drain_time_s)}; for a wait of "
+        f"{row.target_wait_s:g}s: {row.processes_needed} processes, {row.workers_needed} workers"
+    )
+
+
+def capacity(
+    target_wait: Annotated[
+        float | None,
+        typer.Option(help="Target mean wait, s (default TASKFLEET_CAPACITY_TARGET_WAIT_S)."),
+    ] = None,
+    metrics_dir: Annotated[
+        str | None,
+        typer.Option(
+            help="Worker metric files for the split by kind (default PROMETHEUS_MULTIPROC_DIR)."
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Utilisation, expected wait (M/M/c), drain time and the size for a target wait, per pool,
+    and each kind's share of its pool when worker metric files are at hand.
+
+    Reads the autoscaler's measurements in Redis (the autoscaler must be ticking).
+    """
+    try:
+        settings, obs = load_settings(), load_observability_settings()
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_USAGE) from None
+    wait = obs.capacity_target_wait_s if target_wait is None else target_wait
+    client = redis.Redis.from_url(resolve_services(settings).redis_url)
+    try:
+        report = capacity_report(client, wait, obs.capacity_window_s)
+    finally:
+        client.close()
+    kinds = read_kind_loads(metrics_dir, {row.load.pool: row.load for row in report})
+    if as_json:
+        rows = [
+            row.as_dict() | {"kinds": [asdict(k) for k in kinds if k.pool == row.load.pool]}
+            for row in report
+        ]
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not report:
+        typer.echo("no measurements: the autoscaler has not ticked (TASKFLEET_AUTOSCALE_*)")
+    for row in report:
+        typer.echo(_line(row))
+        for kind in (k for k in kinds if k.pool == row.load.pool):
+            typer.echo(_kind_line(kind))
+
+
+def _kind_line(kind: KindLoad) -> str:
+    return (
+        f"  {kind.kind}: {kind.share:.0%} of arrivals ({kind.arrival_rate:.3g}/s), service "
+        f"{kind.service_time_s:.3g}s, {kind.offered_load:.3g} processes busy"
+    )

@@ -1,7 +1,7 @@
 """Gauges of the whole fleet, read from Redis when ``/metrics`` is scraped.
 
 Queue levels, dead letters, the persistence stream, breakers, the autoscaler's published
-decision and the workers' heartbeats all live in Redis already, so any process on any host
+decision and measurements (capacity figures) and the workers' heartbeats all live in Redis already, so any process on any host
 reads the same values: they are computed at scrape time (one pipelined read of each kind)
 and reused for ``TASKFLEET_METRICS_CACHE_S``, so several scrapers cost one read. A read that
 fails leaves its gauges out and sets ``taskfleet_scrape_error{source}`` to 1.
@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 
 from taskfleet.config import Settings
 from taskfleet.config.cache import load_cache_settings
+from taskfleet.observability.capacity import capacity_gauges
 from taskfleet.observability.queues import dead_letter_depths, read_levels
 from taskfleet.results.backlog import stream_health
 from taskfleet.results.stream import PERSIST_GROUP, PERSIST_STREAM
@@ -190,6 +191,7 @@ SOURCES: Final[dict[str, Callable[[FleetSources], Iterator[Metric]]]] = {
     "breakers": breaker_gauges,
     "autoscaler": autoscale_gauges,
     "heartbeats": heartbeat_gauges,
+    "capacity": capacity_gauges,
 }
 
 

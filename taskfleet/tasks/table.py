@@ -24,6 +24,7 @@ JOB_MODULES: Final[tuple[str, ...]] = (
     "taskfleet.tasks.contract_jobs",
     "taskfleet.tasks.sandbox_jobs",
     "taskfleet.scheduler.tasks",
+    "taskfleet.observability.alert_tasks",
 )
 #: Modules of jobs that fail, hold or kill their worker on purpose (``diag.*``): imported
 #: after :data:`JOB_MODULES` only when ``TASKFLEET_DIAG_JOBS`` is true (tests, chaos runs).
@@ -73,6 +74,8 @@ JOB_POOLS: Final[Mapping[str, Pool]] = MappingProxyType(
         "sandbox.run": CPU,
         # taskfleet.scheduler.tasks (TICK_TASK)
         "scheduler.autoscale_tick": IO,
+        # taskfleet.observability.alert_tasks (ALERT_TASK)
+        "observability.alert_tick": IO,
     }
 )
 
