@@ -8,6 +8,7 @@ commands refuse arguments out of range with a reply, and leave the pool as it wa
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -62,22 +63,34 @@ def app(fleet: Fleet) -> Iterator[Celery]:
     app.close()
 
 
-def _node(fleet: Fleet, app: Celery) -> str:
-    """The node name of this module's worker (the one whose pid the fleet started)."""
+@functools.cache
+def _node_of(pid: int, app: Celery) -> str:
+    """The node name of the worker with ``pid`` (asked once: the broadcast waits its timeout,
+    since every worker on the broker may answer)."""
     stats = app.control.inspect(timeout=REPLY_TIMEOUT_S).stats() or {}
-    mine = [node for node, info in stats.items() if info.get("pid") == fleet.procs["cpu"].pid]
+    mine = [node for node, info in stats.items() if info.get("pid") == pid]
     assert mine, f"the test worker did not answer: {sorted(stats)}"
     return mine[0]
 
 
+def _node(fleet: Fleet, app: Celery) -> str:
+    """The node name of this module's worker (the one whose pid the fleet started)."""
+    return str(_node_of(fleet.procs["cpu"].pid, app))
+
+
 def _processes(app: Celery, node: str) -> int:
-    stats = app.control.inspect([node], timeout=REPLY_TIMEOUT_S).stats() or {}
+    stats = app.control.inspect([node], timeout=REPLY_TIMEOUT_S, limit=1).stats() or {}
     return len(stats[node]["pool"]["processes"])
 
 
 def _command(app: Celery, node: str, name: str, n: Any) -> dict[str, Any]:
     replies = app.control.broadcast(
-        name, arguments={"n": n}, destination=[node], reply=True, timeout=REPLY_TIMEOUT_S
+        name,
+        arguments={"n": n},
+        destination=[node],
+        reply=True,
+        timeout=REPLY_TIMEOUT_S,
+        limit=1,
     )
     assert replies, f"{node} did not answer {name}"
     return dict(replies[0][node])
@@ -85,7 +98,9 @@ def _command(app: Celery, node: str, name: str, n: Any) -> dict[str, Any]:
 
 def test_a_default_worker_registers_no_diag_job(fleet: Fleet, app: Celery) -> None:
     node = _node(fleet, app)
-    registered = (app.control.inspect([node], timeout=REPLY_TIMEOUT_S).registered() or {})[node]
+    registered = (app.control.inspect([node], timeout=REPLY_TIMEOUT_S, limit=1).registered() or {})[
+        node
+    ]
     assert registered, "the worker registered nothing"
     assert not [name for name in registered if name.startswith("diag.")], registered
     assert "contract.notify" in registered
