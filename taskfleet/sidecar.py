@@ -74,9 +74,14 @@ class Sidecar:
     def beat(self) -> None:
         """Refresh the owner's alive key and its place in the registry (one round trip)."""
         ttl_ms = int(self.config["ttl"] * 1000)
+        now = time.time()
+        stale = repr(now - self.config["forget_after"])
+        consumed = self.config.get("consumer_keys", ())
         self._execute(
             ["SET", self._key("alive", self.owner), 1, "PX", ttl_ms],
-            ["ZADD", self.config["registry_key"], repr(time.time()), self.owner],
+            ["ZADD", self.config["registry_key"], repr(now), self.owner],
+            *(["ZADD", key, repr(now), self.owner] for key in consumed),
+            *(["ZREMRANGEBYSCORE", key, "-inf", stale] for key in consumed),
         )
 
     def watch(self) -> None:
@@ -135,7 +140,11 @@ class Sidecar:
         self.on_parent_exit()
 
     def on_parent_exit(self) -> None:
-        """The worker is gone: its deliveries go back now, not after the TTL."""
+        """The worker is gone: it consumes no queue any more, and its deliveries go back
+        now, not after the TTL."""
+        consumed = self.config.get("consumer_keys", ())
+        if consumed:
+            self._logged(lambda: self._execute(*(["ZREM", k, self.owner] for k in consumed)))
         if self._reclaim is not None:
             self._wait(self._reclaim)
         for _ in range(LAST_RECLAIM_TRIES):

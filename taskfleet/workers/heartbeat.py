@@ -27,6 +27,7 @@ import os
 import select
 import subprocess
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from taskfleet.routing import owners
@@ -42,10 +43,15 @@ OWNER_SLOT = "{owner}"
 
 
 def sidecar_config(
-    app: Any, owner: str, interval: float, ttl: float, reclaim: float
+    app: Any,
+    owner: str,
+    interval: float,
+    ttl: float,
+    reclaim: float,
+    queues: Sequence[str] = (),
 ) -> dict[str, Any]:
     """What the sidecar needs (passed in its environment: argv would show every user the
-    broker's password)."""
+    broker's password); ``queues``: those the worker consumes, recorded with each beat."""
     options = dict(app.conf.broker_transport_options or {})
     unacked = str(options.get("unacked_key", "unacked"))
     return {
@@ -63,18 +69,26 @@ def sidecar_config(
         "tags_key": owners.tags_key(OWNER_SLOT),
         "stats_key": STATS_PREFIX + unacked,
         "lock_key": f"{STATS_PREFIX}{unacked}:lock",
+        "consumer_keys": [owners.consumers_key(queue) for queue in queues],
     }
 
 
-def start_sidecar(app: Any, interval: float, ttl: float, reclaim_interval: float) -> Any:
-    """In a worker's main process: start its sidecar and claim an owner once it beats.
+def start_sidecar(
+    app: Any,
+    interval: float,
+    ttl: float,
+    reclaim_interval: float,
+    queues: Sequence[str] = (),
+) -> Any:
+    """In a worker's main process: start its sidecar and claim an owner once it beats
+    (``queues``: those the worker consumes, so producers see them served).
 
     Returns:
         The sidecar's ``Popen``, or None if it did not come up (the worker then keeps stock
         bookkeeping: should it die, its jobs are restored after the visibility timeout).
     """
     owner = owners.new_owner_id()
-    config = sidecar_config(app, owner, interval, ttl, reclaim_interval)
+    config = sidecar_config(app, owner, interval, ttl, reclaim_interval, queues)
     proc = subprocess.Popen(
         [sys.executable, "-m", "taskfleet.sidecar"],
         env={**os.environ, CONFIG_ENV: json.dumps(config)},
