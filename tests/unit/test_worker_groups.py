@@ -1,0 +1,133 @@
+"""Worker groups without Redis: settings, queues, worker profiles and the router's choices."""
+
+from __future__ import annotations
+
+import pytest
+
+from taskfleet.config import ConfigError, load_settings
+from taskfleet.config.groups import GroupSettings, load_group_settings
+from taskfleet.routing.groups import GroupReading, GroupRouter
+from taskfleet.routing.topology import Topology
+from taskfleet.workers.profiles import pool_queues
+
+GROUPS = ["eu", "us", "ap"]
+LIVE_TTL_S = 3.0
+MAX_AGE_S = 10.0
+#: Affinity keys enough to land on every group of three.
+AFFINITY_KEYS = 40
+
+
+class Clock:
+    """A clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def router(readings: dict[str, GroupReading], **overrides: object) -> GroupRouter:
+    """A router whose readings are ``readings`` (no Redis), on the ``cpu`` queue."""
+    settings = GroupSettings(worker_groups=GROUPS, group_max_age=MAX_AGE_S, **overrides)  # type: ignore[arg-type]
+    result = GroupRouter(None, ["cpu"], settings, live_ttl=LIVE_TTL_S)
+    result._readings = readings
+    return result
+
+
+def live(backlog: int = 0, age: float = 0.0) -> GroupReading:
+    return GroupReading(backlog, age, 1)
+
+
+DEAD = GroupReading(0, 0.0, 0)
+
+
+def test_unset_means_no_group_and_todays_queues(clean_env: None) -> None:
+    groups = load_group_settings()
+    assert not groups.enabled
+    topology = Topology.from_settings(load_settings())
+    assert topology.groups == ()
+    assert [q.name for q in topology.all_queues()] == ["cpu", "io", "cpu.dlq", "io.dlq", "celery"]
+    assert pool_queues(topology, "cpu", None) == ("cpu",)
+
+
+def test_groups_declare_their_queues_dead_lettering_into_the_pools(clean_env: None) -> None:
+    settings = load_settings(broker_url="amqp://guest@127.0.0.1//", redis_url="redis://x")
+    topology = Topology.from_settings(settings, ("eu", "us"))
+    names = [q.name for q in topology.all_queues()]
+    assert {"cpu@eu", "cpu@us", "io@eu", "io@us"} <= set(names)
+    eu = topology.work_queue("cpu", "eu")
+    assert eu.queue_arguments["x-dead-letter-routing-key"] == "cpu.dlq"
+    assert pool_queues(topology, "io", "eu") == ("io@eu", "io")
+
+
+def test_a_worker_group_or_preference_must_be_declared(clean_env: None) -> None:
+    with pytest.raises(ConfigError, match="TASKFLEET_WORKER_GROUP"):
+        load_group_settings(worker_groups=["eu"], worker_group="us")
+    with pytest.raises(ConfigError, match="TASKFLEET_GROUP_PREFERRED"):
+        load_group_settings(worker_groups=["eu"], group_preferred="us")
+    with pytest.raises(ConfigError, match="TASKFLEET_WORKER_GROUPS"):
+        load_group_settings(worker_groups=["e u"])
+
+
+def test_preference_is_kept_while_its_group_is_healthy() -> None:
+    readings = {"cpu@eu": live(100), "cpu@us": live(0), "cpu@ap": live(0)}
+    assert router(readings).route("cpu", "eu") == "cpu@eu"
+    assert router(readings, group_preferred="ap").route("cpu") == "cpu@ap"
+    with pytest.raises(ValueError, match="unknown worker group"):
+        router(readings).route("cpu", "mars")
+
+
+def test_no_preference_goes_to_the_least_backlog() -> None:
+    readings = {"cpu@eu": live(5), "cpu@us": live(2), "cpu@ap": live(9)}
+    assert router(readings).route("cpu") == "cpu@us"
+
+
+def test_a_group_without_live_consumer_or_with_too_old_a_head_fails_over() -> None:
+    dead = {"cpu@eu": DEAD, "cpu@us": live(7), "cpu@ap": live(3)}
+    assert router(dead).route("cpu", "eu") == "cpu@ap"
+    stale = {"cpu@eu": live(0, MAX_AGE_S + 1), "cpu@us": live(7), "cpu@ap": live(8)}
+    assert router(stale).route("cpu", "eu") == "cpu@us"
+
+
+def test_with_no_healthy_group_jobs_wait_where_asked_or_least_backlogged() -> None:
+    readings = {"cpu@eu": DEAD, "cpu@us": GroupReading(1, 0.0, 0), "cpu@ap": DEAD}
+    assert router(readings).route("cpu", "us") == "cpu@us"
+    assert router(readings).route("cpu") == "cpu@eu"
+
+
+def test_affinity_is_sticky_and_moves_only_the_keys_of_a_dead_group() -> None:
+    healthy = {"cpu@eu": live(), "cpu@us": live(), "cpu@ap": live(9)}
+    keys = [f"customer-{i}" for i in range(AFFINITY_KEYS)]
+    before = {key: router(healthy).route("cpu", affinity=key) for key in keys}
+    assert set(before.values()) == {"cpu@eu", "cpu@us", "cpu@ap"}  # not by backlog
+    assert before == {key: router(healthy).route("cpu", affinity=key) for key in keys}
+    after = {key: router({**healthy, "cpu@us": DEAD}).route("cpu", affinity=key) for key in keys}
+    assert all(after[k] == before[k] for k in keys if before[k] != "cpu@us")
+    assert "cpu@us" not in after.values()
+
+
+def test_place_routes_a_batch_per_pool_queue() -> None:
+    queues = ["cpu", "cpu", "io"]
+    settings = GroupSettings(worker_groups=["eu"])
+    GroupRouter(None, ["cpu", "io"], settings, live_ttl=LIVE_TTL_S).place(queues, None, None)
+    assert queues == ["cpu@eu", "cpu@eu", "io@eu"]
+
+
+def test_readings_are_cached_for_the_refresh_interval() -> None:
+    clock = Clock()
+    settings = GroupSettings(worker_groups=GROUPS, group_refresh_ms=250)
+    reads: list[float] = []
+    result = GroupRouter(None, ["cpu"], settings, live_ttl=LIVE_TTL_S, clock=clock)
+    result.client = object()  # type: ignore[assignment]  # any client: _read is replaced
+
+    def read(now: float) -> dict[str, GroupReading]:
+        reads.append(now)
+        return {}
+
+    result._read = read  # type: ignore[method-assign]
+    for _ in range(100):
+        result.route("cpu")
+    clock.now += 0.3
+    result.route("cpu")
+    assert reads == [1000.0, 1000.3]
