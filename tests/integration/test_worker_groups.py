@@ -16,6 +16,7 @@ from dataclasses import replace
 
 import pytest
 import redis
+from celery import Celery
 
 from taskfleet.client import Client
 from taskfleet.config import load_settings
@@ -115,6 +116,19 @@ def test_a_producer_picks_the_group_by_preference_and_by_affinity(
         ran[key] = first.result(DEADLINE_S)["pid"]
         assert again.result(DEADLINE_S)["pid"] == ran[key]  # sticky
     assert set(ran.values()) == set(pids.values())  # keys spread over both groups
+
+
+def test_a_bare_send_task_targets_a_group_by_its_queue(fleet: Fleet, env: dict[str, str]) -> None:
+    bare = Celery(broker=env["TASKFLEET_BROKER_URL"], backend=env["TASKFLEET_REDIS_URL"])
+    bare.conf.update(
+        task_serializer="json", accept_content=["json"], result_accept_content=["json"]
+    )
+    queue = group_queue(env["TASKFLEET_CPU_QUEUE"], "us")
+    try:
+        result = bare.send_task("diag.record", args=[{"log": uuid.uuid4().hex}], queue=queue)
+        assert result.get(timeout=DEADLINE_S)["pid"] == fleet.procs["us"].pid
+    finally:
+        bare.close()
 
 
 def test_least_backlog_from_a_cached_reading(redis_client: redis.Redis) -> None:
