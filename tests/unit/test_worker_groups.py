@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import pytest
+from celery import Celery
 
 from taskfleet.config import ConfigError, load_settings
 from taskfleet.config.groups import GroupSettings, load_group_settings
 from taskfleet.routing.groups import GroupReading, GroupRouter
+from taskfleet.routing.owners import consumers_key
 from taskfleet.routing.topology import Topology
+from taskfleet.sidecar import Sidecar
+from taskfleet.workers.heartbeat import sidecar_config
 from taskfleet.workers.profiles import pool_queues
 
 GROUPS = ["eu", "us", "ap"]
@@ -131,3 +135,29 @@ def test_readings_are_cached_for_the_refresh_interval() -> None:
     clock.now += 0.3
     result.route("cpu")
     assert reads == [1000.0, 1000.3]
+
+
+class Recorder:
+    """A Redis stand-in that records the sidecar's commands and answers each with 1."""
+
+    def __init__(self) -> None:
+        self.commands: list[list[object]] = []
+
+    def execute(self, commands: list[list[object]]) -> list[object]:
+        self.commands += commands
+        return [1] * len(commands)
+
+
+def test_the_sidecar_records_the_queues_its_worker_consumes_until_it_exits() -> None:
+    app = Celery("t", broker="redis://127.0.0.1:1/0")
+    config = sidecar_config(app, "me", 2.0, 8.0, 1.5, ["cpu@eu", "cpu"])
+    assert config["consumer_keys"] == [consumers_key("cpu@eu"), consumers_key("cpu")]
+    redis = Recorder()
+    sidecar = Sidecar(config, redis)  # type: ignore[arg-type]
+    sidecar.beat()
+    zadds = {c[1] for c in redis.commands if c[0] == "ZADD" and c[3] == "me"}
+    assert set(config["consumer_keys"]) <= zadds
+    sidecar.start_reclaim = lambda owner=None, release_lock=False: None  # type: ignore[method-assign]
+    sidecar.on_parent_exit()
+    removed = [c[1] for c in redis.commands if c[0] == "ZREM"]
+    assert removed == config["consumer_keys"]
