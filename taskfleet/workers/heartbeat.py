@@ -30,8 +30,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from taskfleet.config.app_settings import settings_of
 from taskfleet.routing import owners
+from taskfleet.routing.depth import redis_priority_keys
 from taskfleet.routing.reclaim import FORGET_AFTER_S, RESTART_GRACE_TTLS, STATS_PREFIX
+from taskfleet.routing.topology import Pool, Topology
 from taskfleet.sidecar import CONFIG_ENV, READY_LINE
 
 log = logging.getLogger(__name__)
@@ -70,7 +73,22 @@ def sidecar_config(
         "stats_key": STATS_PREFIX + unacked,
         "lock_key": f"{STATS_PREFIX}{unacked}:lock",
         "consumer_keys": [owners.consumers_key(queue) for queue in queues],
+        "group_pools": group_pools(Topology.from_settings(settings_of(app))),
     }
+
+
+def group_pools(topology: Topology) -> list[list[dict[str, Any]]]:
+    """Per pool, its group queues' consumers key and sub-lists (what the sidecar sweeps)."""
+    if not topology.groups:
+        return []
+    pools: tuple[Pool, ...] = ("cpu", "io")
+    return [
+        [
+            {"consumers": owners.consumers_key(q), "lists": redis_priority_keys(q)}
+            for q in topology.group_queues(pool)
+        ]
+        for pool in pools
+    ]
 
 
 def start_sidecar(

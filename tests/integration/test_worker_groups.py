@@ -1,4 +1,5 @@
-"""Worker groups on real Redis and real workers: a producer's choice, and failover.
+"""Worker groups on real Redis and real workers: a producer's choice, and failover (new jobs
+at enqueue, queued ones by the heartbeat sidecars' sweep).
 
 One small fleet for the module: a solo CPU worker in group ``eu`` and one in ``us``, each
 consuming only its group's queue (so the worker that ran a job tells which queue it was
@@ -159,16 +160,19 @@ def test_a_group_whose_workers_are_killed_fails_over_and_nothing_is_lost(
     before = [client.enqueue("diag.record", held, group="eu") for _ in range(BEFORE_KILL)]
     wait_for(lambda: entries(redis_client, log, "start"), DEADLINE_S, "eu running a held job")
     kill_tree(fleet.procs["eu"].pid)  # its sidecar too: only the heartbeat's expiry tells
-    eu_queue = group_queue(env["TASKFLEET_CPU_QUEUE"], "eu")
+    redis_client.set(record_release_key(log), 1)  # the killed run never ends; reruns do
+    cpu = env["TASKFLEET_CPU_QUEUE"]
+    eu_queue = group_queue(cpu, "eu")
     wait_for(lambda: not healthy(client, eu_queue), DEADLINE_S, "eu seen without consumer")
+    assert client.router is not None
+    assert client.router.route(cpu, "eu") == group_queue(cpu, "us")  # failover at enqueue
     after = [client.enqueue("diag.record", {"log": log}, group="eu") for _ in range(AFTER_KILL)]
     us_pid = fleet.procs["us"].pid
     assert [h.result(DEADLINE_S)["pid"] for h in after] == [us_pid] * AFTER_KILL
-
-    redis_client.set(record_release_key(log), 1)
-    fleet.start(group_profile(env, "eu"), "eu")  # eu's stranded jobs run when it returns
-    for handle in before:
-        handle.result(DEADLINE_S)
+    try:  # eu's queued jobs, and the one it was running, are swept to us: no eu returns
+        assert {h.result(DEADLINE_S)["pid"] for h in before} == {us_pid}
+    finally:
+        fleet.start(group_profile(env, "eu"), "eu")  # for the module's other tests
     sent = {h.id for h in before + after}
     starts, done = entries(redis_client, log, "start"), entries(redis_client, log, "done")
     ok = len(sent & set(done))

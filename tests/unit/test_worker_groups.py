@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import ast
+import subprocess
+import sys
+
 import pytest
 from celery import Celery
 
@@ -161,3 +165,10 @@ def test_the_sidecar_records_the_queues_its_worker_consumes_until_it_exits() -> 
     sidecar.on_parent_exit()
     removed = [c[1] for c in redis.commands if c[0] == "ZREM"]
     assert removed == config["consumer_keys"]
+
+
+def test_the_sidecar_still_imports_only_the_standard_library() -> None:
+    probe = "import sys, taskfleet.sidecar; print(sorted(m for m in sys.modules if '.' not in m))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    third_party = {"kombu", "redis", "pydantic", "celery", "uhashring"}
+    assert not third_party & set(ast.literal_eval(out.stdout))
