@@ -10,13 +10,13 @@ import pytest
 from celery import Celery
 
 from taskfleet.config import ConfigError, load_settings
-from taskfleet.config.groups import GroupSettings, load_group_settings
+from taskfleet.config.groups import GroupSettings, get_group_settings, load_group_settings
 from taskfleet.routing.groups import GroupReading, GroupRouter
 from taskfleet.routing.owners import consumers_key
 from taskfleet.routing.topology import Topology
 from taskfleet.sidecar import Sidecar
 from taskfleet.workers.heartbeat import sidecar_config
-from taskfleet.workers.profiles import pool_queues
+from taskfleet.workers.profiles import cpu_profile, io_profile, pool_queues
 
 GROUPS = ["eu", "us", "ap"]
 LIVE_TTL_S = 3.0
@@ -172,3 +172,17 @@ def test_the_sidecar_still_imports_only_the_standard_library() -> None:
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     third_party = {"kombu", "redis", "pydantic", "celery", "uhashring"}
     assert not third_party & set(ast.literal_eval(out.stdout))
+
+
+def test_a_worker_given_a_group_consumes_its_queue_first(
+    clean_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TASKFLEET_WORKER_GROUPS", '["eu","us"]')
+    monkeypatch.setenv("TASKFLEET_WORKER_GROUP", "eu")
+    get_group_settings.cache_clear()
+    try:
+        settings = load_settings()
+        assert cpu_profile(settings).queues == ("cpu@eu", "cpu")
+        assert io_profile(settings).queues == ("io@eu", "io", "celery")
+    finally:
+        get_group_settings.cache_clear()
