@@ -3,10 +3,12 @@
 Enqueue-time failover (:mod:`taskfleet.routing.groups`) sends new jobs away from a dead
 group; this moves the jobs already queued there, and those a dead worker held (the reclaimer
 restores them to the group's queue first). Every heartbeat sidecar runs a pass with its
-dead-consumer watch (``TASKFLEET_RESILIENCE_RECLAIM_INTERVAL``): per pool, one ``ZCOUNT`` per
-group queue of its live consumers (``taskfleet:consumers:<queue>``); only when some group has
-none and another has one, the backlogs are read and each dead group's priority sub-lists are
-moved to the same sub-lists of the live group with the least backlog.
+dead-consumer watch (``TASKFLEET_RESILIENCE_RECLAIM_INTERVAL``): per pool, one round trip
+counting each group queue's live consumers (``taskfleet:consumers:<queue>``, a heartbeat
+within the TTL) and its recent ones (within ``SWEEP_GRACE_TTLS`` more TTLs). Only when some
+group has had no live consumer for that grace and another has one, the backlogs are read and
+each dead group's priority sub-lists are moved to the same sub-lists of the live group with
+the least backlog. The grace keeps a group's jobs home while its worker restarts.
 
 A move is one Lua script of ``RPOPLPUSH``: each message leaves one list and enters the other
 in one atomic step, so none is lost or doubled, whoever else sweeps at the same time; the
@@ -31,6 +33,8 @@ MOVE_LUA = (
     "    moved = moved + 1 end end "
     "return moved"
 )
+#: A group is swept once it has had no live consumer for this many heartbeat TTLs more.
+SWEEP_GRACE_TTLS = 1.0
 #: Most messages one script moves (a pass moves the rest next time: Redis is never blocked).
 MOVE_BATCH = 1000
 
@@ -50,15 +54,19 @@ def sweep(execute: Execute, pools: Sequence[Sequence[GroupQueue]], now: float, t
     """
     moved = 0
     for groups in pools:
-        live = execute(*(["ZCOUNT", g["consumers"], repr(now - ttl), "+inf"] for g in groups))
-        if all(live) or not any(live):
+        since = (now - ttl, now - ttl * (1 + SWEEP_GRACE_TTLS))
+        counts = execute(
+            *(["ZCOUNT", g["consumers"], repr(t), "+inf"] for g in groups for t in since)
+        )
+        live, recent = counts[0::2], counts[1::2]
+        if all(recent) or not any(live):
             continue
         steps = len(groups[0]["lists"])
         sizes = execute(*(["LLEN", key] for g in groups for key in g["lists"]))
         backlog = [sum(sizes[i * steps : (i + 1) * steps]) for i in range(len(groups))]
         target = min((i for i, n in enumerate(live) if n), key=lambda i: backlog[i])
         for i, group in enumerate(groups):
-            if live[i] or not backlog[i]:
+            if recent[i] or not backlog[i]:
                 continue
             keys = [*group["lists"], *groups[target]["lists"]]
             [count] = execute(["EVAL", MOVE_LUA, len(keys), *keys, steps, MOVE_BATCH])

@@ -147,11 +147,12 @@ class Sidecar:
         self.on_parent_exit()
 
     def on_parent_exit(self) -> None:
-        """The worker is gone: it consumes no queue any more, and its deliveries go back
-        now, not after the TTL."""
+        """The worker is gone: it is no live consumer any more (its last beat is backdated
+        by a TTL), and its deliveries go back now, not after the TTL."""
         consumed = self.config.get("consumer_keys", ())
         if consumed:
-            self._logged(lambda: self._execute(*(["ZREM", k, self.owner] for k in consumed)))
+            gone = repr(time.time() - self.config["ttl"])
+            self._logged(lambda: self._execute(*(["ZADD", k, gone, self.owner] for k in consumed)))
         if self._reclaim is not None:
             self._wait(self._reclaim)
         for _ in range(LAST_RECLAIM_TRIES):

@@ -10,11 +10,11 @@ With groups declared (``TASKFLEET_WORKER_GROUPS``), each pool queue has one queu
 3. else the healthy group with the least backlog.
 
 A group is healthy while a live worker consumes its queue (its heartbeat sidecar records it
-in ``taskfleet:consumers:<queue>``, :mod:`taskfleet.routing.owners`, and drops it when the
-worker exits) and its oldest job has waited at most ``TASKFLEET_GROUP_MAX_AGE``. That is the
-failover: at enqueue time only; jobs already queued in a group that dies stay there (none is
-lost) until a worker of that group comes back. When no group is healthy, jobs go to the group
-asked for, else the least backlogged one, and wait.
+in ``taskfleet:consumers:<queue>``, :mod:`taskfleet.routing.owners`, backdated when the
+worker exits) and its oldest job has waited at most ``TASKFLEET_GROUP_MAX_AGE``. This is the
+failover of new jobs, at enqueue; the jobs already queued in a group left without a live
+consumer are moved by the sidecars' sweep (:mod:`taskfleet.group_sweep`). When no group is
+healthy, jobs go to the group asked for, else the least backlogged one, and wait.
 
 Readings are cached, as admission control's are (:mod:`taskfleet.ratelimit.admission`, whose
 head watch they share): one pipelined round trip per ``TASKFLEET_GROUP_REFRESH_MS`` at most,

@@ -13,7 +13,7 @@ one per worker process) with three keys, written in the same writes as kombu's o
 * ``taskfleet:owners:<unacked key>``: every owner using that unacked hash, scored by its last
   heartbeat, so reclaimers (``taskfleet.routing.reclaim``) find the dead ones.
 * ``taskfleet:consumers:<queue>``: every owner consuming that queue, scored by its last
-  heartbeat (dropped when its worker exits), so producers see which worker groups are
+  heartbeat (backdated by a TTL when its worker exits), so producers see which worker groups are
   served (``taskfleet.routing.groups``).
 
 A process has an owner only once its worker claimed one (:func:`claim`); without one the

@@ -5,12 +5,14 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+import time
 
 import pytest
 from celery import Celery
 
 from taskfleet.config import ConfigError, load_settings
 from taskfleet.config.groups import GroupSettings, get_group_settings, load_group_settings
+from taskfleet.group_sweep import sweep
 from taskfleet.routing.groups import GroupReading, GroupRouter
 from taskfleet.routing.owners import consumers_key
 from taskfleet.routing.topology import Topology
@@ -162,9 +164,11 @@ def test_the_sidecar_records_the_queues_its_worker_consumes_until_it_exits() -> 
     zadds = {c[1] for c in redis.commands if c[0] == "ZADD" and c[3] == "me"}
     assert set(config["consumer_keys"]) <= zadds
     sidecar.start_reclaim = lambda owner=None, release_lock=False: None  # type: ignore[method-assign]
+    beaten = len(redis.commands)
     sidecar.on_parent_exit()
-    removed = [c[1] for c in redis.commands if c[0] == "ZREM"]
-    assert removed == config["consumer_keys"]
+    gone = [c for c in redis.commands[beaten:] if c[0] == "ZADD"]
+    assert [c[1] for c in gone] == config["consumer_keys"]
+    assert all(float(str(c[2])) <= time.time() - config["ttl"] for c in gone)  # not live
 
 
 def test_the_sidecar_still_imports_only_the_standard_library() -> None:
@@ -186,3 +190,44 @@ def test_a_worker_given_a_group_consumes_its_queue_first(
         assert io_profile(settings).queues == ("io@eu", "io", "celery")
     finally:
         get_group_settings.cache_clear()
+
+
+class FakeBroker:
+    """Consumers' last beats and list lengths, answering the sweep's commands."""
+
+    def __init__(self, beats: dict[str, float], sizes: dict[str, int]) -> None:
+        self.beats, self.sizes = beats, sizes
+        self.moves: list[tuple[str, str]] = []
+
+    def execute(self, *commands: list[object]) -> list[object]:
+        replies: list[object] = []
+        for name, *args in commands:
+            if name == "ZCOUNT":
+                beat = self.beats.get(str(args[0]))
+                replies.append(int(beat is not None and beat >= float(str(args[1]))))
+            elif name == "LLEN":
+                replies.append(self.sizes.get(str(args[0]), 0))
+            else:  # EVAL of the move: first source sub-list to first destination one
+                steps = int(str(args[-2]))
+                self.moves.append((str(args[2]), str(args[2 + steps])))
+                replies.append(self.sizes.get(str(args[2]), 0))
+        return replies
+
+
+def sweep_pools() -> list[list[dict[str, object]]]:
+    return [[{"consumers": f"c:{g}", "lists": [f"cpu@{g}"]} for g in GROUPS]]
+
+
+@pytest.mark.parametrize(
+    ("eu_last_beat_ttls_ago", "moved"),
+    [(0.5, []), (1.5, []), (2.5, [("cpu@eu", "cpu@ap")])],  # live, restarting, dead
+)
+def test_the_sweep_moves_a_dead_groups_jobs_to_the_least_backlogged_live_one(
+    eu_last_beat_ttls_ago: float, moved: list[tuple[str, str]]
+) -> None:
+    now, ttl = 1000.0, LIVE_TTL_S
+    beats = {"c:eu": now - eu_last_beat_ttls_ago * ttl, "c:us": now, "c:ap": now}
+    broker = FakeBroker(beats, {"cpu@eu": 4, "cpu@us": 9, "cpu@ap": 1})
+    count = sweep(broker.execute, sweep_pools(), now, ttl)
+    assert broker.moves == moved
+    assert count == (4 if moved else 0)
