@@ -10,11 +10,8 @@ is keyed; on RabbitMQ one transaction per chunk on a reused connection. Idempote
 claimed so that a crash never leaves a key on a job that was not sent
 (:mod:`taskfleet.claims`). Before publishing, a batch passes the enqueue gate when one is
 configured (:mod:`taskfleet.ratelimit.enqueue`: admission control, then the client's rate
-limit); refused, nothing of it is published.
-
-With worker groups declared (``TASKFLEET_WORKER_GROUPS``), each job goes to one group's queue
-(``cpu@eu``), picked by :mod:`taskfleet.routing.groups`: the group asked for, an affinity
-key's group, or the least backlogged one, failing over from a group with no live worker.
+limit); refused, nothing of it is published. With worker groups declared, each job goes
+to one group's queue (``cpu@eu``), picked by :mod:`taskfleet.routing.groups`.
 """
 
 from __future__ import annotations
@@ -66,8 +63,7 @@ class Client(JobPreparer):
         """``client_id``: who this producer is, for calls that name none (the
         ``taskfleet_client_id`` header, the key of per-client limits); ``limits``: rate-limit
         and admission settings (default: ``TASKFLEET_LIMITS_*``); ``group``: the worker group
-        of calls that name none (default: ``TASKFLEET_GROUP_PREFERRED``); ``groups``: the
-        worker group settings (default: ``TASKFLEET_WORKER_GROUPS`` and ``..._GROUP_*``)."""
+        of calls that name none; ``groups``: group settings (default: from the environment)."""
         # A light producer: the job table is data, and the default app declares no job and
         # installs no worker hook (no job module, middleware or worker hook is imported).
         from taskfleet.app_config import producer_app
@@ -102,12 +98,11 @@ class Client(JobPreparer):
             from taskfleet.routing.groups import router_for
 
             self.router = router_for(groups, queues, self.urls.broker_url, self.settings)
-        self.group = group
-        grouped = self.topology.group_queues("cpu") + self.topology.group_queues("io")
+        self.group = groups.check(group)
         gate = EnqueueGate(
             limits or get_limit_settings(),
             self.urls.redis_url,
-            queues + grouped,
+            queues + self.topology.group_queues("cpu") + self.topology.group_queues("io"),
             broker_url=self.urls.broker_url,
         )
         #: Admission control and per-client limits; None when neither is configured.
@@ -121,11 +116,7 @@ class Client(JobPreparer):
         return self.client_id if client_id is None else client_id
 
     def place(self, jobs: PreparedJobs, group: str | None, affinity: str | None) -> None:
-        """Send ``jobs`` to worker groups' queues (in place), when groups are declared.
-
-        Raises:
-            ValueError: ``group`` is not a declared group.
-        """
+        """Send ``jobs`` to worker groups' queues, in place (see :meth:`enqueue`)."""
         if self.router is None:
             raise ValueError(f"group {group!r} asked for, but no worker group is declared")
         self.router.place(jobs.queues, self.group if group is None else group, affinity)

@@ -67,6 +67,16 @@ class GroupSettings(BaseSettings):
             raise ValueError(f"group {name!r} is not in {ENV_PREFIX}WORKER_GROUPS")
         return name
 
+    def check(self, group: str | None) -> str | None:
+        """``group``, if None or declared.
+
+        Raises:
+            ValueError: ``group`` is not in ``TASKFLEET_WORKER_GROUPS``.
+        """
+        if group is not None and group not in self.worker_groups:
+            raise ValueError(f"group {group!r} is not in {ENV_PREFIX}WORKER_GROUPS")
+        return group
+
     @property
     def enabled(self) -> bool:
         """Whether any group is declared."""

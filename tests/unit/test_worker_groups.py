@@ -80,6 +80,15 @@ def test_a_worker_group_or_preference_must_be_declared(clean_env: None) -> None:
         load_group_settings(worker_groups=["e u"])
 
 
+def test_a_client_default_group_must_be_declared(clean_env: None) -> None:
+    from taskfleet.client import Client
+
+    with pytest.raises(ValueError, match="not in TASKFLEET_WORKER_GROUPS"):
+        Client(group="eu")
+    with pytest.raises(ValueError, match="not in TASKFLEET_WORKER_GROUPS"):
+        Client(group="mars", groups=GroupSettings(worker_groups=["eu"]))
+
+
 def test_preference_is_kept_while_its_group_is_healthy() -> None:
     readings = {"cpu@eu": live(100), "cpu@us": live(0), "cpu@ap": live(0)}
     assert router(readings).route("cpu", "eu") == "cpu@eu"
