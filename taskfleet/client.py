@@ -69,12 +69,13 @@ class Client(JobPreparer):
         from taskfleet.app_config import producer_app
         from taskfleet.tasks.table import JOB_POOLS
 
+        groups = groups or get_group_settings()
+        self.group = groups.check(group)  # before any connection
         if app is None:
             app = producer_app()
 
         self.app = app
         self.settings = settings_of(app)
-        groups = groups or get_group_settings()
         self.topology = Topology.from_settings(self.settings, tuple(groups.worker_groups))
         self._pools = JOB_POOLS
         self.urls = resolve_services(self.settings)
@@ -98,7 +99,6 @@ class Client(JobPreparer):
             from taskfleet.routing.groups import router_for
 
             self.router = router_for(groups, queues, self.urls.broker_url, self.settings)
-        self.group = groups.check(group)
         gate = EnqueueGate(
             limits or get_limit_settings(),
             self.urls.redis_url,

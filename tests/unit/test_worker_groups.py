@@ -80,11 +80,12 @@ def test_a_worker_group_or_preference_must_be_declared(clean_env: None) -> None:
         load_group_settings(worker_groups=["e u"])
 
 
-def test_a_client_default_group_must_be_declared(clean_env: None) -> None:
+def test_a_client_default_group_must_be_declared() -> None:
     from taskfleet.client import Client
 
+    # Checked before the client resolves or connects to any service.
     with pytest.raises(ValueError, match="not in TASKFLEET_WORKER_GROUPS"):
-        Client(group="eu")
+        Client(group="eu", groups=GroupSettings())
     with pytest.raises(ValueError, match="not in TASKFLEET_WORKER_GROUPS"):
         Client(group="mars", groups=GroupSettings(worker_groups=["eu"]))
 
