@@ -10,19 +10,21 @@ is keyed; on RabbitMQ one transaction per chunk on a reused connection. Idempote
 claimed so that a crash never leaves a key on a job that was not sent
 (:mod:`taskfleet.claims`). Before publishing, a batch passes the enqueue gate when one is
 configured (:mod:`taskfleet.ratelimit.enqueue`: admission control, then the client's rate
-limit); refused, nothing of it is published.
+limit); refused, nothing of it is published. With worker groups declared, each job goes
+to one group's queue (``cpu@eu``), picked by :mod:`taskfleet.routing.groups`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery
 
 from taskfleet.claims import CLAIM_WINDOW_S, IDEMPOTENCY_PREFIX, ClaimPending, idempotency_ttl
 from taskfleet.config import resolve_services
 from taskfleet.config.app_settings import settings_of
+from taskfleet.config.groups import GroupSettings, get_group_settings
 from taskfleet.config.limits import LimitSettings, get_limit_settings
 from taskfleet.handles import DEFAULT_RESULT_TIMEOUT_S, JobFailed, JobHandle, JobSpec, PayloadError
 from taskfleet.preparing import JobItem, JobPreparer
@@ -32,6 +34,9 @@ from taskfleet.ratelimit.errors import BatchTooLarge, Overloaded, RateLimited
 from taskfleet.ratelimit.stale import stale_answers
 from taskfleet.routing.priority import Priority, PriorityError
 from taskfleet.routing.topology import Topology, UnknownJobKind
+
+if TYPE_CHECKING:
+    from taskfleet.routing.groups import GroupRouter
 
 
 class Client(JobPreparer):
@@ -52,21 +57,26 @@ class Client(JobPreparer):
         *,
         client_id: str | None = None,
         limits: LimitSettings | None = None,
+        group: str | None = None,
+        groups: GroupSettings | None = None,
     ) -> None:
         """``client_id``: who this producer is, for calls that name none (the
         ``taskfleet_client_id`` header, the key of per-client limits); ``limits``: rate-limit
-        and admission settings (default: ``TASKFLEET_LIMITS_*``)."""
+        and admission settings (default: ``TASKFLEET_LIMITS_*``); ``group``: the worker group
+        of calls that name none; ``groups``: group settings (default: from the environment)."""
         # A light producer: the job table is data, and the default app declares no job and
         # installs no worker hook (no job module, middleware or worker hook is imported).
         from taskfleet.app_config import producer_app
         from taskfleet.tasks.table import JOB_POOLS
 
+        groups = groups or get_group_settings()
+        self.group = groups.check(group)  # before any connection
         if app is None:
             app = producer_app()
 
         self.app = app
         self.settings = settings_of(app)
-        self.topology = Topology.from_settings(self.settings)
+        self.topology = Topology.from_settings(self.settings, tuple(groups.worker_groups))
         self._pools = JOB_POOLS
         self.urls = resolve_services(self.settings)
         #: What the publisher was built from (``claim_window_s`` is read here, once).
@@ -83,10 +93,16 @@ class Client(JobPreparer):
         self.publisher = publisher_for(self.publisher_config)
         self.client_id = client_id
         queues = [self.topology.cpu_queue, self.topology.io_queue]
+        #: Picks each job's worker group; None when no group is declared.
+        self.router: GroupRouter | None = None
+        if groups.enabled:
+            from taskfleet.routing.groups import router_for
+
+            self.router = router_for(groups, queues, self.urls.broker_url, self.settings)
         gate = EnqueueGate(
             limits or get_limit_settings(),
             self.urls.redis_url,
-            queues,
+            queues + self.topology.group_queues("cpu") + self.topology.group_queues("io"),
             broker_url=self.urls.broker_url,
         )
         #: Admission control and per-client limits; None when neither is configured.
@@ -98,6 +114,12 @@ class Client(JobPreparer):
     def sender(self, client_id: str | None) -> str | None:
         """The client id a call goes out with: its own, else the client's."""
         return self.client_id if client_id is None else client_id
+
+    def place(self, jobs: PreparedJobs, group: str | None, affinity: str | None) -> None:
+        """Send ``jobs`` to worker groups' queues, in place (see :meth:`enqueue`)."""
+        if self.router is None:
+            raise ValueError(f"group {group!r} asked for, but no worker group is declared")
+        self.router.place(jobs.queues, self.group if group is None else group, affinity)
 
     def publish(self, jobs: PreparedJobs, client_id: str | None) -> list[bool]:
         """Publish ``jobs`` through the enqueue gate when one is configured.
@@ -130,6 +152,8 @@ class Client(JobPreparer):
         priority: Priority | None = None,
         idempotency_key: str | None = None,
         client_id: str | None = None,
+        group: str | None = None,
+        affinity: str | None = None,
     ) -> JobHandle:
         """Publish one job of ``kind`` with ``payload`` (any JSON value).
 
@@ -144,15 +168,22 @@ class Client(JobPreparer):
                 publishes the job once its claim expires (``claim_window_s``).
             client_id: Who sent it (default: the client's ``client_id``), carried in the
                 ``taskfleet_client_id`` header; its enqueue limit applies.
+            group: The worker group to run it (default: the client's); another one if it
+                has no live worker or its oldest job waited past ``TASKFLEET_GROUP_MAX_AGE``.
+            affinity: With no group asked for, jobs with the same key go to the same group
+                (consistent hash over the healthy groups).
 
         Raises:
             UnknownJobKind, PayloadError, PriorityError: nothing was published.
+            ValueError: ``group`` is not a declared worker group.
             RateLimited: over the client's enqueue limit (``retry_after``).
             Overloaded: the queue is overloaded, the priority below the bar (``retry_after``),
                 and no stale result may answer (``TASKFLEET_LIMITS_OVERLOAD_STALE``).
             ClaimPending: another call's claim on the key neither resolved nor expired.
         """
         jobs = self.prepare([JobSpec(kind, payload, priority, idempotency_key)])
+        if self.router is not None or group is not None:
+            self.place(jobs, group, affinity)
         try:
             return self.handles_for(jobs, self.publish(jobs, self.sender(client_id)))[0]
         except Overloaded as exc:
@@ -167,6 +198,8 @@ class Client(JobPreparer):
         *,
         priority: Priority | None = None,
         client_id: str | None = None,
+        group: str | None = None,
+        affinity: str | None = None,
     ) -> list[JobHandle]:
         """Publish a batch in few round trips; every job is validated before any is sent.
 
@@ -175,6 +208,8 @@ class Client(JobPreparer):
                 fields.
             priority: The priority of a job that names none.
             client_id: Who sent them (default: the client's ``client_id``).
+            group, affinity: As for :meth:`enqueue`; the batch's jobs of one pool go to
+                one group.
 
         The batch is admitted whole or refused whole (all or nothing): one check of
         ``len(jobs)`` units against the client's limit.
@@ -184,6 +219,8 @@ class Client(JobPreparer):
             BatchTooLarge: the batch exceeds the client's burst; it could never be admitted.
         """
         prepared = self.prepare(list(jobs), priority)
+        if self.router is not None or group is not None:
+            self.place(prepared, group, affinity)
         return self.handles_for(prepared, self.publish(prepared, self.sender(client_id)))
 
     def handle(self, job_id: str, kind: str = "") -> JobHandle:

@@ -3,10 +3,12 @@
 Started by its worker (``taskfleet.workers.heartbeat``, which explains the design). It keeps
 the worker's ``alive`` key fresh while the worker process lives, looks for dead consumers
 every ``reclaim_interval`` (jittered), and restores the worker's own deliveries as soon as
-the worker process exits. Restoring needs kombu and redis-py (~50 MiB), which the sidecar
-never imports: it runs ``python -m taskfleet.routing.reclaim`` as a short-lived child when
-there is something to restore, and talks to Redis itself through ``taskfleet.resp``, so it
-stays at a few MiB for the worker's whole life. Only the standard library is imported here.
+the worker process exits; with worker groups, each watch also moves the jobs of a group left
+without a live consumer to one that has (``taskfleet.group_sweep``). Restoring needs kombu
+and redis-py (~50 MiB), which the sidecar never imports: it runs ``python -m
+taskfleet.routing.reclaim`` as a short-lived child when there is something to restore, and
+talks to Redis itself through ``taskfleet.resp``, so it stays at a few MiB for the worker's
+whole life. Only the standard library is imported here.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import sys
 import time
 from typing import Any
 
+from taskfleet.group_sweep import sweep
 from taskfleet.resp import Client, ReplyError, connect
 
 log = logging.getLogger("taskfleet.sidecar")
@@ -74,9 +77,14 @@ class Sidecar:
     def beat(self) -> None:
         """Refresh the owner's alive key and its place in the registry (one round trip)."""
         ttl_ms = int(self.config["ttl"] * 1000)
+        now = time.time()
+        stale = repr(now - self.config["forget_after"])
+        consumed = self.config.get("consumer_keys", ())
         self._execute(
             ["SET", self._key("alive", self.owner), 1, "PX", ttl_ms],
-            ["ZADD", self.config["registry_key"], repr(time.time()), self.owner],
+            ["ZADD", self.config["registry_key"], repr(now), self.owner],
+            *(["ZADD", key, repr(now), self.owner] for key in consumed),
+            *(["ZREMRANGEBYSCORE", key, "-inf", stale] for key in consumed),
         )
 
     def watch(self) -> None:
@@ -88,6 +96,10 @@ class Sidecar:
         )
         if _uptime(info) < self.config["restart_grace"]:
             return  # Redis restarted: live workers first get a heartbeat to say so again
+        if self.config.get("group_pools"):
+            pools, ttl = self.config["group_pools"], self.config["ttl"]
+            if moved := sweep(self._execute, pools, time.time(), ttl):
+                log.info("moved %d jobs from worker groups without a live consumer", moved)
         owners = [(listed[i].decode(), float(listed[i + 1])) for i in range(0, len(listed), 2)]
         if not owners:
             return
@@ -135,7 +147,12 @@ class Sidecar:
         self.on_parent_exit()
 
     def on_parent_exit(self) -> None:
-        """The worker is gone: its deliveries go back now, not after the TTL."""
+        """The worker is gone: it is no live consumer any more (its last beat is backdated
+        by a TTL), and its deliveries go back now, not after the TTL."""
+        consumed = self.config.get("consumer_keys", ())
+        if consumed:
+            gone = repr(time.time() - self.config["ttl"])
+            self._logged(lambda: self._execute(*(["ZADD", k, gone, self.owner] for k in consumed)))
         if self._reclaim is not None:
             self._wait(self._reclaim)
         for _ in range(LAST_RECLAIM_TRIES):

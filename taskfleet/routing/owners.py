@@ -12,6 +12,9 @@ one per worker process) with three keys, written in the same writes as kombu's o
   ``heartbeat_ttl`` by the worker's heartbeat sidecar (``taskfleet.workers.heartbeat``).
 * ``taskfleet:owners:<unacked key>``: every owner using that unacked hash, scored by its last
   heartbeat, so reclaimers (``taskfleet.routing.reclaim``) find the dead ones.
+* ``taskfleet:consumers:<queue>``: every owner consuming that queue, scored by its last
+  heartbeat (backdated by a TTL when its worker exits), so producers see which worker groups are
+  served (``taskfleet.routing.groups``).
 
 A process has an owner only once its worker claimed one (:func:`claim`); without one the
 transport keeps stock kombu's bookkeeping and the visibility timeout alone restores.
@@ -26,11 +29,17 @@ from dataclasses import dataclass
 
 OWNER_PREFIX = "taskfleet:owner:"
 REGISTRY_PREFIX = "taskfleet:owners:"
+CONSUMERS_PREFIX = "taskfleet:consumers:"
 
 
 def registry_key(unacked_key: str) -> str:
     """The sorted set of owners recording in ``unacked_key`` (scored by last heartbeat)."""
     return f"{REGISTRY_PREFIX}{unacked_key}"
+
+
+def consumers_key(queue: str) -> str:
+    """The sorted set of owners consuming ``queue`` (scored by last heartbeat)."""
+    return f"{CONSUMERS_PREFIX}{queue}"
 
 
 def tags_key(owner_id: str) -> str:

@@ -1,7 +1,8 @@
 """Queues, their dead-letter queues, and which job kind goes where.
 
 Each pool has one work queue (``cpu``, ``io``) and one dead-letter queue (``cpu.dlq``,
-``io.dlq``). On RabbitMQ the work queues carry ``x-max-priority`` and dead-letter into the
+``io.dlq``). With worker groups declared (``TASKFLEET_WORKER_GROUPS``), each pool also has one
+queue per group (``cpu@eu``), dead-lettering into the pool's dead-letter queue. On RabbitMQ the work queues carry ``x-max-priority`` and dead-letter into the
 ``taskfleet.dlx`` exchange; on Redis the same declarations are plain lists.
 """
 
@@ -13,6 +14,7 @@ from typing import Any, Literal
 
 from kombu import Exchange, Queue
 
+from taskfleet.config.groups import get_group_settings, group_queue
 from taskfleet.config.settings import Settings
 from taskfleet.routing.priority import MAX_PRIORITY
 
@@ -44,12 +46,20 @@ class Topology:
     io_queue: str
     dlq_suffix: str
     amqp: bool
+    #: The worker groups (``TASKFLEET_WORKER_GROUPS``); empty: none.
+    groups: tuple[str, ...] = ()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Topology:
-        """Build the topology for the configured broker."""
+    def from_settings(cls, settings: Settings, groups: tuple[str, ...] | None = None) -> Topology:
+        """Build the topology for the configured broker (``groups``: default, the settings')."""
+        if groups is None:
+            groups = tuple(get_group_settings().worker_groups)
         return cls(
-            settings.cpu_queue, settings.io_queue, settings.dlq_suffix, settings.broker_is_amqp
+            settings.cpu_queue,
+            settings.io_queue,
+            settings.dlq_suffix,
+            settings.broker_is_amqp,
+            groups,
         )
 
     def queue_for_pool(self, pool: Pool) -> str:
@@ -60,14 +70,19 @@ class Topology:
         """Dead-letter queue of a work queue."""
         return f"{queue}{self.dlq_suffix}"
 
-    def work_queue(self, pool: Pool) -> Queue:
-        """The kombu declaration of a pool's work queue."""
-        name = self.queue_for_pool(pool)
+    def group_queues(self, pool: Pool) -> list[str]:
+        """The queues of a pool's groups (``cpu@eu``, ``cpu@us``), in declared order."""
+        return [group_queue(self.queue_for_pool(pool), group) for group in self.groups]
+
+    def work_queue(self, pool: Pool, group: str | None = None) -> Queue:
+        """The kombu declaration of a pool's work queue, or of its queue in ``group``."""
+        base = self.queue_for_pool(pool)
+        name = base if group is None else group_queue(base, group)
         arguments: dict[str, Any] = {"x-max-priority": MAX_PRIORITY}
         if self.amqp:
             arguments |= {
                 "x-dead-letter-exchange": DLX_EXCHANGE,
-                "x-dead-letter-routing-key": self.dlq_for(name),
+                "x-dead-letter-routing-key": self.dlq_for(base),
             }
         return Queue(
             name, Exchange(name, type="direct"), routing_key=name, queue_arguments=arguments
@@ -93,6 +108,7 @@ class Topology:
         pools: tuple[Pool, ...] = ("cpu", "io")
         return (
             [self.work_queue(p) for p in pools]
+            + [self.work_queue(p, group) for p in pools for group in self.groups]
             + [self.dead_letter_queue(p) for p in pools]
             + [self.inbox()]
         )

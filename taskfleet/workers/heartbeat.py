@@ -27,10 +27,14 @@ import os
 import select
 import subprocess
 import sys
+from collections.abc import Sequence
 from typing import Any
 
+from taskfleet.config.app_settings import settings_of
 from taskfleet.routing import owners
+from taskfleet.routing.depth import redis_priority_keys
 from taskfleet.routing.reclaim import FORGET_AFTER_S, RESTART_GRACE_TTLS, STATS_PREFIX
+from taskfleet.routing.topology import Pool, Topology
 from taskfleet.sidecar import CONFIG_ENV, READY_LINE
 
 log = logging.getLogger(__name__)
@@ -42,10 +46,15 @@ OWNER_SLOT = "{owner}"
 
 
 def sidecar_config(
-    app: Any, owner: str, interval: float, ttl: float, reclaim: float
+    app: Any,
+    owner: str,
+    interval: float,
+    ttl: float,
+    reclaim: float,
+    queues: Sequence[str] = (),
 ) -> dict[str, Any]:
     """What the sidecar needs (passed in its environment: argv would show every user the
-    broker's password)."""
+    broker's password); ``queues``: those the worker consumes, recorded with each beat."""
     options = dict(app.conf.broker_transport_options or {})
     unacked = str(options.get("unacked_key", "unacked"))
     return {
@@ -63,18 +72,41 @@ def sidecar_config(
         "tags_key": owners.tags_key(OWNER_SLOT),
         "stats_key": STATS_PREFIX + unacked,
         "lock_key": f"{STATS_PREFIX}{unacked}:lock",
+        "consumer_keys": [owners.consumers_key(queue) for queue in queues],
+        "group_pools": group_pools(Topology.from_settings(settings_of(app))),
     }
 
 
-def start_sidecar(app: Any, interval: float, ttl: float, reclaim_interval: float) -> Any:
-    """In a worker's main process: start its sidecar and claim an owner once it beats.
+def group_pools(topology: Topology) -> list[list[dict[str, Any]]]:
+    """Per pool, its group queues' consumers key and sub-lists (what the sidecar sweeps)."""
+    if not topology.groups:
+        return []
+    pools: tuple[Pool, ...] = ("cpu", "io")
+    return [
+        [
+            {"consumers": owners.consumers_key(q), "lists": redis_priority_keys(q)}
+            for q in topology.group_queues(pool)
+        ]
+        for pool in pools
+    ]
+
+
+def start_sidecar(
+    app: Any,
+    interval: float,
+    ttl: float,
+    reclaim_interval: float,
+    queues: Sequence[str] = (),
+) -> Any:
+    """In a worker's main process: start its sidecar and claim an owner once it beats
+    (``queues``: those the worker consumes, so producers see them served).
 
     Returns:
         The sidecar's ``Popen``, or None if it did not come up (the worker then keeps stock
         bookkeeping: should it die, its jobs are restored after the visibility timeout).
     """
     owner = owners.new_owner_id()
-    config = sidecar_config(app, owner, interval, ttl, reclaim_interval)
+    config = sidecar_config(app, owner, interval, ttl, reclaim_interval, queues)
     proc = subprocess.Popen(
         [sys.executable, "-m", "taskfleet.sidecar"],
         env={**os.environ, CONFIG_ENV: json.dumps(config)},

@@ -6,6 +6,10 @@
 * I/O: gevent greenlets, which, unlike Celery's threads pool, grow and shrink at run time
   (``pool_grow``/``pool_shrink``). It also consumes Celery's default queue, where unrouted
   ``send_task`` messages land, and forwards each to its pool's queue.
+
+A worker started with ``TASKFLEET_WORKER_GROUP`` set joins that group: it consumes the
+group's queue of its pool (``cpu@eu``) first, then the pool's own queue (``cpu``), which
+every group serves.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from taskfleet.config import Settings
-from taskfleet.routing.topology import DEFAULT_INBOX, Topology
+from taskfleet.config.groups import get_group_settings, group_queue
+from taskfleet.routing.topology import DEFAULT_INBOX, Pool, Topology
 
 APP_PATH = "taskfleet.app"
 #: Set to 1 where another process already runs ``python -m taskfleet.results.persister``.
@@ -57,6 +62,12 @@ class WorkerProfile:
         ]
 
 
+def pool_queues(topology: Topology, pool: Pool, group: str | None) -> tuple[str, ...]:
+    """The queues a worker of ``pool`` consumes: its group's first, if it joins one."""
+    queue = topology.queue_for_pool(pool)
+    return (queue,) if group is None else (group_queue(queue, group), queue)
+
+
 def cpu_profile(settings: Settings, concurrency: int | None = None) -> WorkerProfile:
     """Worker consuming the CPU queue: prefork, or solo (then of one process whatever asked)."""
     topology = Topology.from_settings(settings)
@@ -64,7 +75,7 @@ def cpu_profile(settings: Settings, concurrency: int | None = None) -> WorkerPro
     return WorkerProfile(
         name="cpu",
         pool="solo" if solo else "prefork",
-        queues=(topology.cpu_queue,),
+        queues=pool_queues(topology, "cpu", get_group_settings().worker_group),
         concurrency=1 if solo else concurrency or settings.cpu_concurrency,
         prefetch_multiplier=1,
     )
@@ -106,7 +117,7 @@ def io_profile(settings: Settings, concurrency: int | None = None) -> WorkerProf
     return WorkerProfile(
         name="io",
         pool="gevent",
-        queues=(topology.io_queue, DEFAULT_INBOX),
+        queues=(*pool_queues(topology, "io", get_group_settings().worker_group), DEFAULT_INBOX),
         concurrency=concurrency or settings.io_concurrency,
         prefetch_multiplier=1,
     )

@@ -99,8 +99,13 @@ def start_heartbeat(sender: Any = None, **_: Any) -> None:
     knobs = get_resilience_settings()
     if not knobs.fast_reclaim:
         return
+    consumed = getattr(getattr(app.amqp, "queues", None), "consume_from", None) or {}
     _heartbeat = start_sidecar(
-        app, knobs.heartbeat_interval, knobs.heartbeat_ttl, knobs.reclaim_interval
+        app,
+        knobs.heartbeat_interval,
+        knobs.heartbeat_ttl,
+        knobs.reclaim_interval,
+        sorted(consumed),
     )
 
 
