@@ -45,14 +45,13 @@ lint: install
 
 # Then the broker, priority, dead-letter, redelivery and result tests again on stock kombu's
 # Redis transport (TASKFLEET_FAST_TRANSPORT=false; README, "The whole transport has a switch
-# back"): the switch back from taskfleet's fast paths must keep working. About 60 s on 2
+# back"): the switch back from taskfleet's fast paths must keep working. About 45 s on 2
 # cores. Left out of that pass: RabbitMQ tests (no Redis transport involved) and the reclaim
 # tests that build taskfleet's transport themselves (the same test either way).
 STOCK_TRANSPORT_TESTS := tests/integration/test_priorities.py tests/integration/test_dead_letters.py \
 	tests/integration/test_reclaim.py::test_a_redelivered_job_whose_result_is_final_is_acked_not_run \
 	tests/integration/test_result_backend.py \
-	tests/integration/test_result_pipelining.py tests/integration/test_persister_poison.py \
-	tests/reliability/test_poison.py
+	tests/integration/test_result_pipelining.py tests/integration/test_persister_poison.py
 # Extra pytest arguments for both passes, e.g. PYTEST_ARGS="--basetemp /tmp/pt".
 PYTEST_ARGS ?=
 
