@@ -35,6 +35,13 @@ from taskfleet.devstack import EmbeddedStack
 from taskfleet.fleet import GIVE_UP_CRASHES, read_status
 from taskfleet.resilience.diag_keys import gate_key
 from taskfleet.routing.depth import redis_priority_keys
+from tests.support.up_exposure import CHILDREN as EXPOSURE_CHILDREN
+from tests.support.up_exposure import (
+    answering_flower,
+    assert_flower_listens_on_loopback_only,
+    assert_flower_pages_need_credentials,
+    assert_no_secret_on_command_lines,
+)
 from tests.support.waiting import wait_for
 from tests.support.workers import kill_tree
 
@@ -204,6 +211,31 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
     """One ``taskfleet up`` for the module's tests (the last one stops it with SIGTERM)."""
     with running_up(tmp_path_factory.mktemp("up")) as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def flower(up: Up) -> psutil.Process:
+    """Flower's process, once it answers."""
+    return answering_flower(up.pid("flower"), up.flower_port)
+
+
+# The exposure checks (issue 19) come first: they read the fleet as `up` started it.
+def test_no_secret_is_on_the_command_line_of_up_or_its_children(
+    up: Up, flower: psutil.Process
+) -> None:
+    assert_no_secret_on_command_lines(
+        up.proc.pid, flower, [up.pid(name) for name in EXPOSURE_CHILDREN]
+    )
+
+
+def test_flower_listens_on_loopback_only(up: Up, flower: psutil.Process) -> None:
+    assert_flower_listens_on_loopback_only(flower, up.flower_port)
+
+
+def test_flower_pages_need_credentials_and_the_open_ones_stay_on_loopback(
+    up: Up, flower: psutil.Process
+) -> None:
+    assert_flower_pages_need_credentials(flower, up.flower_port)
 
 
 @pytest.mark.slow

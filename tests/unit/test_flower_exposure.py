@@ -1,8 +1,8 @@
 """Flower's credentials are never on a command line, and Flower binds to loopback.
 
 The Flower ``taskfleet up`` starts (its planned argv and environment), and the hand-run
-command the README gives. ``tests/integration/test_exposure_flower.py`` checks the same
-against a running ``taskfleet up``.
+command the README gives. ``tests/integration/test_supervisor_restarts.py`` (through
+``tests/support/up_exposure.py``) checks the same against a running ``taskfleet up``.
 """
 
 from __future__ import annotations
