@@ -18,10 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+import redis
 from celery import Celery
+from kombu.exceptions import OperationalError
 
 from taskfleet.devstack.polling import wait_until
 from taskfleet.workers.profiles import WorkerProfile
+
+#: Errors of the broker connection a ping may meet while a scenario disturbs it.
+BROKER_ERRORS = (redis.ConnectionError, OperationalError, OSError)
 
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0
@@ -132,7 +137,12 @@ class ChaosFleet:
             for proc in pending.values():
                 if not proc.alive():
                     raise RuntimeError(f"{proc.name} exited:\n{proc.log_tail()}")
-            replies = self.app.control.ping(sorted(pending), timeout=PING_TIMEOUT_S) or []
+            try:
+                replies = self.app.control.ping(sorted(pending), timeout=PING_TIMEOUT_S) or []
+            except BROKER_ERRORS:
+                # The ping's own connection dropped (a scenario's Redis closing idle or
+                # restarted clients): not an answer either way; ask again on a new one.
+                return False
             for reply in replies:
                 for node in reply:
                     pending.pop(node, None)
