@@ -282,8 +282,6 @@ class ResultPersister:
 
 def run_forever(parent_pid: int | None = None) -> None:
     """Process entry point: drain until SIGTERM/SIGINT or until ``parent_pid`` is gone."""
-    import signal
-
     from taskfleet.config import get_settings
     from taskfleet.config.cache import load_cache_settings
     from taskfleet.workers.heap import settle_heap
@@ -300,13 +298,20 @@ def run_forever(parent_pid: int | None = None) -> None:
         max_retry_delay_s=cache_settings.persist_max_retry_delay,
     )
     settle_heap(settings.settle_heap)
+    serve(persister, parent_pid, "result persister")
+
+
+def serve(persister: ResultPersister, parent_pid: int | None, name: str) -> None:
+    """Run ``persister`` until SIGTERM/SIGINT or until ``parent_pid`` is gone, then stop it."""
+    import signal
+
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     persister.start()
     while not stop.wait(PARENT_CHECK_INTERVAL_S):
         if parent_pid is not None and os.getppid() != parent_pid:
-            log.warning("result persister: worker %s is gone; stopping", parent_pid)
+            log.warning("%s: worker %s is gone; stopping", name, parent_pid)
             break
     persister.stop()
 

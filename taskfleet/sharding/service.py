@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import threading
 
 import redis
 
 from taskfleet.config import get_settings, resolve_services
 from taskfleet.config.cache import load_cache_settings
 from taskfleet.config.sharding import load_sharding_settings
+from taskfleet.results.persister import serve
 from taskfleet.sharding.cluster import ShardCluster
 from taskfleet.sharding.persister import ShardedPersister
-
-PARENT_CHECK_INTERVAL_S = 0.5
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +44,7 @@ def run_forever(parent_pid: int | None = None) -> None:
         stream_maxlen=cache_settings.persist_stream_maxlen,
         max_retry_delay_s=cache_settings.persist_max_retry_delay,
     )
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    persister.start()
-    while not stop.wait(PARENT_CHECK_INTERVAL_S):
-        if parent_pid is not None and os.getppid() != parent_pid:
-            log.warning("sharded persister: worker %s is gone; stopping", parent_pid)
-            break
-    persister.stop()
+    serve(persister, parent_pid, "sharded persister")
     cluster.dispose()
 
 
