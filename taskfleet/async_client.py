@@ -13,7 +13,7 @@ from typing import Any
 from celery import states
 
 from taskfleet.async_results import ResultWaiter
-from taskfleet.client import Client, JobItem
+from taskfleet.client import Client, JobItem, Overloaded
 from taskfleet.handles import DEFAULT_RESULT_TIMEOUT_S, JobFailed, JobHandle, JobSpec
 from taskfleet.publishing import AsyncPublisher, PreparedJobs, async_publisher_for
 from taskfleet.routing.priority import Priority
@@ -41,17 +41,22 @@ class AsyncClient:
             self._publisher = async_publisher_for(self.client.publisher_config)
         return self._publisher
 
-    async def _publish(self, jobs: PreparedJobs, client_id: str | None) -> list[JobHandle]:
-        client_id = self.client.sender(client_id)
-        gate = self.client.gate
+    async def _publish(
+        self, jobs: PreparedJobs, client_id: str | None, group: str | None, affinity: str | None
+    ) -> list[JobHandle]:
+        client = self.client
+        if client.router is not None or group is not None:  # a reading may need Redis
+            await asyncio.to_thread(client.place, jobs, group, affinity)
+        client_id = client.sender(client_id)
+        gate = client.gate
         if gate is not None:  # its Redis call runs off the event loop
             await asyncio.to_thread(gate.admit, jobs.queues, jobs.priorities, client_id)
         publisher = self._async_publisher()
         if publisher is not None:
             fresh = await publisher.publish(jobs, client_id)
         else:
-            fresh = await asyncio.to_thread(self.client.publisher.publish, jobs, client_id)
-        return self.client.handles_for(jobs, fresh)
+            fresh = await asyncio.to_thread(client.publisher.publish, jobs, client_id)
+        return client.handles_for(jobs, fresh)
 
     async def enqueue(
         self,
@@ -61,10 +66,21 @@ class AsyncClient:
         priority: Priority | None = None,
         idempotency_key: str | None = None,
         client_id: str | None = None,
+        group: str | None = None,
+        affinity: str | None = None,
     ) -> JobHandle:
-        """See :meth:`Client.enqueue`."""
+        """See :meth:`Client.enqueue` (the same arguments, errors and stale answers)."""
         jobs = self.client.prepare([JobSpec(kind, payload, priority, idempotency_key)])
-        return (await self._publish(jobs, client_id))[0]
+        try:
+            return (await self._publish(jobs, client_id, group, affinity))[0]
+        except Overloaded as exc:
+            stale = self.client.stale
+            answer = None if stale is None else await asyncio.to_thread(
+                stale.answer, kind, payload, exc.queue
+            )  # fmt: skip
+            if answer is None:
+                raise
+            return answer
 
     async def enqueue_many(
         self,
@@ -72,9 +88,12 @@ class AsyncClient:
         *,
         priority: Priority | None = None,
         client_id: str | None = None,
+        group: str | None = None,
+        affinity: str | None = None,
     ) -> list[JobHandle]:
         """See :meth:`Client.enqueue_many`."""
-        return await self._publish(self.client.prepare(list(jobs), priority), client_id)
+        prepared = self.client.prepare(list(jobs), priority)
+        return await self._publish(prepared, client_id, group, affinity)
 
     async def result(
         self, handle: JobHandle, timeout: float | None = DEFAULT_RESULT_TIMEOUT_S

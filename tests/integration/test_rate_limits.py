@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -12,9 +13,11 @@ import redis
 from celery import Celery
 
 from taskfleet.app import create_app
+from taskfleet.async_client import AsyncClient
 from taskfleet.client import BatchTooLarge, Client, Overloaded, RateLimited
 from taskfleet.config import load_settings
 from taskfleet.config.limits import LimitSettings, load_limit_settings
+from taskfleet.handles import JobHandle
 from taskfleet.publishing.base import CLIENT_HEADER
 from taskfleet.ratelimit.limiter import STATE_PREFIX, STATS_PREFIX, Limit, Limiter
 from taskfleet.ratelimit.policies import TokenBucket
@@ -244,10 +247,20 @@ def test_an_opted_in_kind_is_answered_stale_while_overloaded(
     handle = client.enqueue("contract.process", document)
     assert handle.result(5) == {**cached, "cache_hit": True, "stale": True}
     assert _depth(client, redis_client) == depth  # answered, not published
+
+    async def enqueue_async() -> JobHandle:
+        async_client = AsyncClient(client)
+        try:
+            return await async_client.enqueue("contract.process", document)
+        finally:
+            await async_client.close()
+
+    assert asyncio.run(enqueue_async()).result(5)["stale"] is True  # the async path too
+    assert _depth(client, redis_client) == depth
     with pytest.raises(Overloaded):  # nothing cached for this one: shed as usual
         client.enqueue("contract.process", doc(reference=f"C-{uuid.uuid4().hex[:6]}"))
     queue = client.topology.cpu_queue
-    assert redis_client.hget(f"{STATS_PREFIX}queue:{queue}", "stale") == b"1"
+    assert redis_client.hget(f"{STATS_PREFIX}queue:{queue}", "stale") == b"2"
     client.close()
 
 

@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import json
 import os
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.conftest import EARLY_VM
 from tests.support import vm
 
-REPO = Path(__file__).resolve().parents[2]
-#: Boot and five sandbox runs take about 30 s under software emulation on an idle machine.
-VM_TIMEOUT_S = 420.0
+#: Boot and five sandbox runs take about 30 s under software emulation on an idle machine;
+#: started early and niced (conftest), the VM may take longer but is done before it is needed.
+VM_TIMEOUT_S = 900.0
 #: cpu.max is enforced per 100 ms period: allow a few periods and the interpreter's exit.
 CPU_SLACK_S = 0.5
 
@@ -29,19 +28,19 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(VM_TIMEOUT_S + 60)]
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def report(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
     absent = vm.missing()
     if absent:
         reason = f"the cgroup v2 VM needs {', '.join(absent)} (Debian packages; `make test-tools`)"
         if os.environ.get("CI"):
             pytest.fail(reason)
         pytest.skip(reason)
-    work = tmp_path_factory.mktemp("vm")
-    result = vm.run_in_vm(
-        f"cd {REPO} && {sys.executable} -m tests.support.vm_guest_sandbox",
-        work,
-        timeout_s=VM_TIMEOUT_S,
-    )
+    run = request.config.stash.get(EARLY_VM, None)  # started at collection (conftest)
+    if run is None:
+        run = vm.start_sandbox_cases(tmp_path_factory.mktemp("vm"))
+    result = run.wait(VM_TIMEOUT_S)
     assert result.returncode == 0, result.console[-6000:]
     return dict(json.loads((result.share / "results.json").read_text()))
 
@@ -79,13 +78,15 @@ def test_cpu_is_capped_for_the_whole_run(report: dict[str, Any]) -> None:
     # Four busy processes on a two-CPU guest would use about 2 CPU-seconds per second.
     case = _case(report, "cpu_hog")
     assert case["status"] == "succeeded", case
+    assert case["stdout"]["data"] == "done\n"
     cap = report["run_cpus"] * case["wall_time_s"] + CPU_SLACK_S
     assert case["cpu_time_s"] <= cap, case
-    assert case["cpu_time_s"] >= report["run_cpus"] * case["wall_time_s"] / 2, case
+    assert report["throttled"]["cpu_hog"] > 0  # cpu.max held it back (not a starved guest)
 
 
 def test_the_executor_is_healthy_after_and_leaves_no_cgroup(report: dict[str, Any]) -> None:
     last = _case(report, "last_ok")
     assert last["status"] == "succeeded", last
     assert last["stdout"]["data"] == "still here\n"
+    assert report["left_after"] == {name: [] for name in report["cases"]}  # each removed
     assert report["left_under_root"] == []

@@ -8,6 +8,7 @@ in). Jobs are ``diag.record`` jobs, which log every execution: runs are counted 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -19,6 +20,7 @@ import pytest
 import redis
 from celery import Celery
 
+from taskfleet.async_client import AsyncClient
 from taskfleet.client import Client
 from taskfleet.config import load_settings
 from taskfleet.config.groups import GroupSettings, group_queue
@@ -117,6 +119,34 @@ def test_a_producer_picks_the_group_by_preference_and_by_affinity(
         ran[key] = first.result(DEADLINE_S)["pid"]
         assert again.result(DEADLINE_S)["pid"] == ran[key]  # sticky
     assert set(ran.values()) == set(pids.values())  # keys spread over both groups
+
+
+def test_the_async_client_picks_groups_the_same_way(
+    fleet: Fleet, client: Client, env: dict[str, str]
+) -> None:
+    wait_served(client, env)
+    log = uuid.uuid4().hex
+
+    async def run() -> tuple[list[int], list[int]]:
+        async_client = AsyncClient(client)
+        try:
+            asked = [
+                await async_client.enqueue("diag.record", {"log": log}, group=g) for g in GROUPS
+            ]
+            keyed = [
+                await async_client.enqueue("diag.record", {"log": log}, affinity="same-key")
+                for _ in range(3)
+            ]
+            return (
+                [(await async_client.result(h, DEADLINE_S))["pid"] for h in asked],
+                [(await async_client.result(h, DEADLINE_S))["pid"] for h in keyed],
+            )
+        finally:
+            await async_client.close()
+
+    asked, keyed = asyncio.run(run())
+    assert asked == [fleet.procs[g].pid for g in GROUPS]
+    assert len(set(keyed)) == 1  # one key, one group
 
 
 def test_a_bare_send_task_targets_a_group_by_its_queue(fleet: Fleet, env: dict[str, str]) -> None:

@@ -27,6 +27,8 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,11 +148,33 @@ def build_initramfs(work: Path) -> tuple[Path, Path]:
     return image, initramfs
 
 
-def run_in_vm(script: str, work: Path, *, timeout_s: float = BOOT_TIMEOUT_S) -> VmResult:
-    """Boot the VM and run ``script`` (POSIX sh, as root, cwd ``/``) as its only program.
+class VmRun:
+    """A VM started by :func:`start_vm`; :meth:`wait` for its :class:`VmResult`."""
+
+    def __init__(self, proc: subprocess.Popen[str], share: Path, started: float) -> None:
+        self.proc, self.share, self.started = proc, share, started
+
+    def wait(self, timeout_s: float = BOOT_TIMEOUT_S) -> VmResult:
+        """Wait until the VM powers off (``timeout_s`` from its start, then it is killed)."""
+        left = max(0.0, self.started + timeout_s - time.monotonic())
+        try:
+            console, _ = self.proc.communicate(timeout=left)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            console = f"vm: timed out after {timeout_s} s\n{self.proc.communicate()[0]}"
+        code_file = self.share / "returncode"
+        code = int(code_file.read_text()) if code_file.is_file() else None
+        output = self.share / "output.log"
+        log = output.read_text(errors="replace") if output.is_file() else ""
+        return VmResult(code, console + log, self.share)
+
+
+def start_vm(script: str, work: Path, *, nice: int = 0) -> VmRun:
+    """Boot the VM in the background to run ``script`` (POSIX sh, as root, cwd ``/``) as its
+    only program; ``nice``: QEMU's niceness (19: it takes only CPU nothing else wants).
 
     The script sees ``$TF_SHARE`` (``/mnt/tf``), which is ``work/share`` on the host; its exit
-    code is kept in ``returncode``; the VM powers off when it ends.
+    code is kept in the result's ``returncode``; the VM powers off when it ends.
     """
     share = work / "share"
     share.mkdir(parents=True, exist_ok=True)
@@ -171,17 +195,26 @@ def run_in_vm(script: str, work: Path, *, timeout_s: float = BOOT_TIMEOUT_S) -> 
         "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on",
         "-virtfs", f"local,path={share},mount_tag=out,security_model=none",
     ]  # fmt: skip
-    try:
-        console = subprocess.run(
-            command, capture_output=True, text=True, errors="replace", timeout=timeout_s,
-            stdin=subprocess.DEVNULL, check=False,
-        ).stdout  # fmt: skip
-    except subprocess.TimeoutExpired as exc:
-        console = f"vm: timed out after {timeout_s} s\n{exc.stdout or ''}"
-    code_file = share / "returncode"
-    code = int(code_file.read_text()) if code_file.is_file() else None
-    output = share / "output.log"
-    return VmResult(code, console + (output.read_text() if output.is_file() else ""), share)
+    if nice:
+        command = ["nice", "-n", str(nice), *command]
+    proc = subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, errors="replace",
+    )  # fmt: skip
+    return VmRun(proc, share, time.monotonic())
+
+
+def start_sandbox_cases(work: Path, *, nice: int = 0) -> VmRun:
+    """The VM running ``tests/support/vm_guest_sandbox.py`` from this checkout, with this
+    interpreter (its results in ``share / "results.json"``)."""
+    repo = Path(__file__).resolve().parents[2]
+    script = f"cd {repo} && {sys.executable} -m tests.support.vm_guest_sandbox"
+    return start_vm(script, work, nice=nice)
+
+
+def run_in_vm(script: str, work: Path, *, timeout_s: float = BOOT_TIMEOUT_S) -> VmResult:
+    """:func:`start_vm`, then wait for it."""
+    return start_vm(script, work).wait(timeout_s)
 
 
 def _kvm_works() -> bool:

@@ -7,8 +7,10 @@ The guest is root on a kernel where cgroup v2 holds every controller, so the exe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ MIB = 1024 * 1024
 CGROUP_ROOT = Path("/sys/fs/cgroup/taskfleet-sandbox")
 RUN_CPUS = 0.5
 CPU_HOG_S = 3.0
+THROTTLE_POLL_S = 0.05
 
 #: Six processes of 64 MiB each: every one is under the per-process 128 MiB, the run is not.
 MEMORY_ACROSS_PROCESSES = """
@@ -67,15 +70,43 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
+class ThrottleWatch(threading.Thread):
+    """The most ``nr_throttled`` seen in any run's ``cpu.stat`` while it runs (the run's
+    cgroup is removed at its end, so it is read during the run)."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.most = 0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(THROTTLE_POLL_S):
+            for stat in CGROUP_ROOT.glob("run-*/cpu.stat"):
+                with contextlib.suppress(OSError, ValueError):
+                    fields = dict(line.split() for line in stat.read_text().splitlines())
+                    self.most = max(self.most, int(fields.get("nr_throttled", 0)))
+
+
 def main() -> None:
     """Run every case in one executor, then list what is left under the cgroup root."""
     settings = load_sandbox_settings(cgroup_root=str(CGROUP_ROOT), cgroup_cpus=RUN_CPUS)
     executor = SandboxExecutor(settings)
-    report: dict[str, Any] = {"note": executor.cgroups.note(), "cases": {}}
+    report: dict[str, Any] = {
+        "note": executor.cgroups.note(),
+        "cases": {},
+        "throttled": {},
+        "left_after": {},
+    }
     try:
         for name, (source, limits) in CASES.items():
+            watch = ThrottleWatch()
+            watch.start()
             result = executor.run({"source": source, "limits": limits})
+            watch.done.set()
+            watch.join()
             report["cases"][name] = result.model_dump(mode="json")
+            report["throttled"][name] = watch.most
+            report["left_after"][name] = sorted(p.name for p in CGROUP_ROOT.iterdir() if p.is_dir())
     finally:
         executor.close()
     report["left_under_root"] = sorted(p.name for p in CGROUP_ROOT.iterdir() if p.is_dir())

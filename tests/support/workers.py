@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -42,6 +43,9 @@ def kill_tree(pid: int) -> None:
 
 WORKER_START_TIMEOUT_S = 60.0
 WORKER_STOP_TIMEOUT_S = 20.0
+#: The session's fleets at the end of the run: nothing is asserted on their shutdown, and
+#: one may be reconnecting to a broker a disruptive test restarted.
+SESSION_FLEET_STOP_TIMEOUT_S = 5.0
 PING_TIMEOUT_S = 0.5
 #: Turns on the ``diag.*`` jobs (off by default: they fail or kill their worker on purpose),
 #: for the fleets of the tests that send them.
@@ -117,16 +121,18 @@ class Fleet:
             raise AssertionError(f"worker {name} exited with {proc.returncode}:\n{log}")
         return True
 
-    def stop(self) -> None:
-        """Warm-shut every worker down, killing those that overrun the deadline."""
+    def stop(self, timeout_s: float = WORKER_STOP_TIMEOUT_S) -> None:
+        """Warm-shut every worker down at once; kill the trees of those still running after
+        ``timeout_s`` (one deadline for all)."""
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
         for proc in self.procs.values():
             try:
-                proc.wait(WORKER_STOP_TIMEOUT_S)
+                proc.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                proc.kill()
+                kill_tree(proc.pid)
                 proc.wait()
         self.procs.clear()
 
@@ -139,8 +145,10 @@ def running_fleet(
     cpu: int = 2,
     io: int = 10,
     pools: tuple[str, ...] = ("cpu", "io"),
+    stop_timeout_s: float = WORKER_STOP_TIMEOUT_S,
 ) -> Iterator[Fleet]:
-    """CPU and/or I/O workers for the duration of the block."""
+    """CPU and/or I/O workers for the duration of the block (``stop_timeout_s``: see
+    :meth:`Fleet.stop`)."""
     fleet = Fleet(env, log_dir)
     settings = load_settings(**fleet.settings_overrides)
     profiles = {"cpu": (cpu_profile(settings, cpu), "cpu"), "io": (io_profile(settings, io), "io")}
@@ -148,4 +156,4 @@ def running_fleet(
         fleet.start_all([profiles[pool] for pool in pools])
         yield fleet
     finally:
-        fleet.stop()
+        fleet.stop(stop_timeout_s)
