@@ -18,7 +18,7 @@ healthy, jobs go to the group asked for, else the least backlogged one, and wait
 
 Readings are cached, as admission control's are (:mod:`taskfleet.ratelimit.admission`, whose
 head watch they share): one pipelined round trip per ``TASKFLEET_GROUP_REFRESH_MS`` at most,
-never one per enqueue. Until a first reading (or on a broker that is not Redis), every group
+never one per enqueue. Until a first reading (or on a broker neither Redis nor RabbitMQ), every group
 counts as healthy and as empty.
 """
 
@@ -27,7 +27,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import redis
 
@@ -35,26 +35,26 @@ from taskfleet.config.groups import GroupSettings, group_queue
 from taskfleet.config.settings import Settings
 from taskfleet.ratelimit.admission import LUA_PATH, WATCH_PREFIX, WATCH_TTL_S
 from taskfleet.routing.depth import redis_priority_keys
+from taskfleet.routing.group_reading import GroupReader, GroupReading
 from taskfleet.routing.owners import consumers_key
 from taskfleet.routing.transport import ALL_PRIORITY_STEPS
 
-
-class GroupReading(NamedTuple):
-    """One group queue: messages waiting, its oldest head's age (s), its live consumers."""
-
-    backlog: int
-    age: float
-    consumers: int
+#: Broker URL schemes whose group readings come from RabbitMQ.
+AMQP_SCHEMES = ("amqp://", "amqps://", "pyamqp://")
 
 
 class GroupRouter:
     """Picks a group queue for each job from cached readings. Thread-safe.
 
     Args:
-        client: The broker's Redis (None: no readings; every group healthy and empty).
+        client: The broker's Redis (None: no readings from Redis; every group healthy and
+            empty unless ``reader`` reads them).
         queues: The pool queues (``cpu``, ``io``) that have group queues.
         settings: The groups, the default one, the age bound and the refresh interval.
         live_ttl: A consumer whose last heartbeat is older than this (s) is not live.
+        reader: Readings from another broker (RabbitMQ:
+            :class:`~taskfleet.routing.amqp_groups.AmqpGroupReader`), used when ``client``
+            is None; what it raises on failure is in its ``errors``.
     """
 
     def __init__(
@@ -65,8 +65,14 @@ class GroupRouter:
         *,
         live_ttl: float,
         clock: Callable[[], float] = time.time,
+        reader: GroupReader | None = None,
     ) -> None:
         self.client = client
+        self.reader = reader
+        self._read_errors: tuple[type[BaseException], ...] = (
+            redis.RedisError,
+            *(getattr(reader, "errors", ()) if reader is not None else ()),
+        )
         self.groups = list(settings.worker_groups)
         self.preferred = settings.group_preferred
         self.max_age = settings.group_max_age
@@ -86,22 +92,24 @@ class GroupRouter:
         """The cached readings, refreshed first if older than ``refresh_s``."""
         now = self.clock()
         if (
-            self.client is not None
+            (self.client is not None or self.reader is not None)
             and now - self._read_at >= self.refresh_s
             and self._lock.acquire(blocking=False)
         ):
             try:  # one thread refreshes; the others use the reading they have
                 self._readings = self._read(now)
                 self.readings_taken += 1
-            except redis.RedisError:
-                pass  # Redis away: keep the last reading, ask again later
+            except self._read_errors:
+                pass  # the broker away: keep the last reading, ask again later
             finally:
                 self._read_at = now
                 self._lock.release()
         return self._readings
 
     def _read(self, now: float) -> dict[str, GroupReading]:
-        assert self.client is not None
+        if self.client is None:
+            assert self.reader is not None
+            return self.reader(self._all)
         assert self._script is not None
         keys: list[str] = []
         for name in self._all:
@@ -171,10 +179,16 @@ class GroupRouter:
 def router_for(
     settings: GroupSettings, queues: Sequence[str], broker_url: str, broker: Settings
 ) -> GroupRouter:
-    """A client's router: readings from the broker's Redis (none on another broker), live
-    consumers by the heartbeat TTL (``TASKFLEET_RESILIENCE_HEARTBEAT_TTL``)."""
+    """A client's router: readings from the broker's Redis, live consumers by the heartbeat
+    TTL (``TASKFLEET_RESILIENCE_HEARTBEAT_TTL``); on RabbitMQ, from RabbitMQ itself."""
     from taskfleet.config.resilience import get_resilience_settings
 
-    client = redis.Redis.from_url(broker_url) if broker.broker_is_redis else None
     ttl = get_resilience_settings().heartbeat_ttl
-    return GroupRouter(client, queues, settings, live_ttl=ttl)
+    if broker.broker_is_redis:
+        return GroupRouter(redis.Redis.from_url(broker_url), queues, settings, live_ttl=ttl)
+    reader = None
+    if broker_url.startswith(AMQP_SCHEMES):
+        from taskfleet.routing.amqp_groups import AmqpGroupReader
+
+        reader = AmqpGroupReader(broker_url)
+    return GroupRouter(None, queues, settings, live_ttl=ttl, reader=reader)

@@ -13,7 +13,7 @@ import json
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 import pytest
@@ -26,6 +26,7 @@ from taskfleet.config import load_settings
 from taskfleet.config.groups import GroupSettings, group_queue
 from taskfleet.ratelimit.admission import WATCH_PREFIX
 from taskfleet.resilience.diag_keys import record_log_key, record_release_key
+from taskfleet.routing.amqp_groups import AmqpGroupReader
 from taskfleet.routing.groups import GroupRouter
 from taskfleet.routing.owners import consumers_key
 from taskfleet.workers.profiles import WorkerProfile, cpu_profile
@@ -212,3 +213,46 @@ def test_a_group_whose_workers_are_killed_fails_over_and_nothing_is_lost(
     assert (ok, lost) == (len(sent), 0)
     assert duplicated <= 1  # at most the job running when eu was killed, at least once
     assert all(starts[h.id] == 1 for h in after)
+
+
+@pytest.mark.rabbitmq
+def test_on_rabbitmq_the_broker_s_own_consumers_decide_the_failover(
+    amqp_env: dict[str, str],
+) -> None:
+    from kombu import Connection, Consumer, Queue
+
+    url = amqp_env["TASKFLEET_BROKER_URL"]
+    base = f"cpu-grp-amqp-{uuid.uuid4().hex[:8]}"
+    eu, us = (group_queue(base, g) for g in GROUPS)
+    settings = GroupSettings(worker_groups=GROUPS, group_refresh_ms=1)
+    reader = AmqpGroupReader(url)
+    router = GroupRouter(None, [base], settings, live_ttl=HEARTBEAT_TTL_S, reader=reader)
+
+    def ignore(body: object, message: object) -> None:
+        """A consumer that never takes a delivery (the connection is never drained)."""
+
+    def routed_to(expected: str) -> Callable[[], bool]:
+        return lambda: router.route(base, "eu") == expected
+
+    # Never declared: no group has a consumer, so the one asked for is kept.
+    assert reader([eu, us]) == {eu: (0, 0.0, 0), us: (0, 0.0, 0)}
+    assert router.route(base, "eu") == eu
+    with Connection(url) as setup, Connection(url) as us_worker, Connection(url) as eu_worker:
+        queues = {name: Queue(name, channel=setup.default_channel) for name in (eu, us)}
+        for queue in queues.values():
+            queue.declare()
+        try:
+            with setup.Producer() as producer:
+                for i in range(2):
+                    producer.publish({"i": i}, routing_key=eu, retry=True)
+            Consumer(us_worker.channel(), [Queue(us)], callbacks=[ignore]).consume()
+            wait_for(routed_to(us), DEADLINE_S, "eu (no consumer) to fail over to us")
+            assert reader([eu])[eu].backlog == 2
+            Consumer(eu_worker.channel(), [Queue(eu)], callbacks=[ignore]).consume()
+            wait_for(routed_to(eu), DEADLINE_S, "eu to be chosen once it has a consumer")
+            eu_worker.release()  # the worker's connection is gone, as when it is killed
+            wait_for(routed_to(us), DEADLINE_S, "eu to fail over again")
+        finally:
+            for queue in queues.values():
+                queue.delete()
+            reader.close()

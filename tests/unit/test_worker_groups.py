@@ -13,7 +13,8 @@ from celery import Celery
 from taskfleet.config import ConfigError, load_settings
 from taskfleet.config.groups import GroupSettings, get_group_settings, load_group_settings
 from taskfleet.group_sweep import sweep
-from taskfleet.routing.groups import GroupReading, GroupRouter
+from taskfleet.routing.group_reading import GroupReading
+from taskfleet.routing.groups import GroupRouter
 from taskfleet.routing.owners import consumers_key
 from taskfleet.routing.topology import Topology
 from taskfleet.sidecar import Sidecar
