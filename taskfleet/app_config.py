@@ -19,6 +19,7 @@ from taskfleet.config.app_settings import SETTINGS_ATTR, settings_of
 from taskfleet.config.sharding import load_sharding_settings
 from taskfleet.routing.priority import ALL_PRIORITY_STEPS, DEFAULT_PRIORITY
 from taskfleet.routing.stock_transport import STOCK_TRANSPORT_PATH
+from taskfleet.routing.sweep_schedule import group_sweep_schedule
 from taskfleet.routing.topology import DEFAULT_INBOX, Pool, Topology, pool_for_kind
 from taskfleet.routing.transport import TRANSPORT_PATH
 from taskfleet.scheduler.schedule import autoscale_schedule
@@ -116,7 +117,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_hijack_root_logger": False,
         "broker_transport_options": {"visibility_timeout": settings.visibility_timeout},
         # The autoscaler tick (issue 7) and the alert evaluation (issue 22).
-        "beat_schedule": autoscale_schedule() | alert_schedule(),
+        "beat_schedule": autoscale_schedule() | alert_schedule() | group_sweep_schedule(settings),
     }
     if settings.broker_is_redis:
         config["broker_transport"] = redis_transport_path(settings)

@@ -19,8 +19,8 @@ from typing import Any, Final
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from taskfleet.config.beat import periodic_entry
 from taskfleet.config.settings import load_validated
-from taskfleet.routing.priority import MAX_PRIORITY
 
 ALERT_ENV_PREFIX = "TASKFLEET_ALERT_"
 DEFAULT_ALERT_ENABLED = False
@@ -56,8 +56,6 @@ def load_alert_settings(**overrides: object) -> AlertSettings:
 
 ALERT_TASK: Final = "observability.alert_tick"
 SCHEDULE_NAME: Final = "taskfleet-alerts"
-#: The evaluation jumps ahead of queued I/O jobs: a backlog must not delay its own alert.
-ALERT_PRIORITY: Final = MAX_PRIORITY
 
 
 def alert_schedule(settings: AlertSettings | None = None) -> dict[str, Any]:
@@ -71,10 +69,4 @@ def alert_schedule(settings: AlertSettings | None = None) -> dict[str, Any]:
     chosen = settings or load_alert_settings()
     if not chosen.enabled:
         return {}
-    return {
-        SCHEDULE_NAME: {
-            "task": ALERT_TASK,
-            "schedule": chosen.interval_s,
-            "options": {"expires": chosen.interval_s, "priority": ALERT_PRIORITY},
-        }
-    }
+    return periodic_entry(SCHEDULE_NAME, ALERT_TASK, chosen.interval_s)

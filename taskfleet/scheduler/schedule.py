@@ -5,12 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from taskfleet.config.autoscale import AutoscaleSettings, load_autoscale_settings
-from taskfleet.routing.priority import MAX_PRIORITY
+from taskfleet.config.beat import TICK_PRIORITY, periodic_entry
 
 TICK_TASK = "scheduler.autoscale_tick"
 SCHEDULE_NAME = "taskfleet-autoscale"
-#: Ticks jump ahead of queued I/O jobs (9 is the most urgent priority).
-TICK_PRIORITY = MAX_PRIORITY
+__all__ = ["SCHEDULE_NAME", "TICK_PRIORITY", "TICK_TASK", "autoscale_schedule"]
 
 
 def autoscale_schedule(settings: AutoscaleSettings | None = None) -> dict[str, Any]:
@@ -24,10 +23,4 @@ def autoscale_schedule(settings: AutoscaleSettings | None = None) -> dict[str, A
     chosen = settings or load_autoscale_settings()
     if not chosen.enabled:
         return {}
-    return {
-        SCHEDULE_NAME: {
-            "task": TICK_TASK,
-            "schedule": chosen.interval,
-            "options": {"expires": chosen.interval, "priority": TICK_PRIORITY},
-        }
-    }
+    return periodic_entry(SCHEDULE_NAME, TICK_TASK, chosen.interval)

@@ -25,6 +25,7 @@ JOB_MODULES: Final[tuple[str, ...]] = (
     "taskfleet.tasks.sandbox_jobs",
     "taskfleet.scheduler.tasks",
     "taskfleet.observability.alert_tasks",
+    "taskfleet.routing.sweep_tasks",
 )
 #: Modules of jobs that fail, hold or kill their worker on purpose (``diag.*``): imported
 #: after :data:`JOB_MODULES` only when ``TASKFLEET_DIAG_JOBS`` is true (tests, chaos runs).
@@ -76,6 +77,8 @@ JOB_POOLS: Final[Mapping[str, Pool]] = MappingProxyType(
         "scheduler.autoscale_tick": IO,
         # taskfleet.observability.alert_tasks (ALERT_TASK)
         "observability.alert_tick": IO,
+        # taskfleet.routing.sweep_tasks (GROUP_SWEEP_TASK)
+        "routing.group_sweep": IO,
     }
 )
 

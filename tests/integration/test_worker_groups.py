@@ -27,6 +27,7 @@ from taskfleet.config.groups import GroupSettings, group_queue
 from taskfleet.ratelimit.admission import WATCH_PREFIX
 from taskfleet.resilience.diag_keys import record_log_key, record_release_key
 from taskfleet.routing.amqp_groups import AmqpGroupReader
+from taskfleet.routing.amqp_sweep import NO_CONSUMER_SINCE, sweep_amqp
 from taskfleet.routing.groups import GroupRouter
 from taskfleet.routing.owners import consumers_key
 from taskfleet.workers.profiles import WorkerProfile, cpu_profile
@@ -256,3 +257,56 @@ def test_on_rabbitmq_the_broker_s_own_consumers_decide_the_failover(
             for queue in queues.values():
                 queue.delete()
             reader.close()
+
+
+@pytest.mark.rabbitmq
+def test_on_rabbitmq_the_beat_s_sweep_moves_a_dead_group_s_jobs(
+    amqp_env: dict[str, str], redis_client: redis.Redis
+) -> None:
+    from kombu import Connection, Consumer, Queue
+
+    url = amqp_env["TASKFLEET_BROKER_URL"]
+    base = f"cpu-sweep-amqp-{uuid.uuid4().hex[:8]}"
+    eu, us = (group_queue(base, g) for g in GROUPS)
+    pools = {base: [eu, us]}
+    grace = HEARTBEAT_TTL_S * 2
+    reader = AmqpGroupReader(url)
+    mover = Connection(url, transport_options={"confirm_publish": True})
+    args = {"x-max-priority": 9}
+    with Connection(url) as setup, Connection(url) as us_worker:
+        queues = [
+            Queue(n, channel=setup.default_channel, queue_arguments=args) for n in pools[base]
+        ]
+        for queue in queues:
+            queue.declare()
+        try:
+            with setup.Producer() as producer:
+                for i, priority in enumerate([1, 5, 9, 5, 1]):
+                    producer.publish({"i": i}, routing_key=eu, priority=priority, retry=True)
+            consumer = Consumer(us_worker.channel(), [Queue(us, queue_arguments=args)])
+            consumer.register_callback(lambda body, message: None)
+            consumer.consume()
+            wait_for(lambda: reader([us])[us].consumers == 1, DEADLINE_S, "us's consumer")
+
+            def sweep(now: float) -> int:
+                return sweep_amqp(reader, mover, redis_client, pools, now=now, ttl=HEARTBEAT_TTL_S)
+
+            assert sweep(1000.0) == 0  # eu first seen without a consumer: not yet
+            assert sweep(1000.0 + grace / 2) == 0
+            assert reader([eu])[eu].backlog == 5
+            assert sweep(1000.0 + grace) == 5
+            assert sweep(1000.0 + grace + 1) == 0  # nothing left to move
+            us_worker.release()  # its unacked deliveries go back to the queue
+            wait_for(lambda: reader([us])[us] == (5, 0.0, 0), DEADLINE_S, "5 jobs in us")
+            with setup.SimpleQueue(Queue(us, queue_arguments=args)) as moved:
+                got = [moved.get(timeout=DEADLINE_S) for _ in range(5)]
+            assert sorted(m.payload["i"] for m in got) == [0, 1, 2, 3, 4]
+            assert [m.properties["priority"] for m in got] == [9, 5, 5, 1, 1]  # kept
+            for message in got:
+                message.ack()
+        finally:
+            for queue in queues:
+                queue.delete()
+            redis_client.hdel(NO_CONSUMER_SINCE, eu, us)
+            reader.close()
+            mover.release()

@@ -242,3 +242,24 @@ def test_the_sweep_moves_a_dead_groups_jobs_to_the_least_backlogged_live_one(
     count = sweep(broker.execute, sweep_pools(), now, ttl)
     assert broker.moves == moved
     assert count == (4 if moved else 0)
+
+
+def test_the_amqp_sweep_is_scheduled_only_for_groups_on_rabbitmq() -> None:
+    from taskfleet.config import load_settings
+    from taskfleet.config.resilience import load_resilience_settings
+    from taskfleet.routing.sweep_schedule import GROUP_SWEEP_TASK, group_sweep_schedule
+
+    services = {
+        "redis_url": "redis://127.0.0.1:1/0",
+        "database_url": "postgresql://x@127.0.0.1:1/x",
+    }
+    amqp = load_settings(broker_url="amqp://guest:guest@127.0.0.1:1//", **services)
+    on_redis = load_settings(broker_url="redis://127.0.0.1:1/0", **services)
+    groups = GroupSettings(worker_groups=["eu", "us"])
+    resilience = load_resilience_settings(reclaim_interval=1.5)
+    [entry] = group_sweep_schedule(amqp, groups, resilience).values()
+    assert entry["task"] == GROUP_SWEEP_TASK
+    assert entry["schedule"] == 1.5
+    assert entry["options"]["expires"] == 1.5
+    assert group_sweep_schedule(on_redis, groups, resilience) == {}  # the sidecars sweep
+    assert group_sweep_schedule(amqp, GroupSettings(), resilience) == {}
