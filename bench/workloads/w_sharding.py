@@ -29,7 +29,7 @@ from bench.report import NOT_AVAILABLE, Table
 from bench.services import services
 from bench.workloads.base import Options, failure
 from taskfleet.config.sharding import parse_database_urls
-from taskfleet.devstack.pgcluster import PgCluster, start_cluster
+from taskfleet.devstack.pgcluster import PgCluster, add_replica, start_cluster
 from taskfleet.results.persister import ResultPersister
 from taskfleet.results.store import ensure_schema
 from taskfleet.sharding.cluster import ShardCluster, shard_engine
@@ -181,6 +181,12 @@ def run(quick: bool = False, redis_url: str | None = None) -> dict[str, Any]:
                 rate, cpu = _drain_rate(client, servers, shards, rows, batch)
                 out["rows_per_s"][label], out["cpu_us_per_row"][label] = round(rate), round(cpu, 1)
         out |= _rebalance_and_query(client, servers, rows)
+        for index in range(max(SHARD_COUNTS)):  # then every primary streams to a replica
+            add_replica(servers, base, index)
+        for shards in SHARD_COUNTS:
+            rate, cpu = _drain_rate(client, servers, shards, rows, BATCH * shards)
+            label = f"{shards}r"
+            out["rows_per_s"][label], out["cpu_us_per_row"][label] = round(rate), round(cpu, 1)
     finally:
         servers.stop_all()
         shutil.rmtree(base, ignore_errors=True)
@@ -205,9 +211,12 @@ def table(options: Options) -> Table:
     for shards in runs[0]["rows_per_s"]:
         rate = statistics.median(r["rows_per_s"][shards] for r in runs)
         cpu = statistics.median(r["cpu_us_per_row"][shards] for r in runs)
-        label = "unsharded ResultPersister" if shards == "0" else f"{shards.rstrip('x')} shard(s)"
-        if shards.endswith("x"):
+        count = shards.rstrip("xr")
+        label = "unsharded ResultPersister" if shards == "0" else f"{count} shard(s)"
+        if shards.endswith(("x", "r")):
             label += f", batch {BATCH} per shard"
+        if shards.endswith("r"):
+            label += ", each primary streaming to a replica"
         result.rows.append([f"persister drain, {label}", f"{rate:,.0f} rows/s", "",
                             f"x{rate / one:.2f} of 1 shard; persister CPU {cpu} µs/row"])  # fmt: skip
     for name, key, unit in (

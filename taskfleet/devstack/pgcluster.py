@@ -143,11 +143,17 @@ def start_cluster(base: Path, primaries: int, replica_of: tuple[int, ...] = ()) 
             server.init()
             server.start()
         for i in replica_of:
-            replica = PgServer(base / f"replica{i}", free_port(), run_as)
-            cluster.replicas[i] = replica
-            replica.base_backup_of(cluster.primaries[i])
-            replica.start()
+            add_replica(cluster, base, i)
     except BaseException:
         cluster.stop_all()
         raise
     return cluster
+
+
+def add_replica(cluster: PgCluster, base: Path, index: int) -> PgServer:
+    """Start a streaming replica of primary ``index`` (``base / replica<index>``)."""
+    replica = PgServer(base / f"replica{index}", free_port(), cluster.primaries[index].run_as)
+    cluster.replicas[index] = replica
+    replica.base_backup_of(cluster.primaries[index])
+    replica.start()
+    return replica

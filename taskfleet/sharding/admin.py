@@ -1,4 +1,5 @@
-"""Operator commands on the cluster: promote a replica, and the status of every shard."""
+"""Operator commands on the cluster: promote a replica, and the status of every shard (which
+fences a demoted primary it finds answering)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from sqlalchemy import text
 
 from taskfleet.resilience.storage import RedisStorage, StorageError
 from taskfleet.sharding.cluster import ShardCluster, shard_engine
+from taskfleet.sharding.fencing import fence
 from taskfleet.sharding.persister import BREAKER_PREFIX
 from taskfleet.sharding.query import ResultStore
 from taskfleet.sharding.shardmap import ShardMap, ensure_catalog, write_map
@@ -26,8 +28,9 @@ def promote(cluster: ShardCluster, shard: str) -> ShardMap:
     """Promote ``shard``'s replica (pg_promote) and write the map naming it the primary.
 
     Safe to run again after a crash between the two steps (a replica already promoted is
-    not promoted twice). The old primary must stay stopped: it would not be written any
-    more, and its rows written after the last replicated one are not on the new primary.
+    not promoted twice). Then :func:`taskfleet.sharding.fencing.fence` the old primary (the
+    CLI does; persisters do at their next map refresh): rows it took after the last one
+    replicated are not on the new primary.
 
     Raises:
         ValueError: ``shard`` is unknown or has no replica to promote.
@@ -84,6 +87,7 @@ def status(cluster: ShardCluster, client: redis.Redis | None) -> dict[str, Any]:
             "rows": rows.value.get(name),
             "error": rows.missing.get(name),
             "promoted": name in shard_map.promoted,
+            "old_primary": fence(cluster, name) if name in shard_map.promoted else None,
             "replica_lag_s": cluster.replica_lag(name, cached=False),
             "breaker": breaker_state(client, name) if client is not None else "unknown",
         }

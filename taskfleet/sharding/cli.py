@@ -17,6 +17,7 @@ from taskfleet.config.sharding import load_sharding_settings
 from taskfleet.sharding.admin import promote as promote_shard
 from taskfleet.sharding.admin import status as cluster_status
 from taskfleet.sharding.cluster import ShardCluster
+from taskfleet.sharding.fencing import FENCED, fence, fence_demoted
 from taskfleet.sharding.query import DEFAULT_QUERY_LIMIT, ResultStore, ShardAnswer
 from taskfleet.sharding.rebalance import DEFAULT_GRACE_S, rebalance
 
@@ -139,6 +140,21 @@ def promote(shard: Annotated[str, typer.Argument(help="The shard, e.g. shard1")]
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(EXIT_FAILED) from None
     typer.echo(f"{shard}: replica promoted; map version {new_map.version}")
+    old = fence(cluster, shard)
+    typer.echo(
+        f"{shard}: old primary {old}" + (" (fenced when seen again)" if old != FENCED else "")
+    )
+
+
+@shards_cli.command("fence")
+def fence_command() -> None:
+    """Make every promoted shard's old primary refuse writes (read-only), where it answers."""
+    with _cluster(sharded_only=True) as cluster:
+        outcomes = fence_demoted(cluster)
+    for shard, outcome in outcomes.items():
+        typer.echo(f"{shard}: old primary {outcome}")
+    if not outcomes:
+        typer.echo("no shard has been promoted")
 
 
 GraceOpt = Annotated[
@@ -146,11 +162,11 @@ GraceOpt = Annotated[
 ]
 
 
-def _move(target: Any, grace: float) -> None:
+def _move(target: Any, grace: float, assign: dict[int, str] | None = None) -> None:
     with _cluster(sharded_only=True) as cluster:
         shards = target(cluster)
         try:
-            move = rebalance(cluster, shards, grace_s=grace)
+            move = rebalance(cluster, shards, grace_s=grace, assign=assign)
         except (ValueError, RuntimeError, SQLAlchemyError) as exc:
             typer.echo(f"error: {exc} (run the command again to resume)", err=True)
             raise typer.Exit(EXIT_FAILED) from None
@@ -176,3 +192,14 @@ def add(shard: Annotated[str, typer.Argument()], grace: GraceOpt = DEFAULT_GRACE
 def remove(shard: Annotated[str, typer.Argument()], grace: GraceOpt = DEFAULT_GRACE_S) -> None:
     """Move SHARD's rows to the other shards and take it out of the map."""
     _move(lambda cluster: [s for s in cluster.router.map.shards if s != shard], grace)
+
+
+@shards_cli.command("place")
+def place(
+    shard: Annotated[str, typer.Argument(help="The shard that gets them, e.g. shard2")],
+    logical: Annotated[list[int], typer.Argument(help="Logical shards (0..255)")],
+    grace: GraceOpt = DEFAULT_GRACE_S,
+) -> None:
+    """Put LOGICAL shards on SHARD (the map becomes a directory; the move as for add)."""
+    shards = lambda cluster: list(dict.fromkeys([*cluster.router.map.shards, shard]))  # noqa: E731
+    _move(shards, grace, dict.fromkeys(logical, shard))

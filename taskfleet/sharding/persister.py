@@ -18,7 +18,7 @@ import logging
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import redis
@@ -33,6 +33,7 @@ from taskfleet.results.persister import ResultPersister
 from taskfleet.results.store import ensure_schema, purge_expired_results
 from taskfleet.results.stream import PERSIST_GROUP, StreamEntry
 from taskfleet.sharding.cluster import ShardCluster
+from taskfleet.sharding.fencing import fence_demoted
 from taskfleet.sharding.shardmap import ShardRouter
 
 #: Name of a shard's write breaker (``taskfleet:breaker:`` + this in Redis).
@@ -101,6 +102,10 @@ class ShardedPersister(ResultPersister):
         self.map_refresh_s = map_refresh_s
         self._refreshed = time.monotonic()
         self._pool = ThreadPoolExecutor(len(cluster.names), thread_name_prefix="tf-shard")
+        #: Fences promoted shards' old primaries at each map refresh (fencing.py), on a thread
+        #: of its own: an unreachable old server must not delay the writes.
+        self._fencer = ThreadPoolExecutor(1, thread_name_prefix="tf-fence")
+        self._fencing: Future[dict[str, str]] | None = None
 
     def _purge(self) -> None:
         """The catalog's cache rows as unsharded; results past their retention on every shard.
@@ -172,6 +177,8 @@ class ShardedPersister(ResultPersister):
             self._refreshed = now
             if self.cluster.refresh():
                 self._ready.clear()
+            if self.cluster.router.map.promoted and (self._fencing is None or self._fencing.done()):
+                self._fencing = self._fencer.submit(fence_demoted, self.cluster)
         if self.held and now >= self._retry_at:
             self._retry_at = float("inf")
             self.reader.reset()
@@ -181,3 +188,4 @@ class ShardedPersister(ResultPersister):
         """Stop as :meth:`ResultPersister.stop`, then end the shard threads."""
         super().stop(timeout)
         self._pool.shutdown(wait=False)
+        self._fencer.shutdown(wait=False)

@@ -22,10 +22,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, select
+from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, select, text
 from sqlalchemy.dialects.postgresql import JSONB, insert
 
 from taskfleet.results.store import ensure_schema
@@ -38,12 +38,14 @@ from taskfleet.sharding.shardmap import (
     load_map,
     write_map,
 )
-from taskfleet.sharding.strategies import strategy_named
+from taskfleet.sharding.strategies import Directory, strategy_named
 
 MOVES_TABLE = "taskfleet_shard_moves"
 #: Default wait between the switch and the second copy: one persister map refresh and more.
 DEFAULT_GRACE_S = 15.0
 STEPS = ("plan", "copy", "switch", "settle", "delete", "done")
+DIRECTORY = Directory().name
+ADD_STRATEGY_COLUMN = text(f"ALTER TABLE {MOVES_TABLE} ADD COLUMN IF NOT EXISTS strategy text")
 
 moves_metadata = MetaData()
 moves_table = Table(
@@ -53,6 +55,8 @@ moves_table = Table(
     Column("shards", JSONB, nullable=False),
     Column("placement", JSONB, nullable=False),
     Column("step", String, nullable=False),
+    # Added with ``taskfleet shards place`` (a move may change the strategy to directory).
+    Column("strategy", String, nullable=True),
     Column("copied", Integer, nullable=False, server_default="0"),
     Column("deleted", Integer, nullable=False, server_default="0"),
 )
@@ -90,6 +94,7 @@ def _save(cluster: ShardCluster, move: Move) -> None:
         "version": move.target.version,
         "shards": list(move.target.shards),
         "placement": list(move.target.placement),
+        "strategy": move.target.strategy,
         "step": move.step,
         "copied": move.copied,
         "deleted": move.deleted,
@@ -103,11 +108,34 @@ def _save(cluster: ShardCluster, move: Move) -> None:
         conn.execute(statement)
 
 
-def plan(cluster: ShardCluster, shards: Sequence[str]) -> Move:
-    """The unfinished move if there is one (resume it), else a new one to ``shards``.
+def target_placement(
+    current: ShardMap, shards: Sequence[str], assign: Mapping[int, str] | None = None
+) -> tuple[str, tuple[str, ...]]:
+    """The strategy and placement of the next map over ``shards``.
+
+    ``assign`` (logical shard -> shard, ``taskfleet shards place``) makes the map a
+    ``directory``: the current placement with those entries changed. A directory map stays
+    one: a later ``add`` or ``remove`` keeps every entry whose shard remains, and places the
+    others round-robin.
+    """
+    if assign is None and current.strategy != DIRECTORY:
+        return current.strategy, strategy_named(current.strategy).place(
+            list(shards), len(current.placement)
+        )
+    table = {i: s for i, s in enumerate(current.placement) if s in shards}
+    table |= dict(assign or {})
+    return DIRECTORY, Directory(table).place(list(shards), len(current.placement))
+
+
+def plan(
+    cluster: ShardCluster, shards: Sequence[str], assign: Mapping[int, str] | None = None
+) -> Move:
+    """The unfinished move if there is one (resume it), else a new one to ``shards``
+    (``assign``: see :func:`target_placement`).
 
     Raises:
-        ValueError: a target shard is not configured.
+        ValueError: a target shard is not configured, or ``assign`` names a logical shard
+            out of range.
     """
     unknown = set(shards) - set(cluster.names)
     if unknown:
@@ -116,6 +144,7 @@ def plan(cluster: ShardCluster, shards: Sequence[str]) -> Move:
     ensure_catalog(catalog)
     with catalog.begin() as conn:
         moves_metadata.create_all(conn, checkfirst=True)
+        conn.execute(ADD_STRATEGY_COLUMN)  # a moves table from before the column
         row = conn.execute(
             select(moves_table).where(moves_table.c.step != "done").order_by(moves_table.c.version)
         ).first()
@@ -125,9 +154,11 @@ def plan(cluster: ShardCluster, shards: Sequence[str]) -> Move:
                           current.promoted)  # fmt: skip
         source = current if current.version < row.version else _previous(cluster, row.version)
         return Move(source, target, row.step, row.copied, row.deleted)
-    placement = strategy_named(current.strategy).place(list(shards), len(current.placement))
-    target = ShardMap(current.version + 1, current.strategy, tuple(shards), placement,
-                      current.promoted)  # fmt: skip
+    out_of_range = [i for i in assign or {} if not 0 <= i < len(current.placement)]
+    if out_of_range:
+        raise ValueError(f"logical shards are 0..{len(current.placement) - 1}: {out_of_range}")
+    strategy, placement = target_placement(current, shards, assign)
+    target = ShardMap(current.version + 1, strategy, tuple(shards), placement, current.promoted)
     if placement == current.placement and tuple(shards) == current.shards:
         return Move(current, current, "done")  # nothing to move: no new version
     move = Move(current, target, "plan")
@@ -163,9 +194,11 @@ def rebalance(
     *,
     grace_s: float = DEFAULT_GRACE_S,
     on_step: Callable[[Move], None] | None = None,
+    assign: Mapping[int, str] | None = None,
 ) -> Move:
-    """Move to ``shards`` (or finish the unfinished move), step by step (module docstring)."""
-    move = plan(cluster, shards)
+    """Move to ``shards`` (or finish the unfinished move), step by step (module docstring);
+    ``assign`` places given logical shards on given shards (:func:`target_placement`)."""
+    move = plan(cluster, shards, assign)
 
     def done(step: str) -> None:
         move.step = step

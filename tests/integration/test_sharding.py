@@ -16,15 +16,19 @@ from typing import Any
 
 import pytest
 import redis
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import NullPool
 from typer.testing import CliRunner
 
 from taskfleet.cli import cli
 from taskfleet.config.sharding import ShardEndpoints, parse_database_urls
 from taskfleet.devstack.pgcluster import PgCluster, start_cluster
 from taskfleet.resilience.storage import KEY_PREFIX
+from taskfleet.results.store import sqlalchemy_url
 from taskfleet.sharding.admin import promote, status
 from taskfleet.sharding.cluster import ShardCluster, shard_engine
+from taskfleet.sharding.fencing import FENCED, UNREACHABLE, fence
 from taskfleet.sharding.persister import BREAKER_PREFIX, ShardedPersister
 from taskfleet.sharding.query import ResultStore
 from tests.support.waiting import wait_for
@@ -344,6 +348,22 @@ def test_promotion_makes_the_replica_the_primary_in_the_map(
         assert report["shards"][shard]["promoted"] is True
         assert report["shards"][shard]["replica_lag_s"] is None
         assert report["shards"]["shard0"]["rows"] > 0
+        assert report["shards"][shard]["old_primary"] == UNREACHABLE  # still down
+        # The old primary comes back: the running persister fences it at its next map
+        # refresh, so a writer still on the old map could not write there.
+        old = pg.primaries[REPLICA_SHARD]
+        old.start()
+        old_engine = create_engine(sqlalchemy_url(old.url), poolclass=NullPool)
+
+        def read_only() -> bool:
+            with old_engine.connect() as conn:
+                return conn.execute(text("SHOW default_transaction_read_only")).scalar() == "on"
+
+        wait_for(read_only, LAND_TIMEOUT_S, "the demoted primary to be fenced")
+        with pytest.raises(DBAPIError, match="read-only transaction"), old_engine.begin() as conn:
+            conn.execute(text("CREATE TABLE fenced_write_probe (x int)"))
+        assert fence(admin, shard) == FENCED
+        old_engine.dispose()
     finally:
         running.stop()
         admin.dispose()

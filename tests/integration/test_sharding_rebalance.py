@@ -25,6 +25,7 @@ from taskfleet.devstack.pgcluster import PgCluster, start_cluster
 from taskfleet.sharding.cluster import ShardCluster
 from taskfleet.sharding.persister import ShardedPersister
 from taskfleet.sharding.rebalance import rebalance
+from taskfleet.sharding.strategies import logical_shard
 
 #: Runs a rebalance to every configured shard and SIGKILLs itself after step argv[2].
 CRASHING_REBALANCE = """
@@ -33,6 +34,7 @@ from taskfleet.cli import cli
 from taskfleet.config.sharding import parse_database_urls
 from taskfleet.sharding.cluster import ShardCluster
 from taskfleet.sharding.rebalance import rebalance
+from taskfleet.sharding.strategies import logical_shard
 
 cluster = ShardCluster.open(parse_database_urls(sys.argv[1]), "consistent")
 
@@ -126,3 +128,38 @@ def test_adding_a_shard_survives_two_crashes_and_moves_about_a_third(
     finally:
         before.dispose()
         after.dispose()
+
+
+def test_placing_logical_shards_by_hand_moves_exactly_them(
+    pg: PgCluster, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Runs after the test above: the map is on all three shards.
+    urls = ",".join(p.url for p in pg.primaries)
+    endpoints = parse_database_urls(urls)
+    cluster = ShardCluster.open(endpoints, "consistent")
+    keys = [f"celery-task-meta-p{i}" for i in range(400)]
+    try:
+        land(redis_client, cluster, keys)
+        placement = cluster.router.map.placement
+        chosen = sorted({logical_shard(k) for k in keys[:20]} - {
+            i for i, s in enumerate(placement) if s == "shard2"
+        })  # fmt: skip
+        monkeypatch.setenv("TASKFLEET_DATABASE_URLS", urls)
+        placed = CliRunner().invoke(
+            cli, ["shards", "place", "shard2", *map(str, chosen), "--grace", "0"]
+        )
+        assert placed.exit_code == 0, placed.output
+        assert f"{len(chosen)} logical shards moved" in placed.output
+        after = ShardCluster.open(endpoints, "consistent")
+        new = after.router.map
+        assert new.strategy == "directory"
+        assert [
+            i for i, (a, b) in enumerate(zip(placement, new.placement, strict=True)) if a != b
+        ] == chosen
+        assert all(new.placement[i] == "shard2" for i in chosen)
+        assert placement_counts(after, keys) == {"ok": 400, "lost": 0, "duplicated": 0}
+        # A directory stays one: the same shards again move nothing.
+        assert rebalance(after, after.names, grace_s=0).moved == {}
+        after.dispose()
+    finally:
+        cluster.dispose()
