@@ -39,7 +39,8 @@ CHILD_FLAG = "--child"
 
 def _measure(jobs: int, stamped: bool) -> float:
     """Median µs per job of prerun + postrun in this interpreter."""
-    from taskfleet.observability.jobs import SENT_AT_HEADER, on_task_postrun, on_task_prerun
+    from taskfleet.observability.jobs import on_task_postrun, on_task_prerun
+    from taskfleet.routing.wire import SENT_AT_HEADER
 
     tasks = []
     for kind in KINDS:

@@ -27,12 +27,10 @@ from typing import Any, Final
 from prometheus_client import Counter, Histogram
 
 from taskfleet.observability.labels import kind_label, state_label
+from taskfleet.routing.wire import SENT_AT_HEADER
 
 #: The variable prometheus-client reads its multiprocess folder from.
 MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
-#: A message header with the producer's ``time.time()`` at publish; a job whose message
-#: carries it records its queue wait.
-SENT_AT_HEADER: Final = "taskfleet_sent_at"
 #: Run time buckets (seconds): from a no-op job to a long sandbox run.
 RUN_BUCKETS: Final = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 #: Queue wait buckets (seconds): from an idle fleet to a long backlog.

@@ -16,9 +16,9 @@ from typing import Any, Final
 
 import redis
 
-from taskfleet.observability.jobs import SENT_AT_HEADER
 from taskfleet.routing.depth import redis_priority_key
 from taskfleet.routing.transport import ALL_PRIORITY_STEPS
+from taskfleet.routing.wire import SENT_AT_HEADER
 
 #: Hash: priority list key -> "<delivery tag> <first seen, Redis seconds>".
 TAILS_KEY: Final = "taskfleet:obs:tails"

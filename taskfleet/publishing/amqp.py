@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import ClassVar
 
@@ -38,6 +39,7 @@ PERSISTENT = 2
 def task_messages(jobs: PreparedJobs, client_id: str | None) -> list[TaskMessage]:
     """The protocol-v2 messages of prepared jobs: Celery's headers, the bodies as encoded."""
     messages = []
+    sent_at = time.time()
     for kind, job_id, body, priority, queue, key in jobs.rows():
         message = TaskMessage.build(
             kind,
@@ -46,7 +48,7 @@ def task_messages(jobs: PreparedJobs, client_id: str | None) -> list[TaskMessage
             job_id=job_id,
             priority=priority,
             queue=queue,
-            extra_headers=extra_headers(client_id, key),
+            extra_headers=extra_headers(client_id, key, sent_at),
         )
         message.body = body
         messages.append(message)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from taskfleet.routing.topology import Topology
+from taskfleet.routing.wire import SENT_AT_HEADER
 
 #: Message header naming who sent a job (``client_id``).
 CLIENT_HEADER = "taskfleet_client_id"
@@ -53,9 +54,14 @@ class PreparedJobs:
         )  # fmt: skip
 
 
-def extra_headers(client_id: str | None, idempotency_key: str | None = None) -> dict[str, Any]:
-    """The headers taskfleet adds to Celery's: the sender, and the key of a keyed job."""
+def extra_headers(
+    client_id: str | None, idempotency_key: str | None = None, sent_at: float | None = None
+) -> dict[str, Any]:
+    """The headers taskfleet adds to Celery's: the sender, the key of a keyed job, and the
+    publish time (``sent_at``; the Redis publisher stamps it in its templates)."""
     headers: dict[str, Any] = {}
+    if sent_at is not None:
+        headers[SENT_AT_HEADER] = round(sent_at, 6)
     if client_id is not None:
         headers[CLIENT_HEADER] = client_id
     if idempotency_key is not None:

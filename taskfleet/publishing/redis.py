@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 from collections.abc import Callable, Sequence
 from typing import ClassVar, NamedTuple
 
@@ -37,6 +38,11 @@ def _template(
     """The envelope template of a job and the priority sub-list it goes to."""
     template = EnvelopeTemplate(kind, queue, priority, extra_headers(client_id), keyed=keyed)
     return template, redis_priority_key(queue, priority)
+
+
+def _stamped(cached: tuple[EnvelopeTemplate, str], sent_at: float) -> tuple[EnvelopeTemplate, str]:
+    template, list_key = cached
+    return template.stamped(sent_at), list_key
 
 
 # A template holds its process's delivery-tag prefix: a forked child must build its own.
@@ -68,10 +74,11 @@ def encode(jobs: PreparedJobs, client_id: str | None) -> RedisBatch:
     lists: list[str] = []
     envelopes: list[bytes] = []
     found: dict[tuple[str, str, int, bool], tuple[EnvelopeTemplate, str]] = {}
+    sent_at = time.time()
     for kind, job_id, body, priority, queue, key in jobs.rows():
         shape = (kind, queue, priority, key is not None)
         template, list_key = found.get(shape) or found.setdefault(
-            shape, _template(kind, queue, priority, client_id, key is not None)
+            shape, _stamped(_template(kind, queue, priority, client_id, key is not None), sent_at)
         )
         lists.append(list_key)
         envelopes.append(template.render(job_id, body, key))

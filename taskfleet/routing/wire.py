@@ -178,6 +178,11 @@ _SINGLE_ARG_BODY = b"[[%s],{}," + encode_json(EMPTY_EMBED) + b"]"
 #: (a client id) from ever looking like a slot.
 _SLOT_MARK = f"@@slot-{uuid.uuid4().hex}:"
 _SLOT = re.compile(re.escape(_SLOT_MARK.encode()) + rb"(\w+)@@")
+#: The header a producer stamps with the publish time (epoch seconds, a JSON number): the
+#: queue-wait histogram and the oldest-job age read it.
+SENT_AT_HEADER = "taskfleet_sent_at"
+#: Stands for the publish time in a template until :meth:`EnvelopeTemplate.stamped`.
+_SENT_MARK = f"sent-at-{uuid.uuid4().hex}"
 #: Where the per-job values fall in the encoded envelope (the order of its dict's keys).
 _SLOTS_PLAIN = ("body", "id", "id", "id", "tag")
 _SLOTS_KEYED = ("body", "id", "id", "key", "id", "tag")
@@ -210,6 +215,7 @@ class EnvelopeTemplate:
         keyed: bool,
     ) -> None:
         headers = dict(extra_headers)
+        headers[SENT_AT_HEADER] = _SENT_MARK
         if keyed:
             headers["taskfleet_idempotency_key"] = _slot("key")
         message = TaskMessage.build(
@@ -227,10 +233,19 @@ class EnvelopeTemplate:
             at = slots.index("key")
             literals[at], literals[at + 1] = literals[at][:-1], literals[at + 1][1:]
         conversions = [b"%d" if name == "tag" else b"%s" for name in slots]
-        self._format = literals[0] + b"".join(
+        self.pattern = literals[0] + b"".join(
             conv + text for conv, text in zip(conversions, literals[1:], strict=True)
         )
         self.keyed = keyed
+        self.sent_mark = b'"' + _SENT_MARK.encode() + b'"'
+
+    def stamped(self, sent_at: float) -> EnvelopeTemplate:
+        """This template with the publish time filled in (once per batch and shape)."""
+        copy = object.__new__(EnvelopeTemplate)
+        copy.keyed = self.keyed
+        copy.sent_mark = self.sent_mark
+        copy.pattern = self.pattern.replace(self.sent_mark, repr(round(sent_at, 6)).encode())
+        return copy
 
     def render(self, job_id: str, body: bytes, idempotency_key: str | None = None) -> bytes:
         """The envelope of one job: its id, its JSON ``body``, and (keyed templates) its key."""
@@ -238,8 +253,8 @@ class EnvelopeTemplate:
         b64 = binascii.b2a_base64(body, newline=False)
         if self.keyed:
             key = encode_json(idempotency_key)
-            return self._format % (b64, jid, jid, key, jid, next(_tag_counter))
-        return self._format % (b64, jid, jid, jid, next(_tag_counter))
+            return self.pattern % (b64, jid, jid, key, jid, next(_tag_counter))
+        return self.pattern % (b64, jid, jid, jid, next(_tag_counter))
 
 
 def _slot(name: str) -> str:

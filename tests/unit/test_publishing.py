@@ -79,3 +79,25 @@ def test_a_forked_child_builds_its_own_envelope_templates() -> None:
         os._exit(0 if _template.cache_info().currsize == 0 else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_both_publishers_stamp_the_publish_time() -> None:
+    import json
+    import time
+
+    from taskfleet.publishing.amqp import task_messages
+    from taskfleet.publishing.base import PreparedJobs
+    from taskfleet.publishing.redis import encode
+    from taskfleet.routing.wire import SENT_AT_HEADER, encode_single_arg_body
+
+    body = encode_single_arg_body(None)
+    jobs = PreparedJobs(
+        ["cpu.noop", "cpu.noop"], ["a", "b"], [body, body], [5, 5], ["cpu", "cpu"], [None, "k"]
+    )
+    before = time.time()
+    envelopes = encode(jobs, "me").envelopes
+    messages = task_messages(jobs, "me")
+    after = time.time()
+    stamps = [json.loads(e)["headers"][SENT_AT_HEADER] for e in envelopes]
+    stamps += [m.headers[SENT_AT_HEADER] for m in messages]
+    assert all(before - 1e-6 <= stamp <= after + 1e-6 for stamp in stamps)

@@ -12,6 +12,7 @@ import pytest
 
 from taskfleet.routing.wire import (
     EMPTY_EMBED,
+    SENT_AT_HEADER,
     EnvelopeTemplate,
     TaskMessage,
     encode_json,
@@ -83,8 +84,12 @@ def test_single_arg_body_refuses_datetimes_by_name() -> None:
 def test_template_renders_what_task_message_encodes(priority: int, key: str | int | None) -> None:
     payload = {"n": priority, "text": "%d \u00e9"}
     template = EnvelopeTemplate("cpu.noop", "cpu-q", priority, EXTRA, keyed=key is not None)
-    rendered = template.render("job-1", encode_single_arg_body(payload), key)  # type: ignore[arg-type]
-    headers = dict(EXTRA) if key is None else {**EXTRA, "taskfleet_idempotency_key": key}
+    sent_at = 1_780_000_000.123456
+    stamped = template.stamped(sent_at)
+    rendered = stamped.render("job-1", encode_single_arg_body(payload), key)  # type: ignore[arg-type]
+    headers = {**EXTRA, SENT_AT_HEADER: sent_at}
+    if key is not None:
+        headers["taskfleet_idempotency_key"] = key
     reference = TaskMessage.build(
         "cpu.noop",
         [payload],
@@ -95,6 +100,7 @@ def test_template_renders_what_task_message_encodes(priority: int, key: str | in
         extra_headers=headers,
     )
     assert _without_tag(rendered) == _without_tag(reference.redis_envelope())
+    assert json.loads(rendered)["headers"][SENT_AT_HEADER] == sent_at
 
 
 def test_template_delivery_tags_are_unique_and_share_the_process_prefix() -> None:
