@@ -37,6 +37,12 @@ RUN pip install --require-hashes --no-deps -r requirements-uv.txt \
 WORKDIR /home/taskfleet
 USER 10001:10001
 
+# Healthy while the worker of the default command answers a ping (`taskfleet health
+# --worker`; exit 3, broker unreachable, is folded into Docker's 1). Compose gives each service
+# that runs another command its own check (or none: beat).
+HEALTHCHECK --interval=30s --timeout=30s --start-period=30s --retries=3 \
+    CMD taskfleet health --worker "cpu@$HOSTNAME" || exit 1
+
 # Default: the CPU worker (same argv as taskfleet.workers.profiles.cpu_profile).
 CMD ["celery", "-A", "taskfleet.app", "worker", "-P", "prefork", "-Q", "cpu", "-n", "cpu@%h", \
      "--prefetch-multiplier", "1", "-O", "fair", "-l", "INFO"]

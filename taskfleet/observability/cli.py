@@ -3,7 +3,9 @@ and ``taskfleet capacity`` (capacity planning per pool).
 
 ``taskfleet health`` exits with the fleet's state: 0 ready; 1 degraded (the services answer
 but a pool has no consumer, a job waits too long or results lag); 3 a service (broker, Redis,
-Postgres) does not answer; 2 bad configuration.
+Postgres) does not answer; 2 bad configuration. ``--worker cpu@host`` checks one worker
+instead (it answers a ping: 0, else 1; 3 the broker does not answer), the healthcheck of a
+worker's container.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ EXIT_USAGE: Final = 2
 EXIT_UNREACHABLE: Final = 3
 #: Checks whose failure means a service is down (exit 3), not a degraded fleet (exit 1).
 SERVICE_CHECKS: Final = frozenset({"broker", "redis", "postgres"})
+#: How long ``taskfleet health --worker`` waits for the worker's answer.
+WORKER_PING_TIMEOUT_S: Final = 5.0
 
 metrics_cli = typer.Typer(
     help="The host's /metrics, /healthz and /readyz endpoint.", no_args_is_help=True
@@ -75,11 +79,36 @@ def serve(
         server.server_close()
 
 
+def worker_check(name: str, timeout_s: float = WORKER_PING_TIMEOUT_S) -> list[Check]:
+    """Whether worker ``name`` (``cpu@host``) answers a ping: a container's liveness."""
+    try:
+        app = create_app(load_settings())
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_USAGE) from None
+    try:
+        with app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1)
+            replies = app.control.ping([name], timeout=timeout_s, connection=connection)
+    except Exception as exc:  # kombu's connection errors differ by transport
+        return [Check("broker", False, f"{type(exc).__name__}: {exc}")]
+    answered = any(name in reply for reply in replies)
+    detail = "answered a ping" if answered else f"no answer to a ping within {timeout_s:g}s"
+    return [Check("broker", True, "reachable"), Check(f"worker {name}", answered, detail)]
+
+
 def health(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    worker: Annotated[
+        str | None,
+        typer.Option(
+            "--worker",
+            help="Only whether this worker (cpu@host) answers a ping: a container's healthcheck.",
+        ),
+    ] = None,
 ) -> None:
     """Check readiness once: exit 0 ready, 1 degraded, 3 a service unreachable."""
-    checks = run_checks(_endpoint().probes)
+    checks = worker_check(worker) if worker else run_checks(_endpoint().probes)
     if as_json:
         typer.echo(json.dumps([c.__dict__ for c in checks], indent=2))
     else:

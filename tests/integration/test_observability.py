@@ -413,9 +413,9 @@ def test_readyz_fails_when_the_database_is_unreachable(fleets: dict[str, Served]
         watcher.close()
 
 
-def health_exit(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """``taskfleet health`` in a fresh process with ``env``."""
-    argv = [sys.executable, "-m", "taskfleet.cli", "health"]
+def health_exit(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``taskfleet health`` (with ``args``) in a fresh process with ``env``."""
+    argv = [sys.executable, "-m", "taskfleet.cli", "health", *args]
     return subprocess.run(
         argv, env={**os.environ, **env}, capture_output=True, text=True, timeout=60, check=False
     )
@@ -432,6 +432,22 @@ def test_taskfleet_health_exit_code_per_state(fleets: dict[str, Served]) -> None
     )
     assert down.returncode == 3, down.stdout + down.stderr
     assert "FAIL postgres" in down.stdout
+
+
+def test_taskfleet_health_for_one_worker(fleets: dict[str, Served]) -> None:
+    """``--worker NAME`` (a container's healthcheck): 0 it answers, 1 it does not, 3 no broker."""
+    fleet = fleets["prefork"].fleet
+    replies = fleet.app().control.ping(timeout=2)
+    [node] = [name for reply in replies for name in reply][:1]
+    answered = health_exit(fleet.env, "--worker", node)
+    assert answered.returncode == 0, answered.stdout + answered.stderr
+    assert f"ok   worker {node}: answered a ping" in answered.stdout
+    silent = health_exit(fleet.env, "--worker", "cpu@no-such-host")
+    assert silent.returncode == 1, silent.stdout + silent.stderr
+    dead = choose_port(None, set())
+    no_broker = {**fleet.env, "TASKFLEET_BROKER_URL": f"redis://{LOOPBACK}:{dead}/0"}
+    unreachable = health_exit(no_broker, "--worker", node)
+    assert unreachable.returncode == 3, unreachable.stdout + unreachable.stderr
 
 
 def test_readyz_goes_unready_when_a_pools_last_worker_stops(fleets: dict[str, Served]) -> None:

@@ -337,8 +337,7 @@ def test_healthchecks(name: str, services: dict[str, dict[str, Any]]) -> None:
     node = worker_options(as_argv(services[name]["command"]))["-n"]
     destination = node.replace("%h", "$HOSTNAME")
     argv = shlex.split(interpolate(command))
-    assert argv[:5] == ["celery", "-A", APP_PATH, "inspect", "ping"], argv
-    assert argv[argv.index("-d") + 1] == destination
+    assert argv == ["taskfleet", "health", "--worker", destination, "||", "exit", "1"], argv
 
 
 def test_no_literal_secrets(compose: dict[str, Any], services: dict[str, dict[str, Any]]) -> None:
@@ -396,6 +395,10 @@ def test_dockerfile(settings: Settings) -> None:
 
     cmd = json.loads(next(args for keyword, args in reversed(instructions) if keyword == "CMD"))
     options = worker_options(cmd)
+    # The image's healthcheck pings the worker its default command starts.
+    [check] = [args for keyword, args in instructions if keyword == "HEALTHCHECK"]
+    node = options["-n"].replace("%h", "$HOSTNAME")
+    assert check.split(" CMD ", 1)[1] == f'taskfleet health --worker "{node}" || exit 1', check
     assert options == profile_options(cpu_profile(settings), with_concurrency="-c" in options)
 
 
