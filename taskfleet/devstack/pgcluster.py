@@ -28,18 +28,21 @@ HOST = "127.0.0.1"
 USER = "postgres"
 DATABASE = "postgres"
 PROGRAM_TIMEOUT_S = 60.0
-#: Small and fast: no fsync (throwaway data), room for a replica's WAL sender.
+#: Room for a replica's WAL sender; throwaway servers (tests, benchmarks) add THROWAWAY_CONF.
 SERVER_CONF = """
 listen_addresses = '127.0.0.1'
 unix_socket_directories = ''
 port = {port}
-fsync = off
-full_page_writes = off
 wal_level = replica
 max_wal_senders = 4
 wal_keep_size = '64MB'
 max_connections = 60
 shared_buffers = '16MB'
+"""
+#: Small and fast: no fsync, for data nobody keeps.
+THROWAWAY_CONF = """
+fsync = off
+full_page_writes = off
 """
 
 
@@ -80,13 +83,15 @@ class PgServer:
             shutil.chown(self.data, self.run_as.uid, self.run_as.gid)
             prepare_root_permissions(self.data, pg_bin_dir())
 
-    def init(self) -> None:
-        """initdb with trust auth, then our settings."""
+    def init(self, *, durable: bool = False) -> None:
+        """initdb with trust auth, then our settings (``durable``: keep fsync on)."""
         self._make_dir()
         self._run("initdb", "-D", str(self.data), "-U", USER, "--auth=trust", "--no-sync",
                   "--no-locale", "--encoding=UTF8", "--no-instructions")  # fmt: skip
         with (self.data / "postgresql.conf").open("a") as conf:
             conf.write(SERVER_CONF.format(port=self.port))
+            if not durable:
+                conf.write(THROWAWAY_CONF)
 
     def base_backup_of(self, primary: PgServer) -> None:
         """Make this a streaming replica of ``primary`` (pg_basebackup -R)."""

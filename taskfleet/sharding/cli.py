@@ -203,3 +203,39 @@ def place(
     """Put LOGICAL shards on SHARD (the map becomes a directory; the move as for add)."""
     shards = lambda cluster: list(dict.fromkeys([*cluster.router.map.shards, shard]))  # noqa: E731
     _move(shards, grace, dict.fromkeys(logical, shard))
+
+
+def _embedded() -> Any:
+    from taskfleet.devstack.shards import EmbeddedShards
+
+    try:
+        return EmbeddedShards(load_settings().data_dir)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_USAGE) from None
+
+
+@shards_cli.command("up")
+def up(
+    count: Annotated[int, typer.Argument(help="Primaries (1-16)")],
+    replicas: Annotated[
+        bool, typer.Option("--replicas", help="A streaming replica for each")
+    ] = False,
+) -> None:
+    """Start COUNT embedded primaries (and replicas) and print their TASKFLEET_DATABASE_URLS."""
+    from taskfleet.devstack.common import DevStackError
+
+    try:
+        cluster = _embedded().up(count, replicas=replicas)
+    except (ValueError, DevStackError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_FAILED) from None
+    typer.echo(f"{count} embedded shard(s) running; export TASKFLEET_DATABASE_URLS:", err=True)
+    typer.echo(cluster.database_urls)
+
+
+@shards_cli.command("down")
+def down() -> None:
+    """Stop the embedded shard servers (their data is kept)."""
+    stopped = _embedded().down()
+    typer.echo(f"stopped: {', '.join(stopped) or 'none running'}")
