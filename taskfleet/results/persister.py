@@ -62,6 +62,7 @@ from taskfleet.results.group_reader import (
 from taskfleet.results.quarantine import QUARANTINE_KEY, Quarantine
 from taskfleet.results.store import ensure_schema, purge_expired_results
 from taskfleet.results.stream import PERSIST_GROUP, PERSIST_STREAM, StreamEntry
+from taskfleet.workers.persister_watch import BEAT_INTERVAL_S, HEARTBEAT_FILE_ENV, Heartbeat
 
 DEFAULT_BATCH_SIZE = 500
 DEFAULT_BLOCK_MS = 100
@@ -123,6 +124,8 @@ class ResultPersister:
         self.stream = stream
         self.purge_interval_s = purge_interval_s
         self._last_purge = time.monotonic()
+        #: Touched every loop turn and retry, for the worker's watch (:func:`serve` sets it).
+        self.heartbeat = Heartbeat(None)
         self.client = client
         self.engine = engine
         self.reader = GroupReader(
@@ -194,6 +197,7 @@ class ResultPersister:
         return health
 
     def _cycle(self) -> None:
+        self.heartbeat.beat()
         if self.step(block_ms=self.block_ms) < self.batch_size:
             # Let a batch build up rather than paying a round of commands and a
             # transaction for a handful of rows.
@@ -210,6 +214,7 @@ class ResultPersister:
         purge_expired_results(self.engine)
 
     def _before_retry(self, state: RetryCallState) -> None:
+        self.heartbeat.beat()  # alive, waiting for a service: not stuck
         self._schema_ready = False
         self.reader.reset()
         delay = state.upcoming_sleep
@@ -237,7 +242,12 @@ class ResultPersister:
                 self.check_backlog()
 
     def _sleep(self, seconds: float) -> None:
-        self._stop.wait(seconds)
+        """Wait between retries, beating the heartbeat (a long wait is not a stall)."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0 and not self._stop.wait(
+            min(left, BEAT_INTERVAL_S)
+        ):
+            self.heartbeat.beat()
 
     def _run(self) -> None:
         retrying = Retrying(
@@ -308,6 +318,7 @@ def serve(persister: ResultPersister, parent_pid: int | None, name: str) -> None
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    persister.heartbeat = Heartbeat(os.environ.get(HEARTBEAT_FILE_ENV))
     persister.start()
     while not stop.wait(PARENT_CHECK_INTERVAL_S):
         if parent_pid is not None and os.getppid() != parent_pid:

@@ -23,12 +23,13 @@ from taskfleet.routing.bookkeeping import run_jobs_inline
 from taskfleet.workers.capacity import size_for_green_worker
 from taskfleet.workers.heap import settle_heap
 from taskfleet.workers.heartbeat import start_sidecar
+from taskfleet.workers.persister_watch import PersisterWatch, stuck_after
 from taskfleet.workers.pools import GREEN_POOLS, pool_kind
 from taskfleet.workers.profiles import DISABLE_PERSISTER_ENV
 from taskfleet.workers.resources import close_resources, open_resources
 
 log = logging.getLogger(__name__)
-_persister: subprocess.Popen[bytes] | None = None
+_persister: PersisterWatch | None = None
 _heartbeat: subprocess.Popen[bytes] | None = None
 #: The app these hooks serve (:func:`serve`); until then, the process-wide settings.
 _app: Celery | None = None
@@ -139,7 +140,8 @@ def close_child_pools(**_: Any) -> None:
 
 
 def start_persister(sender: Any = None, **_: Any) -> None:
-    """Start the process that drains finished results into Postgres in batches.
+    """Start the process that drains finished results into Postgres in batches, watched:
+    started again when it exits or stalls (``workers/persister_watch.py``).
 
     It is a separate process, not a thread: in a prefork worker the main process routes every
     message, and a busy thread there costs throughput through the GIL (measured: -20%).
@@ -149,8 +151,10 @@ def start_persister(sender: Any = None, **_: Any) -> None:
         return
     sharded = os.environ.get(DATABASE_URLS_ENV)
     module = "taskfleet.sharding.service" if sharded else "taskfleet.results.persister"
-    _persister = subprocess.Popen([sys.executable, "-m", module], close_fds=True)
-    log.info("taskfleet: result persister started (pid %s)", _persister.pid)
+    _persister = PersisterWatch([sys.executable, "-m", module], stuck_s=stuck_after())
+    _persister.start()
+    assert _persister.proc is not None
+    log.info("taskfleet: result persister started (pid %s)", _persister.proc.pid)
 
 
 def stop_main_process(**_: Any) -> None:
@@ -158,10 +162,6 @@ def stop_main_process(**_: Any) -> None:
     global _persister
     _land_result_writes()
     if _persister is not None:
-        _persister.terminate()
-        try:
-            _persister.wait(PERSISTER_STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            _persister.kill()
+        _persister.stop(PERSISTER_STOP_TIMEOUT_S)
         _persister = None
     close_resources()
