@@ -2,7 +2,7 @@
 # Both install exactly what uv.lock pins (hashes checked) into .venv on every run: a no-op
 # when nothing changed, and a clear failure when pyproject.toml and uv.lock disagree.
 # Needs Python 3.11+ only: no Docker, no services. `make test` also installs a few Debian
-# packages for two sandbox tests when missing (TEST_PACKAGES below). uv itself comes from PyPI, pinned by hash.
+# packages for three tests when missing (TEST_PACKAGES below). uv itself comes from PyPI, pinned by hash.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -56,22 +56,23 @@ STOCK_TRANSPORT_TESTS := tests/integration/test_priorities.py tests/integration/
 # Extra pytest arguments for both passes, e.g. PYTEST_ARGS="--basetemp /tmp/pt".
 PYTEST_ARGS ?=
 
-# Debian packages two sandbox tests need: a QEMU VM with a cgroup v2 kernel (tests/support/vm.py:
-# whole-run limits, which this host's cgroup v1 controllers cannot enforce) and runc, Docker's
-# runtime (tests/support/oci.py: the compose CPU worker's privileges). Installed when missing,
-# as root with apt-get on x86_64 (about 25 s); elsewhere the message says so and those tests
-# skip (they fail when CI is set).
-TEST_PACKAGES := qemu-system-x86 busybox-static linux-image-amd64 cpio file kmod runc
-TEST_TOOLS_MISSING = $(BIN)/python -c 'import sys; from tests.support import oci, vm; sys.exit(bool(vm.missing()) or not oci.available())'
+# Debian packages three tests need: a QEMU VM with a cgroup v2 kernel (tests/support/vm.py:
+# whole-run sandbox limits, which this host's cgroup v1 controllers cannot enforce), runc,
+# Docker's runtime (tests/support/oci.py: the compose CPU worker's privileges), and headless
+# Chromium (Flower's Broker page as a browser renders it). Installed when missing, as root
+# with apt-get on x86_64 (about 35 s); elsewhere the message says so and those tests skip
+# (they fail when CI is set).
+TEST_PACKAGES := qemu-system-x86 busybox-static linux-image-amd64 cpio file kmod runc chromium
+TEST_TOOLS_MISSING = $(BIN)/python -c 'import shutil, sys; from tests.support import oci, vm; sys.exit(bool(vm.missing()) or not oci.available() or not shutil.which("chromium"))'
 
 test-tools: install
 	@$(TEST_TOOLS_MISSING) 2>/dev/null || { \
 		if [ "$$(id -u)" = 0 ] && [ "$$(uname -m)" = x86_64 ] && command -v apt-get >/dev/null; then \
-			echo "make: installing $(TEST_PACKAGES) for the VM and runc tests"; \
+			echo "make: installing $(TEST_PACKAGES) for the VM, runc and Chromium tests"; \
 			export DEBIAN_FRONTEND=noninteractive; \
 			apt-get install -y -q --no-install-recommends $(TEST_PACKAGES) >/dev/null || \
 			{ apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $(TEST_PACKAGES) >/dev/null; }; \
-		else echo "make: the VM and runc tests need $(TEST_PACKAGES) (Debian, x86_64): it will skip"; fi; }
+		else echo "make: the VM, runc and Chromium tests need $(TEST_PACKAGES) (Debian, x86_64): they will skip"; fi; }
 
 test: lint test-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -7,9 +7,12 @@ the CPU and I/O queues with their depths, every priority sub-list summed.
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -110,3 +113,34 @@ def test_broker_page_lists_cpu_and_io_with_their_depths(
     html = wait_for(page, PAGE_DEADLINE_S, "the Broker page to list both queues with their depths")
     assert "is not supported" not in html
     assert "redis://" in html  # the broker URL shown has a scheme, not a class path
+    # The same page as a person sees it: loaded and rendered by headless Chromium.
+    rendered = chromium_dom(flower_url.replace("://", f"://{USER}:{PASSWORD}@") + "/broker")
+    assert depth_on_page(rendered, cpu) == sum(CPU_JOBS.values()), rendered[-3000:]
+    assert depth_on_page(rendered, io) == sum(IO_JOBS.values())
+
+
+#: Headless, and nothing but the page: no background requests to anyone.
+CHROMIUM_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync",
+    "--disable-background-networking", "--disable-component-update", "--disable-extensions",
+    "--disable-default-apps", "--disable-domain-reliability", "--metrics-recording-only",
+    "--no-pings", "--disable-client-side-phishing-detection", "--dns-prefetch-disable",
+)  # fmt: skip
+CHROMIUM_TIMEOUT_S = 60.0
+
+
+def chromium_dom(url: str) -> str:
+    """The DOM of ``url`` after headless Chromium loaded and ran it (``--dump-dom``)."""
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    if binary is None:
+        reason = "needs Debian's chromium (`make test-tools` installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    with tempfile.TemporaryDirectory(prefix="tf-chromium-") as profile:
+        done = subprocess.run(
+            [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", url],
+            capture_output=True, text=True, timeout=CHROMIUM_TIMEOUT_S, check=False,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
