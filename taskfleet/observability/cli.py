@@ -106,9 +106,12 @@ def health(
             help="Only whether this worker (cpu@host) answers a ping: a container's healthcheck.",
         ),
     ] = None,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=0.1, help="Seconds --worker waits for the answer.")
+    ] = WORKER_PING_TIMEOUT_S,
 ) -> None:
     """Check readiness once: exit 0 ready, 1 degraded, 3 a service unreachable."""
-    checks = worker_check(worker) if worker else run_checks(_endpoint().probes)
+    checks = worker_check(worker, timeout) if worker else run_checks(_endpoint().probes)
     if as_json:
         typer.echo(json.dumps([c.__dict__ for c in checks], indent=2))
     else:

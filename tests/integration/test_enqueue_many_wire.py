@@ -24,7 +24,7 @@ from taskfleet.config import load_settings
 from taskfleet.routing import PriorityError, UnknownJobKind
 from taskfleet.routing.depth import redis_priority_key, redis_priority_keys
 from taskfleet.routing.transport import TRANSPORT_PATH
-from taskfleet.routing.wire import TaskMessage
+from taskfleet.routing.wire import SENT_AT_HEADER, TaskMessage
 from tests.support.waiting import wait_for
 
 PRIORITIES = (0, 2, 5, 9)
@@ -87,8 +87,10 @@ def _expected(
 
 
 def _without_tag(raw: bytes | str) -> dict[str, Any]:
+    """The envelope less what differs per publish: the delivery tag and the publish time."""
     envelope: dict[str, Any] = json.loads(raw)
     envelope["properties"].pop("delivery_tag")
+    envelope["headers"].pop(SENT_AT_HEADER, None)
     return envelope
 
 
@@ -109,6 +111,7 @@ def test_batch_lists_hold_per_job_envelopes_in_fifo_order(
         assert got_ids == want_ids, f"priority {priority}: not FIFO"
         for item, envelope in zip(raw, envelopes, strict=True):
             assert _without_tag(item) == expected[envelope["headers"]["id"]]
+            assert isinstance(envelope["headers"][SENT_AT_HEADER], float)  # stamped
     tags = [
         json.loads(item)["properties"]["delivery_tag"]
         for key in redis_priority_keys(queue)

@@ -437,12 +437,12 @@ def test_taskfleet_health_exit_code_per_state(fleets: dict[str, Served]) -> None
 def test_taskfleet_health_for_one_worker(fleets: dict[str, Served]) -> None:
     """``--worker NAME`` (a container's healthcheck): 0 it answers, 1 it does not, 3 no broker."""
     fleet = fleets["prefork"].fleet
-    replies = fleet.app().control.ping(timeout=2)
+    replies = wait_for(lambda: fleet.app().control.ping(timeout=0.5), 30, "a worker's answer")
     [node] = [name for reply in replies for name in reply][:1]
     answered = health_exit(fleet.env, "--worker", node)
     assert answered.returncode == 0, answered.stdout + answered.stderr
     assert f"ok   worker {node}: answered a ping" in answered.stdout
-    silent = health_exit(fleet.env, "--worker", "cpu@no-such-host")
+    silent = health_exit(fleet.env, "--worker", "cpu@no-such-host", "--timeout", "0.5")
     assert silent.returncode == 1, silent.stdout + silent.stderr
     dead = choose_port(None, set())
     no_broker = {**fleet.env, "TASKFLEET_BROKER_URL": f"redis://{LOOPBACK}:{dead}/0"}
