@@ -66,7 +66,14 @@ def _servers_in(workdir: Path, name: str) -> list[psutil.Process]:
 def _postmasters(stack: EmbeddedStack) -> list[psutil.Process]:
     procs = _servers_in(stack.pg_dir, "postgres")
     pids = {p.pid for p in procs}
-    return [p for p in procs if p.ppid() not in pids]
+    found = []
+    for proc in procs:
+        try:  # a backend may exit between the listing and this look (seen in a CI run)
+            if proc.ppid() not in pids:
+                found.append(proc)
+        except psutil.NoSuchProcess:
+            continue
+    return found
 
 
 def _pg_conninfo(urls: StackURLs) -> str:
