@@ -28,6 +28,7 @@ from taskfleet.cli.output import (
     settings,
 )
 from taskfleet.cli.sandbox_status import sandbox_status
+from taskfleet.config.resilience import get_resilience_settings
 from taskfleet.devstack.logfiles import tail
 from taskfleet.fleet import (
     DEFAULT_FLOWER_PORT,
@@ -43,6 +44,7 @@ from taskfleet.fleet import (
     read_status,
     signals_raise_interrupt,
 )
+from taskfleet.fleet.restarts import RestartPolicy, default_wait
 
 MAX_CONCURRENCY = 10_000
 
@@ -174,7 +176,10 @@ def up(
                     f"(gives up after {GIVE_UP_CRASHES} crashes within {GIVE_UP_WINDOW_S:.0f}s); "
                     "'taskfleet ps' shows restarts."
                 )
-                fleet.supervise(on_event=print_event)
+                backoff = get_resilience_settings().restart_backoff
+                fleet.supervise(
+                    on_event=print_event, policy=RestartPolicy(wait=default_wait(backoff))
+                )
             except KeyboardInterrupt:
                 console.print("stopping (Ctrl-C again to kill at once)...")
             except FleetError as exc:  # GaveUp included

@@ -38,6 +38,8 @@ DEFAULT_HEARTBEAT_INTERVAL_S = 2.0
 DEFAULT_HEARTBEAT_TTL_S = 8.0
 #: How often (jittered) each worker's sidecar looks for dead consumers to restore.
 DEFAULT_RECLAIM_INTERVAL_S = 1.5
+#: ``taskfleet up``: the first restart delay of a dead child (doubled per recent crash).
+DEFAULT_RESTART_BACKOFF_S = 0.5
 #: The TTL must cover this many missed heartbeats (a loaded host delays a few).
 MIN_HEARTBEATS_PER_TTL = 2
 BREAKER_SCHEMES = frozenset({"memory", "redis", "rediss"})
@@ -66,6 +68,13 @@ class ResilienceSettings(BaseSettings):
     heartbeat_interval: float = Field(DEFAULT_HEARTBEAT_INTERVAL_S, gt=0, le=60)
     heartbeat_ttl: float = Field(DEFAULT_HEARTBEAT_TTL_S, gt=0, le=600)
     reclaim_interval: float = Field(DEFAULT_RECLAIM_INTERVAL_S, gt=0, le=600)
+    restart_backoff: float = Field(
+        DEFAULT_RESTART_BACKOFF_S,
+        gt=0,
+        le=60,
+        description="taskfleet up: seconds before restarting a dead child, doubled per "
+        "recent crash of it",
+    )
 
     @field_validator("breaker_storage_url")
     @classmethod

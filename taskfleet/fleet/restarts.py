@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 from tenacity import RetryCallState, Retrying, wait_exponential
 from tenacity.wait import wait_base
 
-BACKOFF_INITIAL_S = 0.5
+from taskfleet.config.resilience import DEFAULT_RESTART_BACKOFF_S
+
+BACKOFF_INITIAL_S = DEFAULT_RESTART_BACKOFF_S
 """Delay before the first restart of a child (no other crash in the window)."""
 
 BACKOFF_MAX_S = 8.0
@@ -35,9 +37,10 @@ GIVE_UP_WINDOW_S = 60.0
 Clock = Callable[[], float]
 
 
-def default_wait() -> wait_base:
-    """The backoff: 0.5 s, 1 s, 2 s, 4 s, ... capped at :data:`BACKOFF_MAX_S`."""
-    return wait_exponential(multiplier=BACKOFF_INITIAL_S, max=BACKOFF_MAX_S)
+def default_wait(initial_s: float = BACKOFF_INITIAL_S) -> wait_base:
+    """The backoff: 0.5 s, 1 s, 2 s, 4 s, ... capped at :data:`BACKOFF_MAX_S` (``initial_s``:
+    ``TASKFLEET_RESILIENCE_RESTART_BACKOFF``)."""
+    return wait_exponential(multiplier=initial_s, max=BACKOFF_MAX_S)
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,9 @@ UP_READY_TIMEOUT_S = 120
 #: Generous bounds: they tell a restart from none on any machine (the time is printed).
 RECOVERY_TIMEOUT_S = 60
 JOB_TIMEOUT_S = 90
-#: Long enough for GIVE_UP_CRASHES restarts with their backoff (0.5+1+2+4 s) and starts.
+#: The first restart delay (0.1, 0.2, 0.4, 0.8 s): the tests wait on restarts, not backoff.
+RESTART_BACKOFF_S = 0.1
+#: Long enough for GIVE_UP_CRASHES restarts with their backoff and starts.
 GIVE_UP_TIMEOUT_S = 120
 STOP_TIMEOUT_S = 60
 PING_TIMEOUT_S = 0.5
@@ -122,6 +124,7 @@ def start_up(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Up:
         TASKFLEET_HARD_TIME_LIMIT="30",
         TASKFLEET_VISIBILITY_TIMEOUT="40",  # a job lost in a crash comes back soon
         TASKFLEET_DIAG_JOBS="true",  # diag.gate holds a job across a SIGTERM
+        TASKFLEET_RESILIENCE_RESTART_BACKOFF=str(RESTART_BACKOFF_S),
         TASKFLEET_METRICS_PORT=str(free_port()),  # up's metrics endpoint, off the default port
         COLUMNS="200",
         NO_COLOR="1",
