@@ -45,7 +45,7 @@ WORKER_START_TIMEOUT_S = 60.0
 WORKER_STOP_TIMEOUT_S = 20.0
 #: The session's fleets at the end of the run: nothing is asserted on their shutdown, and
 #: one may be reconnecting to a broker a disruptive test restarted.
-SESSION_FLEET_STOP_TIMEOUT_S = 5.0
+SESSION_FLEET_STOP_TIMEOUT_S = 2.0
 PING_TIMEOUT_S = 0.5
 #: Turns on the ``diag.*`` jobs (off by default: they fail or kill their worker on purpose),
 #: for the fleets of the tests that send them.
