@@ -18,8 +18,8 @@ healthy, jobs go to the group asked for, else the least backlogged one, and wait
 
 Readings are cached, as admission control's are (:mod:`taskfleet.ratelimit.admission`, whose
 head watch they share): one pipelined round trip per ``TASKFLEET_GROUP_REFRESH_MS`` at most,
-never one per enqueue. Until a first reading (or on a broker neither Redis nor RabbitMQ), every group
-counts as healthy and as empty.
+never one per enqueue. Until a first reading (or on a broker neither Redis nor RabbitMQ),
+every group counts as healthy and as empty.
 """
 
 from __future__ import annotations
@@ -38,9 +38,6 @@ from taskfleet.routing.depth import redis_priority_keys
 from taskfleet.routing.group_reading import GroupReader, GroupReading
 from taskfleet.routing.owners import consumers_key
 from taskfleet.routing.transport import ALL_PRIORITY_STEPS
-
-#: Broker URL schemes whose group readings come from RabbitMQ.
-AMQP_SCHEMES = ("amqp://", "amqps://", "pyamqp://")
 
 
 class GroupRouter:
@@ -187,7 +184,7 @@ def router_for(
     if broker.broker_is_redis:
         return GroupRouter(redis.Redis.from_url(broker_url), queues, settings, live_ttl=ttl)
     reader = None
-    if broker_url.startswith(AMQP_SCHEMES):
+    if broker.broker_is_amqp:
         from taskfleet.routing.amqp_groups import AmqpGroupReader
 
         reader = AmqpGroupReader(broker_url)
