@@ -23,8 +23,15 @@ from .support.workers import SESSION_FLEET_STOP_TIMEOUT_S, Fleet, running_fleet
 
 
 @pytest.fixture(scope="session")
-def services() -> Iterator[dict[str, str]]:
-    """Redis and Postgres URLs (configured or embedded), exported for this process too.
+def services(session_services: dict[str, str]) -> dict[str, str]:
+    """Redis and Postgres URLs (configured or embedded), exported for this process too."""
+    return session_services
+
+
+@pytest.fixture(scope="session")
+def session_services() -> Iterator[dict[str, str]]:
+    """What :func:`services` gives, under a name no test module overrides (the unit tests'
+    session asks for it; ``test_compose`` has a ``services`` of its own).
 
     An embedded stack this session started is stopped at its end (its data is kept).
     """
