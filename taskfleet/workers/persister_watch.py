@@ -105,7 +105,11 @@ class PersisterWatch:
         if code is not None:
             reason = f"exited with status {code}"
         else:
-            age = self.clock() - self.heartbeat.stat().st_mtime
+            try:
+                age = self.clock() - self.heartbeat.stat().st_mtime
+            except FileNotFoundError:  # removed under us (a /tmp cleaner): start counting anew
+                self.heartbeat.touch()
+                return None
             if age < self.stuck_s:
                 return None
             reason = f"made no progress for {age:.0f}s (TASKFLEET_PERSISTER_STUCK_S)"
@@ -123,7 +127,7 @@ class PersisterWatch:
         while not self._stop.wait(self.interval_s):
             try:
                 self.check()
-            except OSError as exc:  # e.g. the heartbeat file removed: say so, keep watching
+            except OSError as exc:  # e.g. /tmp not writable: say so, keep watching
                 log.warning("taskfleet: persister watch: %s", exc)
 
     def stop(self, timeout_s: float) -> None:

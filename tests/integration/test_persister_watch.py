@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -19,7 +20,7 @@ from taskfleet.client import Client
 from taskfleet.config import load_settings
 from taskfleet.results.persister import ResultPersister
 from taskfleet.results.stream import PERSIST_GROUP
-from taskfleet.workers.persister_watch import STUCK_ENV
+from taskfleet.workers.persister_watch import STUCK_ENV, PersisterWatch
 from taskfleet.workers.profiles import cpu_profile
 from tests.support.waiting import wait_for
 from tests.support.workers import Fleet
@@ -134,3 +135,23 @@ def test_a_consumer_group_deleted_under_the_persister_is_recreated(
     finally:
         persister.stop()
         redis_client.delete(stream, f"{stream}-q")
+
+
+def test_a_removed_heartbeat_file_is_recreated_not_taken_for_a_stall() -> None:
+    now = [1000.0]
+    watch = PersisterWatch(
+        [sys.executable, "-c", "import time; time.sleep(60)"], stuck_s=5, clock=lambda: now[0]
+    )
+    watch.proc = watch._spawn()
+    first = watch.proc.pid
+    try:
+        os.utime(watch.heartbeat, (now[0], now[0]))
+        watch.heartbeat.unlink()
+        assert watch.check() is None  # recreated, counted from now
+        assert watch.heartbeat.exists()
+        assert watch.proc.pid == first
+        now[0] = watch.heartbeat.stat().st_mtime + 6
+        assert watch.check() is not None  # a stall after that is still seen
+        assert watch.proc.pid != first
+    finally:
+        watch.stop(5)
