@@ -1,4 +1,4 @@
-"""Run Flower with a Broker page that works on taskfleet's Redis transport.
+"""Run Flower with a Broker page that works on taskfleet's brokers: Redis and RabbitMQ.
 
 Why the page said "'redis' broker is not supported": taskfleet's workers use their own
 kombu transport class (``broker_transport = "taskfleet.routing.transport:Transport"``), and
@@ -13,7 +13,19 @@ supported. ``--broker-api`` does not help: Flower reads it for RabbitMQ only.
 so its stock Redis broker client reads the queues, summing every priority sub-list
 (Flower reads ``priority_steps`` and the separator from ``broker_transport_options``, the
 same ones the workers use). Nothing else in Flower changes; Flower's own connection (events,
-control) still uses taskfleet's transport. ``taskfleet up`` starts Flower as
+control) still uses taskfleet's transport.
+
+On RabbitMQ the URI is fine (``amqp://``), but stock Flower reads queue depths from
+RabbitMQ's management HTTP API only (port 15672, or ``--broker-api``), a plugin many
+installations do not enable: the page then lists nothing. Unless ``--broker-api`` is given,
+:func:`install` makes Flower read them over AMQP instead
+(:mod:`taskfleet.observability.flower_amqp`): a passive ``queue.declare`` per queue answers
+its ready messages (every priority of the ``x-max-priority`` queue, one queue) and its
+consumers. AMQP cannot read unacknowledged (running) messages, so that column shows a dash
+and "Messages" counts the ready ones; a queue not declared yet is left out, as the API
+leaves it out. With ``--broker-api``, Flower's own management-API client stays.
+
+``taskfleet up`` starts Flower as
 ``python -m taskfleet.observability.flower_broker -A taskfleet.app flower ...``; importing
 this module changes nothing.
 """
@@ -41,8 +53,11 @@ def flower_uri(connection: Any, include_password: bool) -> str:
 
 
 def install() -> None:
-    """Make Flower build its broker client (and show its broker URL) from :func:`flower_uri`."""
+    """Make Flower build its broker client (and show its broker URL) from :func:`flower_uri`,
+    and read RabbitMQ's queues over AMQP when no ``--broker-api`` is given."""
     from flower.app import Flower
+
+    from taskfleet.observability.flower_amqp import patch_flower
 
     def uri(include_password: bool) -> property:
         def read(self: Any) -> str:
@@ -53,6 +68,7 @@ def install() -> None:
 
     Flower.broker_uri = uri(False)
     Flower.broker_uri_with_password = uri(True)
+    patch_flower()
 
 
 def main() -> None:

@@ -2,7 +2,9 @@
 
 A Flower of this test's own, on a free loopback port, through
 ``taskfleet.observability.flower_broker``, over queues no worker consumes: the page lists
-the CPU and I/O queues with their depths, every priority sub-list summed.
+the CPU and I/O queues with their depths, every priority summed. On Redis (every priority
+sub-list summed by Flower's Redis client) and on RabbitMQ without the management plugin
+(one ``x-max-priority`` queue each, read over AMQP by ``flower_amqp``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
+from html import unescape
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -26,7 +30,9 @@ from taskfleet.config import load_settings
 from taskfleet.devstack.common import choose_port
 from taskfleet.fleet.plan import FLOWER_SHIM
 from taskfleet.routing.depth import redis_priority_keys
+from taskfleet.routing.priority import MAX_PRIORITY
 from taskfleet.workers.profiles import APP_PATH
+from tests.support.services import delete_amqp_queues
 from tests.support.waiting import wait_for
 
 LOOPBACK = "127.0.0.1"
@@ -38,15 +44,20 @@ CPU_JOBS = {7: 3, 0: 2, 9: 1}
 IO_JOBS = {5: 4}
 
 
-@pytest.fixture
-def idle_env(redis_env: dict[str, str]) -> Iterator[dict[str, str]]:
+@pytest.fixture(params=["redis", "amqp"])
+def idle_env(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    """The broker's environment (``redis_env`` or ``amqp_env``) with queues of this test's own,
+    deleted afterwards."""
     suffix = uuid.uuid4().hex[:6]
     env = {
-        **redis_env,
+        **request.getfixturevalue(f"{request.param}_env"),
         "TASKFLEET_CPU_QUEUE": f"cpu-flower-{suffix}",
         "TASKFLEET_IO_QUEUE": f"io-flower-{suffix}",
     }
     yield env
+    if request.param == "amqp":
+        delete_amqp_queues(env)
+        return
     client = redis.Redis.from_url(env["TASKFLEET_BROKER_URL"])
     for queue in (env["TASKFLEET_CPU_QUEUE"], env["TASKFLEET_IO_QUEUE"]):
         client.delete(*redis_priority_keys(queue))
@@ -88,6 +99,14 @@ def depth_on_page(html: str, queue: str) -> int | None:
     return int(row.group(1)) if row else None
 
 
+def row_cells(html: str, queue: str) -> list[str]:
+    """The text of each cell in ``queue``'s row (entities decoded, tags dropped)."""
+    row = re.search(rf"<tr id=\"{re.escape(queue)}\">(.*?)</tr>", html, re.DOTALL)
+    assert row, f"no row for {queue}"
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", row.group(1), re.DOTALL)
+    return [unescape(re.sub(r"<[^>]+>", "", cell)).strip() for cell in cells]
+
+
 def test_broker_page_lists_cpu_and_io_with_their_depths(
     idle_env: dict[str, str], flower_url: str
 ) -> None:
@@ -104,6 +123,8 @@ def test_broker_page_lists_cpu_and_io_with_their_depths(
         for priority, count in jobs.items():
             for _ in range(count):
                 app.send_task("cpu.noop", queue=queue, priority=priority)
+    if settings.broker_is_amqp:
+        assert_declared_as_taskfleet_declares(app, (cpu, io))
 
     def page() -> str | None:
         html = httpx.get(f"{flower_url}/broker", auth=(USER, PASSWORD), timeout=10).text
@@ -112,11 +133,31 @@ def test_broker_page_lists_cpu_and_io_with_their_depths(
 
     html = wait_for(page, PAGE_DEADLINE_S, "the Broker page to list both queues with their depths")
     assert "is not supported" not in html
-    assert "redis://" in html  # the broker URL shown has a scheme, not a class path
+    # The broker URL shown has a scheme, not a class path.
+    assert ("amqp://" if settings.broker_is_amqp else "redis://") in html
+    if settings.broker_is_amqp:
+        # Read over AMQP: ready messages and consumers; unacked unknown (a dash); a queue
+        # never declared (the dead-letter queue: no worker started) left out.
+        io_jobs = str(sum(IO_JOBS.values()))
+        assert row_cells(html, io) == [io, io_jobs, "\u2014", io_jobs, "0", "\u2014"]
+        assert depth_on_page(html, f"{io}{settings.dlq_suffix}") is None
     # The same page as a person sees it: loaded and rendered by headless Chromium.
     rendered = chromium_dom(flower_url.replace("://", f"://{USER}:{PASSWORD}@") + "/broker")
     assert depth_on_page(rendered, cpu) == sum(CPU_JOBS.values()), rendered[-3000:]
     assert depth_on_page(rendered, io) == sum(IO_JOBS.values())
+
+
+def assert_declared_as_taskfleet_declares(app: Any, queues: tuple[str, ...]) -> None:
+    """``send_task`` declared each queue as taskfleet's topology does: re-declaring it with
+    that declaration (``x-max-priority``, dead-lettering) succeeds only if the arguments are
+    equal (RabbitMQ answers 406 PRECONDITION_FAILED otherwise), so every priority of a queue
+    is one RabbitMQ queue, whose depth is the sum."""
+    with app.connection_for_write() as conn:
+        channel = conn.channel()
+        for name in queues:
+            declared = app.amqp.queues[name]
+            assert declared.queue_arguments["x-max-priority"] == MAX_PRIORITY
+            declared(channel).declare()
 
 
 #: Headless, and nothing but the page: no background requests to anyone.
