@@ -15,6 +15,7 @@ from celery import states
 from taskfleet.async_results import ResultWaiter
 from taskfleet.client import Client, JobItem, Overloaded
 from taskfleet.handles import DEFAULT_RESULT_TIMEOUT_S, JobFailed, JobHandle, JobSpec
+from taskfleet.observability.tracing import publish_span
 from taskfleet.publishing import AsyncPublisher, PreparedJobs, async_publisher_for
 from taskfleet.routing.priority import Priority
 
@@ -52,10 +53,11 @@ class AsyncClient:
         if gate is not None:  # its Redis call runs off the event loop
             await asyncio.to_thread(gate.admit, jobs.queues, jobs.priorities, client_id)
         publisher = self._async_publisher()
-        if publisher is not None:
-            fresh = await publisher.publish(jobs, client_id)
-        else:
-            fresh = await asyncio.to_thread(client.publisher.publish, jobs, client_id)
+        with publish_span(client.tracer, jobs.kinds) as jobs.headers:
+            if publisher is not None:
+                fresh = await publisher.publish(jobs, client_id)
+            else:
+                fresh = await asyncio.to_thread(client.publisher.publish, jobs, client_id)
         return client.handles_for(jobs, fresh)
 
     async def enqueue(

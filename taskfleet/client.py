@@ -27,6 +27,7 @@ from taskfleet.config.app_settings import settings_of
 from taskfleet.config.groups import GroupSettings, get_group_settings
 from taskfleet.config.limits import LimitSettings, get_limit_settings
 from taskfleet.handles import DEFAULT_RESULT_TIMEOUT_S, JobFailed, JobHandle, JobSpec, PayloadError
+from taskfleet.observability.tracing import producer_tracer, publish_span
 from taskfleet.preparing import JobItem, JobPreparer
 from taskfleet.publishing import PreparedJobs, PublisherConfig, publisher_for
 from taskfleet.ratelimit.enqueue import EnqueueGate
@@ -36,6 +37,8 @@ from taskfleet.routing.priority import Priority, PriorityError
 from taskfleet.routing.topology import Topology, UnknownJobKind
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
+
     from taskfleet.routing.groups import GroupRouter
 
 
@@ -59,11 +62,14 @@ class Client(JobPreparer):
         limits: LimitSettings | None = None,
         group: str | None = None,
         groups: GroupSettings | None = None,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         """``client_id``: who this producer is, for calls that name none (the
         ``taskfleet_client_id`` header, the key of per-client limits); ``limits``: rate-limit
         and admission settings (default: ``TASKFLEET_LIMITS_*``); ``group``: the worker group
-        of calls that name none; ``groups``: group settings (default: from the environment)."""
+        of calls that name none; ``groups``: group settings (default: from the environment);
+        ``tracer_provider``: trace every call with it (default: the global provider when
+        ``TASKFLEET_TRACING`` is on, else no tracing; :mod:`taskfleet.observability.tracing`)."""
         # A light producer: the job table is data, and the default app declares no job and
         # installs no worker hook (no job module, middleware or worker hook is imported).
         from taskfleet.app_config import producer_app
@@ -92,6 +98,8 @@ class Client(JobPreparer):
         )
         self.publisher = publisher_for(self.publisher_config)
         self.client_id = client_id
+        #: Starts each call's PRODUCER span; None when not tracing.
+        self.tracer = producer_tracer(tracer_provider)
         queues = [self.topology.cpu_queue, self.topology.io_queue]
         #: Picks each job's worker group; None when no group is declared.
         self.router: GroupRouter | None = None
@@ -127,9 +135,10 @@ class Client(JobPreparer):
         Raises:
             Overloaded, RateLimited, BatchTooLarge: nothing was published.
         """
-        if self.gate is not None:
-            return self.gate.publish(jobs, client_id, self.publisher)
-        return self.publisher.publish(jobs, client_id)
+        with publish_span(self.tracer, jobs.kinds) as jobs.headers:
+            if self.gate is not None:
+                return self.gate.publish(jobs, client_id, self.publisher)
+            return self.publisher.publish(jobs, client_id)
 
     # -- publishing -----------------------------------------------------------------------
     def _before_publish(self, job_ids: Sequence[str]) -> None:

@@ -1,6 +1,7 @@
 """Where the metrics endpoint listens, its credentials, and the bounds ``/readyz`` checks.
 
-Read from ``TASKFLEET_METRICS_*``, ``TASKFLEET_READY_*`` and ``TASKFLEET_CAPACITY_*``. The endpoint binds to loopback
+Read from ``TASKFLEET_METRICS_*``, ``TASKFLEET_READY_*``, ``TASKFLEET_CAPACITY_*`` and
+``TASKFLEET_TRACING``. The endpoint binds to loopback
 by default; its basic-auth credentials come from ``TASKFLEET_METRICS_BASIC_AUTH``
 (``user:password``), from the environment only, never from a command line.
 """
@@ -49,6 +50,9 @@ class ObservabilitySettings(BaseSettings):
     ready_probe_timeout_s: float = Field(DEFAULT_PROBE_TIMEOUT_S, gt=0, le=30)
     capacity_target_wait_s: float = Field(DEFAULT_CAPACITY_TARGET_WAIT_S, ge=0)
     capacity_window_s: float = Field(DEFAULT_CAPACITY_WINDOW_S, gt=0)
+    tracing: bool = Field(
+        False, description="Trace jobs with OpenTelemetry (needs the taskfleet[tracing] extra)"
+    )
 
     @field_validator("metrics_basic_auth", mode="before")
     @classmethod

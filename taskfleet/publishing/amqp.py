@@ -48,7 +48,7 @@ def task_messages(jobs: PreparedJobs, client_id: str | None) -> list[TaskMessage
             job_id=job_id,
             priority=priority,
             queue=queue,
-            extra_headers=extra_headers(client_id, key, sent_at),
+            extra_headers=extra_headers(client_id, key, sent_at) | jobs.headers,
         )
         message.body = body
         messages.append(message)

@@ -37,6 +37,8 @@ class PreparedJobs:
     queues: list[str] = field(default_factory=list)
     #: Each job's idempotency key, None for an unkeyed job.
     keys: list[str | None] = field(default_factory=list)
+    #: Headers every job of the batch carries (its trace context; empty when not traced).
+    headers: dict[str, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.job_ids)

@@ -40,9 +40,11 @@ def _template(
     return template, redis_priority_key(queue, priority)
 
 
-def _stamped(cached: tuple[EnvelopeTemplate, str], sent_at: float) -> tuple[EnvelopeTemplate, str]:
+def _stamped(
+    cached: tuple[EnvelopeTemplate, str], sent_at: float, headers: dict[str, str]
+) -> tuple[EnvelopeTemplate, str]:
     template, list_key = cached
-    return template.stamped(sent_at), list_key
+    return template.stamped(sent_at, headers), list_key
 
 
 # A template holds its process's delivery-tag prefix: a forked child must build its own.
@@ -78,7 +80,10 @@ def encode(jobs: PreparedJobs, client_id: str | None) -> RedisBatch:
     for kind, job_id, body, priority, queue, key in jobs.rows():
         shape = (kind, queue, priority, key is not None)
         template, list_key = found.get(shape) or found.setdefault(
-            shape, _stamped(_template(kind, queue, priority, client_id, key is not None), sent_at)
+            shape,
+            _stamped(
+                _template(kind, queue, priority, client_id, key is not None), sent_at, jobs.headers
+            ),
         )
         lists.append(list_key)
         envelopes.append(template.render(job_id, body, key))

@@ -37,6 +37,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_e
 
 from taskfleet.cache.l1 import MemoryTier
 from taskfleet.config.settings import DEFAULT_RESULT_RETENTION_S
+from taskfleet.observability.tracing import result_write_span, tracing_enabled
 from taskfleet.results.pipelining import PipelinedScript
 from taskfleet.results.stream import PERSIST_STREAM
 
@@ -61,7 +62,8 @@ log = logging.getLogger(__name__)
 FINAL_STATE_MARKERS = tuple(f'"status": "{s}"' for s in ("SUCCESS", "FAILURE", "REVOKED"))
 
 #: Keep a stored SUCCESS; otherwise write the meta, notify waiters, and queue the durable copy.
-#: ARGV: meta, Redis TTL, durable retention (the stream's ``expires``; default: the TTL). A
+#: ARGV: meta, Redis TTL, durable retention (the stream's ``expires``; default: the TTL), and
+#: for a traced job the write's ``traceparent`` (the stream entry carries it). A
 #: full Redis (``noeviction``) refuses the first write (SET): no key, message or stream entry.
 STORE_RESULT_LUA = """
 local current = redis.call('GET', KEYS[1])
@@ -76,7 +78,12 @@ else
   redis.call('SET', KEYS[1], ARGV[1])
 end
 redis.call('PUBLISH', KEYS[1], ARGV[1])
-redis.call('XADD', KEYS[2], '*', 'key', KEYS[1], 'value', ARGV[1], 'expires', ARGV[3] or ARGV[2])
+if ARGV[4] then
+  redis.call('XADD', KEYS[2], '*', 'key', KEYS[1], 'value', ARGV[1], 'expires', ARGV[3] or ARGV[2],
+             'traceparent', ARGV[4])
+else
+  redis.call('XADD', KEYS[2], '*', 'key', KEYS[1], 'value', ARGV[1], 'expires', ARGV[3] or ARGV[2])
+end
 return 1
 """
 
@@ -99,6 +106,8 @@ class TaskfleetResultBackend(RedisBackend):  # type: ignore[misc]
         #: How long a write refused for memory is retried, and how often that happened.
         self.oom_retry_s = OOM_RETRY_S
         self.oom_refusals = 0
+        #: Whether a traced job's write gets a span (:mod:`taskfleet.observability.tracing`).
+        self.tracing = tracing_enabled()
 
     def _store_result(
         self,
@@ -126,10 +135,13 @@ class TaskfleetResultBackend(RedisBackend):  # type: ignore[misc]
         expires = self.failure_expires if state == states.FAILURE else self.expires
         keys = [self.get_key_for_task(task_id), PERSIST_STREAM]
         args = [value, int(expires or 0), self.retention]
-        if self._pipelined is not None:
-            self._pipelined.send(keys, args)
-        else:
-            self._store_now(keys, args)
+        with result_write_span(self.tracing) as traceparent:
+            if traceparent is not None:
+                args.append(traceparent)
+            if self._pipelined is not None:
+                self._pipelined.send(keys, args)
+            else:
+                self._store_now(keys, args)
         return result
 
     def _store_now(self, keys: list[str], args: list[Any]) -> None:

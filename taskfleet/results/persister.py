@@ -47,6 +47,12 @@ from taskfleet.config.cache import (
     DEFAULT_PERSIST_MAX_RETRY_DELAY_S,
     DEFAULT_PERSIST_STREAM_MAXLEN,
 )
+from taskfleet.observability.tracing import (
+    ensure_provider,
+    flush_spans,
+    persist_span,
+    tracing_enabled,
+)
 from taskfleet.results.backlog import (
     BacklogGuard,
     StreamHealth,
@@ -144,6 +150,8 @@ class ResultPersister:
         self.stream_maxlen = stream_maxlen
         self.max_retry_delay_s = max_retry_delay_s
         self.quarantine = Quarantine(client, quarantine_key)
+        #: Whether batches are traced (:mod:`taskfleet.observability.tracing`).
+        self.tracing = False
         self.written = 0
         self.quarantined = 0
         self.stored_as_text = 0
@@ -173,7 +181,9 @@ class ResultPersister:
 
     def step(self, block_ms: int | None = None, *, full: bool = False) -> int:
         """Write one batch (see :meth:`GroupReader.next_batch` for which entries)."""
-        return self._write(self.reader.next_batch(block_ms, full=full))
+        entries = self.reader.next_batch(block_ms, full=full)
+        with persist_span(self.tracing, entries):
+            return self._write(entries)
 
     def drain(self) -> int:
         """Write everything currently in the stream; return how many rows were written."""
@@ -319,12 +329,17 @@ def serve(persister: ResultPersister, parent_pid: int | None, name: str) -> None
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     persister.heartbeat = Heartbeat(os.environ.get(HEARTBEAT_FILE_ENV))
+    persister.tracing = tracing_enabled()
+    if persister.tracing:
+        ensure_provider("persister")
     persister.start()
     while not stop.wait(PARENT_CHECK_INTERVAL_S):
         if parent_pid is not None and os.getppid() != parent_pid:
             log.warning("%s: worker %s is gone; stopping", name, parent_pid)
             break
     persister.stop()
+    if persister.tracing:
+        flush_spans()
 
 
 if __name__ == "__main__":

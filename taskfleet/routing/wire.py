@@ -239,12 +239,17 @@ class EnvelopeTemplate:
         self.keyed = keyed
         self.sent_mark = b'"' + _SENT_MARK.encode() + b'"'
 
-    def stamped(self, sent_at: float) -> EnvelopeTemplate:
-        """This template with the publish time filled in (once per batch and shape)."""
+    def stamped(self, sent_at: float, headers: dict[str, str] | None = None) -> EnvelopeTemplate:
+        """This template with the publish time filled in (once per batch and shape), and
+        ``headers`` (a batch's trace context) added after it."""
         copy = object.__new__(EnvelopeTemplate)
         copy.keyed = self.keyed
         copy.sent_mark = self.sent_mark
-        copy.pattern = self.pattern.replace(self.sent_mark, repr(round(sent_at, 6)).encode())
+        value = repr(round(sent_at, 6)).encode()
+        for name, text in (headers or {}).items():  # more members of the same JSON object
+            member = encode_json(name) + b": " + encode_json(text)
+            value += b", " + member.replace(b"%", b"%%")
+        copy.pattern = self.pattern.replace(self.sent_mark, value)
         return copy
 
     def render(self, job_id: str, body: bytes, idempotency_key: str | None = None) -> bytes:

