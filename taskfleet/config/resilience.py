@@ -40,6 +40,9 @@ DEFAULT_HEARTBEAT_TTL_S = 8.0
 DEFAULT_RECLAIM_INTERVAL_S = 1.5
 #: ``taskfleet up``: the first restart delay of a dead child (doubled per recent crash).
 DEFAULT_RESTART_BACKOFF_S = 0.5
+#: ``taskfleet up`` restarts a worker whose process lives but which answered no ping for
+#: this long (its main loop is stopped, deadlocked, or blocked by a job that never yields).
+DEFAULT_WORKER_SILENCE_S = 60.0
 #: The TTL must cover this many missed heartbeats (a loaded host delays a few).
 MIN_HEARTBEATS_PER_TTL = 2
 BREAKER_SCHEMES = frozenset({"memory", "redis", "rediss"})
@@ -74,6 +77,13 @@ class ResilienceSettings(BaseSettings):
         le=60,
         description="taskfleet up: seconds before restarting a dead child, doubled per "
         "recent crash of it",
+    )
+
+    worker_silence: float = Field(
+        DEFAULT_WORKER_SILENCE_S,
+        ge=0,
+        description="taskfleet up: seconds a running worker may answer no ping before it is "
+        "restarted (0: never; a solo worker gets at least its hard time limit + 30 s)",
     )
 
     @field_validator("breaker_storage_url")

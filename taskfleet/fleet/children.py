@@ -55,6 +55,7 @@ class Child:
         url: What it serves or connects to, for display.
         detail: A short description (pool, concurrency, queues), for display.
         nodename: The Celery node name (workers only), used to ping it.
+        pool: A worker's pool (``prefork``, ``solo``, ``gevent``); None for the others.
         extra_env: Variables only this child gets (Flower's credentials).
         popen: The running process, once started.
         killed: Whether stopping it needed SIGKILL.
@@ -67,6 +68,7 @@ class Child:
     url: str
     detail: str = ""
     nodename: str | None = None
+    pool: str | None = None
     extra_env: dict[str, str] = field(default_factory=dict, repr=False)
     popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     killed: bool = False

@@ -84,6 +84,7 @@ def plan_children(
                     f"{profile.pool} x{profile.concurrency}, queues {', '.join(profile.queues)}"
                 ),
                 nodename=nodename,
+                pool=profile.pool,
                 # One result persister per CPU pool is plenty (they share a consumer group).
                 extra_env={MULTIPROC_ENV: str(data_dir / METRICS_DIR_NAME)}
                 | ({DISABLE_PERSISTER_ENV: "1"} if 0 < index < len(cpu) else {}),

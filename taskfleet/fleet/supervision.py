@@ -1,4 +1,4 @@
-"""The supervision loop: notice dead children, restart them with backoff, or give up.
+"""The supervision loop: notice dead (or stalled) children, restart them with backoff, or give up.
 
 It knows the supervised things only through :class:`Watched` (a worker, beat, Flower, the
 embedded Redis or PostgreSQL), so the loop is tested with fakes, an injected clock and an
@@ -48,6 +48,13 @@ class Watched(Protocol):
 
     def ready(self) -> bool:
         """Whether it serves again (a worker answers a ping, a port accepts connections)."""
+
+    def stalled(self) -> str | None:
+        """None while it serves, else why it counts as dead though it has not exited (a
+        worker that answers no ping); asked only while it runs and nothing restarts."""
+
+    def forgive(self) -> None:
+        """Something it depends on was just restarted: judge :meth:`stalled` from now."""
 
 
 @dataclass(frozen=True)
@@ -161,10 +168,14 @@ class Supervisor:
             return  # a service may be down: pinging now could block
         for item in self.watched:
             slot = self.slots[item.name]
-            if slot.awaiting_ready and item.exited() is None and item.ready():
-                slot.awaiting_ready = False
-                since = self.clock() - (slot.died_at or self.clock())
-                self._emit("ready", item, slot, f"serving again {since:.1f}s after it died", since)
+            if slot.awaiting_ready:
+                if item.exited() is None and item.ready():
+                    slot.awaiting_ready = False
+                    since = self.clock() - (slot.died_at or self.clock())
+                    detail = f"serving again {since:.1f}s after it died"
+                    self._emit("ready", item, slot, detail, since)
+            elif (how := item.stalled()) is not None:
+                self._crashed(item, slot, how)
 
     def status(self) -> dict[str, dict[str, object]]:
         """Each child's pid, state, restarts, recent crashes and last exit."""
@@ -215,6 +226,8 @@ class Supervisor:
             return
         slot.restarts += 1
         slot.awaiting_ready = True
+        for other in self.watched:  # a restarted service: its clients reconnect first
+            other.forgive()
         self._emit("restarted", item, slot, f"restart {slot.restarts}")
 
     def _emit(

@@ -12,6 +12,7 @@ from celery import Celery
 
 from taskfleet.app_config import create_app
 from taskfleet.config import ServiceURLs, Settings, resolve_services
+from taskfleet.config.resilience import get_resilience_settings
 from taskfleet.devstack import EmbeddedStack
 from taskfleet.devstack.polling import Deadline
 from taskfleet.devstack.processes import group_members, port_free
@@ -24,6 +25,7 @@ from taskfleet.fleet.flower import (
     flower_auth,
     flower_installed,
 )
+from taskfleet.fleet.pinger import Pinger
 from taskfleet.fleet.plan import LOG_DIR_NAME, plan_children, prepare_metrics
 from taskfleet.fleet.processes import (
     KILL_TIMEOUT_S,
@@ -36,7 +38,7 @@ from taskfleet.fleet.processes import (
 from taskfleet.fleet.restarts import RestartPolicy
 from taskfleet.fleet.status import StatusFile
 from taskfleet.fleet.supervision import Event, Supervisor, Watched
-from taskfleet.fleet.watches import ChildWatch, Pinger, ServiceWatch
+from taskfleet.fleet.watches import ChildWatch, ServiceWatch
 
 DEFAULT_READY_TIMEOUT_S = 90.0
 """Seconds to wait for every worker to answer a ping (and Flower to listen)."""
@@ -49,6 +51,9 @@ SUPERVISE_INTERVAL_S = 0.25
 
 RESTART_SWEEP_TIMEOUT_S = 2.0
 """Seconds what a dead child left in its group gets after SIGTERM before SIGKILL."""
+
+SOLO_SILENCE_MARGIN_S = 30.0
+"""A solo worker's silence limit is at least its hard time limit plus this."""
 
 
 class Fleet:
@@ -175,7 +180,9 @@ class Fleet:
             RestartFailed: It could not be launched.
         """
         if child.pid is not None:
-            child.returncode()  # reap it
+            if child.returncode() is None:  # alive but stalled: kill it and its group first
+                stop_children([child], 0.0, KILL_TIMEOUT_S)  # a stalled loop serves no SIGTERM
+                child.killed = False  # that was the old process; ``killed`` is the new one's
             sweep_groups([child.pid], RESTART_SWEEP_TIMEOUT_S)
         self._launch(child, self.resolve(), append=True)
 
@@ -243,8 +250,23 @@ class Fleet:
             items.append(ServiceWatch(stack, "postgres", urls.database_url))
         pinger = Pinger(self.control_app)
         port = self.options.flower_port
-        items.extend(ChildWatch(c, self.relaunch, pinger.answered, port) for c in self.children)
+        items.extend(
+            ChildWatch(c, self.relaunch, pinger, port, self.silence_limit(c)) for c in self.children
+        )
         return items
+
+    def silence_limit(self, child: Child) -> float:
+        """Seconds worker ``child`` may answer no ping before it is restarted (0: never).
+
+        ``TASKFLEET_RESILIENCE_WORKER_SILENCE``; a solo worker answers nothing while it runs
+        a job, so it gets at least the hard time limit (which ends any job) and a margin.
+        """
+        limit = get_resilience_settings().worker_silence
+        if child.nodename is None or limit <= 0:
+            return 0.0
+        if child.pool == "solo":
+            return max(limit, self.settings.hard_time_limit + SOLO_SILENCE_MARGIN_S)
+        return limit
 
     def supervise(
         self,

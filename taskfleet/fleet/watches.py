@@ -10,17 +10,16 @@ back from its append-only file.
 
 from __future__ import annotations
 
-import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-from celery import Celery
-
 from taskfleet.devstack import DevStackError, EmbeddedStack
 from taskfleet.fleet.children import Child, FleetError, RestartFailed
 from taskfleet.fleet.flower import FLOWER_HOST
-from taskfleet.fleet.processes import PING_TIMEOUT_S, port_open
+from taskfleet.fleet.pinger import Pinger
+from taskfleet.fleet.processes import port_open
 from taskfleet.fleet.restarts import describe_exit
 
 ServiceName = Literal["redis", "postgres"]
@@ -29,71 +28,39 @@ UNRESPONSIVE_PROBES = 3
 """Failed probes in a row before a server whose process lives counts as dead."""
 
 
-class Pinger:
-    """Pings workers from a background thread, so the loop never waits on the broker.
-
-    kombu publishes a ping with ``retry=True``: while the broker is down it would block
-    the supervisor, which is what has to restart the broker. So each ping runs in a daemon
-    thread; :meth:`answered` reports what the last finished ping heard and starts the next.
-
-    Args:
-        app: A Celery app on the fleet's broker.
-        timeout: Seconds one ping waits for replies.
-    """
-
-    def __init__(self, app: Celery, timeout: float = PING_TIMEOUT_S) -> None:
-        """Ping nothing yet."""
-        self.app = app
-        self.timeout = timeout
-        self._heard: set[str] = set()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    def answered(self, nodename: str) -> bool:
-        """Whether ``nodename`` answered since it was last asked for; pings it if not."""
-        with self._lock:
-            if nodename in self._heard:
-                self._heard.discard(nodename)
-                return True
-        if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(
-                target=self._ping, args=(nodename,), name="fleet-ping", daemon=True
-            )
-            self._thread.start()
-        return False
-
-    def _ping(self, nodename: str) -> None:
-        try:
-            replies = self.app.control.ping(destination=[nodename], timeout=self.timeout)
-        except Exception:  # broker trouble: not ready yet, ask again later
-            return
-        with self._lock:
-            for reply in replies or []:
-                self._heard.update(reply)
-
-
 class ChildWatch:
     """A child process of the fleet.
 
+    A worker whose process lives but which answered no ping for ``silence_limit_s`` seconds
+    of rounds that reached the broker counts as dead (:meth:`stalled`): the supervisor
+    restarts it like one that exited. 0 turns that off.
+
     Args:
         child: The child.
-        relaunch: Starts it again (sweeping its old process group first).
-        ping: Whether a Celery node name answers a ping now.
+        relaunch: Starts it again (ending what is left of the old one first).
+        pinger: Pings the fleet's workers.
         flower_port: Flower's port (Flower is ready when it accepts connections).
+        silence_limit_s: Seconds without an answer before a live worker counts as dead.
+        clock: Monotonic seconds.
     """
 
     def __init__(
         self,
         child: Child,
         relaunch: Callable[[Child], None],
-        ping: Callable[[str], bool],
+        pinger: Pinger,
         flower_port: int,
+        silence_limit_s: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """Watch ``child``."""
         self.child = child
         self._relaunch = relaunch
-        self._ping = ping
+        self._pinger = pinger
         self._flower_port = flower_port
+        self.silence_limit_s = silence_limit_s
+        self._clock = clock
+        self._since = clock()
 
     @property
     def name(self) -> str:
@@ -118,11 +85,27 @@ class ChildWatch:
     def restart(self) -> None:
         """Launch it again (same command line, node name and log, appended)."""
         self._relaunch(self.child)
+        self.forgive()
+
+    def stalled(self) -> str | None:
+        """None while it answers pings (or is no worker, or the check is off), else why it
+        counts as dead although its process lives."""
+        node = self.child.nodename
+        if node is None or self.silence_limit_s <= 0:
+            return None
+        silent = self._pinger.silent_for(node, self._since)
+        if silent < self.silence_limit_s:
+            return None
+        return f"stalled: alive, but answered no ping for {silent:.0f}s"
+
+    def forgive(self) -> None:
+        """Count its silence from now (it was restarted, or a service it needs was)."""
+        self._since = self._clock()
 
     def ready(self) -> bool:
         """A worker answers a ping; Flower accepts connections; beat runs."""
         if self.child.nodename is not None:
-            return self._ping(self.child.nodename)
+            return self._pinger.answered(self.child.nodename)
         if self.child.role == "flower":
             return port_open(FLOWER_HOST, self._flower_port)
         return True
@@ -198,3 +181,10 @@ class ServiceWatch:
     def ready(self) -> bool:
         """Whether it runs and answers on its port."""
         return self.exited() is None and self._unresponsive == 0
+
+    def stalled(self) -> None:
+        """Never: :meth:`exited` already counts a server that does not answer."""
+        return
+
+    def forgive(self) -> None:
+        """Nothing to forgive (see :meth:`stalled`)."""

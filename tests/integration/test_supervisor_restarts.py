@@ -56,6 +56,8 @@ RESTART_BACKOFF_S = 0.1
 #: Long enough for GIVE_UP_CRASHES restarts with their backoff and starts.
 GIVE_UP_TIMEOUT_S = 120
 STOP_TIMEOUT_S = 60
+#: A worker answering no ping this long is restarted (the default is 60 s).
+WORKER_SILENCE_S = 4
 PING_TIMEOUT_S = 0.5
 #: The children of `taskfleet up`: CPU and I/O workers, beat, Flower, the metrics endpoint.
 UP_CHILDREN = 5
@@ -125,6 +127,7 @@ def start_up(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Up:
         TASKFLEET_VISIBILITY_TIMEOUT="40",  # a job lost in a crash comes back soon
         TASKFLEET_DIAG_JOBS="true",  # diag.gate holds a job across a SIGTERM
         TASKFLEET_RESILIENCE_RESTART_BACKOFF=str(RESTART_BACKOFF_S),
+        TASKFLEET_RESILIENCE_WORKER_SILENCE=str(WORKER_SILENCE_S),
         TASKFLEET_METRICS_PORT=str(free_port()),  # up's metrics endpoint, off the default port
         COLUMNS="200",
         NO_COLOR="1",
@@ -287,6 +290,34 @@ def test_a_worker_killed_by_sigxcpu_is_restarted_like_any_other(up: Up) -> None:
     status = up.children()["cpu-worker"]
     assert status["restarts"] == restarts + 1
     assert "SIGXCPU" in status["last_exit"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_worker_alive_but_answering_no_ping_is_restarted(up: Up) -> None:
+    """SIGSTOP freezes the I/O worker's main process (as a deadlock would): its process
+    lives, so only the failed ping check can tell; the supervisor ends it and starts another."""
+    victim = up.pid("io-worker")
+    before = up.children()
+    restarts = int(before["io-worker"]["restarts"])
+
+    os.kill(victim, signal.SIGSTOP)
+    try:
+        wait_for(lambda: up.pid("io-worker") != victim, RECOVERY_TIMEOUT_S, "a new io-worker")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim, signal.SIGCONT)
+    status = up.children()["io-worker"]
+    assert status["restarts"] == restarts + 1
+    assert status["last_exit"].startswith("stalled: alive, but answered no ping for ")
+    assert not alive(victim)
+    wait_for(lambda: "io-worker back" in up.text(), RECOVERY_TIMEOUT_S, "the recovery line")
+    assert f"io-worker (pid {victim}) died: stalled" in up.text()
+    client = Client(up.app)
+    assert client.enqueue("io.wait", {"ms": 1}).result(timeout=JOB_TIMEOUT_S) is not None
+    after = up.children()  # the others answered all along: left alone
+    for name in ("cpu-worker", "beat", "flower"):
+        assert after[name]["pid"] == before[name]["pid"], name
 
 
 @pytest.mark.slow

@@ -48,6 +48,8 @@ class FakeChild:
         self.restart_times: list[float] = []
         self.restart_error: FleetError | None = None
         self.serving = True
+        self.stall: str | None = None
+        self.forgiven: list[float] = []
         self.clock = clock
 
     def exited(self) -> str | None:
@@ -62,6 +64,12 @@ class FakeChild:
 
     def ready(self) -> bool:
         return self.serving
+
+    def stalled(self) -> str | None:
+        return self.stall
+
+    def forgive(self) -> None:
+        self.forgiven.append(self.clock())
 
 
 def run_for(supervisor: Supervisor, clock: Clock, seconds: float, step: float = 0.25) -> None:
@@ -227,3 +235,38 @@ def test_exit_descriptions_name_the_signal() -> None:
     assert describe_exit(3) == "exit status 3"
     assert describe_exit(-signal.SIGKILL) == "killed by SIGKILL (9)"
     assert describe_exit(-signal.SIGXCPU) == "killed by SIGXCPU (24) (CPU time limit)"
+
+
+def test_a_stalled_child_is_restarted_like_a_dead_one_and_the_others_are_forgiven() -> None:
+    clock = Clock()
+    child, other = FakeChild("io-worker", clock), FakeChild("beat", clock)
+    events: list[Event] = []
+    supervisor = Supervisor([child, other], RestartPolicy(), events.append, clock, clock.sleep)
+    run_for(supervisor, clock, 2)
+    assert events == []
+
+    child.stall = "alive but answered no ping for 60s"
+    supervisor.tick()
+    child.stall = None  # the restarted one answers
+    run_for(supervisor, clock, 2)
+
+    assert [(e.kind, e.name) for e in events] == [
+        ("died", "io-worker"),
+        ("restarted", "io-worker"),
+        ("ready", "io-worker"),
+    ]
+    assert events[0].detail == "alive but answered no ping for 60s"
+    assert supervisor.status()["io-worker"]["last_exit"] == events[0].detail
+    assert len(child.restart_times) == 1
+    assert other.forgiven == child.restart_times  # its silence counts from the restart
+
+
+def test_stalls_are_not_judged_while_something_restarts() -> None:
+    clock = Clock()
+    service, worker = FakeChild("redis", clock), FakeChild("cpu-worker", clock)
+    supervisor = Supervisor([service, worker], RestartPolicy(), lambda _e: None, clock, clock.sleep)
+    service.dead = "killed by SIGKILL (9)"
+    worker.stall = "alive but answered no ping for 60s"
+    supervisor.tick()  # the service died: its restart is pending, nothing else is judged
+    assert supervisor.status()["cpu-worker"]["restarts"] == 0
+    assert supervisor.status()["cpu-worker"]["state"] == "running"
