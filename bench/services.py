@@ -37,6 +37,7 @@ REDIS_DBS = {
     "taskfleet_per_core": 12,
     "taskfleet_solo": 13,
     "limits": 14,
+    "taskfleet_metrics": 15,
 }
 
 

@@ -8,6 +8,7 @@ SYSTEM_NAMES = (
     "taskfleet",
     "taskfleet_per_core",
     "taskfleet_solo",
+    "taskfleet_metrics",
     "celery_redis",
     "celery_db",
     "celery_ignore",
@@ -40,6 +41,10 @@ def make_system(name: str) -> System:
         from bench.systems.taskfleet import TaskfleetSoloSystem
 
         return TaskfleetSoloSystem()
+    if name == "taskfleet_metrics":
+        from bench.systems.taskfleet import TaskfleetMetricsSystem
+
+        return TaskfleetMetricsSystem()
     if name == "celery_redis":
         from bench.systems.celery_redis import CeleryRedisSystem
 

@@ -153,3 +153,31 @@ class TaskfleetSoloSystem(TaskfleetPerCoreSystem):
     name = "taskfleet_solo"
     label = "taskfleet, `TASKFLEET_CPU_POOL=solo` (2 x 1)"
     cpu_pool = "solo"
+
+
+class TaskfleetMetricsSystem(TaskfleetSystem):
+    """taskfleet as shipped, with the job metrics kept where a ``/metrics`` endpoint reads
+    them: ``PROMETHEUS_MULTIPROC_DIR`` set for the workers, as ``taskfleet up`` sets it
+    (memory-mapped files per process). W1 against ``taskfleet`` is what metrics cost."""
+
+    name = "taskfleet_metrics"
+    label = "taskfleet, metrics on (`PROMETHEUS_MULTIPROC_DIR`)"
+
+    def __init__(self) -> None:
+        """As ``taskfleet``, plus a metrics folder of its own."""
+        import tempfile
+
+        from taskfleet.observability.jobs import MULTIPROC_ENV
+
+        super().__init__()
+        self._metrics_dir = tempfile.TemporaryDirectory(prefix="bench-metrics-")
+        self.env[MULTIPROC_ENV] = self._metrics_dir.name
+
+    def enqueue_variants(self) -> list[EnqueueVariant]:
+        """None: publishing is the same as ``taskfleet``'s (W2 measures it there)."""
+        return []
+
+    def stop(self) -> None:
+        """Stop the workers, then remove the metrics folder."""
+        super().stop()
+        self._metrics_dir.cleanup()
