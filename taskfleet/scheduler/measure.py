@@ -1,16 +1,28 @@
 """Measure each pool: queue depth, in-flight jobs, arrival and completion rates, live workers.
 
 Workers are found with Celery's ``inspect`` (bounded by a timeout): the first broadcast
-(``active_queues``) waits the whole timeout to hear every worker, the next three are
+(``active_queues``) waits the whole timeout to hear every worker, the next calls are
 addressed to the workers that answered and return as soon as all of them reply. A worker
-missing from any answer (it vanished mid-tick) is left out of this tick entirely.
+missing from any answer (it vanished mid-tick) is left out of this tick entirely. The first
+addressed call after a broadcast is often answered only at its timeout (on Redis, most ticks
+here: the worker replies at once, the caller gets the reply late or not at all), so a
+``stats`` asked first carried counts up to a timeout older than ``active``'s (measured: 12
+jobs behind on a pool completing 20/s); an addressed ``ping`` takes that wait instead.
 
 Rates come from conservation, so workers need no hooks: completed = accepted (``stats``
 ``total``) - running; arrived = completed + growth of (depth + reserved + running).
+
+The counts are read at the end of the inspection (``stats``, ``active``, ``reserved`` and the
+queue depths within milliseconds of each other), one to two inspect timeouts after the
+tick's ``now`` (more if a worker has to be asked again). That moment is the
+sample's ``measured_at``; the rates are per second between two such moments, so the jitter
+of the inspection does not enter them, and capacity planning knows when the backlog it
+drains was counted.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,6 +98,7 @@ def inspect_workers(app: Celery, timeout: float) -> list[WorkerReport]:
     hosts = sorted(queues)
     if not hosts:
         return []
+    app.control.inspect(destination=hosts, timeout=timeout).ping()  # the late first reply
     stats = _ask(app, "stats", hosts, timeout)
     active = _ask(app, "active", hosts, timeout)
     reserved = _ask(app, "reserved", hosts, timeout)
@@ -120,8 +133,14 @@ def sample_pool(
     members: list[WorkerReport],
     prefork_sizes: dict[str, tuple[int, int]],
     previous: dict[str, Any] | None,
+    measured_at: float | None = None,
 ) -> tuple[PoolSample, dict[str, Any]]:
-    """A pool's sample, and the counters to keep for the next tick's rates."""
+    """A pool's sample, and the counters to keep for the next tick's rates.
+
+    ``measured_at`` is when the counts were read (default ``now``); the rates are over the
+    time since the previous sample's counts were read (its ``at`` if it predates the field).
+    """
+    read_at = now if measured_at is None else measured_at
     running = sum(m.running for m in members)
     in_flight = running + sum(m.reserved for m in members)
     work = depth + in_flight
@@ -129,8 +148,9 @@ def sample_pool(
         m.hostname: (int(m.stats.get("pid", 0) or 0), m.accepted - m.running) for m in members
     }
     arrival = completion = 0.0
-    if previous and now > previous["at"]:
-        elapsed = now - previous["at"]
+    before_at = float(previous.get("measured_at", previous["at"])) if previous else 0.0
+    if previous and read_at > before_at:
+        elapsed = read_at - before_at
         before = {h: tuple(v) for h, v in previous.get("completed", {}).items()}
         done = sum(
             max(0, count - before[h][1])
@@ -149,8 +169,8 @@ def sample_pool(
         )
         for m in members
     )
-    sample = PoolSample(pool, now, depth, in_flight, arrival, completion, workers)
-    return sample, {"at": now, "work": work, "completed": completed}
+    sample = PoolSample(pool, now, depth, in_flight, arrival, completion, workers, read_at)
+    return sample, {"at": now, "measured_at": read_at, "work": work, "completed": completed}
 
 
 def measure(
@@ -167,8 +187,11 @@ def measure(
         Exception: whatever the broker client raises when it is unreachable (the tick
             catches it, logs and skips).
     """
+    started = time.monotonic()
     reports = inspect_workers(app, timeout)
     with app.connection_for_read() as conn:
+        # On ``now``'s clock, right after the last inspect reply and before the depths.
+        measured_at = now + (time.monotonic() - started)
         depths = queue_depths(conn, {q for p in POOLS for q in pool_queues(topology, p)})
     samples: dict[str, PoolSample] = {}
     new_counters: dict[str, Any] = {}
@@ -177,6 +200,6 @@ def measure(
         members = [r for r in reports if work_queue in r.queues]
         depth = sum(depths[q] for q in pool_queues(topology, pool))
         samples[pool], new_counters[pool] = sample_pool(
-            pool, now, depth, members, prefork_sizes, counters.get(pool)
+            pool, now, depth, members, prefork_sizes, counters.get(pool), measured_at
         )
     return samples, new_counters

@@ -31,6 +31,9 @@ class PoolSample:
     arrival_rate: float
     completion_rate: float
     workers: tuple[WorkerView, ...]
+    #: When depth and in-flight were read: after the tick's inspect round trips, so up to a
+    #: few inspect timeouts after ``at`` (None: at ``at``). The rates are between such moments.
+    measured_at: float | None = None
 
     @property
     def concurrency(self) -> int:

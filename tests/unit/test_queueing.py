@@ -46,7 +46,11 @@ def test_servers_for_wait_is_the_smallest_count_meeting_the_target() -> None:
 
 
 def test_drain_time_uses_the_spare_service_rate() -> None:
-    """4 servers of S 0.5 s serve 8/s; with 3/s arriving, 100 jobs drain in 20 s."""
-    assert drain_time_s(100, 3.0, 0.5, 4) == pytest.approx(20.0)
+    """4 servers of S 0.5 s serve 8/s; with 3/s arriving, the 96 of 100 jobs beyond one per
+    server drain in 19.2 s, the last 4 in 0.5 s; with none arriving 100 jobs take 100·S/4;
+    jobs fewer than the servers one service time, however many servers."""
+    assert drain_time_s(100, 3.0, 0.5, 4) == pytest.approx(19.7)
+    assert drain_time_s(100, 0.0, 0.5, 4) == pytest.approx(12.5)
+    assert drain_time_s(3, 0.0, 10.0, 100) == pytest.approx(10.0)
     assert drain_time_s(100, 8.0, 0.5, 4) == math.inf
     assert drain_time_s(0, 8.0, 0.5, 4) == 0.0
