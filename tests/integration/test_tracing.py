@@ -14,8 +14,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+import redis
 
 from taskfleet.client import Client
 from tests.support.otlp import ReceivedSpan, Receiver, otlp_receiver
@@ -35,6 +37,8 @@ SPANS_DEADLINE_S = 20.0
 #: Spans leave the workers within this (ms; the SDK's default is 5 s).
 EXPORT_DELAY_MS = "100"
 JOBS = (("cpu.noop", 1), ("io.wait", {"ms": 1}))
+#: The test stack's Redis database this test's fleet has to itself.
+PRIVATE_DB = 9
 
 
 @pytest.fixture
@@ -45,10 +49,16 @@ def receiver() -> Iterator[Receiver]:
 
 @pytest.fixture
 def traced_fleet(redis_env: dict[str, str], receiver: Receiver, tmp_path: Path) -> Iterator[Fleet]:
-    """A prefork CPU worker and a gevent I/O worker, tracing, on queues of their own."""
+    """A prefork CPU worker and a gevent I/O worker, tracing, on a Redis database of their
+    own: the persistence stream is one per database, and the session's untraced persisters
+    would otherwise take some of its entries."""
     suffix = uuid.uuid4().hex[:6]
+    url = urlsplit(redis_env["TASKFLEET_REDIS_URL"])._replace(path=f"/{PRIVATE_DB}").geturl()
+    redis.Redis.from_url(url).flushdb()
     env = {
         **redis_env,
+        "TASKFLEET_BROKER_URL": url,
+        "TASKFLEET_REDIS_URL": url,
         "TASKFLEET_CPU_QUEUE": f"cpu-trace-{suffix}",
         "TASKFLEET_IO_QUEUE": f"io-trace-{suffix}",
         "TASKFLEET_TRACING": "true",
@@ -56,8 +66,11 @@ def traced_fleet(redis_env: dict[str, str], receiver: Receiver, tmp_path: Path) 
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.endpoint,
         "OTEL_BSP_SCHEDULE_DELAY": EXPORT_DELAY_MS,
     }
-    with running_fleet(env, tmp_path, cpu=1, io=2) as fleet:
-        yield fleet
+    try:
+        with running_fleet(env, tmp_path, cpu=1, io=2) as fleet:
+            yield fleet
+    finally:
+        redis.Redis.from_url(url).flushdb()
 
 
 def hex_ids(span: object) -> tuple[str, str]:
