@@ -74,15 +74,29 @@ test-tools: install
 			{ apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $(TEST_PACKAGES) >/dev/null; }; \
 		else echo "make: the VM, runc and Chromium tests need $(TEST_PACKAGES) (Debian, x86_64): they will skip"; fi; }
 
-# The integration and reliability tests first (those that restart a shared service last);
-# then two runs at once, which share nothing and fit 2 cores: the unit tests (CPU) and the
-# stock-transport pass (mostly waiting on workers). That saves ~25 s of a ~10 min suite. The
-# unit run's output follows the other's; PYTEST_ARGS reach both, but for --basetemp=...
-# (two runs in one folder would delete each other's).
+# Two phases of two runs at once each; the runs of a phase share no service, so they fit 2
+# cores (most of their time is spent waiting on workers and servers):
+# 1. the integration and reliability tests (those that restart a shared service last),
+#    beside SIDE_TESTS: modules that bring their own fleets or stacks, need no RabbitMQ (the
+#    other run restarts it) and take ~280 s alone, run on an embedded stack of their own;
+# 2. the unit tests (CPU) beside the stock-transport pass (mostly waiting on workers).
+# Each side run's output follows its phase's other. PYTEST_ARGS reach every run, but for
+# --basetemp=... (two runs in one folder would delete each other's).
+SIDE_TESTS := tests/integration/test_reclaim.py tests/integration/test_cli.py \
+	tests/integration/test_supervisor_restarts.py tests/reliability/test_chaos.py
+SIDE_STACK := $(CURDIR)/.taskfleet/test-stack-side
 UNIT_ARGS = $(filter-out --basetemp=%,$(PYTEST_ARGS))
 
 test: lint test-tools
-	$(BIN)/python -m pytest tests/integration tests/reliability $(PYTEST_ARGS)
+	@side_log=$$(mktemp); \
+	{ TASKFLEET_TEST_STACK_DIR=$(SIDE_STACK) $(BIN)/python -m pytest -m "not disruptive" \
+		$(UNIT_ARGS) $(SIDE_TESTS) > $$side_log 2>&1; echo $$? > $$side_log.rc; } & \
+	$(BIN)/python -m pytest tests/integration tests/reliability $(PYTEST_ARGS) \
+		$(addprefix --ignore=,$(filter-out tests/reliability/test_chaos.py,$(SIDE_TESTS))) \
+		--deselect tests/reliability/test_chaos.py::test_scenario; main=$$?; \
+	wait; echo "--- $(SIDE_TESTS) (run alongside) ---"; cat $$side_log; \
+	side=$$(cat $$side_log.rc); rm -f $$side_log $$side_log.rc; \
+	test $$main -eq 0 && test $$side -eq 0
 	@unit_log=$$(mktemp); \
 	{ $(BIN)/python -m pytest tests/unit $(UNIT_ARGS) > $$unit_log 2>&1; echo $$? > $$unit_log.rc; } & \
 	TASKFLEET_FAST_TRANSPORT=false $(BIN)/python -m pytest -m "not rabbitmq" $(PYTEST_ARGS) \
