@@ -21,6 +21,7 @@ per-process rlimits only, and the result (``limits_scope``, ``limits_note``) and
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import signal
@@ -171,17 +172,33 @@ class RunCgroup:
     def remove(self) -> None:
         """Kill what is left, wait until the cgroup is empty, then delete it.
 
+        An empty ``cgroup.procs`` is not yet an empty cgroup: killed tasks (an OOM-killed
+        group, say) leave the list before the kernel has released them, and until then
+        ``rmdir`` fails with EBUSY. So the delete is retried, within the same deadline.
+
         Raises:
-            RuntimeError: processes still in it after ``EMPTY_TIMEOUT_S`` of SIGKILL.
+            RuntimeError: not empty after ``EMPTY_TIMEOUT_S`` of SIGKILL.
         """
         deadline = time.monotonic() + EMPTY_TIMEOUT_S
-        while self._procs():
+        while True:
+            procs = self._procs()
+            if procs:
+                self.kill()
+            else:
+                try:
+                    self.path.rmdir()
+                    return
+                except FileNotFoundError:
+                    return
+                except OSError as exc:
+                    if exc.errno != errno.EBUSY:
+                        raise
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.path}: processes {self._procs()} survived SIGKILL")
-            self.kill()
+                raise RuntimeError(
+                    f"{self.path}: not empty after {EMPTY_TIMEOUT_S:.0f}s of SIGKILL "
+                    f"(processes {procs})"
+                )
             time.sleep(EMPTY_POLL_S)
-        with contextlib.suppress(FileNotFoundError):
-            self.path.rmdir()
 
     def close(self) -> LimitName | None:
         """End of the run: which whole-run limit stopped it, if one did; then remove it."""

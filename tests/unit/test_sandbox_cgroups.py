@@ -9,6 +9,7 @@ here. The last tests use the real cgroup filesystem where there is one.
 
 from __future__ import annotations
 
+import errno
 import shutil
 from pathlib import Path
 
@@ -156,3 +157,41 @@ def test_real_cgroup_v2_without_the_controllers_is_refused_with_the_reason() -> 
     support = probe(str(REAL_V2))
     assert support.root is None
     assert "not available" in support.reason or "not delegated" in support.reason
+
+
+def test_removal_waits_out_a_cgroup_the_kernel_still_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed tasks leave ``cgroup.procs`` before the kernel releases them: until then rmdir
+    fails with EBUSY, and the removal tries again instead of leaving the cgroup behind."""
+    _fake_kernel_mkdir(monkeypatch)
+    root = _fake_cgroup(tmp_path / "cg", "memory pids cpu", subtree="memory pids cpu")
+    run = RunCgroup.create(root, resolve_limits({}, load_sandbox_settings()), cpus=1.0)
+    attempts: list[Path] = []
+
+    def rmdir(self: Path) -> None:
+        attempts.append(self)
+        if len(attempts) < 3:  # FAKE: two tries while the killed tasks are being released
+            raise OSError(errno.EBUSY, "Device or resource busy")
+        shutil.rmtree(self)
+
+    monkeypatch.setattr(Path, "rmdir", rmdir)
+    run.remove()
+    assert len(attempts) == 3
+    assert not run.path.exists()
+
+
+def test_removal_gives_up_naming_the_cgroup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fake_kernel_mkdir(monkeypatch)
+    root = _fake_cgroup(tmp_path / "cg", "memory pids cpu", subtree="memory pids cpu")
+    run = RunCgroup.create(root, resolve_limits({}, load_sandbox_settings()), cpus=1.0)
+    monkeypatch.setattr("taskfleet.sandbox.cgroups.EMPTY_TIMEOUT_S", 0.05)
+
+    def busy(self: Path) -> None:
+        raise OSError(errno.EBUSY, "Device or resource busy")
+
+    monkeypatch.setattr(Path, "rmdir", busy)
+    with pytest.raises(RuntimeError, match="not empty after"):
+        run.remove()
