@@ -23,6 +23,7 @@ from bench.workloads import (
     w3_latency,
     w7_autoscale,
     w_balancing,
+    w_cost,
     w_limits,
     w_metrics,
     w_sharding,
@@ -37,7 +38,7 @@ from bench.workloads.base import (
     Options,
 )
 
-WORKLOADS = ("W1", "W2", "W3", "R1", "W4", "W5", "W6", "W7", "B1", "L1", "M1", "S1")
+WORKLOADS = ("W1", "W2", "W3", "R1", "W4", "W5", "W6", "W7", "B1", "L1", "M1", "S1", "C1")
 RESULTS_DIR = Path(__file__).parent / "results"
 LATEST_MD = "latest.md"
 LATEST_JSON = "latest.json"
@@ -70,7 +71,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=lambda v: _csv(v.upper(), WORKLOADS, "workload"),
         default=WORKLOADS,
         help="workloads, e.g. W1,W2 (R1 = resilience-layer overhead, B1 = balancer overhead, "
-        "L1 = rate-limit overhead, M1 = job metrics per job, S1 = sharding)",
+        "L1 = rate-limit overhead, M1 = job metrics per job, S1 = sharding, "
+        "C1 = cost per job by component)",
     )
     parser.add_argument(
         "--systems",
@@ -151,6 +153,8 @@ def run_workload(workload: str, options: Options) -> list[Table]:
         return [w_metrics.table(options)]
     if workload == "S1":
         return [w_sharding.table(options)]
+    if workload == "C1":
+        return [w_cost.table(options)]
     return [features.TABLES[workload](options)]
 
 
