@@ -10,7 +10,8 @@ processes, its persister and heartbeat sidecar) runs N no-op jobs published by o
   processes, the persister, the heartbeat sidecar;
 * the producer's own CPU (``time.process_time`` around the publish);
 * PostgreSQL: the CPU of every ``postgres`` process on the host (the bench's server is the
-  only busy one) and ``pg_stat_database`` (commits, rows inserted).
+  only busy one). Not ``pg_stat_database``: a backend flushes its counters there only when
+  idle for a while, so they lag a run of a few seconds.
 
 Divided by N, these give the per-job figures the scale-out model in ``BENCHMARKS.md`` rests
 on. CPU time, not wall time: what a component spends is what limits how many jobs per second
@@ -36,8 +37,10 @@ WORKLOAD = "C1"
 QUICK_N = 1_000
 #: Commands below this many calls per job are summed into "other".
 MIN_CALLS_PER_JOB = 0.01
-#: PostgreSQL flushes a backend's statistics to ``pg_stat_database`` about once a second.
-PG_STATS_FLUSH_S = 1.5
+#: After the last row: the persister's acknowledgements of its last batch.
+SETTLE_S = 0.5
+#: How often the run looks for its last result in Postgres.
+POLL_S = 0.25
 Snapshot = dict[str, Any]
 
 
@@ -103,15 +106,9 @@ def _postgres_cpu() -> float:
     return total
 
 
-def _snapshot(
-    system: TaskfleetSystem, server: redis.Redis, pg: psycopg.Connection[Any]
-) -> Snapshot:
+def _snapshot(system: TaskfleetSystem, server: redis.Redis) -> Snapshot:
     stats = server.info("stats")
     cpu = server.info("cpu")
-    row = pg.execute(
-        "SELECT xact_commit, tup_inserted + tup_updated FROM pg_stat_database "
-        "WHERE datname = current_database()"
-    ).fetchone()
     return {
         "commands": {
             name.removeprefix("cmdstat_"): (int(v["calls"]), float(v["usec"]))
@@ -122,26 +119,34 @@ def _snapshot(
         "redis_cpu": float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]),
         "roles": _roles(system),
         "postgres_cpu": _postgres_cpu(),
-        "pg_commits": int(row[0]) if row else 0,
-        "pg_rows": int(row[1]) if row else 0,
     }
 
 
 def _one_run(system: TaskfleetSystem, n: int) -> dict[str, Any]:
     """Publish ``n`` jobs, wait until all are in Postgres; the per-job deltas."""
-    from bench.common import completion_timeout
+    from bench.common import completion_timeout, poll_until
+    from bench.services import count_rows
+    from bench.systems.taskfleet import RESULTS_TABLE
 
     server = redis.Redis.from_url(system.url)
     with psycopg.connect(services().libpq_url, autocommit=True) as pg:
-        before = _snapshot(system, server, pg)
+        before = _snapshot(system, server)
         started = time.perf_counter()
         produced = time.process_time()
-        keys = system.publish(n)
+        system.publish(n)
         producer_s = time.process_time() - produced
-        system.wait_all(keys, completion_timeout(n))
-        system.extra_after_drain(n, started)  # every result in Postgres
-        time.sleep(PG_STATS_FLUSH_S)  # pg_stat_database lags its backends by up to ~1 s
-        after = _snapshot(system, server, pg)
+        # Not ``wait_all``: its polling of every result key (EXISTS) would be counted as the
+        # jobs' Redis traffic. A row count in Postgres every POLL_S costs next to nothing.
+        target = system._durable_baseline + n
+        poll_until(
+            lambda: count_rows(pg, RESULTS_TABLE) >= target,
+            completion_timeout(n),
+            f"{n} results in Postgres",
+            interval=POLL_S,
+        )
+        del started
+        time.sleep(SETTLE_S)  # the persister's last acks land in Redis's counters
+        after = _snapshot(system, server)
         memory = _memory(system)
     server.close()
     calls = {
@@ -167,8 +172,6 @@ def _one_run(system: TaskfleetSystem, n: int) -> dict[str, Any]:
             "postgres": (after["postgres_cpu"] - before["postgres_cpu"]) * us,
         },
         "memory": memory,
-        "pg_commits": (after["pg_commits"] - before["pg_commits"]) / n,
-        "pg_rows": (after["pg_rows"] - before["pg_rows"]) / n,
     }
 
 
@@ -223,8 +226,6 @@ def table(options: Options) -> Table:
         result.rows.append([f"CPU µs: {role}", f"{_median(runs, 'cpu_us', role):.1f}"])
     total = sum(_median(runs, "cpu_us", r) for r in runs[0]["cpu_us"])
     result.rows.append(["CPU µs: all", f"{total:.1f}"])
-    result.rows.append(["Postgres commits / rows written", f"{_median(runs, 'pg_commits'):.3f} / "
-                        f"{_median(runs, 'pg_rows'):.2f}"])  # fmt: skip
     for role in ROLES:
         procs = _median(runs, "memory", role, "processes")
         rss, uss, pss = (_median(runs, "memory", role, f) for f in ("rss", "uss", "pss"))
