@@ -146,16 +146,23 @@ STOCK_TRANSPORT_SKIP = (
 )
 
 
+#: The timeout of an integration or reliability test that declares none, or a shorter one.
+SLOW_TIMEOUT_S = 240
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Integration and reliability tests get a longer default timeout; tests that restart a
+    """Integration and reliability tests get a longer default timeout (a module that declares
+    a longer one keeps it: the cgroup v2 VM's); tests that restart a
     shared service (``disruptive``) run last, so no session-wide fleet meets the restart.
     With ``TASKFLEET_FAST_TRANSPORT=false`` the tests of the fast transport's own paths
     (``fast_transport``) are skipped; every other test runs against the stock transport."""
     fast = load_settings().fast_transport
     for item in items:
         path = Path(str(item.fspath))
-        if "integration" in path.parts or "reliability" in path.parts:
-            item.add_marker(pytest.mark.timeout(240), append=False)
+        declared = item.get_closest_marker("timeout")
+        longer = declared is not None and declared.args and declared.args[0] > SLOW_TIMEOUT_S
+        if ("integration" in path.parts or "reliability" in path.parts) and not longer:
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT_S), append=False)
         marker = item.get_closest_marker("fast_transport")
         if not fast and marker is not None:
             why = marker.kwargs.get("reason")
