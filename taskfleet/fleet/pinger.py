@@ -18,10 +18,11 @@ from collections.abc import Callable
 
 from celery import Celery
 
-from taskfleet.fleet.processes import PING_TIMEOUT_S
-
 #: At most one round per this many seconds (a round ends early once every worker answered).
 ROUND_INTERVAL_S = 1.0
+#: How long a round waits for replies: a busy host answers late, and a late answer is an
+#: answer (a round ends as soon as every worker asked has replied).
+ROUND_TIMEOUT_S = 2.0
 
 
 class Pinger:
@@ -29,14 +30,14 @@ class Pinger:
 
     Args:
         app: A Celery app on the fleet's broker.
-        timeout: Seconds one round waits for replies.
+        timeout: Seconds one round waits for replies (less when all answer).
         clock: Monotonic seconds (tests inject one).
     """
 
     def __init__(
         self,
         app: Celery,
-        timeout: float = PING_TIMEOUT_S,
+        timeout: float = ROUND_TIMEOUT_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """Ping nothing yet."""

@@ -87,8 +87,9 @@ class SandboxExecutor:
         try:
             rusage = self._drive(proc_launcher, run, source, stdin, run_dir)
         finally:
-            if cgroup is not None:
-                run.killed_for = run.killed_for or cgroup.close()
+            if cgroup is not None:  # closed (and removed) however the run ended
+                breached = cgroup.close()
+                run.killed_for = run.killed_for or breached
             if run_dir is not None:
                 shutil.rmtree(run_dir, ignore_errors=True)
             if self.prestart:

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from html import unescape
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -29,7 +30,6 @@ from taskfleet.app_config import create_app
 from taskfleet.config import load_settings
 from taskfleet.devstack.common import choose_port
 from taskfleet.fleet.plan import FLOWER_SHIM
-from taskfleet.routing.depth import redis_priority_keys
 from taskfleet.routing.priority import MAX_PRIORITY
 from taskfleet.workers.profiles import APP_PATH
 from tests.support.services import delete_amqp_queues
@@ -42,6 +42,8 @@ PAGE_DEADLINE_S = 20.0
 #: Jobs put on each queue, by priority: the page must show their sums.
 CPU_JOBS = {7: 3, 0: 2, 9: 1}
 IO_JOBS = {5: 4}
+#: The test stack's Redis database the Redis case has to itself.
+PRIVATE_DB = 10
 
 
 @pytest.fixture(params=["redis", "amqp"])
@@ -54,13 +56,17 @@ def idle_env(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
         "TASKFLEET_CPU_QUEUE": f"cpu-flower-{suffix}",
         "TASKFLEET_IO_QUEUE": f"io-flower-{suffix}",
     }
+    if request.param == "redis":
+        # A database of its own: Flower lists the queues of the workers it finds (by a control
+        # broadcast), and the session's fleets on the shared database would replace ours.
+        url = urlsplit(env["TASKFLEET_BROKER_URL"])._replace(path=f"/{PRIVATE_DB}").geturl()
+        env["TASKFLEET_BROKER_URL"] = env["TASKFLEET_REDIS_URL"] = url
+        redis.Redis.from_url(url).flushdb()
     yield env
     if request.param == "amqp":
         delete_amqp_queues(env)
         return
-    client = redis.Redis.from_url(env["TASKFLEET_BROKER_URL"])
-    for queue in (env["TASKFLEET_CPU_QUEUE"], env["TASKFLEET_IO_QUEUE"]):
-        client.delete(*redis_priority_keys(queue))
+    redis.Redis.from_url(env["TASKFLEET_BROKER_URL"]).flushdb()
 
 
 @pytest.fixture

@@ -57,7 +57,7 @@ RESTART_BACKOFF_S = 0.1
 GIVE_UP_TIMEOUT_S = 120
 STOP_TIMEOUT_S = 60
 #: A worker answering no ping this long is restarted (the default is 60 s).
-WORKER_SILENCE_S = 4
+WORKER_SILENCE_S = 8
 PING_TIMEOUT_S = 0.5
 #: The children of `taskfleet up`: CPU and I/O workers, beat, Flower, the metrics endpoint.
 UP_CHILDREN = 5
