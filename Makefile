@@ -74,36 +74,38 @@ test-tools: install
 			{ apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $(TEST_PACKAGES) >/dev/null; }; \
 		else echo "make: the VM, runc and Chromium tests need $(TEST_PACKAGES) (Debian, x86_64): they will skip"; fi; }
 
-# Two phases of two runs at once each; the runs of a phase share no service, so they fit 2
-# cores (most of their time is spent waiting on workers and servers):
-# 1. the integration and reliability tests (those that restart a shared service last),
-#    beside SIDE_TESTS: modules that bring their own fleets or stacks, need no RabbitMQ (the
-#    other run restarts it) and take ~280 s alone, run on an embedded stack of their own;
-# 2. the unit tests (CPU) beside the stock-transport pass (mostly waiting on workers).
-# Each side run's output follows its phase's other. PYTEST_ARGS reach every run, but for
-# --basetemp=... (two runs in one folder would delete each other's).
+# Two lanes at once, which share no service, so they fit 2 cores (most of their time is
+# spent waiting on workers and servers):
+# - main: the integration and reliability tests (those that restart a shared service last);
+# - side: mypy, then SIDE_TESTS (modules that bring their own fleets or stacks and need no
+#   RabbitMQ, which the main lane restarts; ~280 s alone) on an embedded stack of their own,
+#   then the unit tests, then the stock-transport pass.
+# ruff runs first (it takes a second). The side lane's output follows the main lane's.
+# PYTEST_ARGS reach every run, but for --basetemp=... (two runs in one folder would delete
+# each other's).
 SIDE_TESTS := tests/integration/test_reclaim.py tests/integration/test_cli.py \
 	tests/integration/test_supervisor_restarts.py tests/reliability/test_chaos.py
 SIDE_STACK := $(CURDIR)/.taskfleet/test-stack-side
-UNIT_ARGS = $(filter-out --basetemp=%,$(PYTEST_ARGS))
+SIDE_ARGS = $(filter-out --basetemp=%,$(PYTEST_ARGS))
 
-test: lint test-tools
+test: install test-tools
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	@side_log=$$(mktemp); \
-	{ TASKFLEET_TEST_STACK_DIR=$(SIDE_STACK) $(BIN)/python -m pytest -m "not disruptive" \
-		$(UNIT_ARGS) $(SIDE_TESTS) > $$side_log 2>&1; echo $$? > $$side_log.rc; } & \
+	{ { $(BIN)/mypy && \
+		TASKFLEET_TEST_STACK_DIR=$(SIDE_STACK) $(BIN)/python -m pytest -m "not disruptive" \
+			$(SIDE_ARGS) $(SIDE_TESTS); side=$$?; \
+		$(BIN)/python -m pytest tests/unit $(SIDE_ARGS); unit=$$?; \
+		TASKFLEET_FAST_TRANSPORT=false $(BIN)/python -m pytest -m "not rabbitmq" \
+			$(SIDE_ARGS) $(STOCK_TRANSPORT_TESTS); stock=$$?; \
+		test $$side -eq 0 && test $$unit -eq 0 && test $$stock -eq 0; \
+	} > $$side_log 2>&1; echo $$? > $$side_log.rc; } & \
 	$(BIN)/python -m pytest tests/integration tests/reliability $(PYTEST_ARGS) \
 		$(addprefix --ignore=,$(filter-out tests/reliability/test_chaos.py,$(SIDE_TESTS))) \
 		--deselect tests/reliability/test_chaos.py::test_scenario; main=$$?; \
-	wait; echo "--- $(SIDE_TESTS) (run alongside) ---"; cat $$side_log; \
-	side=$$(cat $$side_log.rc); rm -f $$side_log $$side_log.rc; \
+	wait; echo "--- side lane: mypy, $(SIDE_TESTS), tests/unit, the stock-transport pass ---"; \
+	cat $$side_log; side=$$(cat $$side_log.rc); rm -f $$side_log $$side_log.rc; \
 	test $$main -eq 0 && test $$side -eq 0
-	@unit_log=$$(mktemp); \
-	{ $(BIN)/python -m pytest tests/unit $(UNIT_ARGS) > $$unit_log 2>&1; echo $$? > $$unit_log.rc; } & \
-	TASKFLEET_FAST_TRANSPORT=false $(BIN)/python -m pytest -m "not rabbitmq" $(PYTEST_ARGS) \
-		$(STOCK_TRANSPORT_TESTS); stock=$$?; \
-	wait; echo "--- tests/unit (run alongside the stock-transport pass) ---"; cat $$unit_log; \
-	unit=$$(cat $$unit_log.rc); rm -f $$unit_log $$unit_log.rc; \
-	test $$stock -eq 0 && test $$unit -eq 0
 
 bench: install
 	$(BIN)/python -m bench
