@@ -78,8 +78,9 @@ test-tools: install
 # spent waiting on workers and servers):
 # - main: the integration and reliability tests (those that restart a shared service last);
 # - side: mypy, then SIDE_TESTS (modules that bring their own fleets or stacks and need no
-#   RabbitMQ, which the main lane restarts; ~280 s alone) on an embedded stack of their own,
-#   then the unit tests, then the stock-transport pass.
+#   RabbitMQ, which the main lane restarts; ~280 s alone), then the unit tests, then the
+#   stock-transport pass, all on an embedded stack of their own (the stock pass's clean-ups
+#   flush result keys: on the main lane's stack they took a running test's result).
 # ruff runs first (it takes a second). The side lane's output follows the main lane's.
 # PYTEST_ARGS reach every run, but for --basetemp=... (two runs in one folder would delete
 # each other's).
@@ -95,9 +96,11 @@ test: install test-tools
 	{ { $(BIN)/mypy && \
 		TASKFLEET_TEST_STACK_DIR=$(SIDE_STACK) $(BIN)/python -m pytest -m "not disruptive" \
 			$(SIDE_ARGS) $(SIDE_TESTS); side=$$?; \
-		$(BIN)/python -m pytest tests/unit $(SIDE_ARGS); unit=$$?; \
-		TASKFLEET_FAST_TRANSPORT=false $(BIN)/python -m pytest -m "not rabbitmq" \
-			$(SIDE_ARGS) $(STOCK_TRANSPORT_TESTS); stock=$$?; \
+		TASKFLEET_TEST_STACK_DIR=$(SIDE_STACK) $(BIN)/python -m pytest tests/unit \
+			$(SIDE_ARGS); unit=$$?; \
+		TASKFLEET_TEST_STACK_DIR=$(SIDE_STACK) TASKFLEET_FAST_TRANSPORT=false \
+			$(BIN)/python -m pytest -m "not rabbitmq" $(SIDE_ARGS) $(STOCK_TRANSPORT_TESTS); \
+			stock=$$?; \
 		test $$side -eq 0 && test $$unit -eq 0 && test $$stock -eq 0; \
 	} > $$side_log 2>&1; echo $$? > $$side_log.rc; } & \
 	$(BIN)/python -m pytest tests/integration tests/reliability $(PYTEST_ARGS) \
