@@ -135,14 +135,21 @@ class TaskfleetResultBackend(RedisBackend):  # type: ignore[misc]
         expires = self.failure_expires if state == states.FAILURE else self.expires
         keys = [self.get_key_for_task(task_id), PERSIST_STREAM]
         args = [value, int(expires or 0), self.retention]
-        with result_write_span(self.tracing) as traceparent:
+        if not self.tracing:  # the hot path: no context manager per write
+            self._send_store(keys, args)
+            return result
+        with result_write_span(True) as traceparent:
             if traceparent is not None:
                 args.append(traceparent)
-            if self._pipelined is not None:
-                self._pipelined.send(keys, args)
-            else:
-                self._store_now(keys, args)
+            self._send_store(keys, args)
         return result
+
+    def _send_store(self, keys: list[str], args: list[Any]) -> None:
+        """Pipelined in a prefork pool process, else one synchronous store."""
+        if self._pipelined is not None:
+            self._pipelined.send(keys, args)
+        else:
+            self._store_now(keys, args)
 
     def _store_now(self, keys: list[str], args: list[Any]) -> None:
         """One synchronous store, with the backend's retry policy; waits out a full Redis."""

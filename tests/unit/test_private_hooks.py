@@ -649,6 +649,7 @@ OWN: list[Own] = [
         "_engine",
         "_pipelined",
         "_remember",
+        "_send_store",
         "_store_now",
         "_store_script",
         "l1",
