@@ -9,7 +9,8 @@ ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_ROOT_USER_ACTION=ignore
+    PIP_ROOT_USER_ACTION=ignore \
+    TASKFLEET_CPU_POOL=prefork
 
 # /home/taskfleet/metrics: the compose file's shared metrics volume is mounted there (a new
 # named volume takes the owner of the folder it is mounted on).
@@ -43,6 +44,8 @@ USER 10001:10001
 HEALTHCHECK --interval=30s --timeout=30s --start-period=30s --retries=3 \
     CMD taskfleet health --worker "cpu@$HOSTNAME" || exit 1
 
-# Default: the CPU worker (same argv as taskfleet.workers.profiles.cpu_profile).
+# Default: the CPU worker (same argv as taskfleet.workers.profiles.cpu_profile). Prefork in a
+# container: no `taskfleet up` supervisor starts solo workers here, and the autoscaler resizes
+# a prefork pool by remote control (TASKFLEET_CPU_POOL above; README "The CPU pool").
 CMD ["celery", "-A", "taskfleet.app", "worker", "-P", "prefork", "-Q", "cpu", "-n", "cpu@%h", \
      "--prefetch-multiplier", "1", "-O", "fair", "-l", "INFO"]

@@ -200,13 +200,15 @@ class ChaosRun:
     # ------------------------------------------------------------------ fleet
 
     def cpu_worker(self, name: str, netns: str | None = None, **extra_env: str) -> Proc:
-        """Start a CPU worker (prefork, or solo with ``TASKFLEET_CPU_POOL="solo"``).
+        """Start a CPU worker (prefork unless ``TASKFLEET_CPU_POOL="solo"`` is given: the
+        scenarios that kill one pool process, or the parent, need one).
 
         Args:
             name: Role name.
             netns: A network namespace to run it in (``ip netns exec``).
             extra_env: Variables only this worker gets.
         """
+        extra_env = {"TASKFLEET_CPU_POOL": "prefork", **extra_env}
         settings = self.settings.model_copy(update=_fields(extra_env))
         profile = cpu_profile(settings, self.size.cpu_concurrency)
         prefix = ("ip", "netns", "exec", netns) if netns else ()

@@ -17,12 +17,13 @@ import os
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from taskfleet.cache.tiered import TieredCache
 from taskfleet.cache.tiers import CacheError
 from taskfleet.tasks.middleware import NOT_HANDLED, Middleware, task_option
 
 if TYPE_CHECKING:
     from celery import Task
+
+    from taskfleet.cache.tiered import TieredCache  # its tiers (SQLAlchemy) load on first use
 
 log = logging.getLogger(__name__)
 CACHE_HIT_FIELD = "cache_hit"

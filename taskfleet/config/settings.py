@@ -35,7 +35,9 @@ DEFAULT_SPARE_PREFETCH = 1
 #: One CPU worker (one dispatching parent) for all CPU processes of a host.
 DEFAULT_CPU_WORKERS = 1
 CpuPool = Literal["prefork", "solo"]
-DEFAULT_CPU_POOL: CpuPool = "prefork"
+#: One worker process per CPU slot, supervised and scaled by ``taskfleet up`` (README,
+#: "The CPU pool"; BENCHMARKS.md measures it against prefork).
+DEFAULT_CPU_POOL: CpuPool = "solo"
 MAX_SPARE_PREFETCH = 100
 
 REDIS_SCHEMES = frozenset({"redis", "rediss"})
@@ -94,9 +96,10 @@ class Settings(BaseSettings):
     cpu_pool: CpuPool = Field(
         DEFAULT_CPU_POOL,
         description=(
-            "prefork: pool processes behind one parent per CPU worker; solo: every CPU process "
-            "is a worker of its own that runs its jobs inline (fewest hops per job, lowest "
-            "latency; fixed size, not resized by the autoscaler)"
+            "solo (default): every CPU process is a worker of its own that runs its jobs "
+            "inline (fewest hops per job, lowest latency); taskfleet up starts and stops "
+            "them as the autoscaler asks; prefork: pool processes behind one parent per "
+            "CPU worker, resized by remote control"
         ),
     )
     io_concurrency: int = Field(DEFAULT_IO_CONCURRENCY, ge=1, le=10_000)

@@ -6,7 +6,6 @@ import os
 import shutil
 import socket
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 from taskfleet.config import Settings
@@ -57,39 +56,33 @@ def plan_children(
         The children: CPU worker, I/O worker, then beat, Flower and the metrics endpoint if
         asked for.
     """
-    host = socket.gethostname()
     tag = os.getpid()
     log_dir = data_dir / LOG_DIR_NAME
     level = settings.log_level
-    plan: list[Child] = []
     cpu = cpu_profiles(settings, options.cpu_concurrency)
-    profiles: Sequence[tuple[str, WorkerProfile]] = (
-        *(
-            (f"cpu-worker-{index + 1}" if len(cpu) > 1 else "cpu-worker", profile)
-            for index, profile in enumerate(cpu)
-        ),
-        ("io-worker", io_profile(settings, options.io_concurrency)),
-    )
-    for index, (name, profile) in enumerate(profiles):
-        nodename = f"{profile.name}-{tag}@{host}"
-        argv = profile.argv(hostname=nodename, loglevel=level)
-        plan.append(
-            Child(
-                name=name,
-                role="worker",
-                argv=celery_argv(argv),
-                log_path=log_dir / f"{name}.log",
-                url=broker,
-                detail=(
-                    f"{profile.pool} x{profile.concurrency}, queues {', '.join(profile.queues)}"
-                ),
-                nodename=nodename,
-                pool=profile.pool,
-                # One result persister per CPU pool is plenty (they share a consumer group).
-                extra_env={MULTIPROC_ENV: str(data_dir / METRICS_DIR_NAME)}
-                | ({DISABLE_PERSISTER_ENV: "1"} if 0 < index < len(cpu) else {}),
-            )
+    plan = [
+        worker_child(
+            f"cpu-worker-{index + 1}" if len(cpu) > 1 else "cpu-worker",
+            profile,
+            settings,
+            broker=broker,
+            data_dir=data_dir,
+            tag=tag,
+            persister=index == 0,
         )
+        for index, profile in enumerate(cpu)
+    ]
+    plan.append(
+        worker_child(
+            "io-worker",
+            io_profile(settings, options.io_concurrency),
+            settings,
+            broker=broker,
+            data_dir=data_dir,
+            tag=tag,
+            persister=True,
+        )
+    )
     if options.beat:
         schedule = data_dir / BEAT_SCHEDULE_NAME
         plan.append(
@@ -134,6 +127,36 @@ def plan_children(
     if options.metrics:
         plan.append(metrics_child(data_dir, log_dir))
     return plan
+
+
+def worker_child(
+    name: str,
+    profile: WorkerProfile,
+    settings: Settings,
+    *,
+    broker: str,
+    data_dir: Path,
+    tag: int,
+    persister: bool,
+) -> Child:
+    """One worker child: node ``<profile>-<tag>@<host>``, its log under the data folder.
+
+    ``persister``: whether it may run the result persister. One per CPU pool is plenty (the
+    persisters of a fleet share a consumer group); the I/O worker runs none of its own.
+    """
+    nodename = f"{profile.name}-{tag}@{socket.gethostname()}"
+    return Child(
+        name=name,
+        role="worker",
+        argv=celery_argv(profile.argv(hostname=nodename, loglevel=settings.log_level)),
+        log_path=data_dir / LOG_DIR_NAME / f"{name}.log",
+        url=broker,
+        detail=f"{profile.pool} x{profile.concurrency}, queues {', '.join(profile.queues)}",
+        nodename=nodename,
+        pool=profile.pool,
+        extra_env={MULTIPROC_ENV: str(data_dir / METRICS_DIR_NAME)}
+        | ({} if persister else {DISABLE_PERSISTER_ENV: "1"}),
+    )
 
 
 def metrics_child(data_dir: Path, log_dir: Path) -> Child:

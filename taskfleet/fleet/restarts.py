@@ -101,14 +101,22 @@ class CrashHistory:
         self._expire(self.clock())
         return len(self.recent)
 
-    def record(self) -> RestartDecision:
-        """Count a crash now and decide: restart after a delay, or give up."""
+    def record(self, served: bool = False) -> RestartDecision:
+        """Count a crash now and decide: restart after a delay, or give up.
+
+        ``served``: the child is a worker that had come up (answered a ping) since its last
+        start. Only a child that crashes again and again *before* it serves is given up on: that is a crash loop no
+        restart mends (a bad setting, a taken port). One that serves and then dies, such as
+        a solo worker killed by the job it ran (a poison pill, ``SIGXCPU``), is restarted
+        with the same backoff however often: its next job may be fine, and a poison pill is
+        dead-lettered after ``TASKFLEET_RESILIENCE_MAX_DELIVERIES``.
+        """
         now = self.clock()
         self.recent.append(now)
         self.total += 1
         self._expire(now)
         count = len(self.recent)
-        if count >= self.policy.give_up_crashes:
+        if count >= self.policy.give_up_crashes and not served:
             return RestartDecision(give_up=True, delay=0.0, crashes_in_window=count)
         return RestartDecision(False, self.policy.delay(count), count)
 

@@ -35,6 +35,11 @@ class Watched(Protocol):
     def pid(self) -> int | None:
         """Its current pid, if known."""
 
+    @property
+    def runs_jobs(self) -> bool:
+        """Whether it runs jobs, which may kill it (a worker): then a death after it served
+        is no crash loop, and never makes the supervisor give up."""
+
     def exited(self) -> str | None:
         """None while it runs, else how it ended (``killed by SIGKILL (9)``)."""
 
@@ -142,6 +147,16 @@ class Supervisor:
         self.sleep = sleep
         self.slots = {w.name: _Slot(CrashHistory(self.policy, clock)) for w in self.watched}
 
+    def add(self, item: Watched) -> None:
+        """Watch one more thing from now on (a worker the pool just grew by)."""
+        self.watched.append(item)
+        self.slots[item.name] = _Slot(CrashHistory(self.policy, self.clock))
+
+    def remove(self, name: str) -> None:
+        """Stop watching ``name`` (a worker being retired: its exit is no crash)."""
+        self.watched = [w for w in self.watched if w.name != name]
+        self.slots.pop(name, None)
+
     def run(self, interval: float) -> None:
         """Check every ``interval`` seconds, forever (until GaveUp or an interrupt)."""
         while True:
@@ -204,7 +219,7 @@ class Supervisor:
         return False
 
     def _crashed(self, item: Watched, slot: _Slot, how: str) -> None:
-        decision = slot.history.record()
+        decision = slot.history.record(served=item.runs_jobs and not slot.awaiting_ready)
         slot.last_exit = how
         if decision.give_up:
             self._emit("gave_up", item, slot, how)

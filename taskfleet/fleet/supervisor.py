@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 
+import redis
 from celery import Celery
 
 from taskfleet.app_config import create_app
 from taskfleet.config import ServiceURLs, Settings, resolve_services
+from taskfleet.config.autoscale import load_autoscale_settings
 from taskfleet.config.resilience import get_resilience_settings
 from taskfleet.devstack import EmbeddedStack
 from taskfleet.devstack.polling import Deadline
-from taskfleet.devstack.processes import group_members, port_free
+from taskfleet.devstack.processes import group_members, port_free, signal_group
 from taskfleet.fleet.children import Child, ChildDied, FleetError, FleetOptions
 from taskfleet.fleet.environment import child_env, needs_embedded_stack, sanitize_url
 from taskfleet.fleet.flower import (
@@ -26,7 +32,7 @@ from taskfleet.fleet.flower import (
     flower_installed,
 )
 from taskfleet.fleet.pinger import Pinger
-from taskfleet.fleet.plan import LOG_DIR_NAME, plan_children, prepare_metrics
+from taskfleet.fleet.plan import LOG_DIR_NAME, plan_children, prepare_metrics, worker_child
 from taskfleet.fleet.processes import (
     KILL_TIMEOUT_S,
     PING_TIMEOUT_S,
@@ -36,9 +42,16 @@ from taskfleet.fleet.processes import (
     sweep_groups,
 )
 from taskfleet.fleet.restarts import RestartPolicy
+from taskfleet.fleet.scaling import SlotScaler
 from taskfleet.fleet.status import StatusFile
 from taskfleet.fleet.supervision import Event, Supervisor, Watched
 from taskfleet.fleet.watches import ChildWatch, ServiceWatch
+from taskfleet.routing.topology import Topology
+from taskfleet.scheduler.slots import SlotRegistry
+from taskfleet.workers.profiles import cpu_profile
+
+#: Seconds a Redis call of the slot scaler may take (it runs in the supervision loop).
+SLOT_REDIS_TIMEOUT_S = 2.0
 
 DEFAULT_READY_TIMEOUT_S = 90.0
 """Seconds to wait for every worker to answer a ping (and Flower to listen)."""
@@ -85,6 +98,8 @@ class Fleet:
         self.auth: FlowerAuth | None = None
         self._control_app: Celery | None = None
         self.supervisor: Supervisor | None = None
+        self.scaler: SlotScaler | None = None
+        self._pinger: Pinger | None = None
 
     def __enter__(self) -> Fleet:
         """Start the fleet."""
@@ -248,12 +263,77 @@ class Fleet:
             stack = EmbeddedStack(self.data_dir)
             items.append(ServiceWatch(stack, "redis", urls.redis_url))
             items.append(ServiceWatch(stack, "postgres", urls.database_url))
-        pinger = Pinger(self.control_app)
-        port = self.options.flower_port
-        items.extend(
-            ChildWatch(c, self.relaunch, pinger, port, self.silence_limit(c)) for c in self.children
-        )
+        items.extend(self._watch(c) for c in self.children)
         return items
+
+    def _watch(self, child: Child) -> ChildWatch:
+        if self._pinger is None:
+            self._pinger = Pinger(self.control_app)
+        limit = self.silence_limit(child)
+        return ChildWatch(child, self.relaunch, self._pinger, self.options.flower_port, limit)
+
+    # ------------------------------------------------------------------ solo CPU slots
+
+    def slot_scaler(self) -> SlotScaler | None:
+        """The scaler of this fleet's solo CPU workers (None: prefork, or autoscaling off)."""
+        if self.settings.cpu_pool != "solo" or not load_autoscale_settings().enabled:
+            return None
+        urls = self.resolve()
+        client = redis.Redis.from_url(
+            urls.redis_url,
+            socket_timeout=SLOT_REDIS_TIMEOUT_S,
+            socket_connect_timeout=SLOT_REDIS_TIMEOUT_S,
+        )
+        cpu = [c for c in self.children if c.role == "worker" and c.name.startswith("cpu-worker")]
+        group = f"cpu-slots-{os.getpid()}@{socket.gethostname()}"
+        grace = self.settings.hard_time_limit + SOLO_SILENCE_MARGIN_S
+        members = [(index + 1, child) for index, child in enumerate(cpu)]
+        queue = Topology.from_settings(self.settings).cpu_queue
+        return SlotScaler(group, queue, self, SlotRegistry(client), members, grace)
+
+    def start_slot(self, index: int) -> Child:
+        """Launch solo CPU worker number ``index`` (2, 3, ...) and watch it.
+
+        Raises:
+            RestartFailed: It could not be launched.
+        """
+        profile = cpu_profile(self.settings, 1)
+        profile = replace(profile, name=f"{profile.name}{index}")
+        child = worker_child(
+            f"cpu-worker-{index}",
+            profile,
+            self.settings,
+            broker=sanitize_url(self.resolve().broker_url),
+            data_dir=self.data_dir,
+            tag=os.getpid(),
+            persister=False,
+        )
+        self._launch(child, self.resolve())
+        self.children.append(child)
+        if self.supervisor is not None:
+            self.supervisor.add(self._watch(child))
+        return child
+
+    def retire_slot(self, child: Child) -> None:
+        """Stop watching ``child``; SIGTERM asks it to finish its job and exit."""
+        if self.supervisor is not None:
+            self.supervisor.remove(child.name)
+        if child.popen is not None and child.returncode() is None:
+            with contextlib.suppress(ProcessLookupError):
+                child.popen.send_signal(signal.SIGTERM)
+
+    def kill_slot(self, child: Child) -> None:
+        """Kill a retiring worker that overstayed, with its process group."""
+        if child.pid is not None:
+            child.killed = True
+            signal_group(child.pid, signal.SIGKILL)
+
+    def forget_slot(self, child: Child) -> None:
+        """A retired worker has exited: sweep its group and drop it from the fleet."""
+        if child.pid is not None:
+            sweep_groups([child.pid], RESTART_SWEEP_TIMEOUT_S)
+        with contextlib.suppress(ValueError):
+            self.children.remove(child)
 
     def silence_limit(self, child: Child) -> float:
         """Seconds worker ``child`` may answer no ping before it is restarted (0: never).
@@ -274,12 +354,15 @@ class Fleet:
         *,
         policy: RestartPolicy | None = None,
         on_event: Callable[[Event], None] | None = None,
+        until: Callable[[], bool] = lambda: False,
     ) -> None:
         """Keep every child (and the embedded servers this fleet started) running; block.
 
         A child that dies is restarted after an exponential backoff; every death, restart
         and recovery is passed to ``on_event`` and saved in ``<data dir>/fleet-status.json``.
-        Returns only by an exception (KeyboardInterrupt for SIGTERM and Ctrl-C).
+        Returns when ``until()`` is true (checked every ``interval``; a harness that runs
+        this in a thread stops it so), else only by an exception (KeyboardInterrupt for
+        SIGTERM and Ctrl-C).
 
         Raises:
             GaveUp: A child crashed too often in a short window (see :mod:`.restarts`).
@@ -296,7 +379,12 @@ class Fleet:
         supervisor = self.supervisor = Supervisor(self.watches(), policy, record)
         supervisor.tick()  # learn the servers' pids before the first status
         status.write(supervisor.status())
-        supervisor.run(interval)
+        self.scaler = self.slot_scaler()
+        while not until():
+            supervisor.tick()
+            if self.scaler is not None and self.scaler.step():
+                status.write(supervisor.status())
+            time.sleep(interval)
 
     # ------------------------------------------------------------------ stopping
 
@@ -314,6 +402,9 @@ class Fleet:
         Raises:
             taskfleet.devstack.DevStackError: The embedded stack could not be stopped.
         """
+        if self.scaler is not None:
+            self.scaler.close()
+            self.scaler = None
         stop_children(self.children, timeout, KILL_TIMEOUT_S)
         if self._control_app is not None:
             self._control_app.close()

@@ -73,6 +73,11 @@ class ChildWatch:
         return self.child.log_path
 
     @property
+    def runs_jobs(self) -> bool:
+        """A worker runs jobs (beat, Flower and the metrics endpoint do not)."""
+        return self.child.role == "worker"
+
+    @property
     def pid(self) -> int | None:
         """The child's current pid."""
         return self.child.pid
@@ -142,6 +147,11 @@ class ServiceWatch:
     def pid(self) -> int | None:
         """The server's pid when last seen running."""
         return self._pid
+
+    @property
+    def runs_jobs(self) -> bool:
+        """A server runs no jobs."""
+        return False
 
     def exited(self) -> str | None:
         """None while it runs and answers on its port, else what is wrong."""

@@ -48,6 +48,18 @@ def _prefork(pool: Any) -> Any:
     return inner if inner is not None and hasattr(inner, "_iterinactive") else None
 
 
+#: The reply to a resize of a pool that has no size (Celery's solo pool: one process).
+NOT_RESIZABLE = (
+    "{command}: a solo worker is one process and cannot be resized; its supervisor starts and "
+    "stops workers instead (taskfleet up, see taskfleet.scheduler.slots)"
+)
+
+
+def _fixed(command: str, pool: Any) -> str | None:
+    """Why ``pool`` cannot be resized at all (None when it can)."""
+    return NOT_RESIZABLE.format(command=command) if not hasattr(pool, "grow") else None
+
+
 def _too_big(pool: Any, n: int) -> str | None:
     """Why growing ``pool`` by ``n`` would make it too big (None when it would not)."""
     ceiling = MAX_PREFORK_PROCESSES if _prefork(pool) is not None else MAX_GREEN_SLOTS
@@ -67,7 +79,11 @@ def taskfleet_pool_grow(state: Any, n: int = 1, **_: Any) -> dict[str, str]:
     consumer = state.consumer
     if consumer.controller.autoscaler:
         return nok("taskfleet_pool_grow is not supported beside --autoscale")  # type: ignore[no-any-return]
-    refusal = _bad_step(GROW_NOW_COMMAND, n) or _too_big(consumer.pool, n)
+    refusal = (
+        _bad_step(GROW_NOW_COMMAND, n)
+        or _fixed(GROW_NOW_COMMAND, consumer.pool)
+        or _too_big(consumer.pool, n)
+    )
     if refusal is not None:
         return nok(refusal)  # type: ignore[no-any-return]
     consumer.pool.grow(n)
@@ -89,7 +105,7 @@ def taskfleet_pool_shrink(state: Any, n: int = 1, **_: Any) -> dict[str, str]:
     consumer = state.consumer
     if consumer.controller.autoscaler:
         return nok("taskfleet_pool_shrink is not supported beside --autoscale")  # type: ignore[no-any-return]
-    refusal = _bad_step(SHRINK_NOW_COMMAND, n)
+    refusal = _bad_step(SHRINK_NOW_COMMAND, n) or _fixed(SHRINK_NOW_COMMAND, consumer.pool)
     if refusal is not None:
         return nok(refusal)  # type: ignore[no-any-return]
     inner = _prefork(consumer.pool)

@@ -31,6 +31,7 @@ from celery import Celery
 from taskfleet.routing.depth import queue_depths
 from taskfleet.routing.topology import DEFAULT_INBOX, Topology
 from taskfleet.scheduler.model import PoolSample, WorkerView
+from taskfleet.scheduler.slots import SlotGroup, node_groups
 from taskfleet.workers.pools import pool_kind
 
 POOLS: tuple[str, ...] = ("cpu", "io")
@@ -126,6 +127,34 @@ def concurrency_of(report: WorkerReport, prefork_sizes: dict[str, tuple[int, int
     return reported
 
 
+def worker_views(
+    members: list[WorkerReport],
+    prefork_sizes: dict[str, tuple[int, int]],
+    groups: dict[str, SlotGroup],
+) -> tuple[WorkerView, ...]:
+    """The pool's resizable units: each worker that answered, except that the solo workers of
+    a slot group (``groups``: node name -> group) count as one worker, the group, of the
+    group's size. A group is in the view even if none of its workers answered: a solo worker
+    answers nothing while it runs a job, so a group whose every worker is busy is silent."""
+    views: list[WorkerView] = []
+    for m in members:
+        if m.hostname in groups and not m.resizable:
+            continue
+        pid = int(m.stats.get("pid", 0) or 0)
+        views.append(
+            WorkerView(m.hostname, concurrency_of(m, prefork_sizes), pid, m.prefork, m.resizable)
+        )
+    for group in {g.group: g for g in groups.values()}.values():
+        views.append(WorkerView(group.group, group.size, 0, False, True, slots=True))
+    return tuple(views)
+
+
+def silent_slots(members: list[WorkerReport], groups: dict[str, SlotGroup]) -> int:
+    """Slot-group workers that did not answer: each counts as running one job."""
+    answered = {m.hostname for m in members}
+    return sum(1 for node in groups if node not in answered)
+
+
 def sample_pool(
     pool: str,
     now: float,
@@ -134,14 +163,16 @@ def sample_pool(
     prefork_sizes: dict[str, tuple[int, int]],
     previous: dict[str, Any] | None,
     measured_at: float | None = None,
+    groups: dict[str, SlotGroup] | None = None,
 ) -> tuple[PoolSample, dict[str, Any]]:
     """A pool's sample, and the counters to keep for the next tick's rates.
 
     ``measured_at`` is when the counts were read (default ``now``); the rates are over the
     time since the previous sample's counts were read (its ``at`` if it predates the field).
+    ``groups`` maps the node names of slot groups' workers to their group.
     """
     read_at = now if measured_at is None else measured_at
-    running = sum(m.running for m in members)
+    running = sum(m.running for m in members) + silent_slots(members, groups or {})
     in_flight = running + sum(m.reserved for m in members)
     work = depth + in_flight
     completed = {
@@ -159,16 +190,7 @@ def sample_pool(
         )
         completion = done / elapsed
         arrival = max(0.0, (work - previous["work"] + done) / elapsed)
-    workers = tuple(
-        WorkerView(
-            m.hostname,
-            concurrency_of(m, prefork_sizes),
-            int(m.stats.get("pid", 0) or 0),
-            m.prefork,
-            m.resizable,
-        )
-        for m in members
-    )
+    workers = worker_views(members, prefork_sizes, groups or {})
     sample = PoolSample(pool, now, depth, in_flight, arrival, completion, workers, read_at)
     return sample, {"at": now, "measured_at": read_at, "work": work, "completed": completed}
 
@@ -180,8 +202,10 @@ def measure(
     now: float,
     prefork_sizes: dict[str, tuple[int, int]],
     counters: dict[str, Any],
+    groups: dict[str, SlotGroup] | None = None,
 ) -> tuple[dict[str, PoolSample], dict[str, Any]]:
-    """Samples of both pools and the counters for the next tick.
+    """Samples of both pools and the counters for the next tick (``groups``: the live slot
+    groups by id).
 
     Raises:
         Exception: whatever the broker client raises when it is unreachable (the tick
@@ -200,6 +224,13 @@ def measure(
         members = [r for r in reports if work_queue in r.queues]
         depth = sum(depths[q] for q in pool_queues(topology, pool))
         samples[pool], new_counters[pool] = sample_pool(
-            pool, now, depth, members, prefork_sizes, counters.get(pool), measured_at
+            pool,
+            now,
+            depth,
+            members,
+            prefork_sizes,
+            counters.get(pool),
+            measured_at,
+            node_groups(groups or {}, work_queue),
         )
     return samples, new_counters

@@ -18,6 +18,9 @@ class WorkerView:
     prefork: bool = True
     #: False for a solo worker: one process, which no remote control can grow or shrink.
     resizable: bool = True
+    #: A slot group (``taskfleet.scheduler.slots``): solo workers its supervisor starts and
+    #: stops; ``hostname`` is the group's id and ``concurrency`` its process count.
+    slots: bool = False
 
 
 @dataclass(frozen=True)

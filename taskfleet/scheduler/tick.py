@@ -20,6 +20,7 @@ from taskfleet.scheduler.actuate import actuate
 from taskfleet.scheduler.measure import measure
 from taskfleet.scheduler.model import TrendPoint
 from taskfleet.scheduler.policy import decide
+from taskfleet.scheduler.slots import SlotRegistry
 from taskfleet.scheduler.store import AutoscaleStore, last_seen, memory_from, memory_to
 
 log = logging.getLogger(__name__)
@@ -69,8 +70,9 @@ def _decide_and_act(
     stored = store.load_memory()
     topology = Topology.from_settings(settings_of(app))
     sizes = store.prefork_sizes()
+    groups = SlotRegistry(store.client).groups(now)
     samples, counters = measure(
-        app, topology, settings.inspect_timeout, now, sizes, stored.get("counters", {})
+        app, topology, settings.inspect_timeout, now, sizes, stored.get("counters", {}), groups
     )
     present = [w.hostname for sample in samples.values() for w in sample.workers]
     seen, gone = last_seen(stored.get("seen", {}), list(sizes), present, now)

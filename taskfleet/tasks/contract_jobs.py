@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from taskfleet.contracts import notify as webhook
 from taskfleet.contracts.pipeline import gather, process, reuse_key, run_phase
 from taskfleet.tasks.base import job
 from taskfleet.tasks.job_app import app
@@ -67,5 +66,11 @@ def gather_batch(results: list[Any]) -> dict[str, Any]:
 
 @job(app, "contract.notify", "io")
 def notify(result: Any, url: str, idempotency_key: str | None = None) -> dict[str, Any]:
-    """POST a finished result to the caller's webhook; raises when it is not delivered."""
+    """POST a finished result to the caller's webhook; raises when it is not delivered.
+
+    The webhook module (httpx, the outbound transport) is imported here, on the first
+    delivery: a worker that sends none never loads it.
+    """
+    from taskfleet.contracts import notify as webhook
+
     return webhook.deliver(result, url, idempotency_key=idempotency_key)

@@ -11,7 +11,8 @@ of one signal in the order they were connected):
 ``worker_init`` (main process, before the consumer starts)
     1. ``inline_limits.enforce_in_solo_worker``: a solo worker enforces time limits itself.
     2. ``signals.open_solo_pools``: a gevent or solo worker opens its pools (a green one
-       sized to its greenlets); every main process settles its heap.
+       sized to its greenlets); a prefork one preloads what its pool processes share;
+       every main process settles its heap.
     3. ``signals.record_before_inline_jobs``: a solo worker records deliveries at once.
     4. ``signals.start_heartbeat``: the heartbeat sidecar, before the first delivery (on
        taskfleet's own Redis transport only: stock kombu's tags no delivery with its owner).

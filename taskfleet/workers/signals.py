@@ -61,8 +61,9 @@ def open_child_pools(**_: Any) -> None:
 def open_solo_pools(sender: Any = None, **_: Any) -> None:
     """A gevent (or solo) worker runs jobs in its own process: open its pools at start.
 
-    A gevent worker first sizes its Redis pools to its greenlet ceiling (``capacity``). Every
-    worker's main process then settles its heap (``heap``), a prefork one before it forks.
+    A gevent worker first sizes its Redis pools to its greenlet ceiling (``capacity``). A
+    prefork one loads what its pool processes share (:func:`preload_for_pool_processes`).
+    Every worker's main process then settles its heap (``heap``), a prefork one before it forks.
     """
     settings = settings_of(_app)
     pool_cls = getattr(sender, "pool_cls", None)
@@ -72,7 +73,25 @@ def open_solo_pools(sender: Any = None, **_: Any) -> None:
         log.info("taskfleet: Redis pools of this green worker sized to %d connections", cap)
     if pool_cls is not None and kind != "prefork":
         open_resources(settings)
+    if kind == "prefork":
+        preload_for_pool_processes()
     settle_heap(settings.settle_heap)
+
+
+def preload_for_pool_processes() -> None:
+    """A prefork worker's main process imports, before it forks, what its pool processes
+    import only when a job needs it: SQLAlchemy and psycopg (the result reuse cache's
+    Postgres tier, ``contract.process``). Its pool processes then share those pages instead of
+    importing a copy each (~18 MiB a process). A solo or gevent worker imports them when a
+    job first needs them, and a worker whose jobs never do, never.
+
+    Measured, a prefork worker of 2 after 20 ``contract.process`` jobs: 145-150 MiB PSS for
+    the tree with this preload, 168 MiB without it.
+    """
+    import psycopg  # noqa: F401
+    import sqlalchemy.dialects.postgresql.psycopg  # noqa: F401
+
+    import taskfleet.cache.tiered  # noqa: F401
 
 
 def trace_inline_jobs(sender: Any = None, **_: Any) -> None:

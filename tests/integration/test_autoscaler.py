@@ -65,6 +65,9 @@ def scaled_fleet(
     env = {
         **redis_env,
         **DIAG_JOBS_ENV,  # diag.gate builds the backlogs
+        # A prefork worker, resized by remote control (solo workers are resized through
+        # taskfleet up: tests/integration/test_supervisor_restarts.py).
+        "TASKFLEET_CPU_POOL": "prefork",
         "TASKFLEET_CPU_QUEUE": f"cpu-as-{suffix}",
         "TASKFLEET_IO_QUEUE": f"io-as-{suffix}",
     }

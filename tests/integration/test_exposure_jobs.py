@@ -41,6 +41,7 @@ def fleet(redis_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -
     suffix = uuid.uuid4().hex[:6]
     env = {
         **redis_env,
+        "TASKFLEET_CPU_POOL": "prefork",  # resized by remote control (the grow tests)
         "TASKFLEET_CPU_QUEUE": f"cpu-exp-{suffix}",
         "TASKFLEET_IO_QUEUE": f"io-exp-{suffix}",
         "TASKFLEET_DIAG_JOBS": "false",  # the default, stated: the test runner's env is not

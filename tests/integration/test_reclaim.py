@@ -80,6 +80,7 @@ def _env(redis_env: dict[str, str], tag: str, **extra: str) -> dict[str, str]:
         "TASKFLEET_RESILIENCE_HEARTBEAT_INTERVAL": str(HEARTBEAT_INTERVAL_S),
         "TASKFLEET_RESILIENCE_HEARTBEAT_TTL": str(HEARTBEAT_TTL_S),
         "TASKFLEET_RESILIENCE_RECLAIM_INTERVAL": str(RECLAIM_INTERVAL_S),
+        "TASKFLEET_CPU_POOL": "prefork",  # unless ``extra`` says solo
         **extra,
     }
 

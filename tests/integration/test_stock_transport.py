@@ -51,6 +51,7 @@ def stock_env(redis_env: dict[str, str]) -> dict[str, str]:
         **redis_env,
         **DIAG_JOBS_ENV,  # diag.record holds the jobs the kill strands
         "TASKFLEET_FAST_TRANSPORT": "false",
+        "TASKFLEET_CPU_POOL": "prefork",  # a prefork worker of PREFORK_PROCESSES
         "TASKFLEET_CPU_QUEUE": f"cpu-stock-{suffix}",
         "TASKFLEET_IO_QUEUE": f"io-stock-{suffix}",
         "TASKFLEET_VISIBILITY_TIMEOUT": str(VISIBILITY_S),

@@ -11,12 +11,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,10 +33,13 @@ from kombu.exceptions import OperationalError
 from taskfleet.app import create_app
 from taskfleet.client import Client
 from taskfleet.config import load_settings
+from taskfleet.config.app_settings import settings_of
 from taskfleet.devstack import EmbeddedStack
 from taskfleet.fleet import GIVE_UP_CRASHES, read_status
-from taskfleet.resilience.diag_keys import gate_key
+from taskfleet.resilience.diag_keys import counter_key, gate_key
+from taskfleet.resilience.dlq import DeadLetterQueues
 from taskfleet.routing.depth import redis_priority_keys
+from taskfleet.scheduler.store import AutoscaleStore
 from tests.support.up_exposure import CHILDREN as EXPOSURE_CHILDREN
 from tests.support.up_exposure import (
     answering_flower,
@@ -62,6 +67,12 @@ PING_TIMEOUT_S = 0.5
 #: The children of `taskfleet up`: CPU and I/O workers, beat, Flower, the metrics endpoint.
 UP_CHILDREN = 5
 JOBS_ACROSS_REDIS_KILL = 50
+#: Deliveries of a poison pill before it is dead-lettered (the default).
+MAX_DELIVERIES = 3
+#: The most CPU worker processes the autoscaler may ask of up.
+AUTOSCALE_MAX = 3
+#: Held jobs: a backlog that calls for AUTOSCALE_MAX processes (4 jobs each) and more.
+BURST_JOBS = 16
 CPU_QUEUE = "cpu"
 #: What a control call raises while its broker connection is stale or down.
 BROKER_ERRORS = (redis.ConnectionError, OperationalError)
@@ -129,6 +140,13 @@ def start_up(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Up:
         TASKFLEET_RESILIENCE_RESTART_BACKOFF=str(RESTART_BACKOFF_S),
         TASKFLEET_RESILIENCE_WORKER_SILENCE=str(WORKER_SILENCE_S),
         TASKFLEET_METRICS_PORT=str(free_port()),  # up's metrics endpoint, off the default port
+        # beat's autoscaler, quick: it starts and stops solo CPU workers through up.
+        TASKFLEET_AUTOSCALE_INTERVAL="1",
+        TASKFLEET_AUTOSCALE_INSPECT_TIMEOUT="0.5",
+        TASKFLEET_AUTOSCALE_UP_COOLDOWN="1",
+        TASKFLEET_AUTOSCALE_DOWN_COOLDOWN="3",
+        TASKFLEET_AUTOSCALE_CPU_WORKER_MAX=str(AUTOSCALE_MAX),
+        TASKFLEET_AUTOSCALE_CPU_STEP_DOWN=str(AUTOSCALE_MAX),
         COLUMNS="200",
         NO_COLOR="1",
     )
@@ -365,16 +383,92 @@ def test_sigkill_of_the_embedded_redis_restarts_it_from_its_aof(up: Up) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
+def test_the_autoscaler_starts_and_stops_solo_cpu_workers_through_up(up: Up) -> None:
+    """The default CPU pool is one solo worker per process; beat's autoscaler grows it under
+    a backlog by asking up for more processes, and shrinks it back when the backlog is gone."""
+    first = up.pid("cpu-worker")
+    client = Client(up.app)
+    store = redis.Redis.from_url(up.redis_url)
+    gate = f"scale-{os.getpid()}"
+    handles = client.enqueue_many(
+        [("diag.gate", {"gate": gate, "i": i, "max_s": 120}) for i in range(BURST_JOBS)]
+    )
+    added = {f"cpu-worker-{index}" for index in range(2, AUTOSCALE_MAX + 1)}
+    try:
+        wait_for(lambda: added <= set(up.children()), RECOVERY_TIMEOUT_S, "more CPU workers")
+        pids = [up.pid(name) for name in added]
+        ids = {h.id for h in handles}
+        # A busy solo worker answers no inspect: count what is left in the queue instead
+        # (a solo worker takes one job at a time, and reserves none beside it).
+        wait_for(
+            lambda: len(queued_ids(store) & ids) == BURST_JOBS - AUTOSCALE_MAX,
+            RECOVERY_TIMEOUT_S,
+            f"{AUTOSCALE_MAX} CPU workers each taking a held job",
+        )
+    finally:
+        store.set(gate_key(gate), 1, ex=600)
+    assert all(h.result(timeout=JOB_TIMEOUT_S)["opened"] is True for h in handles)
+    wait_for(
+        lambda: not added & set(up.children()), RECOVERY_TIMEOUT_S, "the added workers retired"
+    )
+    wait_for(lambda: not any(alive(pid) for pid in pids), RECOVERY_TIMEOUT_S, "their exits")
+    assert up.pid("cpu-worker") == first  # the first worker (the persister's) stays
+    history = AutoscaleStore(store, 1.0).history(500)
+    cpu = [e["pools"]["cpu"] for e in history if e.get("status") == "decided"]
+    applied = [c for c in cpu if c["decision"]["action"] != "hold"]
+    assert {c["decision"]["action"] for c in applied} == {"grow", "shrink"}, applied
+    for entry in applied:
+        (group,) = entry["result"]
+        assert group.startswith("cpu-slots-"), entry
+        assert entry["result"][group]["outcome"] == "ok", entry
+    for name in added:  # retired, not crashed
+        assert f"{name} (pid" not in up.text()
+    store.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_poison_pill_that_kills_its_solo_worker_is_dead_lettered_and_up_carries_on(
+    up: Up,
+) -> None:
+    """A job that SIGKILLs the (solo) worker running it takes the worker down each time: up
+    restarts it, the job is dead-lettered after its deliveries, the next job runs, and up
+    does not give up, although with the earlier tests' kills the CPU worker has now died
+    more often in a minute than a child that never comes up may."""
+    killed = re.compile(r"cpu-worker(-\d+)? \(pid \d+\) died: killed by SIGKILL")
+    kills = len(killed.findall(up.text()))
+    client = Client(up.app)
+    dlqs = DeadLetterQueues(settings_of(up.app))
+    counter = f"t:kill:{uuid.uuid4().hex}"
+    handle = client.enqueue("diag.suicide", {"counter": counter})
+    after = client.enqueue("cpu.noop", None)
+    letter = wait_for(
+        lambda: dlqs.show(handle.id), GIVE_UP_TIMEOUT_S, "the poison pill's dead letter"
+    )
+    assert letter.reason == "poison_pill"
+    assert letter.attempts == MAX_DELIVERIES
+    assert after.result(timeout=JOB_TIMEOUT_S) == {"ok": True}
+    store = redis.Redis.from_url(up.redis_url)
+    assert int(store.get(counter_key(counter)) or 0) == MAX_DELIVERIES
+    store.close()
+    assert up.proc.poll() is None, up.text()
+    # Each delivery took a CPU worker down (the autoscaler may have started a second one).
+    assert len(killed.findall(up.text())) == kills + MAX_DELIVERIES, up.text()
+    assert "giving up" not in up.text()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_sigterm_is_still_a_warm_shutdown_that_finishes_running_jobs(up: Up) -> None:
     client = Client(up.app)
     gate = f"warm-{os.getpid()}"
     handle = client.enqueue("diag.gate", {"gate": gate, "max_s": 60})
+    store = redis.Redis.from_url(up.redis_url)
 
     def running() -> bool:
-        active: dict[str, Any] = {}
-        with contextlib.suppress(*BROKER_ERRORS):
-            active = up.app.control.inspect(timeout=PING_TIMEOUT_S).active() or {}
-        return any(task["id"] == handle.id for tasks in active.values() for task in tasks)
+        # Taken from the queue by a CPU worker: a solo worker reserves no job beside the one
+        # it runs (and answers no inspect while it runs it).
+        return handle.id not in queued_ids(store)
 
     wait_for(running, RECOVERY_TIMEOUT_S, "the gate job to run")
     up.proc.send_signal(signal.SIGTERM)
@@ -385,7 +479,10 @@ def test_sigterm_is_still_a_warm_shutdown_that_finishes_running_jobs(up: Up) -> 
     text = up.text()
     assert code == 0, text
     assert "warning: killed" not in text  # every child exited on SIGTERM in time
-    assert f"stopped {UP_CHILDREN} processes" in text
+    # Every child: the five, and any CPU worker the autoscaler had added meanwhile.
+    stopped = re.search(r"stopped (\d+) processes", text)
+    assert stopped is not None, text
+    assert int(stopped.group(1)) >= UP_CHILDREN, text
     assert handle.result(timeout=JOB_TIMEOUT_S)["opened"] is True  # --keep-services
 
 

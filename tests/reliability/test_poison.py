@@ -1,4 +1,9 @@
-"""Poison pills: a job that SIGKILLs its worker runs a bounded number of times, then dies."""
+"""Poison pills: a job that SIGKILLs its worker runs a bounded number of times, then dies.
+
+Here on a prefork worker, whose parent survives its pool process; the default solo worker
+dies with the job and is restarted by ``taskfleet up``
+(``tests/integration/test_supervisor_restarts.py``).
+"""
 
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ def test_self_killing_job_is_dead_lettered_after_max_deliveries(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     base_env: dict[str, str] = request.getfixturevalue(f"{broker}_env")
-    env = resilience_env(base_env, f"psn-{broker}")
+    env = {**resilience_env(base_env, f"psn-{broker}"), "TASKFLEET_CPU_POOL": "prefork"}
     fleet = start_fleet(env, tmp_path_factory.mktemp(f"psn-{broker}"), cpu=1)
     try:
         client = Client(fleet.app())

@@ -20,7 +20,12 @@ from celery import Celery
 
 from taskfleet.app import create_app
 from taskfleet.config import load_settings
-from taskfleet.workers.profiles import WorkerProfile, cpu_profile, io_profile
+from taskfleet.workers.profiles import (
+    DISABLE_PERSISTER_ENV,
+    WorkerProfile,
+    cpu_profiles,
+    io_profile,
+)
 
 from .waiting import wait_for
 
@@ -107,6 +112,8 @@ class Fleet:
         ]
         log = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
         env = {**os.environ, **self.env}
+        if profile.name != "cpu" and profile.name.startswith("cpu"):  # cpu2, cpu3: solo workers
+            env[DISABLE_PERSISTER_ENV] = "1"  # one persister per fleet, as ``taskfleet up`` runs
         self.procs[name] = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
         return hostname.replace("%h", os.uname().nodename)
 
@@ -151,9 +158,11 @@ def running_fleet(
     :meth:`Fleet.stop`)."""
     fleet = Fleet(env, log_dir)
     settings = load_settings(**fleet.settings_overrides)
-    profiles = {"cpu": (cpu_profile(settings, cpu), "cpu"), "io": (io_profile(settings, io), "io")}
+    # As ``taskfleet up`` plans them: one prefork worker, or one solo worker per process.
+    cpu_workers = [(p, p.name) for p in cpu_profiles(settings, cpu)]
+    profiles = {"cpu": cpu_workers, "io": [(io_profile(settings, io), "io")]}
     try:
-        fleet.start_all([profiles[pool] for pool in pools])
+        fleet.start_all([worker for pool in pools for worker in profiles[pool]])
         yield fleet
     finally:
         fleet.stop(stop_timeout_s)

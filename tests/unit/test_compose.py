@@ -284,7 +284,10 @@ def test_dependencies_wait_for_health(services: dict[str, dict[str, Any]]) -> No
 def test_worker_command_matches_its_profile(
     name: str, services: dict[str, dict[str, Any]], settings: Settings
 ) -> None:
-    profile = WORKERS[name](settings)
+    # The image pins the prefork pool for its CPU worker (no supervisor in a container).
+    env = services[name].get("environment", {})
+    pool = env.get("TASKFLEET_CPU_POOL", settings.cpu_pool)
+    profile = WORKERS[name](settings.model_copy(update={"cpu_pool": pool}))
     options = worker_options(as_argv(services[name]["command"]))
     expected = profile_options(profile, with_concurrency="-c" in options)
     assert options == expected
@@ -399,7 +402,9 @@ def test_dockerfile(settings: Settings) -> None:
     [check] = [args for keyword, args in instructions if keyword == "HEALTHCHECK"]
     node = options["-n"].replace("%h", "$HOSTNAME")
     assert check.split(" CMD ", 1)[1] == f'taskfleet health --worker "{node}" || exit 1', check
-    assert options == profile_options(cpu_profile(settings), with_concurrency="-c" in options)
+    assert re.search(r"\bTASKFLEET_CPU_POOL=prefork\b", env), env
+    prefork = settings.model_copy(update={"cpu_pool": "prefork"})
+    assert options == profile_options(cpu_profile(prefork), with_concurrency="-c" in options)
 
 
 def test_dockerignore() -> None:

@@ -48,6 +48,7 @@ class FakeChild:
         self.restart_times: list[float] = []
         self.restart_error: FleetError | None = None
         self.serving = True
+        self.runs_jobs = True
         self.stall: str | None = None
         self.forgiven: list[float] = []
         self.clock = clock
@@ -165,6 +166,7 @@ def test_a_child_is_ready_only_once_it_serves() -> None:
 def test_a_child_crashing_in_a_tight_loop_is_given_up_on_by_name() -> None:
     clock = Clock()
     child = FakeChild("cpu-worker", clock)
+    child.serving = False  # it never comes up between its crashes
     events: list[Event] = []
     supervisor = Supervisor([child], on_event=events.append, clock=clock, sleep=clock.sleep)
 
@@ -186,6 +188,44 @@ def test_a_child_crashing_in_a_tight_loop_is_given_up_on_by_name() -> None:
     gaps = [b - a for a, b in zip(child.restart_times, child.restart_times[1:], strict=False)]
     assert gaps == sorted(gaps)  # the backoff grows
     assert events[-1].kind == "gave_up"
+
+
+def test_a_child_that_serves_between_its_crashes_is_never_given_up_on() -> None:
+    """A solo worker killed by the jobs it runs (poison pills) comes back every time."""
+    clock = Clock()
+    child = FakeChild("cpu-worker", clock)
+    supervisor = Supervisor([child], clock=clock, sleep=clock.sleep)
+    for _ in range(3 * GIVE_UP_CRASHES):
+        child.dead = describe_exit(-signal.SIGKILL)
+        supervisor.tick()  # it died
+        while child.dead is not None:  # restarted after its backoff
+            clock.sleep(0.25)
+            supervisor.tick()
+        supervisor.tick()  # and it answers again
+        assert supervisor.status()["cpu-worker"]["state"] == "running"
+    assert len(child.restart_times) == 3 * GIVE_UP_CRASHES
+    assert supervisor.slots["cpu-worker"].history.in_window() >= GIVE_UP_CRASHES
+
+
+def test_a_child_that_runs_no_jobs_is_given_up_on_even_if_it_came_up_in_between() -> None:
+    """Flower whose port a squatter holds looks up (the port answers), then dies again."""
+    clock = Clock()
+    child = FakeChild("flower", clock)
+    child.runs_jobs = False
+    supervisor = Supervisor([child], clock=clock, sleep=clock.sleep)
+
+    def crash_after_coming_up() -> None:
+        for _ in range(3 * GIVE_UP_CRASHES):
+            child.dead = "exit status 1"
+            supervisor.tick()
+            while child.dead is not None:
+                clock.sleep(0.25)
+                supervisor.tick()
+            supervisor.tick()
+
+    with pytest.raises(GaveUp):
+        crash_after_coming_up()
+    assert len(child.restart_times) == GIVE_UP_CRASHES - 1
 
 
 def test_a_failed_restart_counts_as_a_crash_and_is_retried() -> None:

@@ -14,9 +14,19 @@ from taskfleet.workers.profiles import DISABLE_PERSISTER_ENV, cpu_profiles
 pytestmark = pytest.mark.usefixtures("clean_env")
 
 
-def test_one_worker_runs_every_cpu_process_by_default() -> None:
+def test_every_cpu_process_is_a_solo_worker_by_default() -> None:
     profiles = cpu_profiles(load_settings(cpu_concurrency=4))
-    assert [(p.name, p.concurrency) for p in profiles] == [("cpu", 4)]
+    assert [(p.name, p.pool, p.concurrency) for p in profiles] == [
+        ("cpu", "solo", 1),
+        ("cpu2", "solo", 1),
+        ("cpu3", "solo", 1),
+        ("cpu4", "solo", 1),
+    ]
+
+
+def test_one_prefork_worker_runs_every_cpu_process_when_asked() -> None:
+    profiles = cpu_profiles(load_settings(cpu_pool="prefork", cpu_concurrency=4))
+    assert [(p.name, p.pool, p.concurrency) for p in profiles] == [("cpu", "prefork", 4)]
 
 
 @pytest.mark.parametrize(
@@ -24,7 +34,8 @@ def test_one_worker_runs_every_cpu_process_by_default() -> None:
     [(2, 2, [1, 1]), (2, 5, [3, 2]), (3, 7, [3, 2, 2]), (4, 4, [1, 1, 1, 1])],
 )
 def test_workers_share_the_processes(workers: int, total: int, shares: list[int]) -> None:
-    profiles = cpu_profiles(load_settings(cpu_workers=workers, cpu_concurrency=total))
+    settings = load_settings(cpu_pool="prefork", cpu_workers=workers, cpu_concurrency=total)
+    profiles = cpu_profiles(settings)
     assert [p.concurrency for p in profiles] == shares
     assert sum(shares) == total
     assert len({p.name for p in profiles}) == workers  # distinct node names
@@ -32,11 +43,12 @@ def test_workers_share_the_processes(workers: int, total: int, shares: list[int]
 
 
 def test_a_smaller_override_never_yields_a_worker_without_a_process() -> None:
-    settings = load_settings(cpu_workers=4, cpu_concurrency=4)
+    settings = load_settings(cpu_pool="prefork", cpu_workers=4, cpu_concurrency=4)
     assert [p.concurrency for p in cpu_profiles(settings, concurrency=2)] == [1, 1]
 
 
 def test_more_workers_than_processes_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TASKFLEET_CPU_POOL", "prefork")
     monkeypatch.setenv("TASKFLEET_CPU_WORKERS", "3")
     monkeypatch.setenv("TASKFLEET_CPU_CONCURRENCY", "2")
     with pytest.raises(ConfigError, match=r"TASKFLEET_CPU_WORKERS.*TASKFLEET_CPU_CONCURRENCY"):

@@ -1,0 +1,192 @@
+"""The supervisor's slot scaler: grows and retires solo workers to the size asked for."""
+
+from __future__ import annotations
+
+import redis
+
+from taskfleet.fleet.children import Child, RestartFailed
+from taskfleet.fleet.scaling import POLL_EVERY_S, SlotScaler
+from taskfleet.scheduler.slots import REGISTER_EVERY_S, SlotGroup
+
+GRACE_S = 10.0
+
+
+class FakeProcess:
+    """Stands in for ``subprocess.Popen``: exits when told."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.code: int | None = None
+
+    def poll(self) -> int | None:
+        return self.code
+
+
+class Host:
+    """Records what the scaler asks of the fleet."""
+
+    def __init__(self) -> None:
+        self.started: list[int] = []
+        self.retired: list[str] = []
+        self.killed: list[str] = []
+        self.forgotten: list[str] = []
+        self.fail_next = False
+
+    def start_slot(self, index: int) -> Child:
+        if self.fail_next:
+            self.fail_next = False
+            raise RestartFailed("no fork today")
+        self.started.append(index)
+        return child(index)
+
+    def retire_slot(self, member: Child) -> None:
+        self.retired.append(member.name)
+
+    def kill_slot(self, member: Child) -> None:
+        self.killed.append(member.name)
+
+    def forget_slot(self, member: Child) -> None:
+        self.forgotten.append(member.name)
+
+
+class Registry:
+    """The slot keys, in memory; ``down`` makes every call fail as Redis would."""
+
+    def __init__(self) -> None:
+        self.targets: dict[str, int] = {}
+        self.groups: list[SlotGroup] = []
+        self.down = False
+        self.unregistered: list[str] = []
+
+    def target(self, group: str) -> int | None:
+        if self.down:
+            raise redis.ConnectionError("down")
+        return self.targets.get(group)
+
+    def register(self, group: SlotGroup) -> None:
+        if self.down:
+            raise redis.ConnectionError("down")
+        self.groups.append(group)
+
+    def unregister(self, group: str) -> None:
+        self.unregistered.append(group)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def child(index: int) -> Child:
+    name = "cpu-worker" if index == 1 else f"cpu-worker-{index}"
+    node = "cpu" if index == 1 else f"cpu{index}"
+    member = Child(name, "worker", [], None, "", nodename=f"{node}-1@h", pool="solo")  # type: ignore[arg-type]
+    member.popen = FakeProcess(1000 + index)  # type: ignore[assignment]
+    return member
+
+
+def scaler(size: int = 1) -> tuple[SlotScaler, Host, Registry, Clock]:
+    host, registry, clock = Host(), Registry(), Clock()
+    members = [(i, child(i)) for i in range(1, size + 1)]
+    made = SlotScaler("g", "cpu", host, registry, members, GRACE_S, clock=clock, wall=lambda: 5.0)  # type: ignore[arg-type]
+    return made, host, registry, clock
+
+
+def test_it_registers_its_workers_and_grows_to_the_size_asked_for() -> None:
+    made, host, registry, clock = scaler()
+    made.step()
+    assert [(g.size, g.nodes) for g in registry.groups] == [(1, ("cpu-1@h",))]
+    registry.targets["g"] = 3
+    clock.now += POLL_EVERY_S
+    made.step()
+    assert host.started == [2, 3]
+    assert made.size == 3
+    assert registry.groups[-1].size == 3
+    assert registry.groups[-1].nodes == ("cpu-1@h", "cpu2-1@h", "cpu3-1@h")
+
+
+def test_it_reads_the_target_only_every_poll_interval() -> None:
+    made, host, registry, clock = scaler()
+    made.step()
+    registry.targets["g"] = 2
+    clock.now += POLL_EVERY_S / 2
+    made.step()
+    assert host.started == []
+    clock.now += POLL_EVERY_S / 2
+    made.step()
+    assert host.started == [2]
+
+
+def test_shrinking_retires_the_newest_and_never_the_first() -> None:
+    made, host, registry, _ = scaler(3)
+    registry.targets["g"] = 0  # below the minimum: the persister's worker stays
+    made.step()
+    assert host.retired == ["cpu-worker-3", "cpu-worker-2"]
+    assert made.size == 1
+    assert registry.groups[-1].size == 1
+
+
+def test_a_retired_worker_is_forgotten_once_it_exits_and_killed_after_the_grace() -> None:
+    made, host, registry, clock = scaler(3)
+    registry.targets["g"] = 1
+    made.step()
+    first, second = made.retiring[0].child, made.retiring[1].child
+    first.popen.code = 0  # type: ignore[union-attr]  # finished its job and exited
+    clock.now += 1
+    made.step()
+    assert host.forgotten == ["cpu-worker-3"]
+    assert host.killed == []
+    clock.now += GRACE_S
+    made.step()
+    assert host.killed == ["cpu-worker-2"]
+    clock.now += 1
+    made.step()
+    assert host.killed == ["cpu-worker-2"]  # killed once
+    second.popen.code = -9  # type: ignore[union-attr]
+    made.step()
+    assert host.forgotten == ["cpu-worker-3", "cpu-worker-2"]
+    assert made.retiring == []
+
+
+def test_a_failed_launch_is_tried_again_next_round() -> None:
+    made, host, registry, clock = scaler()
+    registry.targets["g"] = 2
+    host.fail_next = True
+    made.step()
+    assert made.size == 1
+    clock.now += POLL_EVERY_S
+    made.step()
+    assert made.size == 2
+
+
+def test_redis_down_keeps_the_size_and_the_next_round_tries_again() -> None:
+    made, host, registry, clock = scaler(2)
+    registry.down = True
+    made.step()
+    assert made.size == 2
+    assert (host.retired, host.started) == ([], [])
+    registry.down = False
+    registry.targets["g"] = 3
+    clock.now += POLL_EVERY_S
+    made.step()
+    assert made.size == 3
+
+
+def test_an_unchanged_group_registers_again_every_interval() -> None:
+    made, _, registry, clock = scaler()
+    made.step()
+    clock.now += POLL_EVERY_S
+    made.step()
+    assert len(registry.groups) == 1
+    clock.now += REGISTER_EVERY_S
+    made.step()
+    assert len(registry.groups) == 2
+
+
+def test_closing_unregisters_the_group() -> None:
+    made, _, registry, _ = scaler()
+    made.close()
+    assert registry.unregistered == ["g"]
