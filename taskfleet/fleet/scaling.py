@@ -152,11 +152,13 @@ class SlotScaler:
         return changed
 
     def close(self) -> None:
-        """The fleet stops: forget the group in Redis (best effort)."""
+        """The fleet stops: forget the group in Redis (best effort), close the client."""
         try:
             self.registry.unregister(self.group)
         except redis.RedisError as exc:
             log.warning("slot group %s: could not unregister: %s", self.group, exc)
+        finally:
+            self.registry.close()
 
     def _reap(self, now: float) -> bool:
         gone = False

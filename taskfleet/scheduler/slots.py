@@ -108,6 +108,10 @@ class SlotRegistry:
         pipe.hdel(TARGETS_KEY, *groups)
         pipe.execute()
 
+    def close(self) -> None:
+        """Close the Redis client's connections."""
+        self.client.close()
+
     def set_target(self, group: str, size: int) -> None:
         """Ask a group's supervisor to run ``size`` processes."""
         self.client.hset(TARGETS_KEY, group, str(size))

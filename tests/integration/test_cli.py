@@ -25,7 +25,7 @@ import redis
 from taskfleet.config import load_settings
 from taskfleet.devstack import EmbeddedStack
 from taskfleet.fleet import Fleet, FleetOptions
-from tests.support.workers import kill_tree
+from tests.support.workers import is_cpu_node, kill_tree
 
 CLI = [sys.executable, "-m", "taskfleet.cli"]
 CLI_TIMEOUT_S = 60
@@ -242,7 +242,7 @@ def test_submit_wait_prints_the_checksum_and_status_reads_it(fleet: Fleet, data_
     info = json.loads(status.stdout)
     assert info["state"] == "SUCCESS"
     assert info["result"]["sha256"] == expected_checksum(payload)
-    assert info["worker"].startswith("cpu-")
+    assert is_cpu_node(info["worker"])
     assert info["date_done"]
 
 

@@ -33,7 +33,7 @@ from taskfleet.outbound import outbound_client
 from taskfleet.resilience.dlq import DeadLetterQueues
 from taskfleet.workers.profiles import cpu_profile, io_profile
 from tests.support.waiting import wait_for
-from tests.support.workers import Fleet
+from tests.support.workers import Fleet, is_cpu_node
 
 AS_OF = "2025-03-01"
 LOOPBACK = "127.0.0.1"
@@ -125,7 +125,7 @@ def test_batch_runs_through_a_chord(
     without_flag = [{k: v for k, v in r.items() if k != "cache_hit"} for r in batch["results"]]
     assert without_flag == [process(d, AS_OF) for d in docs]
     assert batch["results"][3]["errors"][0]["loc"] == "currency"
-    assert _worker(redis_client, handle.id).startswith("cpu-")
+    assert is_cpu_node(_worker(redis_client, handle.id))
 
 
 def ready_meta(app: Celery, job_id: str) -> dict[str, Any] | None:

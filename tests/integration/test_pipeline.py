@@ -11,7 +11,7 @@ from sqlalchemy import Engine, text
 
 from taskfleet.client import Client, JobFailed
 from tests.support.waiting import wait_for
-from tests.support.workers import Fleet
+from tests.support.workers import Fleet, is_cpu_node
 
 pytestmark = pytest.mark.usefixtures("clean_state")
 
@@ -30,7 +30,7 @@ def test_cpu_and_io_jobs_run_on_their_own_pools(
     io = client.enqueue("io.wait", {"ms": 5})
     assert len(cpu.result(30)["sha256"]) == 64
     assert io.result(30)["waited_ms"] >= 5
-    assert str(_meta(redis_client, cpu.id)["worker"]).startswith("cpu-")
+    assert is_cpu_node(str(_meta(redis_client, cpu.id)["worker"]))
     assert str(_meta(redis_client, io.id)["worker"]).startswith("io-")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -28,6 +29,11 @@ from taskfleet.workers.profiles import (
 )
 
 from .waiting import wait_for
+
+
+def is_cpu_node(name: str) -> bool:
+    """Whether a Celery node name is a CPU worker's (``cpu-...``, or a solo ``cpu2-...``)."""
+    return re.match(r"cpu\d*-", name) is not None
 
 
 def kill_tree(pid: int) -> None:

@@ -71,6 +71,9 @@ class Registry:
     def unregister(self, group: str) -> None:
         self.unregistered.append(group)
 
+    def close(self) -> None:
+        self.closed = True
+
 
 class Clock:
     def __init__(self) -> None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import random
 
 from bench.soak.memory import ProcessMemory, role_of
-from bench.soak.report import growth, leak_growth
-from bench.soak.run import Mark, SoakResult
+from bench.soak.report import growth, leak_growth, system_section
+from bench.soak.run import Mark, SoakResult, cpu_unit_role
 from bench.soak.systems import reservoir
 
 WORKER = ["python", "-m", "celery", "-A", "taskfleet.app", "worker", "-P", "prefork", "-Q", "cpu"]
+SOLO = ["python", "-m", "celery", "-A", "taskfleet.app", "worker", "-P", "solo", "-Q", "cpu"]
 IO = ["python", "-m", "celery", "-A", "taskfleet.app", "worker", "-P", "gevent", "-Q", "io,celery"]
 MIB = 2**20
 
@@ -27,6 +28,22 @@ def test_roles_of_a_taskfleet_up_tree() -> None:
     assert role_of(["python", "-m", "celery", "-A", "taskfleet.app", "beat"], "supervisor") == (
         "beat"
     )
+
+
+def test_solo_cpu_workers_are_a_role_of_their_own() -> None:
+    assert role_of(SOLO, "supervisor") == "cpu worker (solo)"
+    assert role_of([*SOLO[:6], "--pool=solo", "-Q", "cpu"], "supervisor") == "cpu worker (solo)"
+    assert role_of(["python", "-m", "taskfleet.sidecar"], "cpu worker (solo)") == (
+        "cpu worker (solo) sidecar"
+    )
+    assert role_of(["python", "-m", "taskfleet.results.persister"], "cpu worker (solo)") == (
+        "cpu worker (solo) persister"
+    )
+    solo = ProcessMemory(1, "cpu worker (solo)", 0, 0)
+    assert solo.is_solo
+    assert not solo.is_pool
+    assert cpu_unit_role([solo]) == ("solo", "cpu worker (solo)")
+    assert cpu_unit_role([ProcessMemory(2, "cpu pool", 0, 0)]) == ("prefork", "cpu pool")
 
 
 def test_a_stock_celery_worker_is_the_root_of_its_tree() -> None:
@@ -78,3 +95,51 @@ def test_a_process_grows_only_when_both_uss_and_rss_grow() -> None:
     grew = leak_growth(result)
     assert grew[1] == 0.0
     assert round(grew[2], 3) == round(10 / 60, 3)
+
+
+def _solo_soak() -> SoakResult:
+    def proc(pid: int, role: str, uss: int) -> ProcessMemory:
+        return ProcessMemory(pid, role, uss * MIB, (uss + 60) * MIB)
+
+    solo = "cpu worker (solo)"
+    result = SoakResult("taskfleet", "taskfleet")
+    result.marks = [
+        Mark(100, 1.0, [proc(1, "supervisor", 60), proc(2, solo, 30), proc(3, solo, 31)], 0, 0),
+        # pid 3 retired by the autoscaler, pid 4 started by the supervisor
+        Mark(200, 2.0, [proc(1, "supervisor", 60), proc(2, solo, 30), proc(4, solo, 29)], 0, 0),
+        # pid 3's number reused by some other process: not the same one
+        Mark(300, 3.0, [proc(1, "supervisor", 60), proc(2, solo, 30), proc(3, "beat", 90)], 0, 0),
+    ]
+    result.final = {
+        "jobs_per_s": 100.0,
+        "redis_used_bytes": 0,
+        "result_keys": 0,
+        "read_back": [1, 1],
+    }
+    result.late_fork = {
+        "pool": "solo",
+        "jobs": 50,
+        "shrunk_after_s": 31.0,
+        "probe_s": 12.0,
+        "survivors": 1,
+        "late": [vars(proc(5, solo, 28))],
+        "late_started_after_s": [4.0],
+        "early_at_first_mark": [vars(proc(2, solo, 30)), vars(proc(3, solo, 31))],
+        "early_at_last_sight": [vars(proc(2, solo, 30)), vars(proc(3, solo, 31))],
+    }
+    return result
+
+
+def test_a_retired_solo_worker_is_neither_growth_nor_failure() -> None:
+    result = _solo_soak()
+    grew = leak_growth(result)
+    assert grew == {1: 0.0, 2: 0.0}  # pid 3 left (and its pid came back as beat), pid 4 is new
+    text = system_section(result, None)
+    assert "| cpu worker (solo) (pid 3) | 31.0 |  |  | exited |" in text
+    assert "| cpu worker (solo) (pid 4) |  | 29.0 |  | started later |" in text
+    assert "| beat (pid 3) |  |  | 90.0 | started later (still running) |" in text
+    assert "+0.0% (within the 5% target)" in text
+    assert "Solo CPU workers started after the first mark" in text
+    assert "29.0 / 89.0 (at 200)" in text
+    assert "shrank the CPU pool to one solo worker 31 s after the last mark" in text
+    assert "started 1 new solo worker(s) (started 4 s after the jobs were fed)" in text
