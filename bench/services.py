@@ -35,7 +35,7 @@ REDIS_DBS = {
     "autoscale_taskfleet": 10,
     "autoscale_celery": 11,
     "taskfleet_per_core": 12,
-    "taskfleet_solo": 13,
+    "taskfleet_prefork": 13,
     "limits": 14,
     "taskfleet_metrics": 15,
 }

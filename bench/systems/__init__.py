@@ -6,8 +6,8 @@ from bench.systems.base import System
 
 SYSTEM_NAMES = (
     "taskfleet",
+    "taskfleet_prefork",
     "taskfleet_per_core",
-    "taskfleet_solo",
     "taskfleet_metrics",
     "celery_redis",
     "celery_db",
@@ -33,14 +33,14 @@ def make_system(name: str) -> System:
         from bench.systems.taskfleet import TaskfleetSystem
 
         return TaskfleetSystem()
+    if name == "taskfleet_prefork":
+        from bench.systems.taskfleet import TaskfleetPreforkSystem
+
+        return TaskfleetPreforkSystem()
     if name == "taskfleet_per_core":
         from bench.systems.taskfleet import TaskfleetPerCoreSystem
 
         return TaskfleetPerCoreSystem()
-    if name == "taskfleet_solo":
-        from bench.systems.taskfleet import TaskfleetSoloSystem
-
-        return TaskfleetSoloSystem()
     if name == "taskfleet_metrics":
         from bench.systems.taskfleet import TaskfleetMetricsSystem
 

@@ -17,6 +17,7 @@ from bench.common import (
 from bench.services import BENCH_STACK_DIR, count_rows, flush_redis, services, truncate_tables
 from bench.systems.base import EnqueueVariant
 from bench.systems.celery_meta import CeleryMetaSystem
+from taskfleet.config.settings import DEFAULT_CPU_POOL, CpuPool
 from taskfleet.workers.profiles import DISABLE_PERSISTER_ENV
 
 JOB_KIND = "cpu.noop"
@@ -25,15 +26,17 @@ WORKER_LOGLEVEL = "WARNING"
 
 
 class TaskfleetSystem(CeleryMetaSystem):
-    """taskfleet as shipped: prefork cpu workers (acks late, prefetch 1) plus the persister."""
+    """taskfleet as shipped: the default CPU pool (solo: one worker per process, each
+    fetching, running and acking its jobs inline; prefetch 1, acks late) plus one persister."""
 
     name = "taskfleet"
     label = "taskfleet"
 
-    #: CPU worker instances the worker processes are shared between (the setting's default).
+    #: CPU worker instances the worker processes are shared between (the setting's default;
+    #: a solo pool runs one worker per process whatever it says).
     cpu_workers = 1
     #: ``TASKFLEET_CPU_POOL`` (the setting's default).
-    cpu_pool = "prefork"
+    cpu_pool: CpuPool = DEFAULT_CPU_POOL
 
     def __init__(self) -> None:
         """Build a client bound to the bench's own Redis database."""
@@ -73,7 +76,8 @@ class TaskfleetSystem(CeleryMetaSystem):
         truncate_tables(RESULTS_TABLE)
 
     def _spawn_workers(self, n_procs: int) -> None:
-        """The host's CPU workers as ``taskfleet up`` plans them; one persister among them."""
+        """The host's CPU workers as ``taskfleet up`` plans them (solo: one per process);
+        the first runs the persister, the others ``TASKFLEET_NO_PERSISTER=1``."""
         from taskfleet.workers.profiles import cpu_profiles
 
         for index, profile in enumerate(cpu_profiles(self.settings, n_procs)):
@@ -128,31 +132,36 @@ class TaskfleetSystem(CeleryMetaSystem):
         super().stop()
 
 
-class TaskfleetPerCoreSystem(TaskfleetSystem):
-    """taskfleet with ``TASKFLEET_CPU_WORKERS=2``: one CPU worker (one parent) per process.
+class TaskfleetPreforkSystem(TaskfleetSystem):
+    """taskfleet with ``TASKFLEET_CPU_POOL=prefork``, the default before solo: one CPU worker
+    whose parent dispatches every job to its pool processes (acks late, prefetch 1)."""
 
-    The same jobs, client and worker processes; the two pool processes belong to two workers,
-    so no single parent routes every job. Measured where the parent bounds latency (W1, W3).
-    """
-
-    name = "taskfleet_per_core"
-    label = "taskfleet, 2 CPU workers x 1"
-    cpu_workers = WORKER_PROCS
+    name = "taskfleet_prefork"
+    label = "taskfleet, prefork (the old default)"
+    cpu_pool = "prefork"
+    cpu_workers = 1
 
     def enqueue_variants(self) -> list[EnqueueVariant]:
         """None: publishing is the same as ``taskfleet``'s (W2 measures it there)."""
         return []
 
 
-class TaskfleetSoloSystem(TaskfleetPerCoreSystem):
-    """taskfleet with ``TASKFLEET_CPU_POOL=solo``: each process a worker running jobs inline.
+class TaskfleetPerCoreSystem(TaskfleetSystem):
+    """taskfleet prefork with ``TASKFLEET_CPU_WORKERS=2``: one CPU worker (one parent) per
+    process.
 
-    No parent process and no pipe: a job costs the worker one fetch and one write to Redis.
+    The same jobs, client and worker processes; the two pool processes belong to two workers,
+    so no single parent routes every job. Measured where the parent bounds latency (W1, W3).
     """
 
-    name = "taskfleet_solo"
-    label = "taskfleet, `TASKFLEET_CPU_POOL=solo` (2 x 1)"
-    cpu_pool = "solo"
+    name = "taskfleet_per_core"
+    label = "taskfleet, prefork, 2 CPU workers x 1"
+    cpu_pool = "prefork"
+    cpu_workers = WORKER_PROCS
+
+    def enqueue_variants(self) -> list[EnqueueVariant]:
+        """None: publishing is the same as ``taskfleet``'s (W2 measures it there)."""
+        return []
 
 
 class TaskfleetMetricsSystem(TaskfleetSystem):

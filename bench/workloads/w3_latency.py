@@ -214,16 +214,19 @@ TARGET_P99_MS = 10.0
 #: Systems measured again at the target rate (the others saturate far below it).
 TARGET_SYSTEMS = (
     "taskfleet",
+    "taskfleet_prefork",
     "taskfleet_per_core",
-    "taskfleet_solo",
     "celery_redis",
     "dramatiq",
 )
 #: The taskfleet configurations the verdict names.
 TARGET_CONFIGURATIONS = (
-    ("taskfleet", "as shipped (one CPU worker of 2 processes)"),
-    ("taskfleet_per_core", "with `TASKFLEET_CPU_WORKERS=2` (2 workers of 1 process)"),
-    ("taskfleet_solo", "with `TASKFLEET_CPU_POOL=solo` (2 solo workers)"),
+    ("taskfleet", "as shipped (`TASKFLEET_CPU_POOL=solo`: 2 solo CPU workers)"),
+    ("taskfleet_prefork", "with `TASKFLEET_CPU_POOL=prefork` (one CPU worker of 2 processes)"),
+    (
+        "taskfleet_per_core",
+        "prefork with `TASKFLEET_CPU_WORKERS=2` (2 workers of 1 process)",
+    ),
 )
 
 

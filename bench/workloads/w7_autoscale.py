@@ -1,27 +1,40 @@
 """W7 autoscaler: the same CPU burst against taskfleet's autoscaler and Celery's ``--autoscale``.
 
-Each system gets one prefork worker that starts at ``MIN_PROCS`` pool processes and may grow
-to ``MAX_PROCS``:
+Each system starts at ``MIN_PROCS`` CPU processes and may grow to ``MAX_PROCS``:
 
-* ``taskfleet``: a CPU worker from ``cpu_profile(settings, MIN_PROCS)`` (acks late,
-  prefetch 1, ``-O fair``), persister off, on private queues; the bench process plays the
-  beat and calls :func:`taskfleet.scheduler.tick.run_tick` every ``INTERVAL_S`` seconds
-  (autoscale settings: cpu worker/pool min 1, max 4, interval 1 s, every other knob at its
-  default: up cooldown 10 s, down cooldown 30 s, step up 4, step down 1, target backlog 4,
-  inspect timeout 1 s).
+* ``taskfleet``: taskfleet as shipped -- the default CPU pool (solo: every CPU process is a
+  worker of its own), run by a real :class:`taskfleet.fleet.Fleet` supervisor (what
+  ``taskfleet up`` runs: one solo CPU worker, one gevent I/O worker, no beat, no Flower, no
+  metrics endpoint) on private queues, persister off (``TASKFLEET_NO_PERSISTER=1`` in every
+  child's environment). The supervisor registers its solo CPU workers as a slot group in
+  Redis; the bench process plays the beat and calls :func:`taskfleet.scheduler.tick.run_tick`
+  every ``INTERVAL_S`` seconds, which asks the group for a size, and the supervisor's
+  ``SlotScaler`` starts ``cpu-worker-N`` processes or retires the newest (SIGTERM).
+* ``taskfleet_prefork``: the old default, for comparison: one prefork CPU worker from
+  ``cpu_profile(settings with cpu_pool="prefork", MIN_PROCS)`` (acks late, prefetch 1,
+  ``-O fair``), persister off, on private queues, resized by remote control from the same
+  ticks.
 * ``celery``: the stock app of :mod:`bench.systems.celery_autoscale_app` (defaults
   untouched: prefetch multiplier 4, early ack) with ``--autoscale=4,1``; Celery's own
   autoscaler runs inside the worker (keepalive 30 s).
+* ``celery_p1``: the same with prefetch 1 and ``-O fair``.
 
-Both run the same task body (SHA-256 iterated ``ROUNDS`` times, a few ms of CPU). The burst
+Both taskfleet systems use the same autoscale settings: cpu worker/pool min 1, max 4,
+interval 1 s, every other knob at its default: up cooldown 10 s, down cooldown 30 s, step
+up 4, step down 1, target backlog 4, inspect timeout 1 s.
+
+All run the same task body (SHA-256 iterated ``ROUNDS`` times, a few ms of CPU). The burst
 is ``n`` jobs published at once (taskfleet ``enqueue_many``, Celery an ``apply_async`` loop)
-after both autoscalers idled ``IDLE_BEFORE_S``. Measured:
+after the autoscalers idled ``IDLE_BEFORE_S``. Measured:
 
 * drain: first publish until the last result is readable in Redis;
-* process-seconds: the worker's child processes are counted with psutil every
-  ``SAMPLE_S`` and integrated over time, during the drain and including the tail (sampling
-  continues until the pool is back to ``MIN_PROCS`` or ``TAIL_S`` after the drain,
-  whichever comes first).
+* process-seconds: the CPU processes are counted every ``SAMPLE_S`` and integrated over
+  time, during the drain and including the tail (sampling continues until the count is back
+  to ``MIN_PROCS``, at the earliest ``MIN_TAIL_S`` after the drain, or ``TAIL_S`` after the
+  drain, whichever comes first). Prefork (taskfleet and Celery): the worker's pool
+  processes (its child processes, psutil, less taskfleet's heartbeat sidecar). Solo: the
+  fleet's live CPU worker processes (a retiring one counts until it has exited; their
+  sidecars are not counted either).
 """
 
 from __future__ import annotations
@@ -30,21 +43,28 @@ import contextlib
 import hashlib
 import itertools
 import json
+import os
+import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
-import psutil
+import psutil  # type: ignore[import-untyped]
 import redis
 
 from bench.common import WORKER_READY_TIMEOUT_S, Summary, completion_timeout, poll_until
-from bench.procs import WorkerGroup
+from bench.procs import LOG_DIR, WorkerGroup
 from bench.report import NOT_AVAILABLE, Table
 from bench.services import BENCH_STACK_DIR, flush_redis, services
 from bench.workloads.base import Options, failure, log
+from taskfleet.workers.profiles import DISABLE_PERSISTER_ENV
+
+if TYPE_CHECKING:
+    from taskfleet.fleet import Event, Fleet
 
 WORKLOAD = "W7"
 DEFAULT_JOBS = 2000
@@ -63,10 +83,15 @@ WARMUP_JOBS = 1
 CHECK_CHUNK = 500
 META_PREFIX = "celery-task-meta-"
 TF_KIND = "cpu.checksum"
-SYSTEMS = ("taskfleet", "celery", "celery_p1")
+SYSTEMS = ("taskfleet", "taskfleet_prefork", "celery", "celery_p1")
+#: The systems taskfleet as shipped is held to the drain and process-seconds targets against.
 PEERS = ("celery", "celery_p1")
+#: Ratios shown without a target: (subject, compared with).
+COMPARISONS = (("taskfleet", "taskfleet_prefork"), ("taskfleet_prefork", "celery"))
+TASKFLEET_SYSTEMS = ("taskfleet", "taskfleet_prefork")
 LABELS = {
-    "taskfleet": "taskfleet (autoscaler tick, 1 s)",
+    "taskfleet": "taskfleet as shipped (solo workers, `taskfleet up` supervisor; tick 1 s)",
+    "taskfleet_prefork": "taskfleet, prefork (the old default; tick 1 s)",
     "celery": "Celery `--autoscale=4,1`",
     "celery_p1": "Celery `--autoscale=4,1`, prefetch 1, `-O fair`",
 }
@@ -76,6 +101,19 @@ PREFETCH_ONE_FLAGS = ("--prefetch-multiplier", "1", "-O", "fair")
 TARGET_DRAIN_RATIO = 0.7
 CPU_SAMPLES = 200
 TICK_JOIN_S = 15.0
+#: The fleet's I/O worker (it consumes nothing here; ``taskfleet up`` always starts one).
+FLEET_IO_CONCURRENCY = 2
+#: Pause between two supervision rounds of the fleet (``taskfleet up``: 0.25 s).
+FLEET_SUPERVISE_S = 0.1
+#: The fleet's logs and status file, under the bench's log folder.
+FLEET_DIR = LOG_DIR / "w7-fleet"
+CPU_CHILD_PREFIX = "cpu-worker"
+#: In the command line of a worker's child that is not a pool process.
+SIDE_PROCESSES = ("taskfleet.sidecar", "persister", "sharding.service")
+#: The tail lasts at least this long (or ``tail_s`` if shorter), so that a resize decided
+#: during a short drain is seen: two ticks (each waits up to 1 s for ``inspect``) and the
+#: supervisor's next read of the size asked for.
+MIN_TAIL_S = 3.0
 
 
 def payload(index: int) -> dict[str, Any]:
@@ -104,21 +142,36 @@ def _check_body() -> None:
         raise RuntimeError("W7 stock task body differs from cpu.checksum")
 
 
+def child_count(pid: int) -> int:
+    """Pool processes of a prefork worker right now: its child processes, except taskfleet's
+    side processes (the heartbeat sidecar every worker starts; the persister, off here)."""
+    try:
+        children = psutil.Process(pid).children()
+    except psutil.Error:
+        return 0
+    count = 0
+    for child in children:
+        try:
+            cmdline = " ".join(child.cmdline())
+        except psutil.Error:
+            continue
+        if not any(marker in cmdline for marker in SIDE_PROCESSES):
+            count += 1
+    return count
+
+
 @dataclass
 class PoolSampler:
-    """Counts a worker's child processes every ``SAMPLE_S`` in a thread."""
+    """Calls ``counter`` (the CPU processes running now) every ``SAMPLE_S`` in a thread."""
 
-    pid: int
+    counter: Callable[[], int]
     samples: list[tuple[float, int]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
     def count(self) -> int:
-        """Child processes of the worker right now (its prefork pool; no persister runs)."""
-        try:
-            return len(psutil.Process(self.pid).children())
-        except psutil.Error:
-            return 0
+        """The CPU processes right now."""
+        return self.counter()
 
     def start(self) -> None:
         """Start sampling."""
@@ -268,30 +321,48 @@ class Ticker:
 class Harness:
     """What a system provides to the shared measurement."""
 
-    workers: WorkerGroup
+    count: Callable[[], int]
+    check_alive: Callable[[], None]
+    stop: Callable[[], None]
     publish: Callable[[list[dict[str, Any]]], list[str]]
     results: redis.Redis
     before: Callable[[], None] = lambda: None
     after: Callable[[], None] = lambda: None
-    extra: Callable[[float], dict[str, Any]] = lambda start: {}
+    extra: Callable[[float, list[str]], dict[str, Any]] = lambda start, ids: {}
+
+
+def worker_harness(
+    workers: WorkerGroup,
+    publish: Callable[[list[dict[str, Any]]], list[str]],
+    results: redis.Redis,
+    **hooks: Any,
+) -> Harness:
+    """A harness around one prefork worker: its pool processes are what is counted."""
+    return Harness(
+        lambda: child_count(workers.procs[0].pid),
+        workers.check_alive,
+        workers.stop,
+        publish,
+        results,
+        **hooks,
+    )
 
 
 def _measure(h: Harness, n: int, tail_s: float) -> dict[str, Any]:
-    """Warm up, idle, burst, drain, tail; always stops the worker."""
+    """Warm up, idle, burst, drain, tail; always stops the workers."""
     sampler: PoolSampler | None = None
     try:
-        worker = h.workers.procs[0]
         warm = h.publish([payload(-1 - i) for i in range(WARMUP_JOBS)])
         deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
         while True:
-            h.workers.check_alive()
+            h.check_alive()
             try:
                 _wait_results(h.results, warm, 1.0, "W7 warm-up")
                 break
             except Exception:
                 if time.monotonic() > deadline:
                     raise
-        sampler = PoolSampler(worker.pid)
+        sampler = PoolSampler(h.count)
         idle_procs = sampler.count()
         h.before()
         sampler.start()
@@ -303,9 +374,10 @@ def _measure(h: Harness, n: int, tail_s: float) -> dict[str, Any]:
         _wait_results(h.results, ids, completion_timeout(n), f"W7 drain of {n} jobs")
         drained = time.perf_counter()
         limit = drained + tail_s
+        settled = drained + min(MIN_TAIL_S, tail_s)
         while time.perf_counter() < limit:
-            h.workers.check_alive()
-            if sampler.latest() <= MIN_PROCS and time.perf_counter() - drained > SAMPLE_S:
+            h.check_alive()
+            if sampler.latest() <= MIN_PROCS and time.perf_counter() > settled:
                 break
             time.sleep(SAMPLE_S)
         sampler.stop()
@@ -325,42 +397,50 @@ def _measure(h: Harness, n: int, tail_s: float) -> dict[str, Any]:
             "peak_procs": sampler.peak(started, tail_end),
             "to_max_s": sampler.first_reaching(MAX_PROCS, started),
             "to_2_s": sampler.first_reaching(2, started),
-            **h.extra(started),
+            **h.extra(started, ids),
         }
     finally:
         if sampler is not None:
             sampler.stop()
-        h.after()
-        h.workers.stop()
-        h.results.close()
+        try:
+            h.after()
+        finally:
+            h.stop()
+            h.results.close()
 
 
-def run_taskfleet(n: int, tail_s: float) -> dict[str, Any]:
-    """One W7 run against taskfleet's autoscaler."""
-    from taskfleet.app import create_app
-    from taskfleet.client import Client
+def _taskfleet_settings(url: str, tag: str, **overrides: Any) -> tuple[Any, dict[str, str]]:
+    """Settings on private queues, and the matching ``TASKFLEET_*`` environment."""
     from taskfleet.config import load_settings
-    from taskfleet.workers.profiles import cpu_profile
 
-    svc = services()
-    url = svc.redis_for("autoscale_taskfleet")
-    flush_redis(url)
-    tag = uuid.uuid4().hex[:8]
+    db = services().sqlalchemy_url
     queues = {"cpu_queue": f"cpu-w7-{tag}", "io_queue": f"io-w7-{tag}"}
-    settings = load_settings(
-        broker_url=url, redis_url=url, database_url=svc.sqlalchemy_url, **queues
-    )
+    settings = load_settings(broker_url=url, redis_url=url, database_url=db, **queues, **overrides)
     env = {
         "TASKFLEET_BROKER_URL": url,
         "TASKFLEET_REDIS_URL": url,
-        "TASKFLEET_DATABASE_URL": svc.sqlalchemy_url,
+        "TASKFLEET_DATABASE_URL": db,
         "TASKFLEET_DATA_DIR": BENCH_STACK_DIR,
         "TASKFLEET_CPU_QUEUE": queues["cpu_queue"],
         "TASKFLEET_IO_QUEUE": queues["io_queue"],
-        "TASKFLEET_NO_PERSISTER": "1",
+        DISABLE_PERSISTER_ENV: "1",
     }
+    return settings, env
+
+
+def run_taskfleet_prefork(n: int, tail_s: float) -> dict[str, Any]:
+    """One W7 run against taskfleet's autoscaler resizing one prefork worker (the old path)."""
+    from taskfleet.app import create_app
+    from taskfleet.client import Client
+    from taskfleet.workers.profiles import cpu_profile
+
+    url = services().redis_for("autoscale_taskfleet")
+    flush_redis(url)
+    tag = uuid.uuid4().hex[:8]
+    settings, env = _taskfleet_settings(url, tag, cpu_pool="prefork")
+    env["TASKFLEET_CPU_POOL"] = "prefork"
     argv = cpu_profile(settings, MIN_PROCS).argv(hostname=f"w7-tf-{tag}@%h", loglevel="WARNING")
-    workers = WorkerGroup("w7-taskfleet")
+    workers = WorkerGroup("w7-taskfleet-prefork")
     app = create_app(settings)
     client = Client(app)
     state = redis.Redis.from_url(url)
@@ -375,15 +455,235 @@ def run_taskfleet(n: int, tail_s: float) -> dict[str, Any]:
         state.close()
 
     workers.spawn(argv, env)
-    harness = Harness(
+    harness = worker_harness(
         workers,
         publish,
         redis.Redis.from_url(url),
         before=ticker.start,
         after=after,
-        extra=lambda start: {"autoscaler": ticker.summary(start)},
+        extra=lambda start, ids: {"autoscaler": ticker.summary(start)},
     )
     return _measure(harness, n, tail_s)
+
+
+@contextlib.contextmanager
+def _environ(name: str, value: str) -> Iterator[None]:
+    """``os.environ[name] = value`` for the block (a fleet's children inherit our environment)."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
+@dataclass
+class _Seen:
+    """One CPU worker process of the fleet, as the sampler saw it."""
+
+    name: str
+    pid: int
+    node: str | None
+    launched: float  # wall clock, when the sampler first saw it (the first: when sampling began)
+    gone: float | None = None  # wall clock, first sample that found it exited
+
+
+class FleetRun:
+    """A :class:`~taskfleet.fleet.Fleet` supervised in a thread while the bench measures.
+
+    ``Fleet.supervise`` runs in its own thread (it blocks); solo workers the scaler starts are
+    launched from that thread, which lives until :meth:`stop`.
+    """
+
+    def __init__(self, fleet: Fleet) -> None:
+        """Wrap a started, ready fleet."""
+        self.fleet = fleet
+        self.events: list[Event] = []
+        self.seen: dict[int, _Seen] = {}
+        self.error: BaseException | None = None
+        self.leftovers: list[int] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._supervise, name="w7-fleet", daemon=True)
+
+    def start(self) -> None:
+        """Start supervising (the slot group is registered on the first round)."""
+        self._thread.start()
+
+    def _supervise(self) -> None:
+        try:
+            self.fleet.supervise(
+                interval=FLEET_SUPERVISE_S, on_event=self.events.append, until=self._stop.is_set
+            )
+        except BaseException as exc:  # reported to the measuring thread by check_alive
+            self.error = exc
+
+    def check_alive(self) -> None:
+        """Raise if the supervisor stopped (it gave up on a crashing child, or failed)."""
+        if self.error is not None:
+            raise RuntimeError(f"W7 fleet supervisor stopped: {self.error!r}") from self.error
+        if not self._thread.is_alive() and not self._stop.is_set():
+            raise RuntimeError("W7 fleet supervisor thread ended")
+
+    def count(self) -> int:
+        """Live CPU worker processes of the fleet (retiring ones until they exit)."""
+        now = time.time()
+        live = 0
+        with self._lock:
+            for child in list(self.fleet.children):
+                if not child.name.startswith(CPU_CHILD_PREFIX) or child.pid is None:
+                    continue
+                pid = child.pid
+                seen = self.seen.get(pid)
+                if seen is None:  # first seen within SAMPLE_S of its launch (psutil's start
+                    # time is only as good as the kernel's boot time, a whole second)
+                    seen = self.seen[pid] = _Seen(child.name, pid, child.nodename, now)
+                if child.returncode() is None:
+                    live += 1
+                elif seen.gone is None:
+                    seen.gone = now
+            for seen in self.seen.values():  # retired and dropped from the fleet
+                if seen.gone is None and not psutil.pid_exists(seen.pid):
+                    seen.gone = now
+        return live
+
+    def stop(self) -> None:
+        """Stop supervising, then stop every child (the slot group is unregistered)."""
+        self._stop.set()
+        self._thread.join(TICK_JOIN_S)
+        try:
+            self.fleet.stop()
+        finally:
+            self.leftovers = self.fleet.leftovers()
+
+    def summary(self, started: float, ids: list[str], results: redis.Redis) -> dict[str, Any]:
+        """Each CPU worker process: when it was launched and exited, when it finished its
+        first job and how many it ran (from the results' ``worker`` and ``date_done``), all in
+        seconds from the first publish (``started``, a ``perf_counter`` reading)."""
+        wall0 = time.time() - (time.perf_counter() - started)
+        firsts, jobs = _first_jobs(results, ids)
+        procs = []
+        with self._lock:
+            seen = sorted(self.seen.values(), key=lambda s: s.launched)
+        for s in seen:
+            first = firsts.get(s.node) if s.node else None
+            procs.append(
+                {
+                    "name": s.name,
+                    "pid": s.pid,
+                    "launched_s": round(s.launched - wall0, 2),
+                    "first_job_s": None if first is None else round(first - wall0, 2),
+                    "launch_to_first_job_s": None
+                    if first is None
+                    else round(first - s.launched, 2),
+                    "jobs": jobs.get(s.node, 0) if s.node else 0,
+                    "exited_s": None if s.gone is None else round(s.gone - wall0, 2),
+                }
+            )
+        events = [
+            {"kind": e.kind, "name": e.name, "pid": e.pid, "detail": e.detail} for e in self.events
+        ]
+        return {"processes": procs, "events": events}
+
+
+def _first_jobs(client: redis.Redis, ids: list[str]) -> tuple[dict[str, float], dict[str, int]]:
+    """Per worker node: when it finished its first of ``ids`` (wall clock), and how many."""
+    firsts: dict[str, float] = {}
+    jobs: dict[str, int] = {}
+    for index in range(0, len(ids), CHECK_CHUNK):
+        chunk = ids[index : index + CHECK_CHUNK]
+        for raw in client.mget([META_PREFIX + i for i in chunk]):
+            if raw is None:
+                continue
+            meta = json.loads(raw)
+            node, done = meta.get("worker"), meta.get("date_done")
+            if not isinstance(node, str) or not isinstance(done, str):
+                continue
+            at = datetime.fromisoformat(done)
+            stamp = (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
+            firsts[node] = min(stamp, firsts.get(node, stamp))
+            jobs[node] = jobs.get(node, 0) + 1
+    return firsts, jobs
+
+
+def run_taskfleet(n: int, tail_s: float) -> dict[str, Any]:
+    """One W7 run against taskfleet as shipped: solo CPU workers scaled by a ``Fleet``."""
+    from taskfleet.app import create_app
+    from taskfleet.client import Client
+    from taskfleet.config.settings import DEFAULT_CPU_POOL
+    from taskfleet.fleet import Fleet
+    from taskfleet.fleet.children import FleetOptions
+
+    url = services().redis_for("autoscale_taskfleet")
+    flush_redis(url)
+    tag = uuid.uuid4().hex[:8]
+    shutil.rmtree(FLEET_DIR, ignore_errors=True)
+    FLEET_DIR.mkdir(parents=True)
+    settings, _ = _taskfleet_settings(
+        url,
+        tag,
+        data_dir=str(FLEET_DIR.resolve()),
+        cpu_pool=DEFAULT_CPU_POOL,
+        log_level="WARNING",
+    )
+    options = FleetOptions(
+        cpu_concurrency=MIN_PROCS,
+        io_concurrency=FLEET_IO_CONCURRENCY,
+        flower=False,
+        beat=False,
+        metrics=False,
+    )
+    with _environ(DISABLE_PERSISTER_ENV, "1"):  # every child: persister off, as in the others
+        fleet = Fleet(settings, options)
+        try:
+            fleet.start()
+            fleet.wait_ready()
+        except BaseException:
+            fleet.stop()
+            raise
+        fleet_run = FleetRun(fleet)
+        try:
+            app = create_app(settings)
+            client = Client(app)
+            state = redis.Redis.from_url(url)
+            results = redis.Redis.from_url(url)
+            ticker = Ticker(app, state)
+        except BaseException:
+            fleet.stop()
+            raise
+
+        def publish(jobs: list[dict[str, Any]]) -> list[str]:
+            return [h.id for h in client.enqueue_many([(TF_KIND, job) for job in jobs])]
+
+        def after() -> None:
+            ticker.stop()
+            client.close()
+            state.close()
+
+        def extra(start: float, ids: list[str]) -> dict[str, Any]:
+            return {
+                "autoscaler": ticker.summary(start),
+                "fleet": fleet_run.summary(start, ids, results),
+            }
+
+        fleet_run.start()
+        harness = Harness(
+            fleet_run.count,
+            fleet_run.check_alive,
+            fleet_run.stop,
+            publish,
+            results,
+            before=ticker.start,
+            after=after,
+            extra=extra,
+        )
+        out = _measure(harness, n, tail_s)
+    if fleet_run.leftovers:
+        out["leftover_pids"] = fleet_run.leftovers
+    return out
 
 
 def run_celery(n: int, tail_s: float, extra_flags: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -421,11 +721,13 @@ def run_celery(n: int, tail_s: float, extra_flags: tuple[str, ...] = ()) -> dict
             app.close()
 
     workers.spawn(argv, {capp.BROKER_ENV: url, capp.BACKEND_ENV: url})
-    return _measure(Harness(workers, publish, redis.Redis.from_url(url), after=after), n, tail_s)
+    harness = worker_harness(workers, publish, redis.Redis.from_url(url), after=after)
+    return _measure(harness, n, tail_s)
 
 
 RUNNERS: dict[str, Callable[[int, float], dict[str, Any]]] = {
     "taskfleet": run_taskfleet,
+    "taskfleet_prefork": run_taskfleet_prefork,
     "celery": run_celery,
     "celery_p1": lambda n, tail_s: run_celery(n, tail_s, PREFETCH_ONE_FLAGS),
 }
@@ -470,29 +772,33 @@ def _verdict(ok: bool | None) -> str:
 
 def _ratio_rows(
     t: Table,
-    tf: dict[str, Summary | None] | None,
-    peer: dict[str, Summary | None] | None,
+    ours: dict[str, Summary | None] | None,
+    theirs: dict[str, Summary | None] | None,
     label: str,
+    *,
+    targets: bool,
 ) -> None:
-    """taskfleet ÷ one peer, and the issue's targets against it."""
+    """``label`` (``subject ÷ peer``), and with ``targets`` the issue's targets against it."""
 
     def ratio(key: str) -> float | None:
-        a = tf and tf[key]
-        b = peer and peer[key]
+        a = ours and ours[key]
+        b = theirs and theirs[key]
         return a.median / b.median if a and b and b.median else None
 
     drain, p_drain, p_total = ratio("drain_s"), ratio("proc_s_drain"), ratio("proc_s_total")
+    blank = [NOT_AVAILABLE] * (len(t.headers) - 5)
     t.rows.append(
         [
-            f"taskfleet ÷ {label}",
+            label,
             f"{drain:.2f}x" if drain else NOT_AVAILABLE,
             NOT_AVAILABLE,
             f"{p_drain:.2f}x" if p_drain else NOT_AVAILABLE,
             f"{p_total:.2f}x" if p_total else NOT_AVAILABLE,
-            NOT_AVAILABLE,
-            NOT_AVAILABLE,
+            *blank,
         ]
     )
+    if not targets:
+        return
     t.rows.append(
         [
             "target",
@@ -501,9 +807,43 @@ def _ratio_rows(
             NOT_AVAILABLE,
             "≤ 1.00x: " + _verdict(None if p_drain is None else p_drain <= 1.0),
             "≤ 1.00x: " + _verdict(None if p_total is None else p_total <= 1.0),
-            NOT_AVAILABLE,
-            NOT_AVAILABLE,
+            *blank,
         ]
+    )
+
+
+def _launch_note(runs: list[dict[str, Any]]) -> str | None:
+    """How long the solo workers the scaler started took from launch to their first job."""
+    started = [p for r in runs for p in r.get("fleet", {}).get("processes", [])[MIN_PROCS:]]
+    if not started:
+        return None
+    waits = [
+        p["launch_to_first_job_s"] for p in started if p.get("launch_to_first_job_s") is not None
+    ]
+    idle = len(started) - len(waits)
+    what = f"{LABELS['taskfleet']}: the scaler started {len(started)} solo worker(s)"
+    if not waits:
+        return f"{what}; none ran a job of the burst (it had drained before they took any)."
+    spread = Summary.of(waits)
+    return (
+        f"{what}; from launch to its first finished job each took median "
+        f"{spread.median:.2f} s (range {spread.low:.2f}-{spread.high:.2f})"
+        + (f", and {idle} ran no job of the burst" if idle else "")
+        + ". Until then a worker is counted as a process but runs nothing."
+    )
+
+
+def _tick_note(name: str, runs: list[dict[str, Any]]) -> str | None:
+    if not runs:
+        return None
+    tick = runs[0]["autoscaler"]
+    acts = "; ".join(
+        f"{a['at_s']:+.1f} s {a['action']} {a['from']}→{a['to']}" for a in tick["actions"]
+    )
+    return (
+        f"{LABELS[name]} ticks (run 1): {tick['ticks']} ticks, median "
+        f"{tick['tick_s_median']} s, max {tick['tick_s_max']} s; decisions after the burst: "
+        f"{acts or 'none'}."
     )
 
 
@@ -515,13 +855,14 @@ def table(options: Options) -> Table:
     t = Table(
         WORKLOAD,
         f"autoscaler, burst of {n:,} `cpu.checksum` jobs (rounds={ROUNDS}), "
-        f"pool {MIN_PROCS}..{MAX_PROCS} processes",
+        f"{MIN_PROCS}..{MAX_PROCS} CPU processes",
         [
             "system",
             "drain s",
             "jobs/s",
             "process-s during drain",
             "process-s incl. tail",
+            "peak procs",
             "tail s (back to min?)",
             "s to 2 / to 4 procs",
         ],
@@ -532,7 +873,7 @@ def table(options: Options) -> Table:
         errors = [r["error"] for r in runs if "error" in r]
         good = [r for r in runs if "error" not in r]
         if not good:
-            t.rows.append([LABELS[name], errors[0] if errors else "no run", *[NOT_AVAILABLE] * 5])
+            t.rows.append([LABELS[name], errors[0] if errors else "no run", *[NOT_AVAILABLE] * 6])
             continue
         f = {k: _summ(good, k) for k in ("drain_s", "jobs_per_s", "proc_s_drain", "proc_s_total")}
         figures[name] = f
@@ -547,6 +888,7 @@ def table(options: Options) -> Table:
                 _fmt(f["jobs_per_s"], 0),
                 _fmt(f["proc_s_drain"], 1),
                 _fmt(f["proc_s_total"], 1),
+                ", ".join(str(r["peak_procs"]) for r in good),
                 tails,
                 reach,
             ]
@@ -555,9 +897,11 @@ def table(options: Options) -> Table:
             t.notes.append(f"{LABELS[name]}: {len(errors)} failed run(s): {errors[0]}")
     tf = figures.get("taskfleet")
     for peer in PEERS:
-        _ratio_rows(t, tf, figures.get(peer), LABELS[peer])
-    tf_runs = [r for r in data["taskfleet"] if "error" not in r]
-    ticks = [r["autoscaler"] for r in tf_runs]
+        _ratio_rows(t, tf, figures.get(peer), f"taskfleet ÷ {LABELS[peer]}", targets=True)
+    for subject, other in COMPARISONS:
+        label = f"{subject} ÷ {other}"
+        _ratio_rows(t, figures.get(subject), figures.get(other), label, targets=False)
+    good_runs = {name: [r for r in data[name] if "error" not in r] for name in TASKFLEET_SYSTEMS}
     t.notes += [
         f"Job body: {data['cpu_ms_per_job']:.2f} ms of CPU in-process; {n:,} jobs ≈ "
         f"{n * data['cpu_ms_per_job'] / 1000:.1f} CPU-s of work on a 2-core machine.",
@@ -566,25 +910,31 @@ def table(options: Options) -> Table:
         "sets it). Systems alternate order between runs.",
         "Drain = first publish → last result readable in Redis (publishing included: "
         "taskfleet one `enqueue_many`, Celery an `apply_async` loop). Process-seconds = "
-        f"worker child processes sampled every {SAMPLE_S * 1000:.0f} ms, integrated from the "
-        "first publish; the tail ends when the pool is back to 1 process or "
-        f"{tail_s:.0f} s after the drain.",
-        "taskfleet: the bench process calls `run_tick` every 1 s (each tick also waits for "
-        "the 1 s `inspect` broadcast, so ticks are ~1-2 s apart); autoscale defaults "
+        f"CPU processes sampled every {SAMPLE_S * 1000:.0f} ms, integrated from the first "
+        f"publish; the tail ends when the count is back to 1 (at the earliest "
+        f"{min(MIN_TAIL_S, tail_s):.0f} s after the drain, so a resize asked during the drain "
+        f"is seen) or {tail_s:.0f} s after the drain. Prefork (taskfleet_prefork, Celery): "
+        "the worker's pool processes (neither its parent nor taskfleet's heartbeat sidecar "
+        "counted). taskfleet as shipped: the fleet's live solo CPU worker processes, each a "
+        "whole worker (its sidecar not counted), counted from launch (before it takes jobs) "
+        "until it has exited; the fleet's gevent I/O worker (idle here) is not counted.",
+        "taskfleet (both): the bench process calls `run_tick` every 1 s (each tick also waits "
+        "for the 1 s `inspect` broadcast, so ticks are ~1-2 s apart); autoscale defaults "
         "otherwise (up cooldown 10 s, down cooldown 30 s after the last growth, step up 4, "
-        "step down 1 per tick, target backlog 4). Celery: its autoscaler runs in the worker, "
-        "re-evaluated on every received message, scale-down 30 s (keepalive) after the "
-        "last scale-up.",
+        "step down 1 per tick, target backlog 4). As shipped, a tick writes the size it wants "
+        "to the slot group in Redis and the `Fleet` supervisor (supervision round "
+        f"{FLEET_SUPERVISE_S:g} s, target read every 0.5 s) starts `cpu-worker-N` solo "
+        "workers or SIGTERMs the newest; prefork is resized by remote control. Celery: its "
+        "autoscaler runs in the worker, re-evaluated on every received message, scale-down "
+        "30 s (keepalive) after the last scale-up.",
     ]
-    if ticks:
-        tick = ticks[0]
-        acts = "; ".join(
-            f"{a['at_s']:+.1f} s {a['action']} {a['from']}→{a['to']}" for a in tick["actions"]
-        )
-        t.notes.append(
-            f"taskfleet ticks (run 1): {tick['ticks']} ticks, median {tick['tick_s_median']} s, "
-            f"max {tick['tick_s_max']} s; decisions after the burst: {acts or 'none'}."
-        )
+    launch = _launch_note(good_runs["taskfleet"])
+    if launch:
+        t.notes.append(launch)
+    for name in TASKFLEET_SYSTEMS:
+        note = _tick_note(name, good_runs[name])
+        if note:
+            t.notes.append(note)
     t.raw.append(data)
     return t
 
