@@ -6,7 +6,13 @@ prefork child still shares with its parent.
 
 Roles come from each process's command line and its parent's role, so the same code names
 ``taskfleet up``'s tree (supervisor, CPU and I/O workers, their pool processes, sidecars and
-persisters, beat) and a stock ``celery worker``'s (main process and pool processes).
+persisters, beat, the metrics endpoint) and a stock ``celery worker``'s (main process and
+pool processes).
+
+A CPU pool comes in two shapes. Prefork: one ``cpu worker`` main process and its ``cpu pool``
+processes (forked, so they carry the parent's command line). Solo (``taskfleet up``'s default):
+several ``cpu worker (solo)`` processes, each ``celery worker -P solo``, each a worker of its
+own that the supervisor starts and retires as the autoscaler asks.
 """
 
 from __future__ import annotations
@@ -19,8 +25,13 @@ from dataclasses import dataclass
 import psutil
 
 SUPERVISOR = "supervisor"
+#: ``taskfleet metrics serve``, which ``taskfleet up`` runs by default.
+METRICS = "metrics endpoint"
 POOL_SUFFIX = " pool"
 MAIN_SUFFIX = " worker"
+#: A worker that runs its jobs in its own process (``-P solo``): no pool processes.
+SOLO_SUFFIX = " worker (solo)"
+SOLO_POOL = "solo"
 SIDECAR_MODULE = "taskfleet.sidecar"
 PERSISTER_MODULE = "taskfleet.results.persister"
 
@@ -39,6 +50,11 @@ class ProcessMemory:
         """Whether it is a prefork pool process (several per worker, forked by it)."""
         return self.role.endswith(POOL_SUFFIX)
 
+    @property
+    def is_solo(self) -> bool:
+        """Whether it is a solo worker (one process; the pool grows by more of them)."""
+        return self.role.endswith(SOLO_SUFFIX)
+
 
 def _queue_name(cmdline: Sequence[str]) -> str:
     """The first queue a ``celery worker`` command consumes (``-Q cpu`` gives ``cpu``)."""
@@ -46,6 +62,17 @@ def _queue_name(cmdline: Sequence[str]) -> str:
         if flag in ("-Q", "--queues"):
             return value.split(",")[0]
     return "celery"
+
+
+def _pool_of(cmdline: Sequence[str]) -> str | None:
+    """The ``-P``/``--pool`` of a ``celery worker`` command (``None``: Celery's default)."""
+    for flag, value in itertools.pairwise(cmdline):
+        if flag in ("-P", "--pool"):
+            return value
+    for arg in cmdline:
+        if arg.startswith("--pool="):
+            return arg.removeprefix("--pool=")
+    return None
 
 
 def role_of(cmdline: Sequence[str], parent_role: str | None) -> str:
@@ -56,8 +83,9 @@ def role_of(cmdline: Sequence[str], parent_role: str | None) -> str:
         parent_role: The parent's role, ``None`` for the tree's root.
 
     Returns:
-        ``supervisor``, ``<queue> worker``, ``<queue> pool``, ``<parent> sidecar``,
-        ``<parent> persister``, ``beat``, or the program name.
+        ``supervisor``, ``<queue> worker``, ``<queue> pool``, ``<queue> worker (solo)``,
+        ``<parent> sidecar``, ``<parent> persister``, ``beat``, ``metrics endpoint``, or the
+        program name.
     """
     if SIDECAR_MODULE in cmdline:
         return f"{parent_role} sidecar"
@@ -66,11 +94,15 @@ def role_of(cmdline: Sequence[str], parent_role: str | None) -> str:
     if "beat" in cmdline:
         return "beat"
     if "worker" in cmdline:
+        if _pool_of(cmdline) == SOLO_POOL:
+            return _queue_name(cmdline) + SOLO_SUFFIX
         if parent_role is not None and parent_role.endswith(MAIN_SUFFIX):
             return parent_role.removesuffix(MAIN_SUFFIX) + POOL_SUFFIX
         return _queue_name(cmdline) + MAIN_SUFFIX
     if parent_role is None and "up" in cmdline:
         return SUPERVISOR
+    if "metrics" in cmdline and "serve" in cmdline:
+        return METRICS
     return cmdline[0].rsplit("/", 1)[-1] if cmdline else "?"
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from bench.soak.memory import ProcessMemory
-from bench.soak.run import SoakResult
+from bench.soak.memory import POOL_SUFFIX, ProcessMemory
+from bench.soak.run import SoakResult, cpu_unit_role
 
 MIB = 2**20
 GROWTH_TARGET = 0.05
@@ -25,16 +25,21 @@ def _jobs(n: int) -> str:
 def growth(result: SoakResult, field: str = "uss") -> dict[int, float]:
     """Each process present at the first mark: its largest later size over its first, minus 1.
 
+    A process is followed by its pid (and role, should the pid be reused). One that exits
+    (a pool process or a solo worker the autoscaler retired) counts over the marks it was
+    seen at; one gone before the second mark has no growth at all.
+
     Args:
         result: The soak.
         field: ``uss`` or ``rss``.
     """
-    first = {p.pid: getattr(p, field) for p in result.marks[0].processes}
+    first = {p.pid: (p.role, getattr(p, field)) for p in result.marks[0].processes}
     out: dict[int, float] = {}
     for mark in result.marks[1:]:
         for p in mark.processes:
-            if first.get(p.pid):
-                out[p.pid] = max(out.get(p.pid, -1.0), getattr(p, field) / first[p.pid] - 1)
+            role, size = first.get(p.pid, (None, 0))
+            if size and role == p.role:
+                out[p.pid] = max(out.get(p.pid, -1.0), getattr(p, field) / size - 1)
     return out
 
 
@@ -52,28 +57,36 @@ def leak_growth(result: SoakResult) -> dict[int, float]:
 
 
 def _rows(result: SoakResult) -> Iterable[tuple[str, int]]:
-    """(role, pid) of every process seen at any mark, in first-seen order."""
-    seen: dict[int, str] = {}
+    """(role, pid) of every process seen at any mark, in first-seen order (a reused pid with
+    another role is another process)."""
+    seen: dict[tuple[int, str], None] = {}
     for mark in result.marks:
         for p in mark.processes:
-            seen.setdefault(p.pid, p.role)
-    return ((role, pid) for pid, role in seen.items())
+            seen.setdefault((p.pid, p.role), None)
+    return ((role, pid) for pid, role in seen)
 
 
 def process_table(result: SoakResult) -> str:
     """One row per process: USS (MiB) at every mark, and its USS and RSS growth after the first."""
-    by_mark = [{p.pid: p for p in m.processes} for m in result.marks]
+    by_mark = [{(p.pid, p.role): p for p in m.processes} for m in result.marks]
     uss, rss = growth(result, "uss"), growth(result, "rss")
     first, last = by_mark[0], by_mark[-1]
     head = ["process", *(_jobs(m.jobs) for m in result.marks), "growth after first: USS / RSS"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for role, pid in _rows(result):
-        cells = [_mib(m[pid].uss) if pid in m else "" for m in by_mark]
-        if pid in uss:
+        key = (pid, role)
+        cells = [_mib(m[key].uss) if key in m else "" for m in by_mark]
+        if key in first and pid in uss:
             change = f"{uss[pid]:+.1%} / {rss[pid]:+.1%}"
+            if key not in last:  # exited (a solo worker retired by the autoscaler, say)
+                seen = [
+                    m.jobs for m, procs in zip(result.marks, by_mark, strict=True) if key in procs
+                ]
+                change += f", gone after {_jobs(seen[-1])}"
         else:
-            change = "forked later" if pid not in first else "exited"
-            change += "" if pid in first or pid not in last else " (still running)"
+            born = "forked later" if role.endswith(POOL_SUFFIX) else "started later"
+            change = born if key not in first else "exited"
+            change += "" if key in first or key not in last else " (still running)"
         lines.append(f"| {role} (pid {pid}) | " + " | ".join(cells) + f" | {change} |")
     fleet = [_mib(sum(p.uss for p in m.processes)) for m in result.marks]
     lines.append("| **all processes** | " + " | ".join(fleet) + " | |")
@@ -88,20 +101,73 @@ def _sizes(processes: list[ProcessMemory]) -> str:
     return f"{uss} MiB USS ({rss} MiB RSS)"
 
 
+def _started_later(result: SoakResult) -> str:
+    """The CPU processes the autoscaler added between the first and the last mark."""
+    if not result.marks:
+        return ""
+    pool, role = cpu_unit_role(result.marks[0].processes)
+    first_seen: dict[int, tuple[int, ProcessMemory]] = {}
+    for mark in result.marks[1:]:
+        for p in mark.processes:
+            if p.role == role:
+                first_seen.setdefault(p.pid, (mark.jobs, p))
+    early = [p for p in result.marks[0].processes if p.role == role]
+    later = [
+        (jobs, p) for pid, (jobs, p) in first_seen.items() if pid not in {e.pid for e in early}
+    ]
+    if not later:
+        return ""
+    what = "Solo CPU workers started" if pool == "solo" else "CPU pool processes forked"
+    sizes = ", ".join(f"{_mib(p.uss)} / {_mib(p.rss)} (at {_jobs(jobs)})" for jobs, p in later)
+    return (
+        f"- {what} after the first mark, USS / RSS MiB at their first mark: {sizes}; "
+        f"those of start-up at the first mark: {_sizes(early)}.\n"
+    )
+
+
 def _late(late: dict[str, Any]) -> str:
     if not late:
         return ""
+    solo = late.get("pool") == "solo"
     forked = [ProcessMemory(**p) for p in late["late"]]
-    if not forked:
-        return "- Late fork: the autoscaler did not fork a new CPU pool process for the batch.\n"
     early = [ProcessMemory(**p) for p in late["early_at_first_mark"]]
     settled = [ProcessMemory(**p) for p in late["early_at_last_sight"]]
+    if not solo:
+        if not forked:
+            return (
+                "- Late fork: the autoscaler did not fork a new CPU pool process for the batch.\n"
+            )
+        return (
+            f"- Late fork: the autoscaler shrank the CPU pool to one process "
+            f"{late['shrunk_after_s']:.0f} s after the last mark, and forked {len(forked)} new "
+            f"process(es) for {late['jobs']:,} more jobs: {_sizes(forked)} after them. The pool "
+            f"processes forked at start-up: {_sizes(early)} at the first mark, {_sizes(settled)} "
+            "when last sampled.\n"
+        )
+    shrunk = (
+        f"- Late start: the autoscaler shrank the CPU pool to one solo worker "
+        f"{late['shrunk_after_s']:.0f} s after the last mark"
+    )
+    ready = late.get("jobs_before_ready")
+    if not forked:
+        return (
+            f"{shrunk}; the supervisor started no new solo worker for {late['jobs']:,} more "
+            f"jobs (the one left ran them in {late.get('probe_s', 0):.0f} s).\n"
+        )
+    ages = [a for a in late.get("late_started_after_s", []) if a is not None]
+    when = (
+        " (started " + ", ".join(f"{a:.0f}" for a in ages) + " s after the jobs were fed)"
+        if ages
+        else ""
+    )
+    fed = f"{late['jobs']:,} more jobs"
+    if ready is not None:
+        fed += f" ({ready:,} fed before it was up, {late['jobs'] - ready:,} after)"
     return (
-        f"- Late fork: the autoscaler shrank the CPU pool to one process "
-        f"{late['shrunk_after_s']:.0f} s after the last mark, and forked {len(forked)} new "
-        f"process(es) for {late['jobs']:,} more jobs: {_sizes(forked)} after them. The pool "
-        f"processes forked at start-up: {_sizes(early)} at the first mark, {_sizes(settled)} "
-        "when last sampled.\n"
+        f"{shrunk}, and the supervisor started {len(forked)} new solo worker(s){when} for "
+        f"{fed}: {_sizes(forked)} once they were done "
+        f"({late.get('probe_s', 0):.0f} s after the feed began). The solo workers started "
+        f"at start-up: {_sizes(early)} at the first mark, {_sizes(settled)} when last sampled.\n"
     )
 
 
@@ -146,4 +212,4 @@ def system_section(result: SoakResult, result_ttl_s: int | None) -> str:
         )
     got, asked = final["read_back"]
     text.append(f"- {got:,} of {asked:,} other random results read back through the client.")
-    return "\n".join(text) + "\n" + _late(result.late_fork)
+    return "\n".join(text) + "\n" + _started_later(result) + _late(result.late_fork)

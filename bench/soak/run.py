@@ -4,9 +4,12 @@ The producer keeps the queues at most one batch deep (a soak measures the worker
 backlog sitting in Redis). At every ``every`` jobs it waits until the queues are empty and
 nothing is unacknowledged, then samples each process's USS and Redis's memory.
 
-After the last mark, on an autoscaled fleet, the late-fork probe waits until the autoscaler
-has shrunk the CPU pool to one process, then feeds one more batch: the pool process the
-autoscaler forks for it is compared with those forked at start-up.
+After the last mark, on an autoscaled fleet, the late-start probe waits until the autoscaler
+has shrunk the CPU pool to one process, then feeds more jobs: the CPU processes started for
+them are compared with those started at start-up. With a prefork pool that process is a pool
+process the CPU worker forks; with solo workers (``taskfleet up``'s default) it is a whole
+``celery worker -P solo`` the supervisor starts at the autoscaler's request (and "one process"
+means one solo worker left).
 """
 
 from __future__ import annotations
@@ -17,8 +20,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.common import poll_until
-from bench.soak.memory import ProcessMemory, sample_tree
+import psutil
+
+from bench.common import BenchTimeout, poll_until
+from bench.soak.memory import (
+    SIDECAR_MODULE,
+    SOLO_SUFFIX,
+    SUPERVISOR,
+    ProcessMemory,
+    role_of,
+    sample_tree,
+)
 from bench.soak.systems import SoakSystem, reservoir
 
 log = logging.getLogger("bench.soak")
@@ -27,10 +39,15 @@ DEFAULT_BATCH = 5_000
 DRAIN_TIMEOUT_S = 300.0
 BACKLOG_TIMEOUT_S = 300.0
 SHRINK_TIMEOUT_S = 300.0
+#: Longest the late-start probe feeds jobs waiting for the supervisor to start a solo worker.
+LATE_START_TIMEOUT_S = 60.0
+#: Longest a mark waits for a solo worker being started to boot before sampling it anyway.
+BOOT_TIMEOUT_S = 30.0
 DURABLE_TIMEOUT_S = 900.0
 READ_SAMPLE = 1_000
 POLL_S = 0.05
 CPU_POOL_ROLE = "cpu pool"
+CPU_SOLO_ROLE = "cpu worker (solo)"
 
 
 @dataclass
@@ -66,13 +83,22 @@ def _drained(system: SoakSystem) -> bool:
 
 def _mark(system: SoakSystem, jobs: int, started: float) -> Mark:
     poll_until(lambda: _drained(system), DRAIN_TIMEOUT_S, f"{system.name} drain at {jobs:,}")
+    _wait_booted(system, jobs)
     processes = sample_tree(system.root_pid())
     mark = Mark(
         jobs, time.monotonic() - started, processes, _redis_used(system), system.result_keys()
     )
     fleet = sum(p.uss for p in processes) / 2**20
+    _, role = cpu_unit_role(processes)
+    units = len(_unit_pids(processes, role))
     log.info(
-        "%s %s jobs: %.0f s, fleet USS %.1f MiB", system.name, f"{jobs:,}", mark.seconds, fleet
+        "%s %s jobs: %.0f s, fleet USS %.1f MiB, %d processes%s",
+        system.name,
+        f"{jobs:,}",
+        mark.seconds,
+        fleet,
+        len(processes),
+        f" ({units} {role})" if units else "",
     )
     return mark
 
@@ -88,36 +114,149 @@ def _feed(system: SoakSystem, start: int, n: int, batch: int, sample: list[str],
         done += size
 
 
-def _pool_pids(processes: list[ProcessMemory]) -> set[int]:
-    return {p.pid for p in processes if p.role == CPU_POOL_ROLE}
+def cpu_unit_role(processes: list[ProcessMemory]) -> tuple[str, str]:
+    """The CPU pool's kind and the role of its resizable processes in a sample.
+
+    Returns:
+        ``("solo", "cpu worker (solo)")`` when the CPU workers run ``-P solo``, else
+        ``("prefork", "cpu pool")``.
+    """
+    if any(p.role == CPU_SOLO_ROLE for p in processes):
+        return "solo", CPU_SOLO_ROLE
+    return "prefork", CPU_POOL_ROLE
+
+
+def _unit_pids(processes: list[ProcessMemory], role: str) -> set[int]:
+    return {p.pid for p in processes if p.role == role}
 
 
 def _late_fork(system: SoakSystem, total: int, every: int, batch: int, result: SoakResult) -> int:
-    """Wait for the autoscaler to shrink the CPU pool, feed a batch, sample the new process."""
-    early = _pool_pids(result.marks[0].processes)
+    """Wait for the autoscaler to shrink the CPU pool, feed more jobs, sample the new processes.
+
+    Prefork: ``extra`` more jobs; the pool processes the CPU worker forks for them. Solo: the
+    solo workers the supervisor starts (a retired one simply leaves the tree; the first, with
+    the persister, stays). A solo worker takes seconds to boot, and a fast pool drains a batch
+    in less, so jobs are fed until a new worker is up (its heartbeat sidecar runs), then
+    ``extra`` more, which it shares: it is sampled after serving, not half-way through boot.
+
+    Returns:
+        The jobs fed.
+    """
+    pool, role = cpu_unit_role(result.marks[0].processes)
+    early = _unit_pids(result.marks[0].processes, role)
     shrink_started = time.monotonic()
+    unit = "solo worker" if pool == "solo" else "process"
     poll_until(
-        lambda: len(_pool_pids(sample_tree(system.root_pid()))) <= 1,
+        lambda: len(_unit_pids(sample_tree(system.root_pid()), role)) <= 1,
         SHRINK_TIMEOUT_S,
-        "the autoscaler to shrink the CPU pool",
+        f"the autoscaler to shrink the CPU pool to one {unit}",
         1.0,
     )
     shrunk_s = time.monotonic() - shrink_started
-    before = _pool_pids(sample_tree(system.root_pid()))
+    before = _unit_pids(sample_tree(system.root_pid()), role)
     extra = min(every, 10 * batch)
-    _feed(system, total, extra, batch, [], random.Random(0))
-    mark = _mark(system, total + extra, shrink_started)
-    forked = [p for p in mark.processes if p.role == CPU_POOL_ROLE and p.pid not in before]
+    fed_at, fed_wall = time.monotonic(), time.time()
+    if pool == "solo":
+        fed, ready_after = _feed_until_started(system, total, extra, batch, before)
+    else:
+        _feed(system, total, extra, batch, [], random.Random(0))
+        fed, ready_after = extra, None
+    mark = _mark(system, total + fed, shrink_started)
+    forked = [p for p in mark.processes if p.role == role and p.pid not in before]
     first = [p for p in result.marks[0].processes if p.pid in early]
     last_seen = {p.pid: p for m in result.marks for p in m.processes if p.pid in early}
     result.late_fork = {
-        "jobs": extra,
+        "pool": pool,
+        "jobs": fed,
+        "jobs_before_ready": ready_after,
         "shrunk_after_s": shrunk_s,
+        "probe_s": time.monotonic() - fed_at,
         "late": [vars(p) for p in forked],
+        "late_started_after_s": [_started_after(p.pid, fed_wall) for p in forked],
         "early_at_first_mark": [vars(p) for p in first],
         "early_at_last_sight": [vars(p) for p in last_seen.values()],
     }
-    return extra
+    log.info(
+        "%s late start (%s): %d new CPU process(es) for %s jobs",
+        system.name,
+        pool,
+        len(forked),
+        f"{fed:,}",
+    )
+    return fed
+
+
+def _feed_until_started(
+    system: SoakSystem, start: int, extra: int, batch: int, before: set[int]
+) -> tuple[int, int | None]:
+    """Feed batches until a solo worker not in ``before`` is up, then ``extra`` more jobs.
+
+    Gives up waiting after :data:`LATE_START_TIMEOUT_S` (then ``extra`` jobs at least).
+
+    Returns:
+        The jobs fed, and how many of them went before a new worker was up (``None``: none
+        came up).
+    """
+    rng = random.Random(0)
+    deadline = time.monotonic() + LATE_START_TIMEOUT_S
+    fed = 0
+    ready_after: int | None = None
+    while True:
+        if ready_after is None and _started_workers(system.root_pid(), before):
+            ready_after = fed
+        if ready_after is not None:
+            if fed - ready_after >= extra:
+                return fed, ready_after
+        elif fed >= extra and time.monotonic() >= deadline:
+            return fed, None
+        size = batch if ready_after is None else min(batch, ready_after + extra - fed)
+        _feed(system, start + fed, size, batch, [], rng)
+        fed += size
+
+
+def _solo_workers(root_pid: int) -> dict[int, bool]:
+    """Solo workers under ``root_pid``, each with whether it is up: its heartbeat sidecar runs
+    (a solo worker starts it once booted, before it consumes)."""
+    try:
+        descendants = psutil.Process(root_pid).children(recursive=True)
+    except psutil.Error:
+        return {}
+    out: dict[int, bool] = {}
+    for proc in descendants:
+        try:
+            if not role_of(proc.cmdline(), SUPERVISOR).endswith(SOLO_SUFFIX):
+                continue
+            out[proc.pid] = any(SIDECAR_MODULE in child.cmdline() for child in proc.children())
+        except psutil.Error:
+            continue
+    return out
+
+
+def _started_workers(root_pid: int, before: set[int]) -> set[int]:
+    """Solo workers that are up and not in ``before``."""
+    return {pid for pid, up in _solo_workers(root_pid).items() if up and pid not in before}
+
+
+def _wait_booted(system: SoakSystem, jobs: int) -> None:
+    """Before a mark: let every solo worker being started finish booting (at most
+    :data:`BOOT_TIMEOUT_S`), so that none is sampled half-way through its imports."""
+    try:
+        poll_until(
+            lambda: all(_solo_workers(system.root_pid()).values()),
+            BOOT_TIMEOUT_S,
+            "solo workers to boot",
+            0.2,
+        )
+    except BenchTimeout:
+        log.warning("%s %s jobs: a solo worker is still booting", system.name, f"{jobs:,}")
+
+
+def _started_after(pid: int, since: float) -> float | None:
+    """Seconds from ``since`` (wall clock) to the process's start, ``None`` if it is gone."""
+    try:
+        return float(psutil.Process(pid).create_time()) - since
+    except psutil.Error:
+        return None
 
 
 def soak(system: SoakSystem, total: int, every: int, batch: int = DEFAULT_BATCH) -> SoakResult:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import random
+from types import SimpleNamespace
 
+import pytest
+
+from bench.soak import run
 from bench.soak.memory import ProcessMemory, role_of
 from bench.soak.report import growth, leak_growth, system_section
 from bench.soak.run import Mark, SoakResult, cpu_unit_role
@@ -28,6 +32,8 @@ def test_roles_of_a_taskfleet_up_tree() -> None:
     assert role_of(["python", "-m", "celery", "-A", "taskfleet.app", "beat"], "supervisor") == (
         "beat"
     )
+    metrics = ["/venv/bin/python", "-m", "taskfleet.cli", "metrics", "serve"]
+    assert role_of(metrics, "supervisor") == "metrics endpoint"
 
 
 def test_solo_cpu_workers_are_a_role_of_their_own() -> None:
@@ -119,9 +125,9 @@ def _solo_soak() -> SoakResult:
     result.late_fork = {
         "pool": "solo",
         "jobs": 50,
+        "jobs_before_ready": 20,
         "shrunk_after_s": 31.0,
         "probe_s": 12.0,
-        "survivors": 1,
         "late": [vars(proc(5, solo, 28))],
         "late_started_after_s": [4.0],
         "early_at_first_mark": [vars(proc(2, solo, 30)), vars(proc(3, solo, 31))],
@@ -135,7 +141,8 @@ def test_a_retired_solo_worker_is_neither_growth_nor_failure() -> None:
     grew = leak_growth(result)
     assert grew == {1: 0.0, 2: 0.0}  # pid 3 left (and its pid came back as beat), pid 4 is new
     text = system_section(result, None)
-    assert "| cpu worker (solo) (pid 3) | 31.0 |  |  | exited |" in text
+    assert "| cpu worker (solo) (pid 3) | 31.0 |  |  | exited |" in text  # after one mark
+    assert "| cpu worker (solo) (pid 2) | 30.0 | 30.0 | 30.0 | +0.0% / +0.0% |" in text
     assert "| cpu worker (solo) (pid 4) |  | 29.0 |  | started later |" in text
     assert "| beat (pid 3) |  |  | 90.0 | started later (still running) |" in text
     assert "+0.0% (within the 5% target)" in text
@@ -143,3 +150,27 @@ def test_a_retired_solo_worker_is_neither_growth_nor_failure() -> None:
     assert "29.0 / 89.0 (at 200)" in text
     assert "shrank the CPU pool to one solo worker 31 s after the last mark" in text
     assert "started 1 new solo worker(s) (started 4 s after the jobs were fed)" in text
+    assert "for 50 more jobs (20 fed before it was up, 30 after)" in text
+
+
+def test_a_process_that_exits_after_some_marks_keeps_its_growth_until_then() -> None:
+    result = SoakResult("s", "s")
+    result.marks = [_mark(100, {1: 100, 2: 50}), _mark(200, {1: 100, 2: 55}), _mark(300, {1: 100})]
+    result.final = {"jobs_per_s": 1.0, "redis_used_bytes": 0, "result_keys": 0, "read_back": [0, 0]}
+    text = system_section(result, None)
+    assert "| p (pid 2) | 50.0 | 55.0 |  | +10.0% / +10.0%, gone after 200 |" in text
+    assert "+10.0% (**over** the 5% target)" in text  # it grew while it lived
+
+
+def test_the_late_start_probe_feeds_until_a_new_solo_worker_is_up_then_more(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fed: list[int] = []
+    monkeypatch.setattr(run, "_feed", lambda _s, _start, n, *_: fed.append(n))
+    # the new worker is up once three batches went out
+    monkeypatch.setattr(run, "_started_workers", lambda *_: {9} if len(fed) >= 3 else set())
+    system = SimpleNamespace(root_pid=lambda: 1)
+    total, ready_after = run._feed_until_started(system, 0, 8, 5, set())  # type: ignore[arg-type]
+    assert ready_after == 15
+    assert total == 23  # 8 more once it was up: a batch of 5 and the remaining 3
+    assert fed == [5, 5, 5, 5, 3]
