@@ -175,7 +175,7 @@ def w4(options: Options) -> Table:
     n = W4_QUICK_N if options.quick else W4_N
     table = Table(
         "W4",
-        f"contract jobs, {n:,} contracts per figure, 2 prefork CPU worker processes",
+        f"contract jobs, {n:,} contracts per figure, 2 CPU worker processes (solo, the default)",
         ["figure", "median (min-max)"],
     )
     try:
@@ -206,7 +206,7 @@ def w4(options: Options) -> Table:
     ]
     table.notes += [
         "Each figure: first publish until every final result is readable in Redis; fresh "
-        "`cpu_profile` worker (2 processes, acks late, prefetch 1, persister on) per run.",
+        "CPU workers as `taskfleet up` plans them (`cpu_profiles`: 2 solo workers, acks late, prefetch 1, the first with the persister) per run.",
         "Overhead = worker processes ÷ rate - in-process contract time: the seconds a worker "
         "process spends per contract beyond the contract work. No target is set for W4.",
     ]
@@ -244,7 +244,7 @@ def w5(options: Options) -> Table:
             verdict(direct_over, lambda v: v < W5_TARGET_MS),
         ],
         [
-            "through a CPU worker (2 processes, `sandbox.run`)",
+            "through the CPU workers (2 solo processes, `sandbox.run`)",
             fmt(summary(runs, "worker.jobs_per_s"), 1)
             if not errors
             else failure("W5", Exception(errors[0])),

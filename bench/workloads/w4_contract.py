@@ -118,7 +118,7 @@ def run(n: int) -> dict[str, Any]:
     from taskfleet.client import Client
     from taskfleet.config import load_settings
     from taskfleet.contracts.api import contract_signature
-    from taskfleet.workers.profiles import cpu_profile
+    from taskfleet.workers.profiles import DISABLE_PERSISTER_ENV, cpu_profiles
 
     svc = services()
     url = svc.redis_for(REDIS_SYSTEM)
@@ -135,12 +135,16 @@ def run(n: int) -> dict[str, Any]:
         "TASKFLEET_CPU_QUEUE": queues["cpu_queue"],
         "TASKFLEET_IO_QUEUE": queues["io_queue"],
     }
-    argv = cpu_profile(settings, WORKER_PROCS).argv(hostname=f"w4-{tag}@%h", loglevel="WARNING")
+    # As taskfleet up plans them: WORKER_PROCS solo workers (the default), the first with the
+    # persister; or one prefork worker of WORKER_PROCS processes.
+    profiles = cpu_profiles(settings, WORKER_PROCS)
     workers = WorkerGroup("w4-contract")
     client = Client(create_app(settings))
     results = redis.Redis.from_url(url)
     try:
-        workers.spawn(argv, env)
+        for index, profile in enumerate(profiles):
+            argv = profile.argv(hostname=f"w4-{profile.name}-{tag}@%h", loglevel="WARNING")
+            workers.spawn(argv, env | ({DISABLE_PERSISTER_ENV: "1"} if index else {}))
         warmup = client.enqueue_many(
             [(PROCESS_KIND, make_contract(i, f"{tag}-warm")) for i in range(WARMUP_JOBS)]
         )

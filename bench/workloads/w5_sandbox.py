@@ -68,7 +68,7 @@ def _through_worker(n: int) -> dict[str, Any]:
     from bench.services import BENCH_STACK_DIR, services
     from taskfleet.client import Client, JobSpec
     from taskfleet.config import load_settings
-    from taskfleet.workers.profiles import cpu_profile
+    from taskfleet.workers.profiles import cpu_profiles
     from tests.support.workers import Fleet
 
     # The bench's own services (configured URLs, else .taskfleet/bench-stack), not the
@@ -87,9 +87,10 @@ def _through_worker(n: int) -> dict[str, Any]:
         "TASKFLEET_NO_PERSISTER": "1",
     }
     fleet = Fleet(env, Path(tempfile.mkdtemp(prefix="w5-")))
-    profile = cpu_profile(load_settings(**fleet.settings_overrides), os.cpu_count() or 1)
-    try:
-        fleet.start(profile, "cpu")
+    settings = load_settings(**fleet.settings_overrides)
+    profiles = cpu_profiles(settings, os.cpu_count() or 1)
+    try:  # as taskfleet up plans them: one solo worker per process (the default)
+        fleet.start_all([(p, p.name) for p in profiles])
         client = Client(fleet.app())
         client.enqueue("sandbox.run", TRIVIAL).result(WORKER_TIMEOUT_S)  # warm
         started = time.perf_counter()
@@ -101,7 +102,7 @@ def _through_worker(n: int) -> dict[str, Any]:
     failed = [r for r in results if r["status"] != "succeeded"]
     return {
         "jobs_per_s": round(n / elapsed, 2),
-        "workers": profile.concurrency,
+        "workers": sum(p.concurrency for p in profiles),
         "failed": len(failed),
         "overhead_ms_median": _median_ms([r["overhead_s"] for r in results]),
     }
