@@ -428,10 +428,31 @@ def _taskfleet_settings(url: str, tag: str, **overrides: Any) -> tuple[Any, dict
     return settings, env
 
 
+class Producer:
+    """The bench's side of a taskfleet run: publishes the burst and plays beat (``ticker``)."""
+
+    def __init__(self, app: Any, url: str) -> None:
+        """A client of ``app`` and a ticker on the autoscaler's Redis at ``url``."""
+        from taskfleet.client import Client
+
+        self.client = Client(app)
+        self.state = redis.Redis.from_url(url)
+        self.ticker = Ticker(app, self.state)
+
+    def publish(self, jobs: list[dict[str, Any]]) -> list[str]:
+        """One ``enqueue_many`` of the burst; the job ids."""
+        return [h.id for h in self.client.enqueue_many([(TF_KIND, job) for job in jobs])]
+
+    def close(self) -> None:
+        """Stop ticking, close the client and the Redis connection."""
+        self.ticker.stop()
+        self.client.close()
+        self.state.close()
+
+
 def run_taskfleet_prefork(n: int, tail_s: float) -> dict[str, Any]:
     """One W7 run against taskfleet's autoscaler resizing one prefork worker (the old path)."""
     from taskfleet.app import create_app
-    from taskfleet.client import Client
     from taskfleet.workers.profiles import cpu_profile
 
     url = services().redis_for("autoscale_taskfleet")
@@ -441,27 +462,15 @@ def run_taskfleet_prefork(n: int, tail_s: float) -> dict[str, Any]:
     env["TASKFLEET_CPU_POOL"] = "prefork"
     argv = cpu_profile(settings, MIN_PROCS).argv(hostname=f"w7-tf-{tag}@%h", loglevel="WARNING")
     workers = WorkerGroup("w7-taskfleet-prefork")
-    app = create_app(settings)
-    client = Client(app)
-    state = redis.Redis.from_url(url)
-    ticker = Ticker(app, state)
-
-    def publish(jobs: list[dict[str, Any]]) -> list[str]:
-        return [h.id for h in client.enqueue_many([(TF_KIND, job) for job in jobs])]
-
-    def after() -> None:
-        ticker.stop()
-        client.close()
-        state.close()
-
+    producer = Producer(create_app(settings), url)
     workers.spawn(argv, env)
     harness = worker_harness(
         workers,
-        publish,
+        producer.publish,
         redis.Redis.from_url(url),
-        before=ticker.start,
-        after=after,
-        extra=lambda start, ids: {"autoscaler": ticker.summary(start)},
+        before=producer.ticker.start,
+        after=producer.close,
+        extra=lambda start, ids: {"autoscaler": producer.ticker.summary(start)},
     )
     return _measure(harness, n, tail_s)
 
@@ -612,7 +621,6 @@ def _first_jobs(client: redis.Redis, ids: list[str]) -> tuple[dict[str, float], 
 def run_taskfleet(n: int, tail_s: float) -> dict[str, Any]:
     """One W7 run against taskfleet as shipped: solo CPU workers scaled by a ``Fleet``."""
     from taskfleet.app import create_app
-    from taskfleet.client import Client
     from taskfleet.config.settings import DEFAULT_CPU_POOL
     from taskfleet.fleet import Fleet
     from taskfleet.fleet.children import FleetOptions
@@ -646,26 +654,15 @@ def run_taskfleet(n: int, tail_s: float) -> dict[str, Any]:
             raise
         fleet_run = FleetRun(fleet)
         try:
-            app = create_app(settings)
-            client = Client(app)
-            state = redis.Redis.from_url(url)
+            producer = Producer(create_app(settings), url)
             results = redis.Redis.from_url(url)
-            ticker = Ticker(app, state)
         except BaseException:
             fleet.stop()
             raise
 
-        def publish(jobs: list[dict[str, Any]]) -> list[str]:
-            return [h.id for h in client.enqueue_many([(TF_KIND, job) for job in jobs])]
-
-        def after() -> None:
-            ticker.stop()
-            client.close()
-            state.close()
-
         def extra(start: float, ids: list[str]) -> dict[str, Any]:
             return {
-                "autoscaler": ticker.summary(start),
+                "autoscaler": producer.ticker.summary(start),
                 "fleet": fleet_run.summary(start, ids, results),
             }
 
@@ -674,10 +671,10 @@ def run_taskfleet(n: int, tail_s: float) -> dict[str, Any]:
             fleet_run.count,
             fleet_run.check_alive,
             fleet_run.stop,
-            publish,
+            producer.publish,
             results,
-            before=ticker.start,
-            after=after,
+            before=producer.ticker.start,
+            after=producer.close,
             extra=extra,
         )
         out = _measure(harness, n, tail_s)
