@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import socket
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 
-import redis
 from celery import Celery
 
 from taskfleet.app_config import create_app
 from taskfleet.config import ServiceURLs, Settings, resolve_services
-from taskfleet.config.autoscale import load_autoscale_settings
 from taskfleet.config.resilience import get_resilience_settings
 from taskfleet.devstack import EmbeddedStack
 from taskfleet.devstack.polling import Deadline
-from taskfleet.devstack.processes import group_members, port_free, signal_group
+from taskfleet.devstack.processes import group_members, port_free
 from taskfleet.fleet.children import Child, ChildDied, FleetError, FleetOptions
 from taskfleet.fleet.environment import child_env, needs_embedded_stack, sanitize_url
 from taskfleet.fleet.flower import (
@@ -32,7 +26,7 @@ from taskfleet.fleet.flower import (
     flower_installed,
 )
 from taskfleet.fleet.pinger import Pinger
-from taskfleet.fleet.plan import LOG_DIR_NAME, plan_children, prepare_metrics, worker_child
+from taskfleet.fleet.plan import LOG_DIR_NAME, plan_children, prepare_metrics
 from taskfleet.fleet.processes import (
     KILL_TIMEOUT_S,
     PING_TIMEOUT_S,
@@ -43,15 +37,10 @@ from taskfleet.fleet.processes import (
 )
 from taskfleet.fleet.restarts import RestartPolicy
 from taskfleet.fleet.scaling import SlotScaler
+from taskfleet.fleet.slot_host import slot_scaler
 from taskfleet.fleet.status import StatusFile
 from taskfleet.fleet.supervision import Event, Supervisor, Watched
 from taskfleet.fleet.watches import ChildWatch, ServiceWatch
-from taskfleet.routing.topology import Topology
-from taskfleet.scheduler.slots import SlotRegistry
-from taskfleet.workers.profiles import cpu_profile
-
-#: Seconds a Redis call of the slot scaler may take (it runs in the supervision loop).
-SLOT_REDIS_TIMEOUT_S = 2.0
 
 DEFAULT_READY_TIMEOUT_S = 90.0
 """Seconds to wait for every worker to answer a ping (and Flower to listen)."""
@@ -179,13 +168,14 @@ class Fleet:
         )
         try:
             for child in plan:
-                self._launch(child, urls)
+                self.launch(child, urls)
                 self.children.append(child)
         except BaseException:
             self.stop()
             raise
 
-    def _launch(self, child: Child, urls: ServiceURLs, *, append: bool = False) -> None:
+    def launch(self, child: Child, urls: ServiceURLs, *, append: bool = False) -> None:
+        """Start ``child`` with the fleet's environment (its log appended on a restart)."""
         launch_child(child, child_env(self.settings, urls, child.extra_env), append=append)
 
     def relaunch(self, child: Child) -> None:
@@ -199,7 +189,7 @@ class Fleet:
                 stop_children([child], 0.0, KILL_TIMEOUT_S)  # a stalled loop serves no SIGTERM
                 child.killed = False  # that was the old process; ``killed`` is the new one's
             sweep_groups([child.pid], RESTART_SWEEP_TIMEOUT_S)
-        self._launch(child, self.resolve(), append=True)
+        self.launch(child, self.resolve(), append=True)
 
     # ------------------------------------------------------------------ health
 
@@ -263,77 +253,15 @@ class Fleet:
             stack = EmbeddedStack(self.data_dir)
             items.append(ServiceWatch(stack, "redis", urls.redis_url))
             items.append(ServiceWatch(stack, "postgres", urls.database_url))
-        items.extend(self._watch(c) for c in self.children)
+        items.extend(self.watch(c) for c in self.children)
         return items
 
-    def _watch(self, child: Child) -> ChildWatch:
+    def watch(self, child: Child) -> ChildWatch:
+        """How the supervisor watches ``child`` (one pinger for the whole fleet)."""
         if self._pinger is None:
             self._pinger = Pinger(self.control_app)
         limit = self.silence_limit(child)
         return ChildWatch(child, self.relaunch, self._pinger, self.options.flower_port, limit)
-
-    # ------------------------------------------------------------------ solo CPU slots
-
-    def slot_scaler(self) -> SlotScaler | None:
-        """The scaler of this fleet's solo CPU workers (None: prefork, or autoscaling off)."""
-        if self.settings.cpu_pool != "solo" or not load_autoscale_settings().enabled:
-            return None
-        urls = self.resolve()
-        client = redis.Redis.from_url(
-            urls.redis_url,
-            socket_timeout=SLOT_REDIS_TIMEOUT_S,
-            socket_connect_timeout=SLOT_REDIS_TIMEOUT_S,
-        )
-        cpu = [c for c in self.children if c.role == "worker" and c.name.startswith("cpu-worker")]
-        group = f"cpu-slots-{os.getpid()}@{socket.gethostname()}"
-        grace = self.settings.hard_time_limit + SOLO_SILENCE_MARGIN_S
-        members = [(index + 1, child) for index, child in enumerate(cpu)]
-        queue = Topology.from_settings(self.settings).cpu_queue
-        return SlotScaler(group, queue, self, SlotRegistry(client), members, grace)
-
-    def start_slot(self, index: int) -> Child:
-        """Launch solo CPU worker number ``index`` (2, 3, ...) and watch it.
-
-        Raises:
-            RestartFailed: It could not be launched.
-        """
-        profile = cpu_profile(self.settings, 1)
-        profile = replace(profile, name=f"{profile.name}{index}")
-        child = worker_child(
-            f"cpu-worker-{index}",
-            profile,
-            self.settings,
-            broker=sanitize_url(self.resolve().broker_url),
-            data_dir=self.data_dir,
-            tag=os.getpid(),
-            persister=False,
-        )
-        self._launch(child, self.resolve())
-        self.children.append(child)
-        if self.supervisor is not None:
-            self.supervisor.add(self._watch(child))
-        return child
-
-    def retire_slot(self, child: Child) -> None:
-        """Stop watching ``child``; SIGTERM asks it to finish its job and exit."""
-        if self.supervisor is not None:
-            self.supervisor.remove(child.name)
-        if child.popen is not None and child.returncode() is None:
-            with contextlib.suppress(ProcessLookupError):
-                child.popen.send_signal(signal.SIGTERM)
-
-    def kill_slot(self, child: Child) -> None:
-        """Kill a retiring worker that overstayed, with its process group."""
-        if child.pid is not None:
-            child.killed = True
-            signal_group(child.pid, signal.SIGKILL)
-
-    def forget_slot(self, child: Child) -> None:
-        """A retired worker has exited: sweep its group and drop it from the fleet."""
-        if child.pid is not None:
-            sweep_groups([child.pid], RESTART_SWEEP_TIMEOUT_S)
-        with contextlib.suppress(ValueError):
-            self.children.remove(child)
 
     def silence_limit(self, child: Child) -> float:
         """Seconds worker ``child`` may answer no ping before it is restarted (0: never).
@@ -379,7 +307,7 @@ class Fleet:
         supervisor = self.supervisor = Supervisor(self.watches(), policy, record)
         supervisor.tick()  # learn the servers' pids before the first status
         status.write(supervisor.status())
-        self.scaler = self.slot_scaler()
+        self.scaler = slot_scaler(self)
         while not until():
             supervisor.tick()
             if self.scaler is not None and self.scaler.step():
