@@ -199,6 +199,7 @@ def test_replay_links_and_never_duplicates(fleet: Fleet, redis_client: redis.Red
     assert second.already_succeeded == [new_id]
 
 
+@pytest.mark.rabbitmq
 @pytest.mark.timeout(120)
 def test_rabbitmq_dead_letters_through_the_dlx(
     amqp_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
