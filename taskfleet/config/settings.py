@@ -120,7 +120,9 @@ class Settings(BaseSettings):
     )
     pipeline_result_writes: bool = Field(
         True,
-        description="Prefork pool processes send result writes without waiting for Redis",
+        description=(
+            "Prefork pool processes and solo workers send result writes without waiting for Redis"
+        ),
     )
 
     fast_transport: bool = Field(

@@ -184,3 +184,38 @@ def test_an_earlier_write_that_cannot_be_stored_never_fails_the_next_job(
     assert _status(redis_client, second) == states.SUCCESS
     assert redis_client.get(first) is None
     assert f"result {first} could not be stored" in caplog.text
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_solo_workers_pipeline_their_writes_unless_switched_off(
+    services: dict[str, str], monkeypatch: pytest.MonkeyPatch, enabled: bool
+) -> None:
+    """What ``worker_init`` / ``worker_shutdown`` do in a solo worker, which runs its jobs in
+    its main process: pipelined like a pool process, and landed at shutdown."""
+    from celery.concurrency import get_implementation
+
+    from taskfleet.app import app
+    from taskfleet.config.settings import get_settings
+    from taskfleet.workers import signals
+
+    class SoloWorker:
+        pool_cls = get_implementation("solo")
+        concurrency = 1
+
+    monkeypatch.setenv("TASKFLEET_PIPELINE_RESULT_WRITES", str(enabled).lower())
+    monkeypatch.setenv(signals.DISABLE_PERSISTER_ENV, "1")
+    get_settings.cache_clear()
+    monkeypatch.setattr(app, "taskfleet_settings", get_settings())
+    backend = app.backend
+    assert isinstance(backend, TaskfleetResultBackend)
+    signals.serve(app)
+    signals.open_solo_pools(sender=SoloWorker())
+    try:
+        assert (backend._pipelined is not None) is enabled
+        task_id = f"solo-{uuid.uuid4()}"
+        backend.store_result(task_id, {"ok": 1}, states.SUCCESS)
+    finally:
+        signals.stop_main_process()
+    assert backend._pipelined is None
+    assert backend.client.get(backend.get_key_for_task(task_id)) is not None
+    get_settings.cache_clear()
