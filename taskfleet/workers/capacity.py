@@ -18,10 +18,13 @@ A blocking pool is not the answer: redis-py's ``BlockingConnectionPool`` stalled
 
 from __future__ import annotations
 
-from celery import Celery
+from typing import TYPE_CHECKING
 
 from taskfleet.config.app_settings import settings_of
 from taskfleet.config.autoscale import load_autoscale_settings
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 #: kombu's own cap on a Redis channel's connection pool.
 KOMBU_MAX_CONNECTIONS = 10
