@@ -27,11 +27,16 @@ $(UV): requirements-uv.txt
 
 # --locked: install the lock as it is, and refuse (instead of re-resolving) when
 # pyproject.toml asks for something uv.lock does not pin.
+# --compile-bytecode, then compileall of the package: every module gets its .pyc now. uv
+# writes none by default, and with PYTHONDONTWRITEBYTECODE set (CI images, this project's
+# dev machines) no process ever writes one: each worker start then compiled ~840 modules
+# from source, 1.6 s of a solo worker's 3.6 s start here. compileall only redoes changed files.
 install: $(UV)
-	@$(UV) sync --locked $(EXTRAS) --python $(PYTHON) --quiet || { \
+	@$(UV) sync --locked $(EXTRAS) --python $(PYTHON) --quiet --compile-bytecode || { \
 		echo >&2 "make: uv.lock does not match pyproject.toml (or could not be installed)."; \
 		echo >&2 "      After changing dependencies run 'make lock' and commit uv.lock with pyproject.toml."; \
 		exit 1; }
+	@$(BIN)/python -m compileall -q taskfleet >/dev/null
 
 demo: install
 	$(BIN)/taskfleet demo
