@@ -9,7 +9,9 @@ Each system starts at ``MIN_PROCS`` CPU processes and may grow to ``MAX_PROCS``:
   child's environment). The supervisor registers its solo CPU workers as a slot group in
   Redis; the bench process plays the beat and calls :func:`taskfleet.scheduler.tick.run_tick`
   every ``INTERVAL_S`` seconds, which asks the group for a size, and the supervisor's
-  ``SlotScaler`` starts ``cpu-worker-N`` processes or retires the newest (SIGTERM).
+  ``SlotScaler`` promotes its standby worker (booted ahead of need), starts further
+  ``cpu-worker-N`` processes, or retires the newest (SIGTERM). The standby is a process
+  and is counted as one, at idle too.
 * ``taskfleet_prefork``: the old default, for comparison: one prefork CPU worker from
   ``cpu_profile(settings with cpu_pool="prefork", MIN_PROCS)`` (acks late, prefetch 1,
   ``-O fair``), persister off, on private queues, resized by remote control from the same
@@ -375,14 +377,15 @@ def _measure(h: Harness, n: int, tail_s: float) -> dict[str, Any]:
         drained = time.perf_counter()
         limit = drained + tail_s
         settled = drained + min(MIN_TAIL_S, tail_s)
+        floor = max(MIN_PROCS, idle_procs)  # as shipped, the standby is counted at idle too
         while time.perf_counter() < limit:
             h.check_alive()
-            if sampler.latest() <= MIN_PROCS and time.perf_counter() > settled:
+            if sampler.latest() <= floor and time.perf_counter() > settled:
                 break
             time.sleep(SAMPLE_S)
         sampler.stop()
         tail_end = sampler.samples[-1][0]
-        back_to_min = sampler.latest() <= MIN_PROCS
+        back_to_min = sampler.latest() <= floor
         return {
             "n": n,
             "idle_procs": idle_procs,
@@ -809,9 +812,39 @@ def _ratio_rows(
     )
 
 
+def _standby_note(runs: list[dict[str, Any]]) -> str | None:
+    """When the standby (launched before the burst) finished its first job of the burst."""
+    standbys = [
+        p
+        for r in runs
+        for p in r.get("fleet", {}).get("processes", [])[MIN_PROCS:]
+        if p["launched_s"] < 0
+    ]
+    if not standbys:
+        return None
+    firsts = [p["first_job_s"] for p in standbys if p.get("first_job_s") is not None]
+    what = (
+        f"{LABELS['taskfleet']}: a standby solo worker, booted before the burst, is counted as "
+        "a process from its launch (so the idle count is 2)"
+    )
+    if not firsts:
+        return f"{what}; it ran no job of the burst."
+    spread = Summary.of(firsts)
+    return (
+        f"{what}; promoted by the grow, it finished its first job of the burst "
+        f"{spread.median:.2f} s after the first publish (range {spread.low:.2f}-"
+        f"{spread.high:.2f}), {sum(p['jobs'] for p in standbys):,} jobs in all."
+    )
+
+
 def _launch_note(runs: list[dict[str, Any]]) -> str | None:
     """How long the solo workers the scaler started took from launch to their first job."""
-    started = [p for r in runs for p in r.get("fleet", {}).get("processes", [])[MIN_PROCS:]]
+    started = [
+        p
+        for r in runs
+        for p in r.get("fleet", {}).get("processes", [])[MIN_PROCS:]
+        if p["launched_s"] >= 0
+    ]
     if not started:
         return None
     waits = [
@@ -908,7 +941,7 @@ def table(options: Options) -> Table:
         "Drain = first publish → last result readable in Redis (publishing included: "
         "taskfleet one `enqueue_many`, Celery an `apply_async` loop). Process-seconds = "
         f"CPU processes sampled every {SAMPLE_S * 1000:.0f} ms, integrated from the first "
-        f"publish; the tail ends when the count is back to 1 (at the earliest "
+        f"publish; the tail ends when the count is back to its idle size (at the earliest "
         f"{min(MIN_TAIL_S, tail_s):.0f} s after the drain, so a resize asked during the drain "
         f"is seen) or {tail_s:.0f} s after the drain. Prefork (taskfleet_prefork, Celery): "
         "the worker's pool processes (neither its parent nor taskfleet's heartbeat sidecar "
@@ -920,14 +953,15 @@ def table(options: Options) -> Table:
         "otherwise (up cooldown 10 s, down cooldown 30 s after the last growth, step up 4, "
         "step down 1 per tick, target backlog 4). As shipped, a tick writes the size it wants "
         "to the slot group in Redis and the `Fleet` supervisor (supervision round "
-        f"{FLEET_SUPERVISE_S:g} s, target read every 0.5 s) starts `cpu-worker-N` solo "
-        "workers or SIGTERMs the newest; prefork is resized by remote control. Celery: its "
+        f"{FLEET_SUPERVISE_S:g} s, target read every 0.5 s) promotes its standby worker "
+        "first, starts further `cpu-worker-N` solo workers and a new standby, or SIGTERMs the "
+        "newest; prefork is resized by remote control. Celery: its "
         "autoscaler runs in the worker, re-evaluated on every received message, scale-down "
         "30 s (keepalive) after the last scale-up.",
     ]
-    launch = _launch_note(good_runs["taskfleet"])
-    if launch:
-        t.notes.append(launch)
+    for note in (_standby_note(good_runs["taskfleet"]), _launch_note(good_runs["taskfleet"])):
+        if note:
+            t.notes.append(note)
     for name in TASKFLEET_SYSTEMS:
         note = _tick_note(name, good_runs[name])
         if note:

@@ -102,6 +102,13 @@ class Settings(BaseSettings):
             "CPU worker, resized by remote control"
         ),
     )
+    cpu_standby: bool = Field(
+        True,
+        description=(
+            "With solo CPU workers under taskfleet up: keep one more booted and idle while "
+            "the pool is below its maximum, so that a grow takes milliseconds, not a start"
+        ),
+    )
     io_concurrency: int = Field(DEFAULT_IO_CONCURRENCY, ge=1, le=10_000)
 
     soft_time_limit: float = Field(DEFAULT_SOFT_TIME_LIMIT_S, gt=0)

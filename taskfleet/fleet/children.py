@@ -57,6 +57,7 @@ class Child:
         nodename: The Celery node name (workers only), used to ping it.
         pool: A worker's pool (``prefork``, ``solo``, ``gevent``); None for the others.
         extra_env: Variables only this child gets (Flower's credentials).
+        standby: A standby solo CPU worker, not promoted yet (``taskfleet.workers.standby``).
         popen: The running process, once started.
         killed: Whether stopping it needed SIGKILL.
     """
@@ -70,6 +71,7 @@ class Child:
     nodename: str | None = None
     pool: str | None = None
     extra_env: dict[str, str] = field(default_factory=dict, repr=False)
+    standby: bool = False
     popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     killed: bool = False
 

@@ -5,8 +5,12 @@ A solo worker is one process; the pool grows by one more process and shrinks by 
 (:mod:`taskfleet.scheduler.slots`), and the autoscaler, wherever its beat runs, asks for a
 size in Redis. :class:`SlotScaler` applies it, a step per supervision round:
 
-* growing starts ``cpu-worker-N`` processes, watched (restarted, checked for stalls) like the
-  first ones;
+* growing promotes the group's standby first: a solo worker started ahead of need, booted
+  and idle on a queue no job is routed to, which takes the CPU queue within
+  milliseconds of being registered as a member (:mod:`taskfleet.workers.standby`). Further
+  processes are started as ``cpu-worker-N``. All are watched (restarted, checked for stalls)
+  like the first ones. While the group is below its maximum, a new standby is started after
+  each promotion (``TASKFLEET_CPU_STANDBY=false``: none);
 * shrinking retires the newest workers: SIGTERM, a warm shutdown in which a solo worker
   finishes the job it runs. One that is still running after the hard time limit and a
   margin is killed; its job goes back to the queue by the reclaim, as after any crash. The
@@ -17,6 +21,7 @@ Redis unreachable: the size stays as it is, and the next round tries again.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -26,7 +31,7 @@ from typing import Protocol
 import redis
 
 from taskfleet.fleet.children import Child, RestartFailed
-from taskfleet.scheduler.slots import REGISTER_EVERY_S, SlotGroup, SlotRegistry
+from taskfleet.scheduler.slots import MAX_SLOTS, REGISTER_EVERY_S, SlotGroup, SlotRegistry
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +44,9 @@ MIN_SLOTS = 1
 class SlotHost(Protocol):
     """What the scaler needs of the fleet (implemented by :class:`~taskfleet.fleet.Fleet`)."""
 
-    def start_slot(self, index: int) -> Child:
-        """Launch CPU worker number ``index`` and watch it.
+    def start_slot(self, index: int, standby_for: str | None = None) -> Child:
+        """Launch CPU worker number ``index`` and watch it (``standby_for``: as the standby
+        of that group, promoted once the group registers it).
 
         Raises:
             RestartFailed: It could not be launched.
@@ -60,6 +66,7 @@ class SlotHost(Protocol):
 class _Retiring:
     child: Child
     deadline: float
+    index: int
 
 
 class SlotScaler:
@@ -72,6 +79,8 @@ class SlotScaler:
         registry: The slot keys in Redis.
         members: The CPU workers running now, oldest first, with their indexes.
         retire_grace_s: Seconds a retiring worker gets to finish its job before it is killed.
+        max_size: The most processes the autoscaler may ask for (no standby at that size).
+        standby: Whether to keep a standby worker while below ``max_size``.
         clock: Monotonic seconds (the registration's ``at`` is wall-clock time).
         wall: Wall-clock seconds.
     """
@@ -84,6 +93,8 @@ class SlotScaler:
         registry: SlotRegistry,
         members: list[tuple[int, Child]],
         retire_grace_s: float,
+        max_size: int = MAX_SLOTS,
+        standby: bool = False,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -97,6 +108,12 @@ class SlotScaler:
         self.clock = clock
         self.wall = wall
         self.retiring: list[_Retiring] = []
+        self.max_size = max_size
+        self.keeps_standby = standby
+        #: The standby worker and its index (None: none runs).
+        self.standby: tuple[int, Child] | None = None
+        #: Standby workers promoted so far.
+        self.promotions = 0
         self._next_poll = 0.0
         self._next_register = 0.0
 
@@ -124,7 +141,7 @@ class SlotScaler:
         except redis.RedisError as exc:
             log.warning("slot group %s: Redis unreachable, size kept: %s", self.group, exc)
             return changed
-        return changed or resized
+        return self._keep_standby() or changed or resized
 
     def resize(self, target: int) -> bool:
         """Start or retire workers until ``size == max(target, MIN_SLOTS)``; whether any did.
@@ -134,18 +151,24 @@ class SlotScaler:
         target = max(MIN_SLOTS, target)
         changed = False
         while self.size < target:
-            index = max((i for i, _ in self.members), default=0) + 1
-            try:
-                child = self.host.start_slot(index)
-            except RestartFailed as exc:
-                log.warning("slot group %s: could not grow: %s", self.group, exc)
-                break
+            if self.standby is not None:  # registered below: it takes the queue in ms
+                index, child = self.standby
+                self.standby = None
+                child.standby = False
+                self.promotions += 1
+            else:
+                index = self._free_index()
+                try:
+                    child = self.host.start_slot(index)
+                except RestartFailed as exc:
+                    log.warning("slot group %s: could not grow: %s", self.group, exc)
+                    break
             self.members.append((index, child))
             changed = True
         while self.size > target:
-            _, child = self.members.pop()
+            index, child = self.members.pop()
             self.host.retire_slot(child)
-            self.retiring.append(_Retiring(child, self.clock() + self.retire_grace_s))
+            self.retiring.append(_Retiring(child, self.clock() + self.retire_grace_s, index))
             changed = True
         if changed:
             log.info("slot group %s: %d worker processes", self.group, self.size)
@@ -159,6 +182,28 @@ class SlotScaler:
             log.warning("slot group %s: could not unregister: %s", self.group, exc)
         finally:
             self.registry.close()
+
+    def _keep_standby(self) -> bool:
+        """Start a standby if none runs and the group may still grow; whether one started."""
+        if not self.keeps_standby or self.standby is not None or self.size >= self.max_size:
+            return False
+        index = self._free_index()
+        try:
+            child = self.host.start_slot(index, standby_for=self.group)
+        except RestartFailed as exc:
+            log.warning("slot group %s: could not start a standby: %s", self.group, exc)
+            return False
+        self.standby = (index, child)
+        return True
+
+    def _free_index(self) -> int:
+        """The lowest worker number no member, standby or retiring worker holds: a node
+        name is never worn by two live workers."""
+        taken = {i for i, _ in self.members}
+        taken |= {r.index for r in self.retiring}
+        if self.standby is not None:
+            taken.add(self.standby[0])
+        return next(i for i in itertools.count(1) if i not in taken)
 
     def _reap(self, now: float) -> bool:
         gone = False

@@ -28,6 +28,7 @@ from taskfleet.fleet.scaling import SlotScaler
 from taskfleet.routing.topology import Topology
 from taskfleet.scheduler.slots import SlotRegistry
 from taskfleet.workers.profiles import cpu_profile
+from taskfleet.workers.standby import STANDBY_GROUP_ENV
 
 if TYPE_CHECKING:
     from taskfleet.fleet.supervisor import Fleet
@@ -47,8 +48,10 @@ class FleetSlots:
         """Act on ``fleet``'s children and supervisor."""
         self.fleet = fleet
 
-    def start_slot(self, index: int) -> Child:
-        """Launch solo CPU worker number ``index`` (2, 3, ...) and watch it.
+    def start_slot(self, index: int, standby_for: str | None = None) -> Child:
+        """Launch solo CPU worker number ``index`` (2, 3, ...) and watch it; with
+        ``standby_for`` (a slot group's id), as that group's standby
+        (:mod:`taskfleet.workers.standby`): on the standby queue until it is promoted.
 
         Raises:
             RestartFailed: It could not be launched.
@@ -56,6 +59,10 @@ class FleetSlots:
         fleet = self.fleet
         profile = cpu_profile(fleet.settings, 1)
         profile = replace(profile, name=f"{profile.name}{index}")
+        if standby_for is not None:
+            profile = replace(
+                profile, queues=(Topology.from_settings(fleet.settings).standby_queue,)
+            )
         urls = fleet.resolve()
         child = worker_child(
             f"cpu-worker-{index}",
@@ -66,6 +73,9 @@ class FleetSlots:
             tag=os.getpid(),
             persister=False,
         )
+        if standby_for is not None:
+            child.extra_env[STANDBY_GROUP_ENV] = standby_for
+            child.standby = True
         fleet.launch(child, urls)
         fleet.children.append(child)
         if fleet.supervisor is not None:
@@ -105,6 +115,7 @@ def slot_scaler(fleet: Fleet) -> SlotScaler | None:
         socket_connect_timeout=SLOT_REDIS_TIMEOUT_S,
     )
     cpu = [c for c in fleet.children if c.role == "worker" and c.name.startswith("cpu-worker")]
+    autoscale = load_autoscale_settings()
     return SlotScaler(
         group=f"cpu-slots-{os.getpid()}@{socket.gethostname()}",
         queue=Topology.from_settings(settings).cpu_queue,
@@ -112,4 +123,6 @@ def slot_scaler(fleet: Fleet) -> SlotScaler | None:
         registry=SlotRegistry(client),
         members=[(index + 1, child) for index, child in enumerate(cpu)],
         retire_grace_s=settings.hard_time_limit + RETIRE_MARGIN_S,
+        max_size=autoscale.cpu_worker_max,
+        standby=settings.cpu_standby,
     )

@@ -40,6 +40,10 @@ class Watched(Protocol):
         """Whether it runs jobs, which may kill it (a worker): then a death after it served
         is no crash loop, and never makes the supervisor give up."""
 
+    @property
+    def standby(self) -> bool:
+        """Whether it is a standby worker, booted ahead of need and not serving yet."""
+
     def exited(self) -> str | None:
         """None while it runs, else how it ended (``killed by SIGKILL (9)``)."""
 
@@ -193,13 +197,16 @@ class Supervisor:
                 self._crashed(item, slot, how)
 
     def status(self) -> dict[str, dict[str, object]]:
-        """Each child's pid, state, restarts, recent crashes and last exit."""
+        """Each child's pid, state (``running``, ``starting``, ``restarting``, ``standby``),
+        restarts, recent crashes and last exit."""
         out: dict[str, dict[str, object]] = {}
         for item in self.watched:
             slot = self.slots[item.name]
             state = "restarting" if slot.restart_at is not None else "running"
             if state == "running" and slot.awaiting_ready:
                 state = "starting"
+            elif state == "running" and item.standby:
+                state = "standby"
             out[item.name] = {
                 "pid": item.pid,
                 "state": state,

@@ -82,6 +82,11 @@ class ChildWatch:
         """The child's current pid."""
         return self.child.pid
 
+    @property
+    def standby(self) -> bool:
+        """A standby solo CPU worker, until it is promoted."""
+        return self.child.standby
+
     def exited(self) -> str | None:
         """None while it runs, else its exit status or the signal that killed it."""
         code = self.child.returncode()
@@ -151,6 +156,11 @@ class ServiceWatch:
     @property
     def runs_jobs(self) -> bool:
         """A server runs no jobs."""
+        return False
+
+    @property
+    def standby(self) -> bool:
+        """A server is never a standby."""
         return False
 
     def exited(self) -> str | None:

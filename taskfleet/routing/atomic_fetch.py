@@ -171,6 +171,11 @@ class AtomicFetch:
         """A notification arrived: fetch on the next poll."""
         self.waiting_since = None
 
+    def queues_changed(self) -> None:
+        """The channel consumes other queues now: track their prefixes, and fetch at once."""
+        self.tracking_on = None  # the next switches send OFF, then ON with the new prefixes
+        self.waiting_since = None
+
     def switches(self, sock: object, prefixes: Callable[[], list[str]]) -> list[Command]:
         """Tracking commands to send in front of the next fetch on the socket ``sock``."""
         if self.tracking_on is not None and self.tracking_on is not sock:

@@ -70,7 +70,15 @@ class FetchScriptChannel(kombu_redis.Channel):  # type: ignore[misc]
             self.no_ack_queues.add(queue)
         else:
             self.no_ack_queues.discard(queue)
+        if self._fetch is not None:
+            self._fetch.queues_changed()
         return super().basic_consume(queue, no_ack, *args, **kwargs)
+
+    def basic_cancel(self, consumer_tag: str) -> Any:
+        """Stock; the fetch tracks the queues left (a standby worker's promotion)."""
+        if self._fetch is not None:
+            self._fetch.queues_changed()
+        return super().basic_cancel(consumer_tag)
 
     def script_fetches(self) -> bool:
         """Whether this channel's fetches go through the script (every queue acked)."""

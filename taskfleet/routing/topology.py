@@ -1,9 +1,11 @@
 """Queues, their dead-letter queues, and which job kind goes where.
 
 Each pool has one work queue (``cpu``, ``io``) and one dead-letter queue (``cpu.dlq``,
-``io.dlq``). With worker groups declared (``TASKFLEET_WORKER_GROUPS``), each pool also has one
-queue per group (``cpu@eu``), dead-lettering into the pool's dead-letter queue. On RabbitMQ the work queues carry ``x-max-priority`` and dead-letter into the
-``taskfleet.dlx`` exchange; on Redis the same declarations are plain lists.
+``io.dlq``), and the CPU pool one queue its standby worker waits on (``cpu.standby``, never
+published to). With worker groups declared (``TASKFLEET_WORKER_GROUPS``), each pool also has
+one queue per group (``cpu@eu``), dead-lettering into the pool's dead-letter queue. On
+RabbitMQ the work queues carry ``x-max-priority`` and dead-letter into the ``taskfleet.dlx``
+exchange; on Redis the same declarations are plain lists.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ DLX_EXCHANGE = "taskfleet.dlx"
 #: The queue bare ``send_task`` callers publish to when they name none; the I/O pool
 #: consumes it and forwards each job to its own pool's queue.
 DEFAULT_INBOX = "celery"
+#: Suffix of the queue a standby solo CPU worker consumes until it is promoted
+#: (``taskfleet.workers.standby``): declared, and never published to.
+STANDBY_SUFFIX = ".standby"
 
 #: Job-kind patterns for tasks that are not imported where routing happens.
 DEFAULT_KIND_ROUTES: tuple[tuple[str, Pool], ...] = (
@@ -88,6 +93,16 @@ class Topology:
             name, Exchange(name, type="direct"), routing_key=name, queue_arguments=arguments
         )
 
+    @property
+    def standby_queue(self) -> str:
+        """The queue a standby solo CPU worker waits on (no job is ever routed to it)."""
+        return f"{self.cpu_queue}{STANDBY_SUFFIX}"
+
+    def standby(self) -> Queue:
+        """The kombu declaration of :attr:`standby_queue` (a plain queue: it stays empty)."""
+        name = self.standby_queue
+        return Queue(name, Exchange(name, type="direct"), routing_key=name)
+
     def dead_letter_queue(self, pool: Pool) -> Queue:
         """The kombu declaration of a pool's dead-letter queue (never consumed by workers)."""
         name = self.dlq_for(self.queue_for_pool(pool))
@@ -110,7 +125,7 @@ class Topology:
             [self.work_queue(p) for p in pools]
             + [self.work_queue(p, group) for p in pools for group in self.groups]
             + [self.dead_letter_queue(p) for p in pools]
-            + [self.inbox()]
+            + [self.standby(), self.inbox()]
         )
 
 

@@ -101,6 +101,11 @@ class SlotRegistry:
             self.unregister_many(stale)
         return live
 
+    def group(self, group: str) -> SlotGroup | None:
+        """One group's registration, stale or not (None: not registered, or unreadable)."""
+        raw = self.client.hget(SLOTS_KEY, group)
+        return None if raw is None else SlotGroup.from_json(group, raw)
+
     def unregister_many(self, groups: list[str]) -> None:
         """Forget several groups at once."""
         pipe = self.client.pipeline(transaction=False)

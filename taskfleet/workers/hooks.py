@@ -47,6 +47,8 @@ Bootsteps, :data:`BOOTSTEPS`, added to the app's blueprints (Celery orders them 
 * consumer ``resilience.consumer.DeadLetterConsumerStep``: dead-letter messages no task can
   handle.
 * consumer ``prefetch.SparePrefetchStep``: one spare reserved job per worker.
+* consumer ``standby.StandbyStep``: a standby solo CPU worker (``TASKFLEET_STANDBY_GROUP``
+  set) takes the CPU queues once its slot group registers it; idle in any other worker.
 * worker ``timers.PurgeCancelledTimers``: purge cancelled time-limit timers.
 """
 
@@ -64,6 +66,7 @@ from taskfleet.resilience.consumer import DeadLetterConsumerStep
 from taskfleet.workers import signals as lifecycle
 from taskfleet.workers.inline_limits import enforce_in_solo_worker
 from taskfleet.workers.prefetch import SparePrefetchStep
+from taskfleet.workers.standby import StandbyStep
 from taskfleet.workers.timers import PurgeCancelledTimers
 
 #: (signal, handler) in connection order; see the module docstring for what each does.
@@ -91,6 +94,7 @@ SIGNAL_HOOKS: Final[tuple[tuple[Signal, Callable[..., Any]], ...]] = (
 BOOTSTEPS: Final[tuple[tuple[str, type], ...]] = (
     ("consumer", DeadLetterConsumerStep),
     ("consumer", SparePrefetchStep),
+    ("consumer", StandbyStep),
     ("worker", PurgeCancelledTimers),
 )
 

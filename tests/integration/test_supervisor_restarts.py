@@ -108,6 +108,10 @@ class Up:
         doc = read_status(self.data_dir)
         return dict(doc["children"]) if doc else {}
 
+    def serving(self) -> set[str]:
+        """The children that serve: every one but a standby worker booted ahead of need."""
+        return {n for n, c in self.children().items() if c.get("state") != "standby"}
+
     def pid(self, name: str) -> int:
         """The current pid of child ``name``."""
         return int(self.children()[name]["pid"])
@@ -388,10 +392,17 @@ def test_the_autoscaler_starts_and_stops_solo_cpu_workers_through_up(up: Up) -> 
     a backlog by asking up for more processes, and shrinks it back when the backlog is gone."""
     # Earlier tests' jobs may have grown the pool: it is back to one worker once idle.
     wait_for(
-        lambda: not any(name.startswith("cpu-worker-") for name in up.children()),
+        lambda: not any(name.startswith("cpu-worker-") for name in up.serving()),
         RECOVERY_TIMEOUT_S,
         "the CPU pool back at one worker",
     )
+    # Below its maximum, the pool keeps one standby worker booted: the grow promotes it.
+    wait_for(
+        lambda: any(c.get("state") == "standby" for c in up.children().values()),
+        RECOVERY_TIMEOUT_S,
+        "a standby CPU worker",
+    )
+    (standby_pid,) = [c["pid"] for c in up.children().values() if c.get("state") == "standby"]
     since = time.time()
     first = up.pid("cpu-worker")
     client = Client(up.app)
@@ -402,8 +413,9 @@ def test_the_autoscaler_starts_and_stops_solo_cpu_workers_through_up(up: Up) -> 
     )
     added = {f"cpu-worker-{index}" for index in range(2, AUTOSCALE_MAX + 1)}
     try:
-        wait_for(lambda: added <= set(up.children()), RECOVERY_TIMEOUT_S, "more CPU workers")
+        wait_for(lambda: added <= up.serving(), RECOVERY_TIMEOUT_S, "more CPU workers")
         pids = [up.pid(name) for name in added]
+        assert standby_pid in pids  # promoted, not started anew
         ids = {h.id for h in handles}
         # A busy solo worker answers no inspect: count what is left in the queue instead
         # (a solo worker takes one job at a time, and reserves none beside it).
@@ -415,9 +427,7 @@ def test_the_autoscaler_starts_and_stops_solo_cpu_workers_through_up(up: Up) -> 
     finally:
         store.set(gate_key(gate), 1, ex=600)
     assert all(h.result(timeout=JOB_TIMEOUT_S)["opened"] is True for h in handles)
-    wait_for(
-        lambda: not added & set(up.children()), RECOVERY_TIMEOUT_S, "the added workers retired"
-    )
+    wait_for(lambda: not added & up.serving(), RECOVERY_TIMEOUT_S, "the added workers retired")
     wait_for(lambda: not any(alive(pid) for pid in pids), RECOVERY_TIMEOUT_S, "their exits")
     assert up.pid("cpu-worker") == first  # the first worker (the persister's) stays
     history = AutoscaleStore(store, 1.0).history(500)
@@ -518,7 +528,10 @@ def test_a_child_crashing_in_a_tight_loop_makes_up_give_up_naming_it(tmp_path: P
         assert f"giving up on flower: it crashed {GIVE_UP_CRASHES} times within 60s" in text
         assert "last exit status" in text
         assert "--- last lines of" in text
-        assert f"stopped {UP_CHILDREN} processes" in text  # everything else was stopped
+        # Everything else was stopped: the five, and the standby CPU worker once started.
+        stopped = re.search(r"stopped (\d+) processes", text)
+        assert stopped is not None, text
+        assert int(stopped.group(1)) in (UP_CHILDREN, UP_CHILDREN + 1), text
         status = read_status(up.data_dir)
         assert status is not None
         assert status["supervisor_running"] is False

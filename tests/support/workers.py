@@ -92,12 +92,16 @@ class Fleet:
         """Start one worker and wait until it answers a ping."""
         self.start_all([(profile, name)])
 
-    def start_all(self, workers: Sequence[tuple[WorkerProfile, str]]) -> None:
-        """Start several workers at once, then wait until every one answers a ping.
+    def start_all(
+        self, workers: Sequence[tuple[WorkerProfile, str]], nodes: dict[str, str] | None = None
+    ) -> dict[str, str]:
+        """Start several workers at once, then wait until every one answers a ping; their
+        node names by worker name (``nodes``: names to use instead of fresh ones).
 
         Their start-ups (imports, pool processes, sidecars) overlap instead of queueing.
         """
-        nodes = {name: self._spawn(profile, name) for profile, name in workers}
+        given = nodes or {}
+        nodes = {name: self._spawn(profile, name, given.get(name)) for profile, name in workers}
         app = self.app()
         for name, node in nodes.items():
             wait_for(
@@ -105,10 +109,11 @@ class Fleet:
                 WORKER_START_TIMEOUT_S,
                 f"worker {node} to answer ping (log: {self.log_dir / f'{name}.log'})",
             )
+        return nodes
 
-    def _spawn(self, profile: WorkerProfile, name: str) -> str:
+    def _spawn(self, profile: WorkerProfile, name: str, node: str | None = None) -> str:
         """Start one worker process (not waiting for it); its node name."""
-        hostname = f"{name}-{uuid.uuid4().hex[:6]}@%h"
+        hostname = node or f"{name}-{uuid.uuid4().hex[:6]}@%h"
         argv = [
             sys.executable,
             "-m",

@@ -129,8 +129,9 @@ def _good(drain: float, procs: float) -> dict[str, Any]:
         "autoscaler": {"ticks": 3, "tick_s_median": 1.0, "tick_s_max": 1.5, "actions": []},
         "fleet": {
             "processes": [
-                {"first_job_s": 0.0, "launch_to_first_job_s": -9.0},
-                {"first_job_s": 3.0, "launch_to_first_job_s": 2.5},
+                {"first_job_s": 0.0, "launch_to_first_job_s": -9.0, "launched_s": -9.0},
+                {"first_job_s": 0.4, "launch_to_first_job_s": 9.4, "launched_s": -9.0, "jobs": 7},
+                {"first_job_s": 3.0, "launch_to_first_job_s": 2.5, "launched_s": 0.5},
             ]
         },
     }
@@ -153,4 +154,9 @@ def test_the_drain_verdict_is_for_taskfleet_as_shipped(monkeypatch: pytest.Monke
     assert targets[0][1].endswith(": met")
     assert rows["taskfleet ÷ taskfleet_prefork"][1] == "0.30x"
     assert rows["taskfleet_prefork ÷ celery"][1] == "2.00x"
-    assert any("median 2.50 s" in note for note in table.notes)
+    assert any("median 2.50 s" in note for note in table.notes)  # the one started cold
+    # The standby (launched before the burst) is told apart, with its first job and count.
+    assert any(
+        "standby" in note and "0.40 s after the first publish" in note and "7 jobs" in note
+        for note in table.notes
+    )

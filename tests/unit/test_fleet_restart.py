@@ -49,6 +49,7 @@ class FakeChild:
         self.restart_error: FleetError | None = None
         self.serving = True
         self.runs_jobs = True
+        self.standby = False
         self.stall: str | None = None
         self.forgiven: list[float] = []
         self.clock = clock

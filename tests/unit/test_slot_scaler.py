@@ -27,16 +27,21 @@ class Host:
 
     def __init__(self) -> None:
         self.started: list[int] = []
+        self.standbys: list[int] = []
         self.retired: list[str] = []
         self.killed: list[str] = []
         self.forgotten: list[str] = []
         self.fail_next = False
 
-    def start_slot(self, index: int) -> Child:
+    def start_slot(self, index: int, standby_for: str | None = None) -> Child:
         if self.fail_next:
             self.fail_next = False
             raise RestartFailed("no fork today")
-        self.started.append(index)
+        if standby_for is not None:
+            assert standby_for == "g"
+            self.standbys.append(index)
+        else:
+            self.started.append(index)
         return child(index)
 
     def retire_slot(self, member: Child) -> None:
@@ -91,10 +96,23 @@ def child(index: int) -> Child:
     return member
 
 
-def scaler(size: int = 1) -> tuple[SlotScaler, Host, Registry, Clock]:
+def scaler(
+    size: int = 1, standby: bool = False, max_size: int = 8
+) -> tuple[SlotScaler, Host, Registry, Clock]:
     host, registry, clock = Host(), Registry(), Clock()
     members = [(i, child(i)) for i in range(1, size + 1)]
-    made = SlotScaler("g", "cpu", host, registry, members, GRACE_S, clock=clock, wall=lambda: 5.0)  # type: ignore[arg-type]
+    made = SlotScaler(
+        "g",
+        "cpu",
+        host,  # type: ignore[arg-type]
+        registry,  # type: ignore[arg-type]
+        members,
+        GRACE_S,
+        max_size=max_size,
+        standby=standby,
+        clock=clock,
+        wall=lambda: 5.0,
+    )
     return made, host, registry, clock
 
 
@@ -193,3 +211,63 @@ def test_closing_unregisters_the_group() -> None:
     made, _, registry, _ = scaler()
     made.close()
     assert registry.unregistered == ["g"]
+
+
+def test_a_standby_is_kept_booted_and_promoted_first_by_registering_it() -> None:
+    made, host, registry, clock = scaler(standby=True, max_size=4)
+    made.step()
+    assert (host.standbys, host.started) == ([2], [])
+    assert registry.groups[-1].nodes == ("cpu-1@h",)  # a standby is no member
+    registry.targets["g"] = 3
+    clock.now += POLL_EVERY_S
+    made.step()
+    # The standby became worker 2 (registered: it takes the queue itself); 3 was started
+    # cold; a new standby takes the lowest free number.
+    assert host.started == [3]
+    assert host.standbys == [2, 4]
+    assert made.promotions == 1
+    assert registry.groups[-1].nodes == ("cpu-1@h", "cpu2-1@h", "cpu3-1@h")
+
+
+def test_no_standby_at_the_maximum_and_none_when_switched_off() -> None:
+    made, host, registry, clock = scaler(standby=True, max_size=2)
+    made.step()
+    registry.targets["g"] = 2
+    clock.now += POLL_EVERY_S
+    made.step()
+    assert (made.size, host.standbys, host.started) == (2, [2], [])
+    clock.now += POLL_EVERY_S
+    made.step()
+    assert host.standbys == [2]  # at the maximum: no new one
+    off, off_host, off_registry, off_clock = scaler(standby=False)
+    off.step()
+    off_registry.targets["g"] = 2
+    off_clock.now += POLL_EVERY_S
+    off.step()
+    assert (off_host.standbys, off_host.started) == ([], [2])
+
+
+def test_a_retiring_workers_number_is_not_reused_while_it_runs() -> None:
+    made, host, registry, clock = scaler(3)
+    registry.targets["g"] = 2
+    made.step()
+    assert host.retired == ["cpu-worker-3"]  # still finishing its job
+    registry.targets["g"] = 3
+    clock.now += POLL_EVERY_S
+    made.step()
+    assert host.started == [4]  # cpu3-... is still a live node name
+    made.retiring[0].child.popen.code = 0  # type: ignore[union-attr]
+    registry.targets["g"] = 4
+    clock.now += POLL_EVERY_S
+    made.step()
+    assert host.started == [4, 3]
+
+
+def test_a_standby_that_cannot_start_is_tried_again() -> None:
+    made, host, _, clock = scaler(standby=True)
+    host.fail_next = True
+    made.step()
+    assert made.standby is None
+    clock.now += POLL_EVERY_S
+    made.step()
+    assert host.standbys == [2]

@@ -58,7 +58,14 @@ def test_unset_means_no_group_and_todays_queues(clean_env: None) -> None:
     assert not groups.enabled
     topology = Topology.from_settings(load_settings())
     assert topology.groups == ()
-    assert [q.name for q in topology.all_queues()] == ["cpu", "io", "cpu.dlq", "io.dlq", "celery"]
+    assert [q.name for q in topology.all_queues()] == [
+        "cpu",
+        "io",
+        "cpu.dlq",
+        "io.dlq",
+        "cpu.standby",
+        "celery",
+    ]
     assert pool_queues(topology, "cpu", None) == ("cpu",)
 
 

@@ -114,6 +114,7 @@ EXPECTED_STEPS = {
     "consumer": [
         "taskfleet.resilience.consumer.DeadLetterConsumerStep",
         "taskfleet.workers.prefetch.SparePrefetchStep",
+        "taskfleet.workers.standby.StandbyStep",
     ],
 }
 
