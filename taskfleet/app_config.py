@@ -31,6 +31,12 @@ RESULT_BACKEND_PATH = "taskfleet.results.backend:TaskfleetResultBackend"
 RESULT_STORE_MAX_RETRIES = 20
 
 
+#: Celery's remote control, its ``hello`` (a starting worker's sync with the others) waiting
+#: 0.2 s for replies instead of a second (``taskfleet.workers.mingle``; a string:
+#: nothing is imported until the app's control is first used).
+CONTROL_PATH = "taskfleet.workers.mingle:Control"
+
+
 def _declared_pools(name: str, task: Any) -> dict[str, Pool]:
     """The pool declared for ``name``: the job table's, else its task's own.
 
@@ -134,7 +140,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 def create_app(settings: Settings | None = None) -> Celery:
     """A taskfleet Celery app; configuration is evaluated when first needed."""
-    celery_app = Celery("taskfleet", task_cls="taskfleet.tasks.base:TaskfleetTask")
+    celery_app = Celery(
+        "taskfleet", task_cls="taskfleet.tasks.base:TaskfleetTask", control=CONTROL_PATH
+    )
     setattr(celery_app, SETTINGS_ATTR, settings)
     celery_app.add_defaults(lambda: celery_config(settings_of(celery_app)))
     return celery_app

@@ -62,6 +62,8 @@ from bench.common import WORKER_READY_TIMEOUT_S, Summary, completion_timeout, po
 from bench.procs import LOG_DIR, WorkerGroup
 from bench.report import NOT_AVAILABLE, Table
 from bench.services import BENCH_STACK_DIR, flush_redis, services
+from taskfleet.fleet.scaling import POLL_EVERY_S
+from taskfleet.fleet.supervisor import SUPERVISE_INTERVAL_S
 from bench.workloads.base import Options, failure, log
 from taskfleet.workers.profiles import DISABLE_PERSISTER_ENV
 
@@ -105,8 +107,8 @@ CPU_SAMPLES = 200
 TICK_JOIN_S = 15.0
 #: The fleet's I/O worker (it consumes nothing here; ``taskfleet up`` always starts one).
 FLEET_IO_CONCURRENCY = 2
-#: Pause between two supervision rounds of the fleet (``taskfleet up``: 0.25 s).
-FLEET_SUPERVISE_S = 0.1
+#: Pause between two supervision rounds of the fleet: ``taskfleet up``'s.
+FLEET_SUPERVISE_S = SUPERVISE_INTERVAL_S
 #: The fleet's logs and status file, under the bench's log folder.
 FLEET_DIR = LOG_DIR / "w7-fleet"
 CPU_CHILD_PREFIX = "cpu-worker"
@@ -953,7 +955,7 @@ def table(options: Options) -> Table:
         "otherwise (up cooldown 10 s, down cooldown 30 s after the last growth, step up 4, "
         "step down 1 per tick, target backlog 4). As shipped, a tick writes the size it wants "
         "to the slot group in Redis and the `Fleet` supervisor (supervision round "
-        f"{FLEET_SUPERVISE_S:g} s, target read every 0.5 s) promotes its standby worker "
+        f"{FLEET_SUPERVISE_S:g} s, as shipped; target read every {POLL_EVERY_S:g} s) promotes its standby worker "
         "first, starts further `cpu-worker-N` solo workers and a new standby, or SIGTERMs the "
         "newest; prefork is resized by remote control. Celery: its "
         "autoscaler runs in the worker, re-evaluated on every received message, scale-down "

@@ -35,8 +35,8 @@ from taskfleet.scheduler.slots import MAX_SLOTS, REGISTER_EVERY_S, SlotGroup, Sl
 
 log = logging.getLogger(__name__)
 
-#: Seconds between two reads of the size asked for.
-POLL_EVERY_S = 0.5
+#: Seconds between two reads of the size asked for (one HGET): a grow waits for it.
+POLL_EVERY_S = 0.1
 #: The fewest processes a group keeps (its first worker hosts the persister).
 MIN_SLOTS = 1
 
