@@ -33,6 +33,11 @@ MAIN_SUFFIX = " worker"
 SOLO_SUFFIX = " worker (solo)"
 SOLO_POOL = "solo"
 SIDECAR_MODULE = "taskfleet.sidecar"
+#: ``taskfleet up``'s fork server (``taskfleet/fleet/forkserver.py``), and the solo CPU
+#: workers it forks: they carry its command line, so they are told apart by their parent.
+FORK_SERVER = "fork server"
+FORK_SERVER_MARK = "multiprocessing.forkserver"
+FORKED_WORKER = "cpu" + SOLO_SUFFIX
 PERSISTER_MODULE = "taskfleet.results.persister"
 
 
@@ -84,9 +89,11 @@ def role_of(cmdline: Sequence[str], parent_role: str | None) -> str:
 
     Returns:
         ``supervisor``, ``<queue> worker``, ``<queue> pool``, ``<queue> worker (solo)``,
-        ``<parent> sidecar``, ``<parent> persister``, ``beat``, ``metrics endpoint``, or the
-        program name.
+        ``<parent> sidecar``, ``<parent> persister``, ``beat``, ``metrics endpoint``,
+        ``fork server`` (its children: ``cpu worker (solo)``), or the program name.
     """
+    if any(FORK_SERVER_MARK in arg for arg in cmdline):
+        return FORKED_WORKER if parent_role == FORK_SERVER else FORK_SERVER
     if SIDECAR_MODULE in cmdline:
         return f"{parent_role} sidecar"
     if PERSISTER_MODULE in cmdline:

@@ -224,7 +224,9 @@ def _solo_workers(root_pid: int) -> dict[int, bool]:
     out: dict[int, bool] = {}
     for proc in descendants:
         try:
-            if not role_of(proc.cmdline(), SUPERVISOR).endswith(SOLO_SUFFIX):
+            parent = proc.parent()
+            parent_role = SUPERVISOR if parent is None else role_of(parent.cmdline(), SUPERVISOR)
+            if not role_of(proc.cmdline(), parent_role).endswith(SOLO_SUFFIX):
                 continue
             out[proc.pid] = any(SIDECAR_MODULE in child.cmdline() for child in proc.children())
         except psutil.Error:

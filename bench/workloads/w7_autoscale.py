@@ -62,9 +62,9 @@ from bench.common import WORKER_READY_TIMEOUT_S, Summary, completion_timeout, po
 from bench.procs import LOG_DIR, WorkerGroup
 from bench.report import NOT_AVAILABLE, Table
 from bench.services import BENCH_STACK_DIR, flush_redis, services
+from bench.workloads.base import Options, failure, log
 from taskfleet.fleet.scaling import POLL_EVERY_S
 from taskfleet.fleet.supervisor import SUPERVISE_INTERVAL_S
-from bench.workloads.base import Options, failure, log
 from taskfleet.workers.profiles import DISABLE_PERSISTER_ENV
 
 if TYPE_CHECKING:

@@ -102,6 +102,14 @@ class Settings(BaseSettings):
             "CPU worker, resized by remote control"
         ),
     )
+    fork_workers: bool = Field(
+        True,
+        description=(
+            "taskfleet up forks its solo CPU workers from a process that has imported their "
+            "libraries once (a start in a fraction of an interpreter's); false: each is a new "
+            "interpreter"
+        ),
+    )
     cpu_standby: bool = Field(
         True,
         description=(

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 from taskfleet.fleet.flower import DEFAULT_FLOWER_PORT
 
@@ -43,6 +42,27 @@ class FleetOptions:
     keep_services: bool = False
 
 
+class ChildProcess(Protocol):
+    """What the supervisor uses of a running child: a ``subprocess.Popen``, or a forked
+    worker's stand-in (:class:`taskfleet.fleet.forkserver.ForkedWorker`)."""
+
+    @property
+    def pid(self) -> int:
+        """Its pid."""
+
+    def poll(self) -> int | None:
+        """Its exit status once exited (negative: the killing signal), else None."""
+
+    def send_signal(self, sig: int) -> None:
+        """Signal it, unless it has exited."""
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for its exit (raises ``subprocess.TimeoutExpired``)."""
+
+    def terminate(self) -> None:
+        """SIGTERM."""
+
+
 @dataclass
 class Child:
     """One supervised process.
@@ -72,7 +92,7 @@ class Child:
     pool: str | None = None
     extra_env: dict[str, str] = field(default_factory=dict, repr=False)
     standby: bool = False
-    popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    popen: ChildProcess | None = field(default=None, repr=False)
     killed: bool = False
 
     @property

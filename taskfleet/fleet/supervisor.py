@@ -25,6 +25,7 @@ from taskfleet.fleet.flower import (
     flower_auth,
     flower_installed,
 )
+from taskfleet.fleet.forkserver import WorkerForkServer, forkable
 from taskfleet.fleet.pinger import Pinger
 from taskfleet.fleet.plan import LOG_DIR_NAME, plan_children, prepare_metrics
 from taskfleet.fleet.processes import (
@@ -89,6 +90,8 @@ class Fleet:
         self.supervisor: Supervisor | None = None
         self.scaler: SlotScaler | None = None
         self._pinger: Pinger | None = None
+        #: Forks the solo CPU workers (``TASKFLEET_FORK_WORKERS``), started with the first.
+        self.forks: WorkerForkServer | None = None
 
     def __enter__(self) -> Fleet:
         """Start the fleet."""
@@ -175,8 +178,16 @@ class Fleet:
             raise
 
     def launch(self, child: Child, urls: ServiceURLs, *, append: bool = False) -> None:
-        """Start ``child`` with the fleet's environment (its log appended on a restart)."""
-        launch_child(child, child_env(self.settings, urls, child.extra_env), append=append)
+        """Start ``child`` with the fleet's environment (its log appended on a restart): a solo
+        CPU worker forked from the fork server (``fleet/forkserver.py``), any other child,
+        or any worker when forking is off or failed, as a new process."""
+        env = child_env(self.settings, urls, child.extra_env)
+        if self.settings.fork_workers and forkable(child):
+            if self.forks is None:
+                self.forks = WorkerForkServer()
+            if self.forks.start(child, env, append=append):
+                return
+        launch_child(child, env, append=append)
 
     def relaunch(self, child: Child) -> None:
         """Start a dead child again, after clearing what it left in its process group.

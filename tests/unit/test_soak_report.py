@@ -174,3 +174,18 @@ def test_the_late_start_probe_feeds_until_a_new_solo_worker_is_up_then_more(
     assert ready_after == 15
     assert total == 23  # 8 more once it was up: a batch of 5 and the remaining 3
     assert fed == [5, 5, 5, 5, 3]
+
+
+def test_forked_solo_workers_are_told_apart_by_their_parent_the_fork_server() -> None:
+    """Forked from ``up``'s fork server, a solo worker carries the server's command line."""
+    server = [
+        "/venv/bin/python",
+        "-B",
+        "-c",
+        "from multiprocessing.forkserver import main; main(3)",
+    ]
+    assert role_of(server, "supervisor") == "fork server"
+    assert role_of(server, "fork server") == "cpu worker (solo)"
+    assert role_of(["python", "-m", "taskfleet.sidecar"], "cpu worker (solo)") == (
+        "cpu worker (solo) sidecar"
+    )
