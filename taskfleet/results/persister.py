@@ -165,9 +165,7 @@ class ResultPersister:
     def _write(self, entries: Sequence[StreamEntry]) -> int:
         if not entries:
             return 0
-        if not self._schema_ready:
-            ensure_schema(self.engine)
-            self._schema_ready = True
+        self._ensure_schema()
         outcome = write_batch(self.engine, entries, self.max_bytes, self.quarantine)
         ids = [entry_id for entry_id, _ in entries]
         pipe = self.client.pipeline(transaction=False)
@@ -218,8 +216,15 @@ class ResultPersister:
             forget_idle_consumers(self.client, self.stream, PERSIST_GROUP)
         self.check_backlog()
 
+    def _ensure_schema(self) -> None:
+        if not self._schema_ready:
+            ensure_schema(self.engine)
+            self._schema_ready = True
+
     def _purge(self) -> None:
-        """Delete expired cache rows and old tombstones, and results past their retention."""
+        """Delete expired cache rows and old tombstones, and results past their retention
+        (the tables are created first: a fleet that has stored nothing yet has none)."""
+        self._ensure_schema()
         purge_expired(self.engine)
         purge_expired_results(self.engine)
 

@@ -14,7 +14,7 @@ import pytest
 import redis
 from celery import Celery
 from celery.result import AsyncResult
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, create_engine, text
 
 from taskfleet.app import create_app, settings_of
 from taskfleet.config import load_settings
@@ -151,3 +151,24 @@ def test_results_past_their_retention_are_purged_and_the_others_kept(
     assert _seconds_left(engine, batched_a) is None
     assert _seconds_left(engine, batched_b) is None
     assert _seconds_left(engine, kept) is not None
+
+
+def test_the_first_purge_on_a_fresh_database_finds_its_tables(
+    services: dict[str, str], redis_client: redis.Redis, engine: Engine
+) -> None:
+    """A persister whose first purge comes before its first result (a fleet that has stored
+    nothing yet) creates the tables instead of failing on them."""
+    name = f"taskfleet_fresh_{uuid.uuid4().hex[:8]}"
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    fresh = create_engine(engine.url.set(database=name))
+    try:
+        persister = ResultPersister(redis_client, fresh, purge_interval_s=0)
+        persister._cycle()  # nothing to write; the purge is due
+        with fresh.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM taskfleet_results")).scalar() == 0
+            assert conn.execute(text("SELECT count(*) FROM taskfleet_cache")).scalar() == 0
+    finally:
+        fresh.dispose()
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
