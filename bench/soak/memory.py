@@ -38,6 +38,9 @@ SIDECAR_MODULE = "taskfleet.sidecar"
 FORK_SERVER = "fork server"
 FORK_SERVER_MARK = "multiprocessing.forkserver"
 FORKED_WORKER = "cpu" + SOLO_SUFFIX
+#: The standard library's helper process the fork server starts beside it.
+RESOURCE_TRACKER = "resource tracker"
+RESOURCE_TRACKER_MARK = "multiprocessing.resource_tracker"
 PERSISTER_MODULE = "taskfleet.results.persister"
 
 
@@ -90,8 +93,11 @@ def role_of(cmdline: Sequence[str], parent_role: str | None) -> str:
     Returns:
         ``supervisor``, ``<queue> worker``, ``<queue> pool``, ``<queue> worker (solo)``,
         ``<parent> sidecar``, ``<parent> persister``, ``beat``, ``metrics endpoint``,
-        ``fork server`` (its children: ``cpu worker (solo)``), or the program name.
+        ``fork server`` (its children: ``cpu worker (solo)``), ``resource tracker``, or the
+        program name.
     """
+    if any(RESOURCE_TRACKER_MARK in arg for arg in cmdline):
+        return RESOURCE_TRACKER
     if any(FORK_SERVER_MARK in arg for arg in cmdline):
         return FORKED_WORKER if parent_role == FORK_SERVER else FORK_SERVER
     if SIDECAR_MODULE in cmdline:

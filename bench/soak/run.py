@@ -130,12 +130,18 @@ def _unit_pids(processes: list[ProcessMemory], role: str) -> set[int]:
     return {p.pid for p in processes if p.role == role}
 
 
+def _serving(system: SoakSystem, role: str) -> set[int]:
+    """The CPU units that serve: a standby worker booted ahead of need is not one."""
+    return _unit_pids(sample_tree(system.root_pid()), role) - system.standby_pids()
+
+
 def _late_fork(system: SoakSystem, total: int, every: int, batch: int, result: SoakResult) -> int:
     """Wait for the autoscaler to shrink the CPU pool, feed more jobs, sample the new processes.
 
     Prefork: ``extra`` more jobs; the pool processes the CPU worker forks for them. Solo: the
-    solo workers the supervisor starts (a retired one simply leaves the tree; the first, with
-    the persister, stays). A solo worker takes seconds to boot, and a fast pool drains a batch
+    solo workers that begin to serve, the standby the supervisor promotes first and those it
+    starts (a retired one simply leaves the tree; the first, with the persister, stays; a
+    standby serving nothing yet is not counted). A solo worker takes seconds to boot, and a fast pool drains a batch
     in less, so jobs are fed until a new worker is up (its heartbeat sidecar runs), then
     ``extra`` more, which it shares: it is sampled after serving, not half-way through boot.
 
@@ -147,13 +153,13 @@ def _late_fork(system: SoakSystem, total: int, every: int, batch: int, result: S
     shrink_started = time.monotonic()
     unit = "solo worker" if pool == "solo" else "process"
     poll_until(
-        lambda: len(_unit_pids(sample_tree(system.root_pid()), role)) <= 1,
+        lambda: len(_serving(system, role)) <= 1,
         SHRINK_TIMEOUT_S,
         f"the autoscaler to shrink the CPU pool to one {unit}",
         1.0,
     )
     shrunk_s = time.monotonic() - shrink_started
-    before = _unit_pids(sample_tree(system.root_pid()), role)
+    before = _serving(system, role)
     extra = min(every, 10 * batch)
     fed_at, fed_wall = time.monotonic(), time.time()
     if pool == "solo":
@@ -162,7 +168,8 @@ def _late_fork(system: SoakSystem, total: int, every: int, batch: int, result: S
         _feed(system, total, extra, batch, [], random.Random(0))
         fed, ready_after = extra, None
     mark = _mark(system, total + fed, shrink_started)
-    forked = [p for p in mark.processes if p.role == role and p.pid not in before]
+    standby = system.standby_pids()
+    forked = [p for p in mark.processes if p.role == role and p.pid not in before | standby]
     first = [p for p in result.marks[0].processes if p.pid in early]
     last_seen = {p.pid: p for m in result.marks for p in m.processes if p.pid in early}
     result.late_fork = {
@@ -202,7 +209,9 @@ def _feed_until_started(
     fed = 0
     ready_after: int | None = None
     while True:
-        if ready_after is None and _started_workers(system.root_pid(), before):
+        if ready_after is None and _started_workers(
+            system.root_pid(), before | system.standby_pids()
+        ):
             ready_after = fed
         if ready_after is not None:
             if fed - ready_after >= extra:

@@ -62,6 +62,10 @@ class SoakSystem(ABC):
         """The pid at the top of the fleet's process tree."""
         return self.group.procs[0].pid
 
+    def standby_pids(self) -> set[int]:
+        """Workers booted ahead of need that serve nothing yet (``taskfleet up``'s standby)."""
+        return set()
+
     def backlog(self) -> int:
         """Messages waiting in the fleet's queues (every priority)."""
         names = [q + PRIORITY_SEPARATOR + str(s) for q in self.queues for s in PRIORITY_STEPS]
@@ -144,6 +148,14 @@ class TaskfleetSoak(SoakSystem):
             for i in range(start, start + n)
         ]
         return [h.id for h in self.client.enqueue_many(jobs)]
+
+    def standby_pids(self) -> set[int]:
+        """The standby solo worker, as ``taskfleet up``'s status file names it."""
+        from taskfleet.fleet.status import read_status
+
+        doc = read_status(self.workdir / "taskfleet") or {}
+        children = doc.get("children", {})
+        return {int(c["pid"]) for c in children.values() if c.get("state") == "standby"}
 
     def durable_results(self) -> int:
         """Rows in the durable results table."""

@@ -186,6 +186,12 @@ def test_forked_solo_workers_are_told_apart_by_their_parent_the_fork_server() ->
     ]
     assert role_of(server, "supervisor") == "fork server"
     assert role_of(server, "fork server") == "cpu worker (solo)"
+    tracker = [
+        "/venv/bin/python",
+        "-c",
+        "from multiprocessing.resource_tracker import main;main(9)",
+    ]
+    assert role_of(tracker, "supervisor") == "resource tracker"
     assert role_of(["python", "-m", "taskfleet.sidecar"], "cpu worker (solo)") == (
         "cpu worker (solo) sidecar"
     )
