@@ -169,7 +169,7 @@ def test_the_late_start_probe_feeds_until_a_new_solo_worker_is_up_then_more(
     monkeypatch.setattr(run, "_feed", lambda _s, _start, n, *_: fed.append(n))
     # the new worker is up once three batches went out
     monkeypatch.setattr(run, "_started_workers", lambda *_: {9} if len(fed) >= 3 else set())
-    system = SimpleNamespace(root_pid=lambda: 1)
+    system = SimpleNamespace(root_pid=lambda: 1, standby_pids=set)
     total, ready_after = run._feed_until_started(system, 0, 8, 5, set())  # type: ignore[arg-type]
     assert ready_after == 15
     assert total == 23  # 8 more once it was up: a batch of 5 and the remaining 3
