@@ -12,7 +12,8 @@ the standard library's ``multiprocessing`` fork server, a process started once t
   supervisor;
 * writes to its own log, and takes its own environment (``os.environ`` replaced) before it
   imports anything of taskfleet's: taskfleet's modules (0.15 s) and the app's settings are
-  read in the worker, as in a launched one;
+  read in the worker, as in a launched one (:mod:`taskfleet.forked_worker`, the code the
+  fork server runs, imports none of them);
 * runs Celery's command line in-process (``celery.__main__``) with its usual arguments.
 
 The supervisor holds a :class:`ForkedWorker`, the part of ``subprocess.Popen`` it uses.
@@ -37,7 +38,9 @@ from pathlib import Path
 from typing import Any
 
 from taskfleet.fleet.children import Child
-from taskfleet.fleet.processes import die_with_parent
+from taskfleet.forked_worker import run_worker
+from taskfleet.workers.profiles import DISABLE_PERSISTER_ENV
+from taskfleet.workers.standby import STANDBY_GROUP_ENV
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +56,13 @@ PRELOAD = (
     "kombu.transport.redis",
     "redis",
     "pydantic_settings",
-    "taskfleet.fleet.forkserver",
+    "taskfleet.forked_worker",
 )
-#: ``argv`` of a launched worker starts ``python -m celery``: a forked one runs the rest.
-CELERY_PREFIX = 3
+#: What one worker's environment has and another's not: kept out of the fork server's, which
+#: is a worker's without them (everything a preloaded module reads at import is the same for
+#: every worker of the fleet: ``PROMETHEUS_MULTIPROC_DIR``, read by prometheus-client, which
+#: Flower's command-line plugin loads, at import, is one).
+PER_WORKER_ENV = (DISABLE_PERSISTER_ENV, STANDBY_GROUP_ENV)
 
 
 class ForkedWorker:
@@ -107,25 +113,6 @@ class ForkedWorker:
         self.send_signal(signal.SIGKILL)
 
 
-def run_worker(argv: list[str], env: dict[str, str], log_path: str) -> None:  # pragma: no cover
-    """In the forked process: a session, the log, the environment, then Celery's command line."""
-    os.setsid()
-    if sys.platform.startswith("linux"):
-        die_with_parent()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
-    os.environ.clear()
-    os.environ.update(env)
-    sys.argv = ["celery", *argv[CELERY_PREFIX:]]
-    from celery.__main__ import main
-
-    main()
-
-
 class WorkerForkServer:
     """Forks solo workers from the standard library's fork server (see the module doc)."""
 
@@ -166,7 +153,7 @@ class WorkerForkServer:
         """
         if self.failed or child.argv[1:3] != ["-m", "celery"] or not main_is_import_safe():
             return False
-        if not self.warm({k: v for k, v in env.items() if k not in child.extra_env}):
+        if not self.warm({k: v for k, v in env.items() if k not in PER_WORKER_ENV}):
             return False
         with child.log_path.open("ab" if append else "wb") as out:
             if append:

@@ -8,7 +8,6 @@ adds what only the supervisor needs.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import signal
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from taskfleet.devstack import processes as _shared
 from taskfleet.devstack.polling import wait_until
 from taskfleet.devstack.processes import group_members, signal_group
 from taskfleet.fleet.children import Child, RestartFailed
+from taskfleet.forked_worker import die_with_parent
 
 PING_TIMEOUT_S = 0.5
 """Seconds one readiness ping (or port probe) waits for replies."""
@@ -26,19 +26,11 @@ PING_TIMEOUT_S = 0.5
 KILL_TIMEOUT_S = 5.0
 """Seconds to wait for processes to vanish after SIGKILL."""
 
-_PR_SET_PDEATHSIG = 1
 
 
 def port_open(host: str, port: int) -> bool:
     """Whether something accepts TCP connections on ``host:port``."""
     return _shared.port_open(host, port, PING_TIMEOUT_S)
-
-
-def die_with_parent() -> None:  # pragma: no cover - runs in the forked child
-    """Ask Linux to SIGTERM this (child) process when its parent dies."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
 
 
 def launch_child(child: Child, env: dict[str, str], *, append: bool = False) -> None:

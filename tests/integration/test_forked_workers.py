@@ -21,6 +21,7 @@ from taskfleet.fleet import Fleet
 from taskfleet.fleet.children import FleetOptions
 from taskfleet.fleet.environment import FLOWER_AUTH_ENV
 from taskfleet.fleet.forkserver import ForkedWorker
+from taskfleet.fleet.plan import METRICS_DIR_NAME
 from tests.support.waiting import wait_for
 
 READY_TIMEOUT_S = 60.0
@@ -73,6 +74,10 @@ def test_a_forked_worker_serves_in_its_own_session_with_the_fleets_environment(
     assert os.environ.get("TASKFLEET_CPU_QUEUE") != fleet.settings.cpu_queue
     client = Client(fleet.control_app)
     assert client.enqueue("cpu.noop", {}).result(RESULT_TIMEOUT_S) == {"ok": True}
+    # Its job metrics go to the fleet's metric files, as a launched worker's: prometheus-client
+    # picks its mode at import, and the fork server imported it (Flower's command-line plugin).
+    metric_files = {p.name for p in (fleet.data_dir / METRICS_DIR_NAME).glob("*.db")}
+    assert any(name.endswith(f"_{cpu.pid}.db") for name in metric_files), metric_files
     # What the supervisor holds that no worker gets stays out of the fork server.
     assert FLOWER_AUTH_ENV not in server.environ()
     assert FLOWER_AUTH_ENV in os.environ
