@@ -25,6 +25,7 @@ import redis
 from taskfleet.config import load_settings
 from taskfleet.devstack import EmbeddedStack
 from taskfleet.fleet import Fleet, FleetOptions
+from tests.support.fleets import started_fleet
 from tests.support.workers import is_cpu_node, kill_tree
 
 CLI = [sys.executable, "-m", "taskfleet.cli"]
@@ -56,14 +57,8 @@ def fleet(data_dir: Path) -> Iterator[Fleet]:
     """A small running fleet (no Flower, no beat) on the fresh embedded stack."""
     settings = load_settings(data_dir=str(data_dir), _env_file=None)
     options = FleetOptions(cpu_concurrency=1, io_concurrency=4, flower=False, beat=False)
-    running = Fleet(settings, options)
-    running.start()
-    try:
-        running.wait_ready(FLEET_READY_TIMEOUT_S)
+    with started_fleet(settings, options, FLEET_READY_TIMEOUT_S) as running:
         yield running
-    finally:
-        running.stop()
-    assert running.leftovers() == []
     assert running.stack_stopped
 
 

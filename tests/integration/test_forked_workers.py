@@ -22,6 +22,7 @@ from taskfleet.fleet.children import FleetOptions
 from taskfleet.fleet.environment import FLOWER_AUTH_ENV
 from taskfleet.fleet.forkserver import ForkedWorker
 from taskfleet.fleet.plan import METRICS_DIR_NAME
+from tests.support.fleets import started_fleet
 from tests.support.waiting import wait_for
 
 READY_TIMEOUT_S = 60.0
@@ -49,14 +50,8 @@ def fleet(
     options = FleetOptions(
         cpu_concurrency=1, io_concurrency=2, flower=False, beat=False, metrics=False
     )
-    running = Fleet(settings, options)
-    running.start()
-    try:
-        running.wait_ready(READY_TIMEOUT_S)
+    with started_fleet(settings, options, READY_TIMEOUT_S) as running:
         yield running
-    finally:
-        running.stop()
-    assert running.leftovers() == []
 
 
 def test_a_forked_worker_serves_in_its_own_session_with_the_fleets_environment(
