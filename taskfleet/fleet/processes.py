@@ -27,7 +27,6 @@ KILL_TIMEOUT_S = 5.0
 """Seconds to wait for processes to vanish after SIGKILL."""
 
 
-
 def port_open(host: str, port: int) -> bool:
     """Whether something accepts TCP connections on ``host:port``."""
     return _shared.port_open(host, port, PING_TIMEOUT_S)
