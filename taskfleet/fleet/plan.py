@@ -18,6 +18,7 @@ from taskfleet.fleet.processes import celery_argv
 from taskfleet.workers.profiles import (
     APP_PATH,
     DISABLE_PERSISTER_ENV,
+    READY_DIR_ENV,
     WorkerProfile,
     cpu_profiles,
     io_profile,
@@ -30,6 +31,8 @@ BEAT_SCHEDULE_NAME = "beat-schedule"
 #: Under the data folder: the workers' metric files (``PROMETHEUS_MULTIPROC_DIR``), emptied
 #: by ``up`` before the workers start.
 METRICS_DIR_NAME = "metrics"
+#: Under the data folder: each worker's mark that it came up (``workers/signals.py``).
+READY_DIR_NAME = "ready"
 #: The variable prometheus-client reads its multiprocess folder from (workers only: Flower's
 #: own metrics stay in Flower).
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -154,7 +157,10 @@ def worker_child(
         detail=f"{profile.pool} x{profile.concurrency}, queues {', '.join(profile.queues)}",
         nodename=nodename,
         pool=profile.pool,
-        extra_env={MULTIPROC_ENV: str(data_dir / METRICS_DIR_NAME)}
+        extra_env={
+            MULTIPROC_ENV: str(data_dir / METRICS_DIR_NAME),
+            READY_DIR_ENV: str(data_dir / READY_DIR_NAME),
+        }
         | ({} if persister else {DISABLE_PERSISTER_ENV: "1"}),
     )
 

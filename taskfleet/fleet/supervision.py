@@ -55,6 +55,10 @@ class Watched(Protocol):
             FleetError: Restarting cannot help (the fleet stops).
         """
 
+    def came_up(self) -> bool:
+        """Whether its current process showed it came up, even if it has died since (a
+        worker's mark at ``worker_ready``)."""
+
     def ready(self) -> bool:
         """Whether it serves again (a worker answers a ping, a port accepts connections)."""
 
@@ -226,7 +230,8 @@ class Supervisor:
         return False
 
     def _crashed(self, item: Watched, slot: _Slot, how: str) -> None:
-        decision = slot.history.record(served=item.runs_jobs and not slot.awaiting_ready)
+        came_up = not slot.awaiting_ready or item.came_up()
+        decision = slot.history.record(served=item.runs_jobs and came_up)
         slot.last_exit = how
         if decision.give_up:
             self._emit("gave_up", item, slot, how)

@@ -27,7 +27,7 @@ from taskfleet.fleet.flower import (
 )
 from taskfleet.fleet.forkserver import WorkerForkServer, forkable
 from taskfleet.fleet.pinger import Pinger
-from taskfleet.fleet.plan import LOG_DIR_NAME, plan_children, prepare_metrics
+from taskfleet.fleet.plan import LOG_DIR_NAME, READY_DIR_NAME, plan_children, prepare_metrics
 from taskfleet.fleet.processes import (
     KILL_TIMEOUT_S,
     PING_TIMEOUT_S,
@@ -182,12 +182,15 @@ class Fleet:
         CPU worker forked from the fork server (``fleet/forkserver.py``), any other child,
         or any worker when forking is off or failed, as a new process."""
         env = child_env(self.settings, urls, child.extra_env)
+        forked = False
         if self.settings.fork_workers and forkable(child):
             if self.forks is None:
                 self.forks = WorkerForkServer()
-            if self.forks.start(child, env, append=append):
-                return
-        launch_child(child, env, append=append)
+            forked = self.forks.start(child, env, append=append)
+        if not forked:
+            launch_child(child, env, append=append)
+        if child.pid is not None:  # a mark an earlier process with this pid left
+            (self.data_dir / READY_DIR_NAME / str(child.pid)).unlink(missing_ok=True)
 
     def relaunch(self, child: Child) -> None:
         """Start a dead child again, after clearing what it left in its process group.
@@ -272,7 +275,10 @@ class Fleet:
         if self._pinger is None:
             self._pinger = Pinger(self.control_app)
         limit = self.silence_limit(child)
-        return ChildWatch(child, self.relaunch, self._pinger, self.options.flower_port, limit)
+        ready_dir = self.data_dir / READY_DIR_NAME
+        return ChildWatch(
+            child, self.relaunch, self._pinger, self.options.flower_port, limit, ready_dir
+        )
 
     def silence_limit(self, child: Child) -> float:
         """Seconds worker ``child`` may answer no ping before it is restarted (0: never).

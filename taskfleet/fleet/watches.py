@@ -41,6 +41,7 @@ class ChildWatch:
         pinger: Pings the fleet's workers.
         flower_port: Flower's port (Flower is ready when it accepts connections).
         silence_limit_s: Seconds without an answer before a live worker counts as dead.
+        ready_dir: Where a worker marks, by pid, that it came up (None: no marks).
         clock: Monotonic seconds.
     """
 
@@ -51,10 +52,12 @@ class ChildWatch:
         pinger: Pinger,
         flower_port: int,
         silence_limit_s: float = 0.0,
+        ready_dir: Path | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """Watch ``child``."""
         self.child = child
+        self._ready_dir = ready_dir
         self._relaunch = relaunch
         self._pinger = pinger
         self._flower_port = flower_port
@@ -112,10 +115,21 @@ class ChildWatch:
         """Count its silence from now (it was restarted, or a service it needs was)."""
         self._since = self._clock()
 
+    def came_up(self) -> bool:
+        """Whether the child's current process marked that it came up (a worker, under
+        ``taskfleet up``); true still after it died."""
+        pid = self.child.pid
+        return (
+            self._ready_dir is not None
+            and pid is not None
+            and (self._ready_dir / str(pid)).exists()
+        )
+
     def ready(self) -> bool:
-        """A worker answers a ping; Flower accepts connections; beat runs."""
+        """A worker marked it came up or answers a ping; Flower accepts connections; beat
+        runs."""
         if self.child.nodename is not None:
-            return self._pinger.answered(self.child.nodename)
+            return self.came_up() or self._pinger.answered(self.child.nodename)
         if self.child.role == "flower":
             return port_open(FLOWER_HOST, self._flower_port)
         return True
@@ -161,6 +175,10 @@ class ServiceWatch:
     @property
     def standby(self) -> bool:
         """A server is never a standby."""
+        return False
+
+    def came_up(self) -> bool:
+        """A server's recovery is judged by :meth:`ready` alone."""
         return False
 
     def exited(self) -> str | None:

@@ -27,19 +27,20 @@ of one signal in the order they were connected):
     8. ``signals.start_persister``: the result persister process.
     9. ``signals.check_redis_policy``: warn when a Redis may evict keys.
     10. ``signals.settle_when_ready``: settle what the start-up built.
+    11. ``signals.mark_ready``: under ``taskfleet up``, the mark that it came up.
 
 ``worker_process_shutdown``
-    11. ``signals.close_child_pools``: land the process's result writes, close its pools.
-    12. ``observability.jobs.mark_child_dead``: drop the process's live metric gauges.
-    13. ``observability.tracing.flush_worker``: export the process's last spans.
+    12. ``signals.close_child_pools``: land the process's result writes, close its pools.
+    13. ``observability.jobs.mark_child_dead``: drop the process's live metric gauges.
+    14. ``observability.tracing.flush_worker``: export the process's last spans.
 
 ``worker_shutdown``
-    14. ``signals.stop_main_process``: land result writes, stop the persister, close pools.
-    15. ``observability.tracing.flush_worker``: export the process's last spans.
+    15. ``signals.stop_main_process``: land result writes, stop the persister, close pools.
+    16. ``observability.tracing.flush_worker``: export the process's last spans.
 
 ``task_prerun`` / ``task_postrun`` (the process running the job)
-    16. ``observability.jobs.on_task_prerun``: the job's start and queue wait.
-    17. ``observability.jobs.on_task_postrun``: jobs by kind and state, run time.
+    17. ``observability.jobs.on_task_prerun``: the job's start and queue wait.
+    18. ``observability.jobs.on_task_postrun``: jobs by kind and state, run time.
 
 Bootsteps, :data:`BOOTSTEPS`, added to the app's blueprints (Celery orders them by their
 ``requires``, not by this list):
@@ -81,6 +82,7 @@ SIGNAL_HOOKS: Final[tuple[tuple[Signal, Callable[..., Any]], ...]] = (
     (signals.worker_ready, lifecycle.start_persister),
     (signals.worker_ready, lifecycle.check_redis_policy),
     (signals.worker_ready, lifecycle.settle_when_ready),
+    (signals.worker_ready, lifecycle.mark_ready),
     (signals.worker_process_shutdown, lifecycle.close_child_pools),
     (signals.worker_process_shutdown, job_metrics.mark_child_dead),
     (signals.worker_process_shutdown, tracing.flush_worker),

@@ -24,6 +24,9 @@ from taskfleet.routing.topology import DEFAULT_INBOX, Pool, Topology
 APP_PATH = "taskfleet.app"
 #: Set to 1 where another process already runs ``python -m taskfleet.results.persister``.
 DISABLE_PERSISTER_ENV = "TASKFLEET_NO_PERSISTER"
+#: Set by ``taskfleet up`` for its workers: a folder where each marks, by its pid, that it
+#: came up (``worker_ready``), which a crash right after still proves to the supervisor.
+READY_DIR_ENV = "TASKFLEET_READY_DIR"
 #: The pools taskfleet starts workers with (a subset of ``taskfleet.workers.pools.PoolKind``).
 StartedPool = Literal["prefork", "solo", "gevent"]
 

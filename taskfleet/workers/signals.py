@@ -8,10 +8,12 @@ serve (:func:`serve`), so this module never imports the app.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
@@ -26,7 +28,7 @@ from taskfleet.workers.heap import settle_heap
 from taskfleet.workers.heartbeat import start_sidecar
 from taskfleet.workers.persister_watch import PersisterWatch, stuck_after
 from taskfleet.workers.pools import GREEN_POOLS, pool_kind
-from taskfleet.workers.profiles import DISABLE_PERSISTER_ENV
+from taskfleet.workers.profiles import DISABLE_PERSISTER_ENV, READY_DIR_ENV
 from taskfleet.workers.resources import close_resources, open_resources
 
 log = logging.getLogger(__name__)
@@ -157,6 +159,17 @@ def check_redis_policy(sender: Any = None, **_: Any) -> None:
     urls = resolve_services(settings)
     redises = [urls.broker_url, urls.redis_url] if settings.broker_is_redis else [urls.redis_url]
     warn_if_evicting(redises, log)
+
+
+def mark_ready(**_: Any) -> None:
+    """Under ``taskfleet up``: leave ``<ready dir>/<pid>``, the supervisor's proof that this
+    worker came up, even if a job kills it before any ping reaches it."""
+    folder = os.environ.get(READY_DIR_ENV)
+    if not folder:
+        return
+    with contextlib.suppress(OSError):
+        os.makedirs(folder, exist_ok=True)
+        Path(folder, str(os.getpid())).touch()
 
 
 def settle_when_ready(**_: Any) -> None:

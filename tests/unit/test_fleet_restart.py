@@ -50,6 +50,7 @@ class FakeChild:
         self.serving = True
         self.runs_jobs = True
         self.standby = False
+        self.marked = False
         self.stall: str | None = None
         self.forgiven: list[float] = []
         self.clock = clock
@@ -63,6 +64,9 @@ class FakeChild:
             raise self.restart_error
         self.dead = None
         self.pid = (self.pid or 0) + 1
+
+    def came_up(self) -> bool:
+        return self.marked
 
     def ready(self) -> bool:
         return self.serving
@@ -206,6 +210,30 @@ def test_a_child_that_serves_between_its_crashes_is_never_given_up_on() -> None:
         assert supervisor.status()["cpu-worker"]["state"] == "running"
     assert len(child.restart_times) == 3 * GIVE_UP_CRASHES
     assert supervisor.slots["cpu-worker"].history.in_window() >= GIVE_UP_CRASHES
+
+
+def test_a_worker_killed_before_a_ping_reached_it_is_not_a_crash_loop_if_it_came_up() -> None:
+    """A poison pill redelivered at once kills a fast-starting worker before any ping round
+    sees it up: its mark that it came up still spares it; without the mark it counts."""
+    clock = Clock()
+    child = FakeChild("cpu-worker", clock)
+    child.serving = False  # never answers a ping between its deaths
+    supervisor = Supervisor([child], clock=clock, sleep=clock.sleep)
+
+    def die_right_after_coming_up(times: int) -> None:
+        for _ in range(times):
+            child.dead = describe_exit(-signal.SIGKILL)
+            supervisor.tick()
+            while child.dead is not None:
+                clock.sleep(0.25)
+                supervisor.tick()
+
+    child.marked = True
+    die_right_after_coming_up(3 * GIVE_UP_CRASHES)
+    assert len(child.restart_times) == 3 * GIVE_UP_CRASHES
+    child.marked = False  # now it dies before coming up: a crash loop
+    with pytest.raises(GaveUp):
+        die_right_after_coming_up(3 * GIVE_UP_CRASHES)
 
 
 def test_a_child_that_runs_no_jobs_is_given_up_on_even_if_it_came_up_in_between() -> None:

@@ -99,6 +99,7 @@ EXPECTED_SIGNALS = {
         f"{SIGNALS}.start_persister",
         f"{SIGNALS}.check_redis_policy",
         f"{SIGNALS}.settle_when_ready",
+        f"{SIGNALS}.mark_ready",
     ],
     "worker_process_shutdown": [
         f"{SIGNALS}.close_child_pools",
