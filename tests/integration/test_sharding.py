@@ -31,6 +31,7 @@ from taskfleet.sharding.cluster import ShardCluster, shard_engine
 from taskfleet.sharding.fencing import FENCED, UNREACHABLE, fence
 from taskfleet.sharding.persister import BREAKER_PREFIX, ShardedPersister
 from taskfleet.sharding.query import ResultStore
+from tests.support.services import cluster_dir
 from tests.support.waiting import wait_for
 
 REPLICA_SHARD = 1
@@ -49,11 +50,12 @@ FAST: dict[str, Any] = {
 
 
 @pytest.fixture(scope="module")
-def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgCluster]:
+def pg() -> Iterator[PgCluster]:
     """Three primaries; a streaming replica of ``shard1``."""
-    servers = start_cluster(tmp_path_factory.mktemp("pg"), 3, (REPLICA_SHARD,))
-    yield servers
-    servers.stop_all()
+    with cluster_dir("pg") as folder:
+        servers = start_cluster(folder, 3, (REPLICA_SHARD,))
+        yield servers
+        servers.stop_all()
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,7 @@ from taskfleet.sharding.cluster import ShardCluster
 from taskfleet.sharding.persister import ShardedPersister
 from taskfleet.sharding.rebalance import rebalance
 from taskfleet.sharding.strategies import logical_shard
+from tests.support.services import cluster_dir
 
 #: Runs a rebalance to every configured shard and SIGKILLs itself after step argv[2].
 CRASHING_REBALANCE = """
@@ -48,11 +49,12 @@ SUBPROCESS_TIMEOUT_S = 120
 
 
 @pytest.fixture(scope="module")
-def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgCluster]:
+def pg() -> Iterator[PgCluster]:
     """Three primaries, no replica."""
-    servers = start_cluster(tmp_path_factory.mktemp("pg-rebalance"), 3)
-    yield servers
-    servers.stop_all()
+    with cluster_dir("pg-rebalance") as folder:
+        servers = start_cluster(folder, 3)
+        yield servers
+        servers.stop_all()
 
 
 def land(client: redis.Redis, cluster: ShardCluster, keys: list[str]) -> None:

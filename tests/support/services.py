@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -105,3 +107,20 @@ def private_stack(data_dir: Path) -> Iterator[tuple[EmbeddedStack, StackURLs]]:
         stack.stop()
     else:
         stack.ensure_running()
+
+
+@contextmanager
+def cluster_dir(name: str) -> Iterator[Path]:
+    """A folder for test PostgreSQL servers, outside pytest's temporary root.
+
+    Those servers run as an unprivileged user, which must traverse the folder's ancestors
+    (``prepare_root_permissions`` opens them). Every pytest session that starts resets its
+    ``pytest-of-<user>`` root to 0700, so a server under it lost its own files the moment a
+    parallel lane of ``make test`` began a session (initdb: "could not open file ...
+    pg_control: Permission denied").
+    """
+    path = Path(tempfile.mkdtemp(prefix=f"taskfleet-{name}-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
