@@ -336,6 +336,14 @@ class RetryMiddleware(Middleware):
                 raise exc
             next_try = time.time() + decision.wait
             runtime().redis.hset(ATTEMPTS_PREFIX + task.request.id, "next_try_at", repr(next_try))
+            log.info(
+                "job %s (%s) attempt %d failed: %r; retrying in %.2fs",
+                task.request.id,
+                task.name,
+                attempt,
+                exc,
+                decision.wait,
+            )
             if decision.wait > inprocess_limit:
                 raise task.retry(countdown=decision.wait, exc=exc, max_retries=DEFER_MAX_RETRIES)
             time.sleep(decision.wait)  # cooperative under gevent

@@ -9,38 +9,40 @@ Signal handlers, :data:`SIGNAL_HOOKS`, connected in this order (Celery calls the
 of one signal in the order they were connected):
 
 ``worker_init`` (main process, before the consumer starts)
-    1. ``inline_limits.enforce_in_solo_worker``: a solo worker enforces time limits itself.
-    2. ``signals.open_solo_pools``: a gevent or solo worker opens its pools (a green one
+    1. ``job_logs.quiet_job_lines``: Celery's two INFO lines per job, off unless
+       ``TASKFLEET_LOG_JOBS``.
+    2. ``inline_limits.enforce_in_solo_worker``: a solo worker enforces time limits itself.
+    3. ``signals.open_solo_pools``: a gevent or solo worker opens its pools (a green one
        sized to its greenlets); a prefork one preloads what its pool processes share;
        every main process settles its heap.
-    3. ``signals.record_before_inline_jobs``: a solo worker records deliveries at once.
-    4. ``signals.start_heartbeat``: the heartbeat sidecar, before the first delivery (on
+    4. ``signals.record_before_inline_jobs``: a solo worker records deliveries at once.
+    5. ``signals.start_heartbeat``: the heartbeat sidecar, before the first delivery (on
        taskfleet's own Redis transport only: stock kombu's tags no delivery with its owner).
-    5. ``signals.trace_inline_jobs``: with ``TASKFLEET_TRACING``, a solo or gevent worker
+    6. ``signals.trace_inline_jobs``: with ``TASKFLEET_TRACING``, a solo or gevent worker
        traces its jobs.
 
 ``worker_process_init`` (each prefork pool process)
-    6. ``signals.open_child_pools``: its own pools, pipelined result writes, heap settled.
-    7. ``observability.tracing.instrument_worker``: with ``TASKFLEET_TRACING``, it traces.
+    7. ``signals.open_child_pools``: its own pools, pipelined result writes, heap settled.
+    8. ``observability.tracing.instrument_worker``: with ``TASKFLEET_TRACING``, it traces.
 
 ``worker_ready`` (main process, started)
-    8. ``signals.start_persister``: the result persister process.
-    9. ``signals.check_redis_policy``: warn when a Redis may evict keys.
-    10. ``signals.settle_when_ready``: settle what the start-up built.
-    11. ``signals.mark_ready``: under ``taskfleet up``, the mark that it came up.
+    9. ``signals.start_persister``: the result persister process.
+    10. ``signals.check_redis_policy``: warn when a Redis may evict keys.
+    11. ``signals.settle_when_ready``: settle what the start-up built.
+    12. ``signals.mark_ready``: under ``taskfleet up``, the mark that it came up.
 
 ``worker_process_shutdown``
-    12. ``signals.close_child_pools``: land the process's result writes, close its pools.
-    13. ``observability.jobs.mark_child_dead``: drop the process's live metric gauges.
-    14. ``observability.tracing.flush_worker``: export the process's last spans.
+    13. ``signals.close_child_pools``: land the process's result writes, close its pools.
+    14. ``observability.jobs.mark_child_dead``: drop the process's live metric gauges.
+    15. ``observability.tracing.flush_worker``: export the process's last spans.
 
 ``worker_shutdown``
-    15. ``signals.stop_main_process``: land result writes, stop the persister, close pools.
-    16. ``observability.tracing.flush_worker``: export the process's last spans.
+    16. ``signals.stop_main_process``: land result writes, stop the persister, close pools.
+    17. ``observability.tracing.flush_worker``: export the process's last spans.
 
 ``task_prerun`` / ``task_postrun`` (the process running the job)
-    17. ``observability.jobs.on_task_prerun``: the job's start and queue wait.
-    18. ``observability.jobs.on_task_postrun``: jobs by kind and state, run time.
+    18. ``observability.jobs.on_task_prerun``: the job's start and queue wait.
+    19. ``observability.jobs.on_task_postrun``: jobs by kind and state, run time.
 
 Bootsteps, :data:`BOOTSTEPS`, added to the app's blueprints (Celery orders them by their
 ``requires``, not by this list):
@@ -66,12 +68,14 @@ from taskfleet.observability import tracing
 from taskfleet.resilience.consumer import DeadLetterConsumerStep
 from taskfleet.workers import signals as lifecycle
 from taskfleet.workers.inline_limits import enforce_in_solo_worker
+from taskfleet.workers.job_logs import quiet_job_lines
 from taskfleet.workers.prefetch import SparePrefetchStep
 from taskfleet.workers.standby import StandbyStep
 from taskfleet.workers.timers import PurgeCancelledTimers
 
 #: (signal, handler) in connection order; see the module docstring for what each does.
 SIGNAL_HOOKS: Final[tuple[tuple[Signal, Callable[..., Any]], ...]] = (
+    (signals.worker_init, quiet_job_lines),
     (signals.worker_init, enforce_in_solo_worker),
     (signals.worker_init, lifecycle.open_solo_pools),
     (signals.worker_init, lifecycle.record_before_inline_jobs),

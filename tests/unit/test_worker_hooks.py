@@ -88,6 +88,7 @@ TRACING = "taskfleet.observability.tracing"
 #: What a worker gets, per signal in connection order (the list in ``workers/hooks.py``).
 EXPECTED_SIGNALS = {
     "worker_init": [
+        "taskfleet.workers.job_logs.quiet_job_lines",
         "taskfleet.workers.inline_limits.enforce_in_solo_worker",
         f"{SIGNALS}.open_solo_pools",
         f"{SIGNALS}.record_before_inline_jobs",
