@@ -13,8 +13,11 @@ import os
 import signal
 import sys
 
-#: ``argv`` of a launched worker starts ``python -m celery``: a forked one runs the rest.
+#: ``argv`` of a launched worker starts ``python -m <module>``: a forked one runs the rest.
 CELERY_PREFIX = 3
+#: The modules a worker's command line may run (``taskfleet.workers.main``, or ``celery``).
+LEAN_MODULE = "taskfleet.workers.main"
+ENTRY_MODULES = (LEAN_MODULE, "celery")
 _PR_SET_PDEATHSIG = 1
 
 
@@ -26,7 +29,8 @@ def die_with_parent() -> None:  # pragma: no cover - runs in a child process
 
 
 def run_worker(argv: list[str], env: dict[str, str], log_path: str) -> None:  # pragma: no cover
-    """In the forked process: a session, the log, the environment, then Celery's command line."""
+    """In the forked process: a session, the log, the environment, then the worker's command
+    line (``taskfleet.workers.main``'s, or Celery's ``celery``)."""
     os.setsid()
     if sys.platform.startswith("linux"):
         die_with_parent()
@@ -39,6 +43,11 @@ def run_worker(argv: list[str], env: dict[str, str], log_path: str) -> None:  # 
     os.environ.clear()
     os.environ.update(env)
     sys.argv = ["celery", *argv[CELERY_PREFIX:]]
+    if argv[CELERY_PREFIX - 1] == LEAN_MODULE:
+        from taskfleet.workers.main import main as lean_main
+
+        lean_main(argv[CELERY_PREFIX:])
+        return
     from celery.__main__ import main
 
     main()

@@ -10,7 +10,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ from celery import Celery
 from kombu.exceptions import OperationalError
 
 from taskfleet.devstack.polling import wait_until
+from taskfleet.workers.main import command_line
 from taskfleet.workers.profiles import WorkerProfile
 
 #: Errors of the broker connection a ping may meet while a scenario disturbs it.
@@ -96,7 +96,7 @@ class ChaosFleet:
             The process.
         """
         log = self.log_dir / f"{name}.log"
-        command = [*prefix, sys.executable, "-m", "celery", *argv[1:]]
+        command = [*prefix, *command_line(argv)]
         env = {**os.environ, "PYTHONPATH": os.getcwd(), **self.env, **(extra_env or {})}
         with log.open("ab") as out:
             popen = subprocess.Popen(

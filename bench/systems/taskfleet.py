@@ -18,6 +18,7 @@ from bench.services import BENCH_STACK_DIR, count_rows, flush_redis, services, t
 from bench.systems.base import EnqueueVariant
 from bench.systems.celery_meta import CeleryMetaSystem
 from taskfleet.config.settings import DEFAULT_CPU_POOL, CpuPool
+from taskfleet.workers.main import command_line
 from taskfleet.workers.profiles import DISABLE_PERSISTER_ENV
 
 JOB_KIND = "cpu.noop"
@@ -81,7 +82,10 @@ class TaskfleetSystem(CeleryMetaSystem):
         from taskfleet.workers.profiles import cpu_profiles
 
         for index, profile in enumerate(cpu_profiles(self.settings, n_procs)):
-            argv = profile.argv(hostname=f"bench-{profile.name}@%h", loglevel=WORKER_LOGLEVEL)
+            argv = command_line(
+                profile.argv(hostname=f"bench-{profile.name}@%h", loglevel=WORKER_LOGLEVEL),
+                lean=self.settings.lean_worker_cli,
+            )
             env = {**self.env, "TASKFLEET_CPU_CONCURRENCY": str(profile.concurrency)}
             if index:
                 env[DISABLE_PERSISTER_ENV] = "1"

@@ -166,6 +166,10 @@ class Settings(BaseSettings):
         description="Workers send task events from the start (Flower turns them on when it runs)",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    lean_worker_cli: bool = Field(
+        True,
+        description="taskfleet up starts workers through taskfleet.workers.main, not `celery`",
+    )
     log_jobs: bool = Field(
         False,
         description="Workers log Celery's two lines per job (received, succeeded) at INFO",

@@ -14,7 +14,9 @@ the standard library's ``multiprocessing`` fork server, a process started once t
   imports anything of taskfleet's: taskfleet's modules (0.15 s) and the app's settings are
   read in the worker, as in a launched one (:mod:`taskfleet.forked_worker`, the code the
   fork server runs, imports none of them);
-* runs Celery's command line in-process (``celery.__main__``) with its usual arguments.
+* runs its command line in-process with its usual arguments: Celery's ``worker`` command
+  through :mod:`taskfleet.workers.main` (or ``celery.__main__`` with
+  ``TASKFLEET_LEAN_WORKER_CLI=false``).
 
 The supervisor holds a :class:`ForkedWorker`, the part of ``subprocess.Popen`` it uses.
 ``TASKFLEET_FORK_WORKERS=false`` launches every worker as a new interpreter instead. When the
@@ -38,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from taskfleet.fleet.children import Child
-from taskfleet.forked_worker import run_worker
+from taskfleet.forked_worker import ENTRY_MODULES, run_worker
 from taskfleet.workers.profiles import DISABLE_PERSISTER_ENV
 from taskfleet.workers.standby import STANDBY_GROUP_ENV
 
@@ -48,7 +50,8 @@ log = logging.getLogger(__name__)
 #: a solo worker's imports. taskfleet's own modules are left to each worker (they read
 #: settings from its environment).
 PRELOAD = (
-    "celery.bin.celery",
+    "celery.bin.worker",
+    "celery.app.utils",
     "celery.apps.worker",
     "celery.worker.consumer",
     "celery.concurrency.solo",
@@ -151,7 +154,7 @@ class WorkerForkServer:
         Its log is truncated, or on a restart appended to with a marker line, as a launched
         child's. A fork server that fails is not asked again.
         """
-        if self.failed or child.argv[1:3] != ["-m", "celery"] or not main_is_import_safe():
+        if self.failed or not forkable_argv(child.argv) or not main_is_import_safe():
             return False
         if not self.warm({k: v for k, v in env.items() if k not in PER_WORKER_ENV}):
             return False
@@ -190,6 +193,11 @@ def main_is_import_safe() -> bool:
 
 def _stamp() -> str:
     return time.strftime("%FT%T%z")
+
+
+def forkable_argv(argv: list[str]) -> bool:
+    """Whether ``argv`` is ``python -m`` a module a forked worker knows how to run."""
+    return len(argv) > 2 and argv[1] == "-m" and argv[2] in ENTRY_MODULES
 
 
 def forkable(child: Child) -> bool:

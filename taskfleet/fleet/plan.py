@@ -15,6 +15,7 @@ from taskfleet.fleet.children import Child, FleetError, FleetOptions
 from taskfleet.fleet.environment import FLOWER_AUTH_ENV
 from taskfleet.fleet.flower import FLOWER_HOST, FlowerAuth
 from taskfleet.fleet.processes import celery_argv
+from taskfleet.workers.main import command_line as worker_command_line
 from taskfleet.workers.profiles import (
     APP_PATH,
     DISABLE_PERSISTER_ENV,
@@ -151,7 +152,10 @@ def worker_child(
     return Child(
         name=name,
         role="worker",
-        argv=celery_argv(profile.argv(hostname=nodename, loglevel=settings.log_level)),
+        argv=worker_command_line(
+            profile.argv(hostname=nodename, loglevel=settings.log_level),
+            lean=settings.lean_worker_cli,
+        ),
         log_path=data_dir / LOG_DIR_NAME / f"{name}.log",
         url=broker,
         detail=f"{profile.pool} x{profile.concurrency}, queues {', '.join(profile.queues)}",

@@ -25,6 +25,7 @@ import redis
 from taskfleet.config import load_settings
 from taskfleet.devstack import EmbeddedStack
 from taskfleet.fleet import Fleet, FleetOptions
+from taskfleet.workers.main import MODULE as WORKER_MAIN
 from tests.support.fleets import started_fleet
 from tests.support.workers import is_cpu_node, kill_tree
 
@@ -167,20 +168,22 @@ def broker_state(data_dir: Path) -> str:
     return "\n".join(lines)
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(300)
 def _celery_descendants() -> set[int]:
-    """Pids of this test process's descendants running celery."""
+    """Pids of this test process's descendants running celery (a worker started through
+    ``taskfleet.workers.main`` included)."""
     found = set()
     for proc in psutil.Process().children(recursive=True):
         try:
-            if "celery" in " ".join(proc.cmdline()):
+            cmdline = " ".join(proc.cmdline())
+            if "celery" in cmdline or WORKER_MAIN in cmdline:
                 found.add(proc.pid)
         except psutil.Error:
             continue  # exited meanwhile
     return found
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_demo_loses_no_job_and_leaves_nothing_running(data_dir: Path) -> None:
     before = _celery_descendants()  # a session fixture's fleet may be running: not the demo's
     try:

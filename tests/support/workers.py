@@ -7,7 +7,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -21,6 +20,7 @@ from celery import Celery
 
 from taskfleet.app import create_app
 from taskfleet.config import load_settings
+from taskfleet.workers.main import command_line
 from taskfleet.workers.profiles import (
     DISABLE_PERSISTER_ENV,
     WorkerProfile,
@@ -114,11 +114,9 @@ class Fleet:
     def _spawn(self, profile: WorkerProfile, name: str, node: str | None = None) -> str:
         """Start one worker process (not waiting for it); its node name."""
         hostname = node or f"{name}-{uuid.uuid4().hex[:6]}@%h"
+        # As ``taskfleet up`` starts it (``taskfleet.workers.main``, Celery's worker command).
         argv = [
-            sys.executable,
-            "-m",
-            "celery",
-            *profile.argv(hostname=hostname, loglevel="INFO")[1:],
+            *command_line(profile.argv(hostname=hostname, loglevel="INFO")),
             *TEST_WORKER_FLAGS,
         ]
         log = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process

@@ -52,3 +52,10 @@ def test_only_solo_workers_are_forked() -> None:
     assert forkserver.forkable(solo)
     assert not forkserver.forkable(prefork)
     assert not forkserver.forkable(beat)
+
+
+def test_a_worker_is_forked_only_from_a_command_line_the_fork_server_can_run() -> None:
+    assert forkserver.forkable_argv([sys.executable, "-m", "taskfleet.workers.main", "-A", "a"])
+    assert forkserver.forkable_argv([sys.executable, "-m", "celery", "-A", "a", "worker"])
+    assert not forkserver.forkable_argv([sys.executable, "-m", "taskfleet.cli", "up"])
+    assert not forkserver.forkable_argv(["/usr/bin/celery", "-A", "a", "worker"])

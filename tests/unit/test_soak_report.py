@@ -38,6 +38,8 @@ def test_roles_of_a_taskfleet_up_tree() -> None:
 
 def test_solo_cpu_workers_are_a_role_of_their_own() -> None:
     assert role_of(SOLO, "supervisor") == "cpu worker (solo)"
+    lean = ["python", "-m", "taskfleet.workers.main", *SOLO[3:]]  # how ``up`` starts them
+    assert role_of(lean, "supervisor") == "cpu worker (solo)"
     assert role_of([*SOLO[:6], "--pool=solo", "-Q", "cpu"], "supervisor") == "cpu worker (solo)"
     assert role_of(["python", "-m", "taskfleet.sidecar"], "cpu worker (solo)") == (
         "cpu worker (solo) sidecar"
