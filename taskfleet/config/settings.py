@@ -39,6 +39,9 @@ CpuPool = Literal["prefork", "solo"]
 #: "The CPU pool"; BENCHMARKS.md measures it against prefork).
 DEFAULT_CPU_POOL: CpuPool = "solo"
 MAX_SPARE_PREFETCH = 100
+#: Most jobs a solo worker takes per fetch (``taskfleet.routing.fetch_batch``).
+DEFAULT_FETCH_BATCH = 8
+MAX_FETCH_BATCH = 64
 
 REDIS_SCHEMES = frozenset({"redis", "rediss"})
 AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
@@ -169,6 +172,12 @@ class Settings(BaseSettings):
     lean_worker_cli: bool = Field(
         True,
         description="taskfleet up starts workers through taskfleet.workers.main, not `celery`",
+    )
+    fetch_batch: int = Field(
+        DEFAULT_FETCH_BATCH,
+        ge=1,
+        le=MAX_FETCH_BATCH,
+        description="Most jobs a solo worker takes per fetch from a backlog of short jobs",
     )
     log_jobs: bool = Field(
         False,

@@ -14,6 +14,10 @@ a delivery is either still queued or recorded, at every instant. The writes come
 pop so that a refused write (a full ``noeviction`` server) fails the call with the message
 still queued.
 
+A solo worker with a backlog of short jobs asks for several messages per call
+(:mod:`taskfleet.routing.fetch_batch`): the script then records and pops up to that many from
+the same list, each exactly as it does one, and the channel runs them one after the other.
+
 Lua cannot block, so when every list is empty the channel waits to be told that one of them
 changed. Redis's client-side caching does that: ``CLIENT TRACKING ON BCAST PREFIX <queue>
 REDIRECT <id> NOLOOP`` on the fetch connection makes Redis send an invalidation message to a
@@ -38,6 +42,7 @@ from time import monotonic, time
 from typing import Any
 
 from taskfleet.results.late_replies import Command
+from taskfleet.routing import fetch_batch
 
 log = logging.getLogger(__name__)
 
@@ -53,17 +58,28 @@ PACKED_CALLS_MAX = 16
 
 FETCH_LUA = """
 -- KEYS: unacked, unacked_index, owner's tags, then the queue lists in BRPOP's order.
--- ARGV: stamp, '1' when the owner's tags are kept.
--- Returns {list, payload, 1 if recorded} for the oldest message of the first non-empty list.
+-- ARGV: stamp, '1' when the owner's tags are kept, most messages to take, then the job
+-- kinds a batch may hold.
+-- Returns {list, payload, 1 if recorded, kind, payload, 1, kind, ...}: the oldest message of
+-- the first non-empty list, then, while it and they are of those kinds, the next ones of the
+-- same list, up to ARGV[3] in all. Only the first may be one it could not record.
+local most = tonumber(ARGV[3]) or 1
+local short = {}
+for j = 4, #ARGV do short[ARGV[j]] = true end
 for i = 4, #KEYS do
   local payload = redis.call('LINDEX', KEYS[i], -1)
-  if payload then
-    local recorded = 0
+  local taken = {KEYS[i]}
+  while payload do
     local ok, message = pcall(cjson.decode, payload)
     local properties = ok and type(message) == 'table' and message['properties']
+    local headers = ok and type(message) == 'table' and message['headers']
+    local kind = type(headers) == 'table' and headers['task']
+    if type(kind) ~= 'string' then kind = '' end
     local tag = type(properties) == 'table' and properties['delivery_tag']
     local info = type(properties) == 'table' and properties['delivery_info']
-    if type(tag) == 'string' and type(info) == 'table' then
+    local recordable = type(tag) == 'string' and type(info) == 'table'
+    if #taken > 1 and not (recordable and short[kind]) then break end
+    if recordable then
       local exchange, routing_key = info['exchange'], info['routing_key']
       if exchange == nil then exchange = cjson.null end
       if routing_key == nil then routing_key = cjson.null end
@@ -71,11 +87,15 @@ for i = 4, #KEYS do
       redis.call('HSET', KEYS[1], tag, '[' .. payload .. ',' .. cjson.encode(exchange) .. ','
         .. cjson.encode(routing_key) .. ']')
       if ARGV[2] == '1' then redis.call('HSET', KEYS[3], tag, ARGV[1]) end
-      recorded = 1
     end
     redis.call('RPOP', KEYS[i])
-    return {KEYS[i], payload, recorded}
+    taken[#taken + 1] = payload
+    taken[#taken + 1] = recordable and 1 or 0
+    taken[#taken + 1] = kind
+    if #taken >= 3 * most or not (recordable and short[kind]) then break end
+    payload = redis.call('LINDEX', KEYS[i], -1)
   end
+  if #taken > 1 then return taken end
 end
 return false
 """
@@ -204,17 +224,29 @@ class AtomicFetch:
         self.wants_tracking = True  # an empty fetch without tracking: arm it and fetch again
 
     def packed_call(self, connection: Any, brpop_args: tuple[Any, ...]) -> bytes:
-        """The fetch script's call for kombu's BRPOP arguments (keys..., timeout)."""
+        """The fetch script's call for kombu's BRPOP arguments (keys..., timeout), taking as
+        many messages as this process's :func:`~taskfleet.routing.fetch_batch.sizer` allows."""
         keys = brpop_args[1:-1]
         head = self._packed.get(keys)
         if head is None:
-            args = ("EVALSHA", self.sha, 3 + len(keys), *self.head_keys, *keys, "", "")
+            args = ("EVALSHA", self.sha, 3 + len(keys), *self.head_keys, *keys, "", "", "")
             chunks = b"".join(connection.pack_command(*args))
-            head = chunks[: chunks.rindex(b"$0\r\n\r\n$0\r\n\r\n")]
+            head = chunks[: chunks.rindex(b"$0\r\n\r\n" * 3)]  # "*<argc>" counts those 3
             if len(self._packed) >= PACKED_CALLS_MAX:  # queues changed since: start over
                 self._packed.clear()
             self._packed[keys] = head
         self.last_stamp = time()
-        return (
-            head + _bulk(repr(self.last_stamp).encode()) + _bulk(b"1" if self.has_owner else b"0")
+        sizer = fetch_batch.sizer()
+        kinds = () if sizer is None else sizer.short_kinds()
+        call = (
+            head
+            + _bulk(repr(self.last_stamp).encode())
+            + _bulk(b"1" if self.has_owner else b"0")
+            + _bulk(b"%d" % (sizer.limit if kinds and sizer is not None else 1))
         )
+        if not kinds:
+            return call
+        # The head counts the three arguments above; the kinds are more of them.
+        count_end = call.index(b"\r\n")
+        argc = int(call[1:count_end]) + len(kinds)
+        return b"*%d" % argc + call[count_end:] + b"".join(_bulk(k.encode()) for k in kinds)

@@ -237,6 +237,29 @@ class BatchedQoS(kombu_redis.QoS):  # type: ignore[misc]
         super().reject(delivery_tag, requeue=requeue)
         self._disown([delivery_tag])
 
+    def return_undelivered(self, payloads: list[dict[str, Any]]) -> None:
+        """Put deliveries the fetch script recorded and nobody ran (the rest of a batch,
+        ``taskfleet.routing.fetch_batch``) back at the head of their queue, in their order,
+        and drop them from the owner. With Redis unreachable, the process's next channel
+        restores them (:mod:`.deferred_restore`)."""
+        tags = [payload["properties"]["delivery_tag"] for payload in payloads]
+        try:
+            with self.channel.conn_or_acquire() as conn:
+                for tag in reversed(tags):  # each goes in front of the one after it
+                    self.restore_by_tag(tag, client=conn)  # leftmost=False: next popped
+        except deferred_restore.UNREACHABLE as exc:
+            held: dict[Any, tuple[Any, str, str]] = {}
+            for payload in payloads:
+                info = payload["properties"].get("delivery_info") or {}
+                held[payload["properties"]["delivery_tag"]] = (
+                    payload,
+                    str(info.get("exchange") or ""),
+                    str(info.get("routing_key") or ""),
+                )
+            deferred_restore.defer(self.unacked_key, held, exc)
+            return
+        self._disown(tags)
+
     def restore_unacked(self, client: Any = None) -> None:
         """Land every write, so a clean shutdown never re-runs a finished job.
 

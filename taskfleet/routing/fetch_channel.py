@@ -55,6 +55,12 @@ class FetchScriptChannel(kombu_redis.Channel):  # type: ignore[misc]
     #: The fetch in flight is the script's (its reply is accounted to ``_fetch``).
     _fetch_sent = False
     _fetch_refused_until = 0.0
+    #: The job kind of the delivery the script's reply carries first (``b""``: unknown).
+    delivery_kind: Any = b""
+    #: The rest of the fetch script's reply (payload, recorded, kind, ...) beyond its first
+    #: message, from the queue :attr:`extra_queue`: the channel delivers them next.
+    extra_deliveries: list[Any] = []  # replaced per reply, never mutated
+    extra_queue = ""
     handlers: dict[str, Any]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -89,10 +95,22 @@ class FetchScriptChannel(kombu_redis.Channel):  # type: ignore[misc]
     def _fetched(self, response: Any, **_: Any) -> Any:
         """The BRPOP reply callback of the fetch client: the script's third element says
         whether it recorded the delivery."""
-        self.delivery_recorded = bool(response and len(response) == 3 and response[2])
+        self.delivery_recorded = bool(response and len(response) >= 3 and response[2])
         fetch = self._fetch
         self.recorded_stamp = fetch.last_stamp if fetch and self.delivery_recorded else None
+        self.delivery_kind = response[3] if response and len(response) > 3 else b""
+        if response and len(response) > 4:  # a batch (``taskfleet.routing.fetch_batch``)
+            self.extra_deliveries = list(response[4:])
+            self.extra_queue = self._queue_of(response[0])
         return (response[0], response[1]) if response else None
+
+    def _queue_of(self, list_key: Any) -> str:
+        """The queue a priority sub-list belongs to (as kombu's BRPOP reader finds it)."""
+        key = list_key.decode() if isinstance(list_key, bytes) else str(list_key)
+        prefix = self.global_keyprefix or ""
+        if prefix and key.startswith(prefix):
+            key = key[len(prefix) :]
+        return key.rsplit(self.sep, 1)[0]
 
     def _atomic(self, connection: Any) -> AtomicFetch | None:
         """The channel's fetch script, set up on first use (None: plain BRPOP)."""

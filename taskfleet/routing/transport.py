@@ -34,8 +34,11 @@ from typing import Any
 import redis
 from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import Empty
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import loads
 
 from taskfleet.results.late_replies import Command
+from taskfleet.routing import fetch_batch
 from taskfleet.routing.atomic_fetch import (
     FETCH_LUA,
     SUSPEND_AFTER_REFUSAL_S,
@@ -87,6 +90,10 @@ class _PrefixedSends:
 #: Packed BRPOP commands by their arguments (one per queue set a worker consumes).
 _packed_fetches: dict[tuple[Any, ...], bytes] = {}
 PACKED_FETCHES_MAX = 64
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value or "")
 
 
 def _with_prefixed_sends(connection_class: type) -> type:
@@ -178,6 +185,8 @@ class Channel(FetchScriptChannel, kombu_redis.Channel):  # type: ignore[misc]
         self.delivering = True
         fetch, sent, self._fetch_sent = self._fetch, self._fetch_sent, False
         answered = True
+        sizer = fetch_batch.sizer()
+        started = sizer.clock() if sizer is not None else 0.0
         try:
             found = super()._brpop_read(**options)
         except Empty:
@@ -209,7 +218,36 @@ class Channel(FetchScriptChannel, kombu_redis.Channel):  # type: ignore[misc]
                 qos.fetch_answered()
         if sent and fetch is not None:
             fetch.answered(True)
+        if sizer is not None:
+            sizer.observe(_text(self.delivery_kind), sizer.clock() - started)
+            if self.extra_deliveries:
+                self._deliver_extras(sizer, started)
         return found
+
+    def _deliver_extras(self, sizer: fetch_batch.BatchSizer, started: float) -> None:
+        """Run the rest of a batch (every one recorded by the script) while its time budget
+        lasts; what is left goes back to the head of its queue, in order."""
+        extras, self.extra_deliveries = self.extra_deliveries, []
+        raws, kinds = extras[0::3], extras[2::3]
+        queue, fetch, qos = self.extra_queue, self._fetch, self._our_qos()
+        stamp = fetch.last_stamp if fetch is not None else None
+        handed = 0
+        try:
+            for raw, kind in zip(raws, kinds, strict=True):
+                if qos is not None and not sizer.within_budget(started):
+                    break
+                handed += 1  # handed over, even if its delivery raises
+                begun = sizer.clock()
+                self.delivery_recorded, self.recorded_stamp = True, stamp
+                self.delivering = True
+                try:
+                    self.connection._deliver(loads(bytes_to_str(raw)), queue)
+                finally:
+                    self.delivering = False
+                sizer.observe(_text(kind), sizer.clock() - begun)
+        finally:
+            if qos is not None and handed < len(raws):
+                qos.return_undelivered([loads(bytes_to_str(raw)) for raw in raws[handed:]])
 
     def _on_connection_disconnect(self, connection: Any) -> None:
         """Stock handling; writes not yet confirmed by a dropped fetch are queued again."""

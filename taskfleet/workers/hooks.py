@@ -16,33 +16,35 @@ of one signal in the order they were connected):
        sized to its greenlets); a prefork one preloads what its pool processes share;
        every main process settles its heap.
     4. ``signals.record_before_inline_jobs``: a solo worker records deliveries at once.
-    5. ``signals.start_heartbeat``: the heartbeat sidecar, before the first delivery (on
+    5. ``signals.batch_fetches_in_solo_worker``: a solo worker takes several short jobs per
+       fetch when its queue has a backlog.
+    6. ``signals.start_heartbeat``: the heartbeat sidecar, before the first delivery (on
        taskfleet's own Redis transport only: stock kombu's tags no delivery with its owner).
-    6. ``signals.trace_inline_jobs``: with ``TASKFLEET_TRACING``, a solo or gevent worker
+    7. ``signals.trace_inline_jobs``: with ``TASKFLEET_TRACING``, a solo or gevent worker
        traces its jobs.
 
 ``worker_process_init`` (each prefork pool process)
-    7. ``signals.open_child_pools``: its own pools, pipelined result writes, heap settled.
-    8. ``observability.tracing.instrument_worker``: with ``TASKFLEET_TRACING``, it traces.
+    8. ``signals.open_child_pools``: its own pools, pipelined result writes, heap settled.
+    9. ``observability.tracing.instrument_worker``: with ``TASKFLEET_TRACING``, it traces.
 
 ``worker_ready`` (main process, started)
-    9. ``signals.start_persister``: the result persister process.
-    10. ``signals.check_redis_policy``: warn when a Redis may evict keys.
-    11. ``signals.settle_when_ready``: settle what the start-up built.
-    12. ``signals.mark_ready``: under ``taskfleet up``, the mark that it came up.
+    10. ``signals.start_persister``: the result persister process.
+    11. ``signals.check_redis_policy``: warn when a Redis may evict keys.
+    12. ``signals.settle_when_ready``: settle what the start-up built.
+    13. ``signals.mark_ready``: under ``taskfleet up``, the mark that it came up.
 
 ``worker_process_shutdown``
-    13. ``signals.close_child_pools``: land the process's result writes, close its pools.
-    14. ``observability.jobs.mark_child_dead``: drop the process's live metric gauges.
-    15. ``observability.tracing.flush_worker``: export the process's last spans.
+    14. ``signals.close_child_pools``: land the process's result writes, close its pools.
+    15. ``observability.jobs.mark_child_dead``: drop the process's live metric gauges.
+    16. ``observability.tracing.flush_worker``: export the process's last spans.
 
 ``worker_shutdown``
-    16. ``signals.stop_main_process``: land result writes, stop the persister, close pools.
-    17. ``observability.tracing.flush_worker``: export the process's last spans.
+    17. ``signals.stop_main_process``: land result writes, stop the persister, close pools.
+    18. ``observability.tracing.flush_worker``: export the process's last spans.
 
 ``task_prerun`` / ``task_postrun`` (the process running the job)
-    18. ``observability.jobs.on_task_prerun``: the job's start and queue wait.
-    19. ``observability.jobs.on_task_postrun``: jobs by kind and state, run time.
+    19. ``observability.jobs.on_task_prerun``: the job's start and queue wait.
+    20. ``observability.jobs.on_task_postrun``: jobs by kind and state, run time.
 
 Bootsteps, :data:`BOOTSTEPS`, added to the app's blueprints (Celery orders them by their
 ``requires``, not by this list):
@@ -79,6 +81,7 @@ SIGNAL_HOOKS: Final[tuple[tuple[Signal, Callable[..., Any]], ...]] = (
     (signals.worker_init, enforce_in_solo_worker),
     (signals.worker_init, lifecycle.open_solo_pools),
     (signals.worker_init, lifecycle.record_before_inline_jobs),
+    (signals.worker_init, lifecycle.batch_fetches_in_solo_worker),
     (signals.worker_init, lifecycle.start_heartbeat),
     (signals.worker_init, lifecycle.trace_inline_jobs),
     (signals.worker_process_init, lifecycle.open_child_pools),

@@ -22,6 +22,7 @@ from taskfleet.config.app_settings import settings_of
 from taskfleet.config.sharding import DATABASE_URLS_ENV
 from taskfleet.observability.tracing import instrument_worker
 from taskfleet.results.backend import TaskfleetResultBackend
+from taskfleet.routing import fetch_batch
 from taskfleet.routing.bookkeeping import run_jobs_inline
 from taskfleet.workers.capacity import size_for_green_worker
 from taskfleet.workers.heap import settle_heap
@@ -118,6 +119,13 @@ def record_before_inline_jobs(sender: Any = None, **_: Any) -> None:
     """A solo worker runs each job inside its delivery: records must not wait for a BRPOP."""
     if pool_kind(getattr(sender, "pool_cls", None)) == "solo":
         run_jobs_inline()
+
+
+def batch_fetches_in_solo_worker(sender: Any = None, **_: Any) -> None:
+    """A solo worker with a backlog of short jobs takes several per fetch
+    (``TASKFLEET_FETCH_BATCH``, :mod:`taskfleet.routing.fetch_batch`); any other, one."""
+    solo = pool_kind(getattr(sender, "pool_cls", None)) == "solo"
+    fetch_batch.configure(settings_of(getattr(sender, "app", None)).fetch_batch if solo else None)
 
 
 def start_heartbeat(sender: Any = None, **_: Any) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from redis.connection import Connection
 
-from taskfleet.routing import atomic_fetch
+from taskfleet.routing import atomic_fetch, fetch_batch
 from taskfleet.routing.atomic_fetch import (
     IDLE_REFETCH_S,
     TRACKING_OFF_AFTER_HITS,
@@ -98,5 +98,24 @@ def test_the_packed_call_is_what_redis_py_would_send(monkeypatch: pytest.MonkeyP
     connection = Connection()
     keys = ("q", "q\x06\x163")
     got = _fetch(_Clock()).packed_call(connection, ("BRPOP", *keys, 1))
-    args = ("EVALSHA", "sha", 5, "unacked", "index", "tags", *keys, repr(1234.5), "1")
+    args = ("EVALSHA", "sha", 5, "unacked", "index", "tags", *keys, repr(1234.5), "1", "1")
     assert got == b"".join(connection.pack_command(*args))
+
+
+def test_a_batching_call_names_the_most_and_the_short_kinds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(atomic_fetch, "time", lambda: 1234.5)
+    sizer = fetch_batch.BatchSizer(8)
+    sizer.observe("cpu.noop", 0.0)
+    sizer.observe("cpu.checksum", 0.0)
+    sizer.observe("cpu.slow", 1.0)
+    monkeypatch.setattr(fetch_batch, "_sizer", sizer)
+    connection = Connection()
+    keys = ("q", "q\x06\x163")
+    fetch = _fetch(_Clock())
+    for _ in range(2):  # the second from the cached head
+        got = fetch.packed_call(connection, ("BRPOP", *keys, 1))
+        args = ("EVALSHA", "sha", 5, "unacked", "index", "tags", *keys, repr(1234.5), "1", "8")
+        expected = connection.pack_command(*args, "cpu.checksum", "cpu.noop")
+        assert got == b"".join(expected)

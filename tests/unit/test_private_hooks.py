@@ -171,6 +171,16 @@ HOOKS: list[Hook] = [
         subclass="taskfleet.routing.transport:Channel",
     ),
     Hook(
+        "kombu.transport.virtual.base.Transport",
+        "_deliver",
+        "method",
+        TRANSPORT,
+        "the rest of a solo worker's fetch batch is delivered as kombu's BRPOP reader "
+        "delivers a message (to the queue's consumer, or rejected back if it has none); "
+        "TASKFLEET_FETCH_BATCH=1 or " + TRANSPORT_SWITCH,
+        call=(2, ()),
+    ),
+    Hook(
         "kombu.transport.redis.Channel",
         "_on_connection_disconnect",
         "override",
@@ -577,6 +587,7 @@ OWN: list[Own] = [
         "_our_qos",
         "_step",
         "_step_of",
+        "_deliver_extras",
         "delivering",
         "send_on_fetch_connection",
         "flush_bookkeeping",
@@ -588,6 +599,10 @@ OWN: list[Own] = [
         "_fetch_sent",
         "_fetch_refused_until",
         "_fetched",
+        "_queue_of",
+        "delivery_kind",
+        "extra_deliveries",
+        "extra_queue",
         "_atomic",
         "_prefixes",
         "_on_change",

@@ -92,6 +92,7 @@ EXPECTED_SIGNALS = {
         "taskfleet.workers.inline_limits.enforce_in_solo_worker",
         f"{SIGNALS}.open_solo_pools",
         f"{SIGNALS}.record_before_inline_jobs",
+        f"{SIGNALS}.batch_fetches_in_solo_worker",
         f"{SIGNALS}.start_heartbeat",
         f"{SIGNALS}.trace_inline_jobs",
     ],
