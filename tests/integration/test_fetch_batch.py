@@ -175,20 +175,29 @@ def _evalsha_calls(client: redis.Redis) -> int:
     return int(stats.get("calls", 0))
 
 
+def _short_sizer(clock: Any = None) -> BatchSizer:
+    """A sizer that has timed ``KIND`` as short: the next fetch may take 8."""
+    sizer = BatchSizer(8) if clock is None else BatchSizer(8, clock=clock)
+    sizer.observe(KIND, SHORT_JOB_S)
+    return sizer
+
+
+def _await_received(wired: dict[str, Any], count: int) -> None:
+    wait_for(
+        lambda: wired["poll"]() and len(wired["received"]) >= count,
+        DEADLINE_S,
+        f"{count} deliveries",
+    )
+
+
 def test_a_batch_is_delivered_in_queue_order_with_fewer_fetches(
     services: dict[str, str], redis_client: redis.Redis
 ) -> None:
-    sizer = BatchSizer(8)
-    sizer.observe(KIND, SHORT_JOB_S)
     url = services["TASKFLEET_REDIS_URL"]
-    with _batching_consumer(url, redis_client, sizer, lambda _: None) as wired:
+    with _batching_consumer(url, redis_client, _short_sizer(), lambda _: None) as wired:
         _publish(wired, range(40))
         before = _evalsha_calls(redis_client)
-        wait_for(
-            lambda: wired["poll"]() and len(wired["received"]) == 40,
-            DEADLINE_S,
-            "40 deliveries",
-        )
+        _await_received(wired, 40)
         fetches = _evalsha_calls(redis_client) - before
         assert wired["received"] == list(range(40))
         assert fetches < 20  # one at a time would take 40 (other clients may add a few)
@@ -199,17 +208,11 @@ def test_a_batch_is_delivered_in_queue_order_with_fewer_fetches(
 def test_a_batch_never_mixes_priorities(
     services: dict[str, str], redis_client: redis.Redis
 ) -> None:
-    sizer = BatchSizer(8)
-    sizer.observe(KIND, SHORT_JOB_S)
     url = services["TASKFLEET_REDIS_URL"]
-    with _batching_consumer(url, redis_client, sizer, lambda _: None) as wired:
+    with _batching_consumer(url, redis_client, _short_sizer(), lambda _: None) as wired:
         _publish(wired, range(100, 105), priority=0)
         _publish(wired, range(5), priority=9)
-        wait_for(
-            lambda: wired["poll"]() and len(wired["received"]) == 10,
-            DEADLINE_S,
-            "10 deliveries",
-        )
+        _await_received(wired, 10)
         assert wired["received"] == [0, 1, 2, 3, 4, 100, 101, 102, 103, 104]
 
 
@@ -217,8 +220,7 @@ def test_what_a_batch_did_not_start_within_its_budget_goes_back_to_the_head_in_o
     services: dict[str, str], redis_client: redis.Redis
 ) -> None:
     clock = Clock()
-    sizer = BatchSizer(8, clock=clock)
-    sizer.observe(KIND, SHORT_JOB_S)  # recent jobs were short: the next fetch takes 8
+    sizer = _short_sizer(clock)  # recent jobs were short: the next fetch takes 8
 
     def slow_from_the_second(received: list[int]) -> None:
         if len(received) == 2:  # the batch's second job outlasts the whole budget
@@ -227,19 +229,11 @@ def test_what_a_batch_did_not_start_within_its_budget_goes_back_to_the_head_in_o
     url = services["TASKFLEET_REDIS_URL"]
     with _batching_consumer(url, redis_client, sizer, slow_from_the_second) as wired:
         _publish(wired, range(10))
-        wait_for(
-            lambda: wired["poll"]() and len(wired["received"]) >= 2,
-            DEADLINE_S,
-            "the batch's first two deliveries",
-        )
+        _await_received(wired, 2)
         assert wired["received"] == [0, 1]
         assert wired["depth"]() == 8  # 2..7 came back, in front of 8 and 9
         assert sizer.short_kinds() == ()  # and the next fetches take one job each
-        wait_for(
-            lambda: wired["poll"]() and len(wired["received"]) == 10,
-            DEADLINE_S,
-            "every delivery",
-        )
+        _await_received(wired, 10)
         assert wired["received"] == list(range(10))
         wait_for(lambda: wired["poll"]() and wired["unacked"]() == 0, DEADLINE_S, "acks")
         assert redis_client.hlen(wired["owner"].tags_key) == 0
