@@ -187,8 +187,10 @@ class Channel(FetchScriptChannel, kombu_redis.Channel):  # type: ignore[misc]
         answered = True
         sizer = fetch_batch.sizer()
         started = sizer.clock() if sizer is not None else 0.0
+        read = False
         try:
             found = super()._brpop_read(**options)
+            read = True
         except Empty:
             if sent and fetch is not None:
                 fetch.answered(False)
@@ -216,6 +218,8 @@ class Channel(FetchScriptChannel, kombu_redis.Channel):  # type: ignore[misc]
             qos = self._our_qos()
             if answered and qos is not None:
                 qos.fetch_answered()
+            if self.extra_deliveries and not read:
+                self._return_extras(self.extra_deliveries)  # the batch's first job raised
         if sent and fetch is not None:
             fetch.answered(True)
         if sizer is not None:
@@ -246,8 +250,16 @@ class Channel(FetchScriptChannel, kombu_redis.Channel):  # type: ignore[misc]
                     self.delivering = False
                 sizer.observe(_text(kind), sizer.clock() - begun)
         finally:
-            if qos is not None and handed < len(raws):
-                qos.return_undelivered([loads(bytes_to_str(raw)) for raw in raws[handed:]])
+            if handed < len(raws):
+                self._return_extras(extras[3 * handed :])
+
+    def _return_extras(self, extras: list[Any]) -> None:
+        """Put a batch's undelivered rest (payload, recorded, kind, ...) back at the head of
+        its queue, in order."""
+        self.extra_deliveries = []
+        qos = self._our_qos()
+        if qos is not None and extras:
+            qos.return_undelivered([loads(bytes_to_str(raw)) for raw in extras[0::3]])
 
     def _on_connection_disconnect(self, connection: Any) -> None:
         """Stock handling; writes not yet confirmed by a dropped fetch are queued again."""

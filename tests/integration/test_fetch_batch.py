@@ -237,3 +237,24 @@ def test_what_a_batch_did_not_start_within_its_budget_goes_back_to_the_head_in_o
         assert wired["received"] == list(range(10))
         wait_for(lambda: wired["poll"]() and wired["unacked"]() == 0, DEADLINE_S, "acks")
         assert redis_client.hlen(wired["owner"].tags_key) == 0
+
+
+class JobCrashed(Exception):
+    """Raised out of a consumer's callback, as an error escaping a job's delivery would."""
+
+
+def test_when_a_batchs_first_delivery_raises_the_rest_goes_back_in_order(
+    services: dict[str, str], redis_client: redis.Redis
+) -> None:
+    def crash_on_the_first(received: list[int]) -> None:
+        if received == [0]:
+            raise JobCrashed
+
+    url = services["TASKFLEET_REDIS_URL"]
+    with _batching_consumer(url, redis_client, _short_sizer(), crash_on_the_first) as wired:
+        _publish(wired, range(10))
+        with pytest.raises(JobCrashed):
+            wait_for(wired["poll"], DEADLINE_S, "the first delivery")
+        assert wired["depth"]() == 9  # 1..9 came back; 0 is held (unacked) by the channel
+        _await_received(wired, 10)
+        assert wired["received"] == list(range(10))
