@@ -588,6 +588,7 @@ OWN: list[Own] = [
         "_step",
         "_step_of",
         "_deliver_extras",
+        "_return_extras",
         "delivering",
         "send_on_fetch_connection",
         "flush_bookkeeping",
