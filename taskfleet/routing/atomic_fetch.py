@@ -175,7 +175,9 @@ class AtomicFetch:
         self.wants_tracking = False
         #: The stamp of the last fetch sent: its delivery's record and owner entry carry it.
         self.last_stamp = 0.0
-        self._packed: dict[tuple[Any, ...], bytes] = {}
+        self._packed: dict[tuple[Any, ...], tuple[int, bytes]] = {}
+        #: The short kinds of the last call, and their packed arguments.
+        self._kinds: tuple[tuple[str, ...], bytes] = ((), b"")
 
     def waiting(self) -> bool:
         """True while the channel waits for a notification (and not for too long yet)."""
@@ -227,26 +229,27 @@ class AtomicFetch:
         """The fetch script's call for kombu's BRPOP arguments (keys..., timeout), taking as
         many messages as this process's :func:`~taskfleet.routing.fetch_batch.sizer` allows."""
         keys = brpop_args[1:-1]
-        head = self._packed.get(keys)
-        if head is None:
+        packed = self._packed.get(keys)
+        if packed is None:
             args = ("EVALSHA", self.sha, 3 + len(keys), *self.head_keys, *keys, "", "", "")
             chunks = b"".join(connection.pack_command(*args))
-            head = chunks[: chunks.rindex(b"$0\r\n\r\n" * 3)]  # "*<argc>" counts those 3
+            head = chunks[: chunks.rindex(b"$0\r\n\r\n" * 3)]
+            count, _, body = head.partition(b"\r\n")  # "*<argc>", then the arguments
             if len(self._packed) >= PACKED_CALLS_MAX:  # queues changed since: start over
                 self._packed.clear()
-            self._packed[keys] = head
+            packed = self._packed[keys] = (int(count[1:]), body)
+        argc, body = packed
         self.last_stamp = time()
         sizer = fetch_batch.sizer()
         kinds = () if sizer is None else sizer.short_kinds()
-        call = (
-            head
+        if kinds != self._kinds[0]:  # the short kinds change rarely: packed once each time
+            self._kinds = (kinds, b"".join(_bulk(kind.encode()) for kind in kinds))
+        most = sizer.limit if kinds and sizer is not None else 1
+        return (
+            b"*%d\r\n" % (argc + len(kinds))
+            + body
             + _bulk(repr(self.last_stamp).encode())
             + _bulk(b"1" if self.has_owner else b"0")
-            + _bulk(b"%d" % (sizer.limit if kinds and sizer is not None else 1))
+            + _bulk(b"%d" % most)
+            + self._kinds[1]
         )
-        if not kinds:
-            return call
-        # The head counts the three arguments above; the kinds are more of them.
-        count_end = call.index(b"\r\n")
-        argc = int(call[1:count_end]) + len(kinds)
-        return b"*%d" % argc + call[count_end:] + b"".join(_bulk(k.encode()) for k in kinds)
