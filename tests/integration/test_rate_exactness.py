@@ -34,11 +34,16 @@ WINDOW_HAMMER_S = 1.8
 READY_TIMEOUT_S = 60.0
 #: Start this long after every process is ready.
 START_DELAY_S = 0.3
+#: How far the script's view of the span may exceed the stamps': a call within 1 µs of its
+#: turn is admitted (``gcra.lua`` lets float noise pass), and stamps are sent to the
+#: microsecond. Without it the bound was exceeded by one call now and then, when the span
+#: fell a microsecond or two short of a whole interval.
+SCRIPT_SLACK_S = 2e-6
 
 
 def hammer(url: str, key: str, start_at: float, end_at: float, threads: int) -> list[float]:
     """``threads`` threads call the bucket from ``start_at`` to ``end_at``; the admitted
-    calls' timestamps."""
+    calls' timestamps (as sent: to the microsecond)."""
     store = RedisGcraStore(__import__("redis").Redis.from_url(url))
     admitted: list[float] = []
     lock = threading.Lock()
@@ -49,7 +54,7 @@ def hammer(url: str, key: str, start_at: float, end_at: float, threads: int) -> 
             time.sleep(0.001)
         while (now := time.time()) < end_at:
             if store.acquire(GcraCall([key], [BUCKET]), now).admitted:
-                mine.append(now)
+                mine.append(round(now, 6))
         with lock:
             admitted.extend(mine)
 
@@ -93,7 +98,7 @@ def test_token_bucket_is_exact_under_threads_and_processes(services: dict[str, s
                 proc.kill()
     span = max(admitted) - min(admitted)
     assert span <= WINDOW_S
-    assert len(admitted) <= BUCKET.max_admitted(span)
+    assert len(admitted) <= BUCKET.max_admitted(span + SCRIPT_SLACK_S)
     # Not starved either: the limit admits most of what it allows.
     assert len(admitted) >= BUCKET.max_admitted(span) // 2
 
