@@ -22,7 +22,9 @@ Lua cannot block, so when every list is empty the channel waits to be told that 
 changed. Redis's client-side caching does that: ``CLIENT TRACKING ON BCAST PREFIX <queue>
 REDIRECT <id> NOLOOP`` on the fetch connection makes Redis send an invalidation message to a
 second connection (:class:`ChangeWaiter`, watched by the same poller) whenever another client
-writes a key starting with one of the channel's queue names. A notification is only a
+writes a key starting with one of the channel's queue names. A prefix matches more than the
+queue's lists (the default queue ``celery`` matches every ``celery-task-meta-*`` result key),
+so a notification wakes the channel only when it names one of them. A notification is only a
 wake-up: the channel then fetches again, and it also does so after ``IDLE_REFETCH_S``
 without one, which bounds the cost of a notification lost with a dropped connection. Tracking
 is switched on when a fetch finds nothing and off again after ``TRACKING_OFF_AFTER_HITS``
@@ -110,6 +112,15 @@ def tracked_prefixes(queue_keys: list[str]) -> list[str]:
     return kept
 
 
+def names_wanted(message: Any, wanted: Callable[[bytes], bool]) -> bool:
+    """Whether an invalidation message (``[b"message", channel, keys]``; ``keys`` None after
+    a flush) names a ``wanted`` key. A message of another shape counts as wanted."""
+    keys = message[-1] if isinstance(message, list) and message else None
+    if not isinstance(keys, list):
+        return True
+    return any(wanted(key if isinstance(key, bytes) else str(key).encode()) for key in keys)
+
+
 def _bulk(value: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(value), value)
 
@@ -123,20 +134,32 @@ class ChangeWaiter:
     """
 
     def __init__(self, pool: Any) -> None:
-        self.connection = pool.connection_class(**pool.connection_kwargs)
+        # RESP2, whatever the pool negotiates: its invalidations arrive as pub/sub messages
+        # that name their keys (under RESP3, redis-py hands them to a parser hook instead).
+        # redis-py 8's maintenance notifications need RESP3: none on this connection.
+        options = {**pool.connection_kwargs, "protocol": 2}
+        if "maint_notifications_config" in options:
+            options["maint_notifications_config"] = None
+        self.connection = pool.connection_class(**options)
         self.connection.connect()
         self.connection.send_command("CLIENT", "ID")
         self.client_id = int(self.connection.read_response())
         self.connection.send_command("SUBSCRIBE", INVALIDATE_CHANNEL)
-        self.connection.read_response(push_request=True)  # RESP3 sends it as a push
+        self.connection.read_response()
 
-    def drain(self) -> int:
-        """Read every notification already received; how many (raises if the link is gone)."""
-        count = 0
+    def drain(self, wanted: Callable[[bytes], bool] = lambda key: True) -> bool:
+        """Read every notification already received; whether one names a key ``wanted``
+        (raises if the link is gone).
+
+        A prefix covers more than a queue's lists (``celery`` covers every
+        ``celery-task-meta-*`` result): only a write to a wanted key wakes the channel. A
+        notification naming no key (a flush) counts as wanted.
+        """
+        relevant = False
         while self.connection.can_read(timeout=0):
-            self.connection.read_response(push_request=True)
-            count += 1
-        return count
+            message = self.connection.read_response(push_request=True)
+            relevant = relevant or names_wanted(message, wanted)
+        return relevant
 
     def close(self) -> None:
         """Drop the connection (kombu's poller forgets it through the disconnect hook)."""

@@ -61,6 +61,8 @@ class FetchScriptChannel(kombu_redis.Channel):  # type: ignore[misc]
     #: message, from the queue :attr:`extra_queue`: the channel delivers them next.
     extra_deliveries: list[Any] = []  # replaced per reply, never mutated
     extra_queue = ""
+    #: The queues consumed when :meth:`_queue_keys` last ran, and their list keys.
+    _watched_queues: tuple[tuple[str, ...], frozenset[bytes]] = ((), frozenset())
     handlers: dict[str, Any]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -162,10 +164,25 @@ class FetchScriptChannel(kombu_redis.Channel):  # type: ignore[misc]
         if fetch is None:
             return
         try:
-            fetch.waiter.drain()
+            if not fetch.waiter.drain(self._queue_keys().__contains__):
+                return  # another key under a tracked prefix: a result, a dead-letter list
         except (*self.connection_errors, OSError):
             self._drop_fetch()  # set up again, with a new waiter, on the next fetch
         fetch.woken()
+
+    def _queue_keys(self) -> frozenset[bytes]:
+        """The list keys of the queues consumed now, every priority sub-list (kombu's layout:
+        ``queue``, ``queue + sep + step``) with the global key prefix."""
+        queues = tuple(self.active_queues)
+        if self._watched_queues[0] != queues:
+            prefix = self.global_keyprefix or ""
+            keys = {
+                (prefix + (f"{queue}{self.sep}{step}" if step else queue)).encode()
+                for queue in queues
+                for step in self.priority_steps
+            }
+            self._watched_queues = (queues, frozenset(keys))
+        return self._watched_queues[1]
 
     def _poll_error(self, type: Any, **options: Any) -> Any:
         """Stock handling; an error on the notification connection drops it."""

@@ -113,6 +113,47 @@ def test_an_idle_consumer_sends_nothing_until_a_publish_wakes_it(
         wired["received"][0].ack()
 
 
+def test_only_a_write_to_the_queues_lists_wakes_an_idle_consumer(
+    services: dict[str, str], redis_client: redis.Redis
+) -> None:
+    """The tracked prefix is the queue's name, which also begins other keys (``celery`` begins
+    every ``celery-task-meta-*`` result): writing those must not wake the consumer, a publish
+    to any of its priority sub-lists must."""
+    with _consumer(services["TASKFLEET_REDIS_URL"], redis_client, True) as wired:
+        channel = wired["channel"]
+        poll = wired["poll"]
+        name = wired["queue"].name
+        wait_for(lambda: poll() and channel._fetch and channel._fetch.waiting(), DEADLINE_S, "idle")
+        fetch = channel._fetch
+        fetch.clock = lambda: fetch.waiting_since  # only a notification can end the wait now
+        sent: list[Any] = []
+        packed_call = fetch.packed_call
+        fetch.packed_call = lambda *a: sent.append(a) or packed_call(*a)  # type: ignore[method-assign]
+        others = [f"{name}-task-meta-1", f"{name}.dlq", f"{name}{channel.sep}x"]
+        try:
+            for key in others:
+                redis_client.set(key, "1")
+            marker = f"{name}-marker"  # written last: once it is drained, so are the others
+            redis_client.set(marker, "1")
+            wait_for(
+                lambda: poll() and not fetch.waiter.connection.can_read(timeout=0),
+                DEADLINE_S,
+                "the notifications to be read",
+            )
+            for _ in range(IDLE_POLLS):
+                poll()
+            assert sent == []
+            assert fetch.waiting()
+        finally:
+            redis_client.delete(*others, marker)
+        producer = wired["conn"].Producer(channel)
+        queue = wired["queue"]
+        producer.publish({"n": 0}, exchange=queue.exchange, routing_key=name, priority=9)
+        wait_for(lambda: poll() and wired["received"], DEADLINE_S, "the urgent delivery")
+        assert len(sent) >= 1
+        wired["received"][0].ack()
+
+
 def test_a_script_redis_forgot_is_loaded_again(
     services: dict[str, str], redis_client: redis.Redis
 ) -> None:

@@ -601,6 +601,8 @@ OWN: list[Own] = [
         "_fetch_refused_until",
         "_fetched",
         "_queue_of",
+        "_queue_keys",
+        "_watched_queues",
         "delivery_kind",
         "extra_deliveries",
         "extra_queue",
