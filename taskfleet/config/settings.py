@@ -120,6 +120,13 @@ class Settings(BaseSettings):
             "the pool is below its maximum, so that a grow takes milliseconds, not a start"
         ),
     )
+    cpu_growth_gate: bool = Field(
+        True,
+        description=(
+            "With solo CPU workers under taskfleet up: beyond the core count, start another "
+            "worker (or standby) only while the workers are not busy computing"
+        ),
+    )
     io_concurrency: int = Field(DEFAULT_IO_CONCURRENCY, ge=1, le=10_000)
 
     soft_time_limit: float = Field(DEFAULT_SOFT_TIME_LIMIT_S, gt=0)

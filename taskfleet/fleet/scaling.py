@@ -11,6 +11,10 @@ size in Redis. :class:`SlotScaler` applies it, a step per supervision round:
   processes are started as ``cpu-worker-N``. All are watched (restarted, checked for stalls)
   like the first ones. While the group is below its maximum, a new standby is started after
   each promotion (``TASKFLEET_CPU_STANDBY=false``: none);
+* beyond the core count, a worker is started (and a standby booted) only while the members
+  are not busy computing (:mod:`taskfleet.fleet.cpu_gate`): there another process only
+  splits the same cores, after taking CPU to boot. The grow waits, and goes ahead once the
+  members' CPU use falls (the backlog drained, or jobs that wait);
 * shrinking retires the newest workers: SIGTERM, a warm shutdown in which a solo worker
   finishes the job it runs. One that is still running after the hard time limit and a
   margin is killed; its job goes back to the queue by the reclaim, as after any crash. The
@@ -31,6 +35,7 @@ from typing import Protocol
 import redis
 
 from taskfleet.fleet.children import Child, RestartFailed
+from taskfleet.fleet.cpu_gate import CpuGate
 from taskfleet.scheduler.slots import MAX_SLOTS, REGISTER_EVERY_S, SlotGroup, SlotRegistry
 
 log = logging.getLogger(__name__)
@@ -81,6 +86,8 @@ class SlotScaler:
         retire_grace_s: Seconds a retiring worker gets to finish its job before it is killed.
         max_size: The most processes the autoscaler may ask for (no standby at that size).
         standby: Whether to keep a standby worker while below ``max_size``.
+        gate: Holds back growth beyond the core count while the members compute (None:
+            grows as asked).
         clock: Monotonic seconds (the registration's ``at`` is wall-clock time).
         wall: Wall-clock seconds.
     """
@@ -95,6 +102,7 @@ class SlotScaler:
         retire_grace_s: float,
         max_size: int = MAX_SLOTS,
         standby: bool = False,
+        gate: CpuGate | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -110,6 +118,10 @@ class SlotScaler:
         self.retiring: list[_Retiring] = []
         self.max_size = max_size
         self.keeps_standby = standby
+        self.gate = gate
+        #: Grows the gate has held back (an episode counts once).
+        self.held_back = 0
+        self._holding = False
         #: The standby worker and its index (None: none runs).
         self.standby: tuple[int, Child] | None = None
         #: Standby workers promoted so far.
@@ -130,6 +142,8 @@ class SlotScaler:
         """
         now = self.clock()
         changed = self._reap(now)
+        if self.gate is not None:
+            self.gate.sample(self._member_pids())
         if now < self._next_poll:
             return changed
         self._next_poll = now + POLL_EVERY_S
@@ -157,6 +171,8 @@ class SlotScaler:
                 child.standby = False
                 self.promotions += 1
             else:
+                if not self._may_grow(target):
+                    break
                 index = self._free_index()
                 try:
                     child = self.host.start_slot(index)
@@ -187,6 +203,8 @@ class SlotScaler:
         """Start a standby if none runs and the group may still grow; whether one started."""
         if not self.keeps_standby or self.standby is not None or self.size >= self.max_size:
             return False
+        if self.gate is not None and not self.gate.allows_growth(self.size, self._member_pids()):
+            return False
         index = self._free_index()
         try:
             child = self.host.start_slot(index, standby_for=self.group)
@@ -195,6 +213,27 @@ class SlotScaler:
             return False
         self.standby = (index, child)
         return True
+
+    def _may_grow(self, target: int) -> bool:
+        """Whether the gate lets the group start another worker now (logged once per hold)."""
+        if self.gate is None or self.gate.allows_growth(self.size, self._member_pids()):
+            self._holding = False
+            return True
+        if not self._holding:
+            self._holding = True
+            self.held_back += 1
+            log.info(
+                "slot group %s: %d workers on %d cores are busy computing: the grow to %d "
+                "waits until they are not",
+                self.group,
+                self.size,
+                self.gate.cores,
+                target,
+            )
+        return False
+
+    def _member_pids(self) -> list[int]:
+        return [c.pid for _, c in self.members if c.pid is not None]
 
     def _free_index(self) -> int:
         """The lowest worker number no member, standby or retiring worker holds: a node

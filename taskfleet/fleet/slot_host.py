@@ -21,6 +21,7 @@ import redis
 from taskfleet.config.autoscale import load_autoscale_settings
 from taskfleet.devstack.processes import signal_group
 from taskfleet.fleet.children import Child
+from taskfleet.fleet.cpu_gate import CpuGate, can_measure
 from taskfleet.fleet.environment import sanitize_url
 from taskfleet.fleet.plan import worker_child
 from taskfleet.fleet.processes import sweep_groups
@@ -125,4 +126,5 @@ def slot_scaler(fleet: Fleet) -> SlotScaler | None:
         retire_grace_s=settings.hard_time_limit + RETIRE_MARGIN_S,
         max_size=autoscale.cpu_worker_max,
         standby=settings.cpu_standby,
+        gate=CpuGate() if settings.cpu_growth_gate and can_measure() else None,
     )

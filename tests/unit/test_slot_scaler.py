@@ -271,3 +271,41 @@ def test_a_standby_that_cannot_start_is_tried_again() -> None:
     clock.now += POLL_EVERY_S
     made.step()
     assert host.standbys == [2]
+
+
+class Gate:
+    """Stands in for :class:`taskfleet.fleet.cpu_gate.CpuGate`: a fixed answer beyond
+    ``cores``, and the pids it was shown."""
+
+    def __init__(self, cores: int, computing: bool) -> None:
+        self.cores = cores
+        self.computing = computing
+        self.sampled: list[list[int]] = []
+
+    def sample(self, pids: list[int]) -> None:
+        self.sampled.append(list(pids))
+
+    def allows_growth(self, size: int, pids: list[int]) -> bool:
+        return size < self.cores or not self.computing
+
+
+def test_beyond_the_cores_computing_workers_hold_the_grow_and_the_standby() -> None:
+    made, host, registry, clock = scaler(standby=True, max_size=4)
+    made.gate = Gate(cores=2, computing=True)  # type: ignore[assignment]
+    made.step()
+    assert host.standbys == [2]  # below the cores: booted at once
+    registry.targets["g"] = 4
+    clock.now += POLL_EVERY_S
+    made.step()
+    # The standby is promoted (booted already); nothing new boots while the two compute.
+    assert (made.size, host.started, host.standbys, made.held_back) == (2, [], [2], 1)
+    for _ in range(3):
+        clock.now += POLL_EVERY_S
+        made.step()
+    assert (made.size, host.started, made.held_back) == (2, [], 1)  # one hold, logged once
+    assert made.gate.sampled[-1] == [1001, 1002]  # type: ignore[union-attr]
+    made.gate.computing = False  # type: ignore[union-attr]
+    clock.now += POLL_EVERY_S
+    made.step()
+    assert (made.size, host.started) == (4, [3, 4])
+    assert host.standbys == [2]  # at the maximum: none
