@@ -112,9 +112,28 @@ def tracked_prefixes(queue_keys: list[str]) -> list[str]:
     return kept
 
 
+def _return_invalidations(connection: Any) -> None:
+    """Under RESP3 (redis-py 8's default) an invalidation is a push that redis-py hands to
+    its parser's hook, and ``read_response`` returns that hook's result: None without one.
+    Return the message itself, so that :meth:`ChangeWaiter.drain` sees its keys. A parser
+    without the hook leaves every notification a wake-up, as before.
+
+    Not RESP2 on this connection instead: Redis 6.2 writes a flush's invalidation in the
+    tracking client's protocol (``_``, RESP3's null) to a RESP2 subscriber, which redis-py
+    then cannot parse."""
+    setter = getattr(getattr(connection, "_parser", None), "set_invalidation_push_handler", None)
+    if setter is not None:
+        setter(_as_message)
+
+
+def _as_message(response: Any) -> Any:
+    return response
+
+
 def names_wanted(message: Any, wanted: Callable[[bytes], bool]) -> bool:
-    """Whether an invalidation message (``[b"message", channel, keys]``; ``keys`` None after
-    a flush) names a ``wanted`` key. A message of another shape counts as wanted."""
+    """Whether an invalidation (RESP3 ``[b"invalidate", keys]``, RESP2 ``[b"message",
+    channel, keys]``; ``keys`` None after a flush) names a ``wanted`` key. A message of
+    another shape counts as wanted."""
     keys = message[-1] if isinstance(message, list) and message else None
     if not isinstance(keys, list):
         return True
@@ -134,18 +153,13 @@ class ChangeWaiter:
     """
 
     def __init__(self, pool: Any) -> None:
-        # RESP2, whatever the pool negotiates: its invalidations arrive as pub/sub messages
-        # that name their keys (under RESP3, redis-py hands them to a parser hook instead).
-        # redis-py 8's maintenance notifications need RESP3: none on this connection.
-        options = {**pool.connection_kwargs, "protocol": 2}
-        if "maint_notifications_config" in options:
-            options["maint_notifications_config"] = None
-        self.connection = pool.connection_class(**options)
+        self.connection = pool.connection_class(**pool.connection_kwargs)
         self.connection.connect()
+        _return_invalidations(self.connection)
         self.connection.send_command("CLIENT", "ID")
         self.client_id = int(self.connection.read_response())
         self.connection.send_command("SUBSCRIBE", INVALIDATE_CHANNEL)
-        self.connection.read_response()
+        self.connection.read_response(push_request=True)  # RESP3 sends it as a push
 
     def drain(self, wanted: Callable[[bytes], bool] = lambda key: True) -> bool:
         """Read every notification already received; whether one names a key ``wanted``

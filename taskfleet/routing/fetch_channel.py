@@ -166,7 +166,7 @@ class FetchScriptChannel(kombu_redis.Channel):  # type: ignore[misc]
         try:
             if not fetch.waiter.drain(self._queue_keys().__contains__):
                 return  # another key under a tracked prefix: a result, a dead-letter list
-        except (*self.connection_errors, OSError):
+        except (*self.connection_errors, OSError, redis.RedisError):  # gone, or unreadable
             self._drop_fetch()  # set up again, with a new waiter, on the next fetch
         fetch.woken()
 

@@ -20,6 +20,7 @@ from kombu import Connection
 from taskfleet.routing import owners
 from taskfleet.routing.reclaim import Reclaimer
 from taskfleet.routing.transport import TRANSPORT_PATH
+from tests.support.services import on_db
 from tests.support.transport import consume, private_transport
 from tests.support.waiting import wait_for
 
@@ -27,6 +28,8 @@ DEADLINE_S = 10.0
 IDLE_POLL_S = 0.05
 #: Idle polls that must send no fetch while the channel waits for a notification.
 IDLE_POLLS = 10
+#: A database no test keeps anything in: flushed to make Redis notify every tracking client.
+SCRATCH_DB = 13
 
 
 @contextlib.contextmanager
@@ -151,6 +154,32 @@ def test_only_a_write_to_the_queues_lists_wakes_an_idle_consumer(
         producer.publish({"n": 0}, exchange=queue.exchange, routing_key=name, priority=9)
         wait_for(lambda: poll() and wired["received"], DEADLINE_S, "the urgent delivery")
         assert len(sent) >= 1
+        wired["received"][0].ack()
+
+
+def test_a_flush_wakes_an_idle_consumer_and_it_keeps_consuming(
+    services: dict[str, str], redis_client: redis.Redis
+) -> None:
+    """A flush of any database sends every tracking client an invalidation naming no key
+    (Redis 6.2 writes it in the tracking connection's protocol): the waiter reads it as a
+    wake-up, and the consumer goes on."""
+    with _consumer(services["TASKFLEET_REDIS_URL"], redis_client, True) as wired:
+        channel = wired["channel"]
+        poll = wired["poll"]
+        wait_for(lambda: poll() and channel._fetch and channel._fetch.waiting(), DEADLINE_S, "idle")
+        fetch = channel._fetch
+        fetch.clock = lambda: fetch.waiting_since  # only a notification can end the wait now
+        sent: list[Any] = []
+        packed_call = fetch.packed_call
+        fetch.packed_call = lambda *a: sent.append(a) or packed_call(*a)  # type: ignore[method-assign]
+        scratch = redis.Redis.from_url(on_db(services["TASKFLEET_REDIS_URL"], SCRATCH_DB))
+        try:
+            scratch.flushdb()
+        finally:
+            scratch.close()
+        wait_for(lambda: poll() and sent, DEADLINE_S, "the flush to wake the consumer")
+        wired["publish"](1)
+        wait_for(lambda: poll() and wired["received"], DEADLINE_S, "a delivery after the flush")
         wired["received"][0].ack()
 
 

@@ -8,12 +8,12 @@ imported most of taskfleet already.
 from __future__ import annotations
 
 import os
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pytest
 import redis
 
 from tests.support.probe import run_probe
+from tests.support.services import on_db
 
 #: A Redis database no other test uses: the probe's one job lands there and is flushed.
 PROBE_DB = 11
@@ -58,15 +58,6 @@ print(json.dumps({"modules": sorted(sys.modules)}))
 """
 
 
-def _on_db(url: str, db: int) -> str:
-    """``url`` pointing at Redis database ``db`` (TCP: the path; a unix socket: ``?db=``)."""
-    parts = urlsplit(url)
-    if parts.scheme == "unix":
-        query = dict(parse_qsl(parts.query)) | {"db": str(db)}
-        return urlunsplit(parts._replace(query=urlencode(query)))
-    return urlunsplit(parts._replace(path=f"/{db}"))
-
-
 def _loaded(modules: list[str]) -> list[str]:
     return sorted(m for m in modules if any(m == h or m.startswith(f"{h}.") for h in HEAVY))
 
@@ -74,7 +65,7 @@ def _loaded(modules: list[str]) -> list[str]:
 @pytest.fixture
 def probe_env(services: dict[str, str]) -> dict[str, str]:
     """The test services, with broker and results on a Redis database of the probe's own."""
-    url = _on_db(services["TASKFLEET_REDIS_URL"], PROBE_DB)
+    url = on_db(services["TASKFLEET_REDIS_URL"], PROBE_DB)
     client = redis.Redis.from_url(url)
     client.flushdb()
     yield {**services, "TASKFLEET_BROKER_URL": url, "TASKFLEET_REDIS_URL": url}

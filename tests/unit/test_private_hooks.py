@@ -55,6 +55,7 @@ BASE_TASK = "taskfleet/tasks/base.py"
 RECLAIM = "taskfleet/routing/reclaim.py"
 DEFERRED_RESTORE = "taskfleet/routing/deferred_restore.py"
 FETCH_CHANNEL = "taskfleet/routing/fetch_channel.py"
+ATOMIC_FETCH = "taskfleet/routing/atomic_fetch.py"
 TIMERS = "taskfleet/workers/timers.py"
 REPLY_SKIP = "taskfleet/routing/reply_skip.py"
 OUTBOUND = "taskfleet/outbound/transport.py"
@@ -361,6 +362,16 @@ HOOKS: list[Hook] = [
         FETCH_CHANNEL,
         "None while disconnected (set up on a connected fetch link); its identity tells "
         "a reconnect, which the server's tracking state does not survive",
+        where="instance",
+    ),
+    Hook(
+        "redis.connection.Connection",
+        "_parser",
+        "attribute",
+        ATOMIC_FETCH,
+        "the change waiter sets its parser's invalidation push handler (a public method of "
+        "the parser), so that RESP3 invalidations name their keys; without it every "
+        "notification wakes the channel; " + ATOMIC_FETCH_SWITCH,
         where="instance",
     ),
     # --- redis-py: raw connections (transport.py, results/late_replies.py) ---
