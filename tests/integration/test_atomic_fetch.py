@@ -45,6 +45,19 @@ def _consumer(url: str, client: redis.Redis, atomic: bool) -> Iterator[dict[str,
         client.delete(owner.tags_key)
 
 
+def _idle_recording_fetches(wired: dict[str, Any]) -> tuple[Any, list[Any]]:
+    """Poll ``wired``'s consumer until its channel waits for a notification; from then on
+    only a notification ends the wait. Returns its fetch state and the fetches sent since."""
+    channel, poll = wired["channel"], wired["poll"]
+    wait_for(lambda: poll() and channel._fetch and channel._fetch.waiting(), DEADLINE_S, "idle")
+    fetch = channel._fetch
+    fetch.clock = lambda: fetch.waiting_since
+    sent: list[Any] = []
+    packed_call = fetch.packed_call
+    fetch.packed_call = lambda *a: sent.append(a) or packed_call(*a)
+    return fetch, sent
+
+
 @pytest.mark.parametrize("atomic", [True, False], ids=["script", "brpop"])
 def test_a_consumer_cut_off_after_its_fetch_leaves_the_delivery_restorable(
     atomic: bool, services: dict[str, str], redis_client: redis.Redis
@@ -99,14 +112,8 @@ def test_an_idle_consumer_sends_nothing_until_a_publish_wakes_it(
     services: dict[str, str], redis_client: redis.Redis
 ) -> None:
     with _consumer(services["TASKFLEET_REDIS_URL"], redis_client, True) as wired:
-        channel = wired["channel"]
         poll = wired["poll"]
-        wait_for(lambda: poll() and channel._fetch and channel._fetch.waiting(), DEADLINE_S, "idle")
-        fetch = channel._fetch
-        fetch.clock = lambda: fetch.waiting_since  # only a notification can end the wait now
-        sent: list[Any] = []
-        packed_call = fetch.packed_call
-        fetch.packed_call = lambda *a: sent.append(a) or packed_call(*a)  # type: ignore[method-assign]
+        _, sent = _idle_recording_fetches(wired)
         for _ in range(IDLE_POLLS):
             poll()
         assert sent == []
@@ -126,12 +133,7 @@ def test_only_a_write_to_the_queues_lists_wakes_an_idle_consumer(
         channel = wired["channel"]
         poll = wired["poll"]
         name = wired["queue"].name
-        wait_for(lambda: poll() and channel._fetch and channel._fetch.waiting(), DEADLINE_S, "idle")
-        fetch = channel._fetch
-        fetch.clock = lambda: fetch.waiting_since  # only a notification can end the wait now
-        sent: list[Any] = []
-        packed_call = fetch.packed_call
-        fetch.packed_call = lambda *a: sent.append(a) or packed_call(*a)  # type: ignore[method-assign]
+        fetch, sent = _idle_recording_fetches(wired)
         others = [f"{name}-task-meta-1", f"{name}.dlq", f"{name}{channel.sep}x"]
         try:
             for key in others:
@@ -164,14 +166,8 @@ def test_a_flush_wakes_an_idle_consumer_and_it_keeps_consuming(
     (Redis 6.2 writes it in the tracking connection's protocol): the waiter reads it as a
     wake-up, and the consumer goes on."""
     with _consumer(services["TASKFLEET_REDIS_URL"], redis_client, True) as wired:
-        channel = wired["channel"]
         poll = wired["poll"]
-        wait_for(lambda: poll() and channel._fetch and channel._fetch.waiting(), DEADLINE_S, "idle")
-        fetch = channel._fetch
-        fetch.clock = lambda: fetch.waiting_since  # only a notification can end the wait now
-        sent: list[Any] = []
-        packed_call = fetch.packed_call
-        fetch.packed_call = lambda *a: sent.append(a) or packed_call(*a)  # type: ignore[method-assign]
+        _, sent = _idle_recording_fetches(wired)
         scratch = redis.Redis.from_url(on_db(services["TASKFLEET_REDIS_URL"], SCRATCH_DB))
         try:
             scratch.flushdb()
