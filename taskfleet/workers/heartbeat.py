@@ -36,6 +36,7 @@ from taskfleet.routing.depth import redis_priority_keys
 from taskfleet.routing.reclaim import FORGET_AFTER_S, RESTART_GRACE_TTLS, STATS_PREFIX
 from taskfleet.routing.topology import Pool, Topology
 from taskfleet.sidecar import CONFIG_ENV, READY_LINE
+from taskfleet.workers.spawn import start_process
 
 log = logging.getLogger(__name__)
 
@@ -107,12 +108,11 @@ def start_sidecar(
     """
     owner = owners.new_owner_id()
     config = sidecar_config(app, owner, interval, ttl, reclaim_interval, queues)
-    proc = subprocess.Popen(
+    proc = start_process(
         [sys.executable, "-m", "taskfleet.sidecar"],
         env={**os.environ, CONFIG_ENV: json.dumps(config)},
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
-        close_fds=True,
     )
     assert proc.stdout is not None
     ready, _, _ = select.select([proc.stdout], [], [], START_TIMEOUT_S)

@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from taskfleet.workers.spawn import start_process
+
 #: The persister process touches the file this names (set by the watch).
 HEARTBEAT_FILE_ENV = "TASKFLEET_PERSISTER_HEARTBEAT_FILE"
 #: Seconds without a heartbeat after which a running persister counts as stuck.
@@ -87,7 +89,7 @@ class PersisterWatch:
     def _spawn(self) -> subprocess.Popen[bytes]:
         self.heartbeat.touch()
         env = {**os.environ, HEARTBEAT_FILE_ENV: str(self.heartbeat)}
-        return subprocess.Popen(self.command, env=env, close_fds=True)
+        return start_process(self.command, env=env)
 
     def start(self) -> None:
         """Start the persister and the watch thread."""
