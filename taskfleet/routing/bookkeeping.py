@@ -44,6 +44,7 @@ from kombu.utils.json import dumps
 
 from taskfleet.results.late_replies import Command, LateReplies, packed
 from taskfleet.routing import deferred_restore, owners
+from taskfleet.routing.restore import restore_pushes
 
 log = logging.getLogger(__name__)
 
@@ -240,13 +241,13 @@ class BatchedQoS(kombu_redis.QoS):  # type: ignore[misc]
     def return_undelivered(self, payloads: list[dict[str, Any]]) -> None:
         """Put deliveries the fetch script recorded and nobody ran (the rest of a batch,
         ``taskfleet.routing.fetch_batch``) back at the head of their queue, in their order,
-        and drop them from the owner. With Redis unreachable, the process's next channel
-        restores them (:mod:`.deferred_restore`)."""
+        not marked ``redelivered``, and drop them from the owner. With Redis unreachable,
+        the process's next channel restores them (:mod:`.deferred_restore`)."""
         tags = [payload["properties"]["delivery_tag"] for payload in payloads]
         try:
             with self.channel.conn_or_acquire() as conn:
                 for tag in reversed(tags):  # each goes in front of the one after it
-                    self.restore_by_tag(tag, client=conn)  # leftmost=False: next popped
+                    self._put_back(tag, conn)
         except deferred_restore.UNREACHABLE as exc:
             held: dict[Any, tuple[Any, str, str]] = {}
             for payload in payloads:
@@ -259,6 +260,24 @@ class BatchedQoS(kombu_redis.QoS):  # type: ignore[misc]
             deferred_restore.defer(self.unacked_key, held, exc)
             return
         self._disown(tags)
+
+    def _put_back(self, tag: Any, client: Any) -> None:
+        """kombu's ``restore_by_tag`` (one transaction watching ``unacked``; the same
+        queue, sub-list and side), except that the message keeps the ``redelivered`` marks
+        it had: a batch's rest never ran, and a mark would make the next worker look its
+        result up (Redis, then Postgres) and count it towards the poison-pill limit."""
+
+        def transaction(pipe: Any) -> None:
+            record = pipe.hget(self.unacked_key, tag)
+            pipe.multi()
+            self._remove_from_indices(tag, pipe)
+            if record:
+                for command, key, body in restore_pushes(
+                    self.channel, record, mark_redelivered=False
+                ):
+                    (pipe.lpush if command == "LPUSH" else pipe.rpush)(key, body)
+
+        client.transaction(transaction, self.unacked_key)
 
     def restore_unacked(self, client: Any = None) -> None:
         """Land every write, so a clean shutdown never re-runs a finished job.

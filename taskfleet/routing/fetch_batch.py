@@ -22,7 +22,9 @@ What keeps it safe, and fair:
   before.
 * **A time budget while running.** A batch whose jobs take longer than their kinds promised
   stops once :data:`BATCH_BUDGET_S` is spent; the jobs it did not start go back to the head
-  of their queue, in order (``BatchedQoS.return_undelivered``).
+  of their queue, in order, not marked ``redelivered`` (``BatchedQoS.return_undelivered``):
+  a mark would make the next worker look each one's result up, in Postgres too, and count
+  it towards the poison-pill limit.
 * **Strict priority.** A batch comes from the most urgent non-empty sub-list only; a more
   urgent job pushed meanwhile waits at most the budget plus the job running.
 * **Crash safety unchanged.** Every message of a batch is recorded under the owner before it

@@ -37,9 +37,9 @@ from typing import Any
 
 import redis
 from kombu.utils.encoding import bytes_to_str
-from kombu.utils.json import loads
 
 from taskfleet.routing import owners
+from taskfleet.routing.restore import restore_pushes
 
 log = logging.getLogger(__name__)
 
@@ -88,21 +88,6 @@ return restored
 def redis_uptime(client: Any) -> float:
     """Seconds since the Redis server started."""
     return float(client.info("server")["uptime_in_seconds"])
-
-
-class _RecordedPushes:
-    """Stands in for the pipeline kombu's ``_do_restore_message`` pushes on."""
-
-    def __init__(self) -> None:
-        self.pushes: list[tuple[str, str, Any]] = []
-
-    def lpush(self, key: str, value: Any) -> _RecordedPushes:
-        self.pushes.append(("LPUSH", key, value))
-        return self
-
-    def rpush(self, key: str, value: Any) -> _RecordedPushes:
-        self.pushes.append(("RPUSH", key, value))
-        return self
 
 
 @dataclass(frozen=True)
@@ -200,16 +185,11 @@ class Reclaimer:
 
     def _pushes(self, tag: Any, record: Any) -> list[tuple[str, str, Any]]:
         """The pushes kombu's restore would make for an unacked record (none if it cannot)."""
-        recorder = _RecordedPushes()
         try:
-            message, exchange, routing_key = loads(bytes_to_str(record))
-            self.channel._do_restore_message(
-                message, exchange, routing_key, recorder, leftmost=False
-            )
+            return restore_pushes(self.channel, record)
         except Exception:  # left to the visibility timeout, like kombu's own failures
             log.exception("cannot restore delivery %r: left for the visibility timeout", tag)
             return []
-        return recorder.pushes
 
 
 def main() -> None:

@@ -135,9 +135,13 @@ def _batching_consumer(
     try:
         with private_transport(url, client, "batch") as wired:
             received: list[int] = []
+            #: Those delivered marked ``redelivered`` (a batch's rest never ran: none).
+            redelivered: list[int] = []
 
             def callback(body: Any, message: Any) -> None:
                 received.append(body["n"])
+                if message.delivery_info.get("redelivered") or message.headers.get("redelivered"):
+                    redelivered.append(body["n"])
                 on_message(received)
                 message.ack()
 
@@ -150,7 +154,13 @@ def _batching_consumer(
                     wired["conn"].drain_events(timeout=0.05)
                 return True
 
-            yield {**wired, "owner": owner, "received": received, "poll": poll}
+            yield {
+                **wired,
+                "owner": owner,
+                "received": received,
+                "redelivered": redelivered,
+                "poll": poll,
+            }
     finally:
         fetch_batch.configure(None)
         owners.release()
@@ -235,6 +245,7 @@ def test_what_a_batch_did_not_start_within_its_budget_goes_back_to_the_head_in_o
         assert sizer.short_kinds() == ()  # and the next fetches take one job each
         _await_received(wired, 10)
         assert wired["received"] == list(range(10))
+        assert wired["redelivered"] == []  # they never ran: no redelivery, no result lookup
         wait_for(lambda: wired["poll"]() and wired["unacked"]() == 0, DEADLINE_S, "acks")
         assert redis_client.hlen(wired["owner"].tags_key) == 0
 
@@ -258,3 +269,4 @@ def test_when_a_batchs_first_delivery_raises_the_rest_goes_back_in_order(
         assert wired["depth"]() == 9  # 1..9 came back; 0 is held (unacked) by the channel
         _await_received(wired, 10)
         assert wired["received"] == list(range(10))
+        assert wired["redelivered"] == []

@@ -53,6 +53,7 @@ RUNTIME = "taskfleet/resilience/runtime.py"
 LAUNCHER = "taskfleet/sandbox/launcher.py"
 BASE_TASK = "taskfleet/tasks/base.py"
 RECLAIM = "taskfleet/routing/reclaim.py"
+RESTORE = "taskfleet/routing/restore.py"
 DEFERRED_RESTORE = "taskfleet/routing/deferred_restore.py"
 FETCH_CHANNEL = "taskfleet/routing/fetch_channel.py"
 ATOMIC_FETCH = "taskfleet/routing/atomic_fetch.py"
@@ -250,6 +251,16 @@ HOOKS: list[Hook] = [
     ),
     Hook(
         "kombu.transport.redis.QoS",
+        "_remove_from_indices",
+        "method",
+        BOOKKEEPING,
+        "return_undelivered puts a batch's unrun rest back as kombu's restore_by_tag does, "
+        "in the same transaction, only without the redelivered marks; "
+        "TASKFLEET_FETCH_BATCH=1 fetches no batches",
+        call=(2, ()),
+    ),
+    Hook(
+        "kombu.transport.redis.QoS",
         "_flush",
         "method",
         BOOKKEEPING,
@@ -270,10 +281,11 @@ HOOKS: list[Hook] = [
         "kombu.transport.redis.Channel",
         "_do_restore_message",
         "method",
-        RECLAIM,
-        "a dead consumer's deliveries are restored exactly as kombu's restore_by_tag would "
-        "(redelivered marks, exchange lookup, priority sub-list, push side), its pushes "
-        "recorded and moved by one Lua call; TASKFLEET_FAST_TRANSPORT=false (or "
+        RESTORE,
+        "a dead consumer's deliveries (and a batch's unrun rest, without the redelivered "
+        "marks) are restored exactly as kombu's restore_by_tag would (redelivered marks, "
+        "exchange lookup, priority sub-list, push side), its pushes recorded and moved by "
+        "one Lua call; TASKFLEET_FAST_TRANSPORT=false (or "
         "TASKFLEET_RESILIENCE_FAST_RECLAIM=false) runs no reclaimer: kombu's "
         "visibility-timeout restore alone",
         call=(4, ("leftmost",)),
@@ -652,6 +664,7 @@ OWN: list[Own] = [
         "_stamps",
         "_stamped",
         "_disown",
+        "_put_back",
         "_settle",
         "_take_records",
         "_still_delivered",
