@@ -5,8 +5,8 @@ gevent's ``subprocess.Popen`` forks from Python, so the child runs every
 ``os.register_at_fork`` hook before it reaches ``exec``. A hook that yields (OpenTelemetry's
 span processor starts a thread in the child, and under gevent a thread start waits on the
 hub) lets the child's copy of the hub run the parent's other greenlets. Seen in the tracing
-test, 5 times in 90 runs with both cores loaded: Celery's remote-control greenlet, mid-
-handshake, sent a ``PING`` from the persister's child on the socket it shares with the
+test, 5 times in 90 runs with both cores loaded: Celery's remote-control greenlet,
+mid-handshake, sent a ``PING`` from the persister's child on the socket it shares with the
 parent, and the parent's connection read the wrong replies from then on; the worker never
 answered a ping.
 
