@@ -43,6 +43,7 @@ from kombu.transport import virtual
 from kombu.utils.json import dumps
 
 from taskfleet.results.late_replies import Command, LateReplies, packed
+from taskfleet.results.pipelining import flush_coalesced
 from taskfleet.routing import deferred_restore, owners
 from taskfleet.routing.restore import restore_pushes
 
@@ -349,6 +350,8 @@ class BatchedQoS(kombu_redis.QoS):  # type: ignore[misc]
     def _removals(self, tags: list[Any]) -> list[Command]:
         if not tags:
             return []
+        # Results a batch still holds leave before any acknowledgement does.
+        flush_coalesced()
         if self._owner_tags is not None:  # only what the owner still holds, as it got it
             keys = (self.unacked_key, self.unacked_index_key, self._owner_tags)
             held = [a for tag in tags for a in (tag, self._stamps.get(tag, ""))]

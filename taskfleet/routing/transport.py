@@ -38,6 +38,7 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
 from taskfleet.results.late_replies import Command
+from taskfleet.results.pipelining import coalesced
 from taskfleet.routing import fetch_batch
 from taskfleet.routing.atomic_fetch import (
     FETCH_LUA,
@@ -181,11 +182,20 @@ class Channel(FetchScriptChannel, kombu_redis.Channel):  # type: ignore[misc]
         every removal it ever sent (and, without atomic fetch, every record): ~100 bytes
         per job in the prefork parent, and ``BatchedQoS._stamped`` rebuilt a set of all of
         them on most deliveries.
+
+        A solo worker that fetches batches (``fetch_batch``) sends the results of the jobs
+        it runs here together, when the read ends (``taskfleet.results.pipelining``).
         """
+        sizer = fetch_batch.sizer()
+        if sizer is None:
+            return self._read_fetched(None, **options)
+        with coalesced():
+            return self._read_fetched(sizer, **options)
+
+    def _read_fetched(self, sizer: fetch_batch.BatchSizer | None, **options: Any) -> Any:
         self.delivering = True
         fetch, sent, self._fetch_sent = self._fetch, self._fetch_sent, False
         answered = True
-        sizer = fetch_batch.sizer()
         started = sizer.clock() if sizer is not None else 0.0
         read = False
         try:

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
 
+from taskfleet.results.backend import STORE_RESULT_LUA
+from taskfleet.results.pipelining import PipelinedScript
+from taskfleet.results.stream import PERSIST_STREAM
 from taskfleet.routing import fetch_batch, owners
 from taskfleet.routing.atomic_fetch import FETCH_LUA
 from taskfleet.routing.fetch_batch import BatchSizer
@@ -270,3 +274,44 @@ def test_when_a_batchs_first_delivery_raises_the_rest_goes_back_in_order(
         _await_received(wired, 10)
         assert wired["received"] == list(range(10))
         assert wired["redelivered"] == []
+
+
+def test_a_batchs_results_leave_together_and_before_any_of_its_acknowledgements(
+    services: dict[str, str], redis_client: redis.Redis
+) -> None:
+    """Result writes made while a batch runs are held in the process (one send for the
+    batch), and an acknowledgement never leaves before the results: sending the pending
+    removals mid-batch sends the held results first."""
+    store = redis_client.register_script(STORE_RESULT_LUA)
+    results = PipelinedScript(redis_client, STORE_RESULT_LUA, lambda k, a: store(keys=k, args=a))
+    run = uuid.uuid4().hex
+    key = f"celery-task-meta-batch-{run}-{{}}".format
+    seen_in_redis: dict[int, list[int]] = {}
+
+    def store_result(received: list[int]) -> None:
+        n = received[-1]
+        seen_in_redis[n] = [m for m in range(3) if redis_client.exists(key(m))]
+        results.send([key(n), PERSIST_STREAM], [json.dumps({"status": "SUCCESS"}), 60])
+        if n == 2:  # jobs 0 and 1 are acked (removals pending): send the removals now
+            wired["channel"].qos.flush_acks()
+            wait_for(
+                lambda: redis_client.exists(key(0), key(1), key(2)) == 3,
+                DEADLINE_S,
+                "the held results, sent ahead of the removals",
+            )
+
+    url = services["TASKFLEET_REDIS_URL"]
+    try:
+        with _batching_consumer(url, redis_client, _short_sizer(), store_result) as wired:
+            # As in a worker's event loop: an ack's removal waits for a later write.
+            wired["channel"].connection.batch_acks = True
+            _publish(wired, range(4))
+            _await_received(wired, 4)
+            assert wired["received"] == [0, 1, 2, 3]
+            assert seen_in_redis[1] == []  # job 0's result still held while job 1 ran
+            assert seen_in_redis[2] == []
+            results.confirm()
+            assert redis_client.exists(key(3)) == 1
+    finally:
+        results.close()
+        redis_client.delete(*(key(m) for m in range(4)))

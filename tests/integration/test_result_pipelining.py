@@ -219,3 +219,69 @@ def test_solo_workers_pipeline_their_writes_unless_switched_off(
     assert backend._pipelined is None
     assert backend.client.get(backend.get_key_for_task(task_id)) is not None
     get_settings.cache_clear()
+
+
+def test_writes_held_by_a_batch_go_out_together_when_it_ends(
+    writes: dict[str, Any], redis_client: redis.Redis
+) -> None:
+    with pipelining.coalesced():
+        keys = [writes["send"]() for _ in range(3)]
+        assert writes["pipelined"]._writes.owed == 0  # nothing sent yet
+        assert redis_client.exists(*keys) == 0
+    assert writes["pipelined"]._writes.owed == 3  # one send, three replies owed
+    writes["pipelined"].confirm()
+    assert [_status(redis_client, key) for key in keys] == [states.SUCCESS] * 3
+    assert writes["recorder"].calls == []
+
+
+def test_held_writes_whose_link_is_down_are_stored_one_by_one(
+    writes: dict[str, Any], redis_client: redis.Redis
+) -> None:
+    late = writes["pipelined"]._writes
+    working_pool = late.pool
+    late.drop()
+    late.pool = redis.ConnectionPool(host="127.0.0.1", port=_closed_port())  # refuses
+    try:
+        with pipelining.coalesced():
+            keys = [writes["send"]() for _ in range(2)]
+    finally:
+        late.pool = working_pool
+    assert writes["recorder"].calls == [[key, PERSIST_STREAM] for key in keys]
+    assert [_status(redis_client, key) for key in keys] == [states.SUCCESS] * 2
+
+
+def test_held_writes_that_cannot_be_stored_stay_held_for_the_next_flush(
+    redis_client: redis.Redis,
+) -> None:
+    recorder = Recorder(redis_client)
+    down = {"now": True}
+
+    def store_now(keys: list[str], args: list[Any]) -> None:
+        if down["now"]:
+            raise redis.ConnectionError("Redis is down")
+        recorder(keys, args)
+
+    pipelined = pipelining.PipelinedScript(redis_client, STORE_RESULT_LUA, store_now)
+    late = pipelined._writes
+    working_pool = late.pool
+    late.pool = redis.ConnectionPool(host="127.0.0.1", port=_closed_port())
+    key = f"celery-task-meta-pipelined-{uuid.uuid4().hex}"
+    try:
+        with pytest.raises(redis.ConnectionError), pipelining.coalesced():
+            pipelined.send([key, PERSIST_STREAM], [json.dumps({"status": states.SUCCESS}), 60])
+        assert redis_client.get(key) is None
+        late.pool, down["now"] = working_pool, False
+        pipelining.flush_coalesced()  # what the next acknowledgement does first
+        pipelined.confirm()
+    finally:
+        pipelined.close()
+    assert _status(redis_client, key) == states.SUCCESS
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

@@ -611,6 +611,7 @@ OWN: list[Own] = [
         "_step",
         "_step_of",
         "_deliver_extras",
+        "_read_fetched",
         "_return_extras",
         "delivering",
         "send_on_fetch_connection",
