@@ -55,6 +55,8 @@ Bootsteps, :data:`BOOTSTEPS`, added to the app's blueprints (Celery orders them 
 * consumer ``standby.StandbyStep``: a standby solo CPU worker (``TASKFLEET_STANDBY_GROUP``
   set) takes the CPU queues once its slot group registers it; idle in any other worker.
 * worker ``timers.PurgeCancelledTimers``: purge cancelled time-limit timers.
+* worker ``inline_limits.LiftBackstopWhenIdle``: a solo worker's CPU backstop is lifted when
+  it is idle, not after every job.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ from taskfleet.observability import jobs as job_metrics
 from taskfleet.observability import tracing
 from taskfleet.resilience.consumer import DeadLetterConsumerStep
 from taskfleet.workers import signals as lifecycle
-from taskfleet.workers.inline_limits import enforce_in_solo_worker
+from taskfleet.workers.inline_limits import LiftBackstopWhenIdle, enforce_in_solo_worker
 from taskfleet.workers.job_logs import quiet_job_lines
 from taskfleet.workers.prefetch import SparePrefetchStep
 from taskfleet.workers.standby import StandbyStep
@@ -105,6 +107,7 @@ BOOTSTEPS: Final[tuple[tuple[str, type], ...]] = (
     ("consumer", SparePrefetchStep),
     ("consumer", StandbyStep),
     ("worker", PurgeCancelledTimers),
+    ("worker", LiftBackstopWhenIdle),
 )
 
 #: Set on an app once its worker hooks are installed.

@@ -168,7 +168,9 @@ def test_the_kernel_stops_a_job_stuck_in_c_code() -> None:
     assert done.returncode == -signal.SIGXCPU
 
 
-def test_the_cpu_limit_is_put_back_after_each_job(limits: InlineTimeLimits) -> None:
+def test_without_an_event_loop_the_cpu_limit_is_put_back_after_each_job(
+    limits: InlineTimeLimits,
+) -> None:
     before = resource.getrlimit(resource.RLIMIT_CPU)
     with _alarm_held():
         limits.arm(task=_task())
@@ -176,6 +178,64 @@ def test_the_cpu_limit_is_put_back_after_each_job(limits: InlineTimeLimits) -> N
         limits.disarm()
     assert armed_soft != resource.RLIM_INFINITY
     assert resource.getrlimit(resource.RLIMIT_CPU) == before
+
+
+def _soft_cpu_limit() -> int:
+    return resource.getrlimit(resource.RLIMIT_CPU)[0]
+
+
+def test_with_an_event_loop_the_cpu_limit_stays_while_jobs_come_and_goes_when_idle(
+    limits: InlineTimeLimits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Set once for a run of jobs (each within its window), lifted by the loop's timer
+    once a whole period passed without a job starting."""
+    before = resource.getrlimit(resource.RLIMIT_CPU)
+    calls: list[tuple[int, int]] = []
+    real = resource.setrlimit
+    monkeypatch.setattr(
+        inline_limits.resource,
+        "setrlimit",
+        lambda which, value: (calls.append(value), real(which, value)),
+    )
+    limits.lift_after_each_job = False  # what LiftBackstopWhenIdle does
+    for _ in range(5):
+        with _alarm_held():
+            limits.arm(task=_task())
+            used = time.process_time()
+            soft = _soft_cpu_limit()
+            limits.disarm()
+        assert used + HARD_S + limits.backstop_grace <= soft  # never before the job is due
+        assert soft <= used + HARD_S + limits.backstop_grace + inline_limits.CPU_LIMIT_SLACK_S + 1
+    assert len(calls) == 1  # one setrlimit for the five jobs
+    limits.lift_if_idle()  # a job started since the last tick: kept
+    assert _soft_cpu_limit() != before[0]
+    limits.lift_if_idle()  # a whole tick without one: lifted
+    assert resource.getrlimit(resource.RLIMIT_CPU) == before
+    assert len(calls) == 2
+
+
+def test_the_cpu_limit_is_set_again_once_a_job_would_be_due_after_it(
+    limits: InlineTimeLimits,
+) -> None:
+    limits.lift_after_each_job = False
+    with _alarm_held():
+        limits.arm(task=_task())
+        limits.disarm()
+    first = _soft_cpu_limit()
+    _spin_cpu(first - time.process_time() - HARD_S - limits.backstop_grace + 0.05)
+    with _alarm_held():
+        limits.arm(task=_task())
+        second = _soft_cpu_limit()
+        limits.disarm()
+    assert second > first
+    assert time.process_time() + HARD_S + limits.backstop_grace <= second
+
+
+def _spin_cpu(seconds: float) -> None:
+    """Use ``seconds`` of this process's CPU (no alarm is armed meanwhile)."""
+    end = time.process_time() + max(0.0, seconds)
+    while time.process_time() < end:
+        pass
 
 
 def test_no_alarm_once_the_job_code_returned(

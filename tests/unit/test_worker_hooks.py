@@ -113,7 +113,10 @@ EXPECTED_SIGNALS = {
     "task_postrun": [f"{METRICS}.on_task_postrun"],
 }
 EXPECTED_STEPS = {
-    "worker": ["taskfleet.workers.timers.PurgeCancelledTimers"],
+    "worker": [
+        "taskfleet.workers.inline_limits.LiftBackstopWhenIdle",
+        "taskfleet.workers.timers.PurgeCancelledTimers",
+    ],
     "consumer": [
         "taskfleet.resilience.consumer.DeadLetterConsumerStep",
         "taskfleet.workers.prefetch.SparePrefetchStep",
