@@ -248,3 +248,33 @@ def test_no_alarm_once_the_job_code_returned(
     assert _spin(HARD_S * 2) >= HARD_S * 2  # the result write and ack are never interrupted
     assert resource.getrlimit(resource.RLIMIT_CPU)[0] != resource.RLIM_INFINITY  # backstop on
     limits.disarm()
+
+
+def test_a_solo_workers_event_loop_lifts_the_backstop_once_idle(
+    limits: InlineTimeLimits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker bootstep takes the lifting over from ``disarm``: on a real kombu hub, its
+    timer lifts the limit a job left in place once a whole period passed without a job."""
+    from kombu.asynchronous import Hub
+
+    monkeypatch.setattr(inline_limits, "_installed", limits)
+    before = resource.getrlimit(resource.RLIMIT_CPU)
+    hub = Hub()
+    worker = SimpleNamespace(hub=hub, use_eventloop=True)
+    step = inline_limits.LiftBackstopWhenIdle(worker)
+    assert step.include_if(worker)
+    assert not step.include_if(SimpleNamespace(use_eventloop=False))
+    step.start(worker)
+    assert limits.lift_after_each_job is False
+    with _alarm_held():
+        limits.arm(task=_task())
+        limits.disarm()
+    assert _soft_cpu_limit() != before[0]  # kept after the job
+    (entry,) = [item.entry for item in hub.timer._queue]
+    assert entry.fun.__wrapped__ == limits.lift_if_idle  # kombu's repeating wrapper
+    tick = entry.fun.__wrapped__
+    tick()  # the loop's first tick: a job started since the last, kept
+    assert _soft_cpu_limit() != before[0]
+    tick()  # a whole tick without one
+    assert resource.getrlimit(resource.RLIMIT_CPU) == before
+    hub.close()
