@@ -110,6 +110,8 @@ class InlineTimeLimits:
             signal.setitimer(signal.ITIMER_REAL, hard)
         if hard:
             self._limit_cpu(hard + self.backstop_grace)
+        else:  # no hard limit: no backstop either (one may be left from an earlier job)
+            self.lift_backstop()
 
     def stop_alarm(self) -> None:
         """Stop the clock (the job's code has returned); the CPU backstop stays until postrun."""

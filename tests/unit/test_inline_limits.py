@@ -278,3 +278,19 @@ def test_a_solo_workers_event_loop_lifts_the_backstop_once_idle(
     tick()  # a whole tick without one
     assert resource.getrlimit(resource.RLIMIT_CPU) == before
     hub.close()
+
+
+def test_a_job_without_a_hard_limit_runs_without_the_backstop_an_earlier_job_left(
+    limits: InlineTimeLimits,
+) -> None:
+    before = resource.getrlimit(resource.RLIMIT_CPU)
+    limits.lift_after_each_job = False
+    with _alarm_held():
+        limits.arm(task=_task())
+        limits.disarm()
+    assert _soft_cpu_limit() != before[0]  # kept for the next job
+    limits.default_soft = limits.default_hard = None
+    with _alarm_held():
+        limits.arm(task=_task())  # no limit at all: it may run as long as it likes
+        assert resource.getrlimit(resource.RLIMIT_CPU) == before
+        limits.disarm()
