@@ -31,6 +31,15 @@ is switched on when a fetch finds nothing and off again after ``TRACKING_OFF_AFT
 fetches in a row found a message, so a busy worker is not woken by every push of the fleet.
 Both switches ride, reply skipped, in the same write as the fetch.
 
+A fetch that takes the last message also says so (the reply's last element), and with
+tracking on the channel then waits at once, as after an empty fetch, instead of sending one
+more fetch to find the lists empty. Tracking was on when the script ran, so any later push
+sends a notification. Measured at 1,000 jobs/s offered to two idle solo workers: about two
+fetches per job, each a worker wake-up and a Redis script call, of which one was this empty
+look (``BENCHMARKS.md``, W3's cost). Nothing the channel itself pushes back goes through the
+fetch connection (``NOLOOP`` would hide it): a batch's returned rest ends the wait
+(``taskfleet.routing.transport``).
+
 Hand-written: kombu has no atomic fetch (its BRPOP is one of the library's documented
 at-most-once windows), and redis-py's client-side cache does not expose broadcast tracking
 to another connection.
@@ -62,9 +71,10 @@ FETCH_LUA = """
 -- KEYS: unacked, unacked_index, owner's tags, then the queue lists in BRPOP's order.
 -- ARGV: stamp, '1' when the owner's tags are kept, most messages to take, then the job
 -- kinds a batch may hold.
--- Returns {list, payload, 1 if recorded, kind, payload, 1, kind, ...}: the oldest message of
--- the first non-empty list, then, while it and they are of those kinds, the next ones of the
--- same list, up to ARGV[3] in all. Only the first may be one it could not record.
+-- Returns {list, payload, 1 if recorded, kind, payload, 1, kind, ..., 1 if drained}: the
+-- oldest message of the first non-empty list, then, while it and they are of those kinds,
+-- the next ones of the same list, up to ARGV[3] in all. Only the first may be one it could
+-- not record. The last element is 1 when every list is empty after the pops.
 local most = tonumber(ARGV[3]) or 1
 local short = {}
 for j = 4, #ARGV do short[ARGV[j]] = true end
@@ -97,7 +107,10 @@ for i = 4, #KEYS do
     if #taken >= 3 * most or not (recordable and short[kind]) then break end
     payload = redis.call('LINDEX', KEYS[i], -1)
   end
-  if #taken > 1 then return taken end
+  if #taken > 1 then
+    taken[#taken + 1] = redis.call('EXISTS', unpack(KEYS, 4)) == 0 and 1 or 0
+    return taken
+  end
 end
 return false
 """
@@ -250,8 +263,13 @@ class AtomicFetch:
             return [("CLIENT", "TRACKING", "OFF")]
         return []
 
-    def answered(self, found: bool) -> None:
-        """Account for a fetch's reply: wait after an empty one sent with tracking on."""
+    def answered(self, found: bool, drained: bool = False) -> None:
+        """Account for a fetch's reply: wait after an empty one sent with tracking on, and
+        after one that took the lists' last message (``drained``) with tracking on."""
+        if found and drained and self.tracking_on is not None:
+            self.hits = 0
+            self.waiting_since = self.clock()
+            return
         if found:
             self.hits += 1
             if self.hits >= TRACKING_OFF_AFTER_HITS:

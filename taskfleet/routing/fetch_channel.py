@@ -61,6 +61,8 @@ class FetchScriptChannel(kombu_redis.Channel):  # type: ignore[misc]
     #: message, from the queue :attr:`extra_queue`: the channel delivers them next.
     extra_deliveries: list[Any] = []  # replaced per reply, never mutated
     extra_queue = ""
+    #: The last script reply took the last message of the lists it fetches from.
+    fetch_drained = False
     #: The queues consumed when :meth:`_queue_keys` last ran, and their list keys.
     _watched_queues: tuple[tuple[str, ...], frozenset[bytes]] = ((), frozenset())
     handlers: dict[str, Any]
@@ -96,7 +98,11 @@ class FetchScriptChannel(kombu_redis.Channel):  # type: ignore[misc]
 
     def _fetched(self, response: Any, **_: Any) -> Any:
         """The BRPOP reply callback of the fetch client: the script's third element says
-        whether it recorded the delivery."""
+        whether it recorded the delivery, its last whether the lists are empty now."""
+        scripted = bool(response) and len(response) > 2  # a plain BRPOP's reply has two
+        self.fetch_drained = scripted and bool(response[-1])
+        if scripted:
+            response = response[:-1]
         self.delivery_recorded = bool(response and len(response) >= 3 and response[2])
         fetch = self._fetch
         self.recorded_stamp = fetch.last_stamp if fetch and self.delivery_recorded else None

@@ -231,7 +231,7 @@ class Channel(FetchScriptChannel, kombu_redis.Channel):  # type: ignore[misc]
             if self.extra_deliveries and not read:
                 self._return_extras(self.extra_deliveries)  # the batch's first job raised
         if sent and fetch is not None:
-            fetch.answered(True)
+            fetch.answered(True, self.fetch_drained)
         if sizer is not None:
             sizer.observe(_text(self.delivery_kind), sizer.clock() - started)
             if self.extra_deliveries:
@@ -270,6 +270,8 @@ class Channel(FetchScriptChannel, kombu_redis.Channel):  # type: ignore[misc]
         qos = self._our_qos()
         if qos is not None and extras:
             qos.return_undelivered([loads(bytes_to_str(raw)) for raw in extras[0::3]])
+        if self._fetch is not None:  # the lists hold these again: fetch, do not wait
+            self._fetch.woken()
 
     def _on_connection_disconnect(self, connection: Any) -> None:
         """Stock handling; writes not yet confirmed by a dropped fetch are queued again."""

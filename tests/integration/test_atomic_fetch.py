@@ -123,6 +123,30 @@ def test_an_idle_consumer_sends_nothing_until_a_publish_wakes_it(
         wired["received"][0].ack()
 
 
+def test_a_consumer_that_took_the_last_message_waits_without_fetching_again(
+    services: dict[str, str], redis_client: redis.Redis
+) -> None:
+    """Each job offered to an idle worker used to cost two fetches: the one that took it,
+    then one that found the lists empty. The script now says it took the last one."""
+    with _consumer(services["TASKFLEET_REDIS_URL"], redis_client, True) as wired:
+        poll = wired["poll"]
+        fetch, sent = _idle_recording_fetches(wired)
+        fetch.clock = lambda: 1000.0  # a wait never times out here
+        for expected in (1, 2):
+            wired["publish"](1)
+            wait_for(
+                lambda n=expected: poll() and len(wired["received"]) == n,  # type: ignore[misc]
+                DEADLINE_S,
+                f"delivery {expected}",
+            )
+            for _ in range(IDLE_POLLS):
+                poll()
+            assert len(sent) == expected  # the fetch that took it, and no empty one after
+            assert fetch.waiting()
+        for message in wired["received"]:
+            message.ack()
+
+
 def test_only_a_write_to_the_queues_lists_wakes_an_idle_consumer(
     services: dict[str, str], redis_client: redis.Redis
 ) -> None:

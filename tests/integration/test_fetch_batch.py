@@ -62,6 +62,12 @@ def keys(redis_client: redis.Redis) -> Iterator[dict[str, str]]:
 
 
 def _fetch(client: redis.Redis, keys: dict[str, str], most: int, *kinds: str) -> Any:
+    """The script's reply without its last element (whether the lists are empty now)."""
+    reply = _fetch_reply(client, keys, most, *kinds)
+    return reply[:-1] if reply else reply
+
+
+def _fetch_reply(client: redis.Redis, keys: dict[str, str], most: int, *kinds: str) -> Any:
     return client.eval(
         FETCH_LUA,
         5,
@@ -109,6 +115,20 @@ def test_a_batch_stops_before_a_message_it_cannot_record(
     reply = _fetch(redis_client, keys, 8)
     assert [json.loads(p)["body"] for p in reply[1::3]] == ["3"]
     assert redis_client.hlen(keys["unacked"]) == 3
+
+
+def test_the_reply_ends_by_saying_whether_every_list_is_empty_now(
+    redis_client: redis.Redis, keys: dict[str, str]
+) -> None:
+    """An idle channel that took the last message waits for a notification at once, instead
+    of fetching again to find the lists empty (``atomic_fetch``)."""
+    redis_client.lpush(keys["low"], _message(0), _message(1))
+    redis_client.lpush(keys["high"], _message(2))
+    assert _fetch_reply(redis_client, keys, 8)[-1] == 0  # the urgent list is empty, not the other
+    reply = _fetch_reply(redis_client, keys, 8)
+    assert [json.loads(p)["body"] for p in reply[1:-1:3]] == ["0", "1"]
+    assert reply[-1] == 1
+    assert _fetch_reply(redis_client, keys, 8) is None  # nothing to take: no flag either
 
 
 def test_one_at_a_time_when_asked_for_one(redis_client: redis.Redis, keys: dict[str, str]) -> None:

@@ -82,6 +82,26 @@ def test_tracking_goes_off_after_a_run_of_hits() -> None:
     assert fetch.switches(SOCK, _prefixes) == []
 
 
+def test_taking_the_last_message_with_tracking_on_waits_at_once() -> None:
+    fetch = _fetch(_Clock())
+    fetch.answered(False)
+    fetch.switches(SOCK, _prefixes)  # tracking on from this fetch
+    fetch.answered(True, drained=True)
+    assert fetch.waiting()  # no empty fetch first
+    fetch.woken()
+    fetch.answered(True, drained=False)
+    assert not fetch.waiting()  # more is queued: fetch again
+
+
+def test_taking_the_last_message_without_tracking_fetches_again() -> None:
+    """Without tracking no notification would come: the next fetch finds the lists empty
+    and arms it, as before."""
+    fetch = _fetch(_Clock())
+    fetch.answered(True, drained=True)
+    assert not fetch.waiting()
+    assert fetch.switches(SOCK, _prefixes) == []
+
+
 def test_a_new_fetch_connection_is_tracked_again() -> None:
     fetch = _fetch(_Clock())
     fetch.answered(False)
