@@ -40,6 +40,12 @@ look (``BENCHMARKS.md``, W3's cost). Nothing the channel itself pushes back goes
 fetch connection (``NOLOOP`` would hide it): a batch's returned rest ends the wait
 (``taskfleet.routing.transport``).
 
+``NOLOOP`` does not cover the script's own pops: Redis (7.0.15 and 6.2 here) notifies the
+waiter of them too, and writes that notification before the script's reply, so the poller
+reads it first and it wakes nothing. A push that lands between the script and that read is
+read with it: the channel then waits for the next notification, or for ``IDLE_REFETCH_S``.
+An empty fetch always had the same window; with several workers, each is notified too.
+
 Hand-written: kombu has no atomic fetch (its BRPOP is one of the library's documented
 at-most-once windows), and redis-py's client-side cache does not expose broadcast tracking
 to another connection.
